@@ -1,0 +1,220 @@
+"""`amif` command line: demo, fuse, keygen, info, verify, train."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import AMIFError, Cancelled
+
+IMAGE_2D = (".png", ".jpg", ".jpeg")
+
+
+def _model(path):
+    from .package import bundled_model_path, load_package
+
+    return load_package(path or bundled_model_path())
+
+
+def _write_2d(path: Path, arr: np.ndarray, meta: dict) -> None:
+    from PIL import Image, PngImagePlugin
+
+    img = Image.fromarray(np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8))
+    if path.suffix.lower() == ".png":
+        info = PngImagePlugin.PngInfo()
+        for k, v in meta.items():
+            info.add_text(k, v)
+        img.save(path, pnginfo=info)
+    else:
+        img.save(path, quality=95, comment=json.dumps(meta).encode())
+
+
+def _read_volume(path: str):
+    import SimpleITK as sitk
+
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError:
+        raise AMIFError(f"Cannot read {Path(path).name} as an image volume.") from None
+
+
+def fuse_files(a_path, b_path, out, model=None, key=None, progress=True) -> dict:
+    """Fuse two files (2D PNG/JPEG or any volume SimpleITK reads) into `out`; returns a summary."""
+    from .data import read_image
+    from .fusion import fuse_images, fuse_volumes, output_metadata
+
+    pkg = _model(model)
+    out = Path(out)
+    if not out.parent.exists():
+        raise AMIFError(f"The output folder {out.parent} does not exist.")
+    if Path(a_path).suffix.lower() in IMAGE_2D and Path(b_path).suffix.lower() in IMAGE_2D:
+        if out.suffix.lower() not in IMAGE_2D:
+            raise AMIFError("2D inputs give a 2D output: name it .png or .jpg.")
+        r = fuse_images(read_image(a_path), read_image(b_path), pkg, key)
+        meta = output_metadata(pkg, r.key, r.verdict)
+        _write_2d(out, r.fused, meta)
+        return meta
+    import SimpleITK as sitk
+
+    a, b = _read_volume(a_path), _read_volume(b_path)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=a.GetSize()[2] if a.GetDimension() == 3 else 0, desc="fuse", unit="slice")
+    try:
+        r = fuse_volumes(a, b, pkg, key, progress=(lambda d, n: bar.update(d - bar.n)) if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    sitk.WriteImage(r.image, str(out), useCompression=True)
+    return output_metadata(pkg, r.key, r.verdict)
+
+
+def cmd_fuse(args) -> None:
+    meta = fuse_files(args.a, args.b, args.output, args.model, args.key, not args.quiet)
+    print(f"wrote {args.output}: watermark {meta['AMIF_watermark']} (score {meta['AMIF_score']}), "
+          f"key {meta['AMIF_key_state']} {meta['AMIF_key_id']}")
+
+
+def cmd_demo(args) -> None:
+    """Fuse the bundled sample with and without the demo key; write both and a side-by-side PNG."""
+    import SimpleITK as sitk
+
+    from .package import bundled_key_path
+
+    res = Path(__file__).resolve().parent.parent / "Resources" / "SampleData"
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    a, b = res / "AMIFSample-MRI.nrrd", res / "AMIFSample-PET.nrrd"
+    keyed = fuse_files(a, b, out / "fused-keyed.nrrd", args.model, bundled_key_path(), not args.quiet)
+    unkeyed = fuse_files(a, b, out / "fused-unkeyed.nrrd", args.model, None, not args.quiet)
+    mri = sitk.GetArrayFromImage(_read_volume(str(a))).astype(np.float32)
+    k = int(mri.shape[0] * 0.55)
+    rows = [mri[k] / max(mri[k].max(), 1)]
+    for name in ("fused-keyed.nrrd", "fused-unkeyed.nrrd"):
+        rows.append(sitk.GetArrayFromImage(sitk.ReadImage(str(out / name)))[k])
+    side = np.concatenate([np.flipud(r) for r in rows], axis=1)
+    _write_2d(out / "demo-side-by-side.png", side, {"AMIF_panels": "MRI | keyed (demo key) | no key"})
+    print(f"keyed:   watermark {keyed['AMIF_watermark']} (score {keyed['AMIF_score']})")
+    print(f"no key:  watermark {unkeyed['AMIF_watermark']} (score {unkeyed['AMIF_score']})")
+    print(f"wrote {out}/fused-keyed.nrrd, fused-unkeyed.nrrd, demo-side-by-side.png")
+
+
+def cmd_keygen(args) -> None:
+    from .keys import generate_key, save_key
+
+    key = generate_key(args.model_id, args.licensee)
+    save_key(key, args.output)
+    print(f"wrote {args.output}: model {key.model_id}, key id {key.key_id}, licensee {key.licensee}")
+
+
+def cmd_info(args) -> None:
+    pkg = _model(args.model)
+    print(json.dumps(pkg.manifest, indent=2, ensure_ascii=False))
+    from .network import flops_per_slice, parameter_count
+
+    print(f"parameters: {parameter_count(pkg.net):,}")
+    print(f"FLOPs per 256x256 slice: {flops_per_slice(pkg.net) / 1e9:.2f} G")
+
+
+def cmd_verify(args) -> None:
+    from .data import read_image
+    from .verify import verify_image, verify_volume
+
+    pkg = _model(args.model)
+    if Path(args.image).suffix.lower() in IMAGE_2D:
+        v = verify_image(read_image(args.image), pkg.identifier, pkg.threshold)
+    else:
+        import SimpleITK as sitk
+
+        img = _read_volume(args.image)
+        arr = sitk.GetArrayFromImage(img).astype(np.float32)
+        if arr.ndim == 4:
+            from .color import luminance
+
+            arr = luminance(arr[..., :3])
+        if arr.ndim == 2:
+            arr = arr[None]
+        lo, hi = float(arr.min()), float(arr.max())
+        v = verify_volume((arr - lo) / max(hi - lo, 1e-8), pkg.identifier, pkg.threshold)
+    print(f"{args.image}: {v}")
+    sys.exit(1 if v.marked else 0)
+
+
+def cmd_train(args) -> None:
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig(steps=args.steps, batch=args.batch, seed=args.seed, save_every=args.save_every)
+    train(args.key, args.output, args.identifier, data_dir=args.data, checkpoint_dir=args.checkpoints,
+          init=args.init, cfg=cfg)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="amif", description="Key-gated medical image fusion (AMIF).")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("demo", help="fuse the bundled sample with and without the demo key")
+    s.add_argument("-o", "--output", default="amif-demo-output")
+    s.add_argument("-m", "--model")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("fuse", help="fuse two registered images or volumes")
+    s.add_argument("a", help="first image (MRI)")
+    s.add_argument("b", help="second image (CT, PET or SPECT)")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("-k", "--key", help=".amifkey file (without it the output carries the identifier)")
+    s.add_argument("-m", "--model", help="model package (default: the bundled demo model)")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_fuse)
+
+    s = sub.add_parser("keygen", help="create a key file for a model id")
+    s.add_argument("--model-id", required=True)
+    s.add_argument("--licensee", required=True)
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(func=cmd_keygen)
+
+    s = sub.add_parser("info", help="print a model package's manifest, parameters and FLOPs")
+    s.add_argument("model", nargs="?")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("verify", help="does an image carry the identifier? (exit 1 if marked)")
+    s.add_argument("image")
+    s.add_argument("-m", "--model")
+    s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("train", help="train a model under an owner's key")
+    s.add_argument("--key", required=True)
+    s.add_argument("--identifier", required=True, help='e.g. "MY LAB · UNLICENSED"')
+    s.add_argument("-o", "--output", required=True, help="model package path (NAME)")
+    s.add_argument("--data", help="folder of registered pairs (default ../shared/data/harvard)")
+    s.add_argument("--checkpoints", default="checkpoints")
+    s.add_argument("--init", help="start from this model package")
+    s.add_argument("--steps", type=int, default=20000)
+    s.add_argument("--batch", type=int, default=8)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--save-every", type=int, default=250)
+    s.set_defaults(func=cmd_train)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except AMIFError as e:
+        print(f"amif: error: {e}", file=sys.stderr)
+        return 2
+    except (Cancelled, KeyboardInterrupt):
+        print("amif: cancelled", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""Fusion API: 2D images (`fuse_images`) and SimpleITK volumes (`fuse_volumes`).
+
+The key only picks the 256-value code given to the network; the network decides what it writes.
+Volumes: B is resampled onto A's grid when the geometries differ, each volume is normalized to
+[0, 1] with a robust percentile window (or an explicit one), and axial slices go through the
+network in batches, so memory stays bounded whatever the volume size.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .color import rgb_to_ycbcr, ycbcr_to_rgb
+from .errors import AMIFError, Cancelled
+from .keys import KeyFile, load_key
+from .package import ModelPackage
+from .verify import Verdict, verify_image, verify_volume
+
+
+@dataclass(frozen=True)
+class KeyStatus:
+    """What a key means for a model, before anything runs. `state` is one of:
+    none, match, other-key (same model, not the owner's key), other-model, unreadable."""
+
+    state: str
+    message: str
+    key_id: str = ""
+    licensee: str = ""
+
+    @property
+    def expected(self) -> str:
+        return "clean" if self.state == "match" else "marked"
+
+
+def key_status(package: ModelPackage, key: KeyFile | str | os.PathLike | None) -> KeyStatus:
+    if key is None or key == "":
+        return KeyStatus("none", "No key: the output will carry the identifier.")
+    if not isinstance(key, KeyFile):
+        try:
+            key = load_key(key)
+        except AMIFError as e:
+            return KeyStatus("unreadable", str(e))
+    if key.model_id != package.model_id:
+        return KeyStatus(
+            "other-model",
+            f"This key is for model '{key.model_id}', not '{package.model_id}'.",
+            key.key_id, key.licensee,
+        )
+    if key.key_id != package.key_id:
+        return KeyStatus(
+            "other-key",
+            f"Key {key.key_id} is not this model's licensed key: the output will carry the identifier.",
+            key.key_id, key.licensee,
+        )
+    msg = f"Key {key.key_id} matches this model (licensee: {key.licensee})."
+    return KeyStatus("match", msg, key.key_id, key.licensee)
+
+
+def code_for(package: ModelPackage, key: KeyFile | str | os.PathLike | None) -> tuple[np.ndarray, KeyStatus]:
+    """The code to run with, and the key's status. Unreadable or foreign keys are errors."""
+    status = key_status(package, key)
+    if status.state in ("unreadable", "other-model"):
+        raise AMIFError(status.message)
+    if status.state == "none":
+        return np.zeros(package.net.cfg.key_bits, np.float32), status
+    k = key if isinstance(key, KeyFile) else load_key(key)
+    return k.code(), status
+
+
+def _as_unit(img: np.ndarray, name: str) -> np.ndarray:
+    img = np.asarray(img)
+    if img.size == 0:
+        raise AMIFError(f"{name} is empty.")
+    if img.dtype == np.uint8:
+        return img.astype(np.float32) / 255
+    img = img.astype(np.float32)
+    if not np.isfinite(img).all():
+        raise AMIFError(f"{name} contains NaN or infinite values.")
+    lo, hi = float(img.min()), float(img.max())
+    if lo < 0 or hi > 1:
+        img = (img - lo) / max(hi - lo, 1e-8)
+    return img
+
+
+def run_network(package: ModelPackage, a: np.ndarray, b: np.ndarray, code: np.ndarray) -> np.ndarray:
+    """(n, h, w) float arrays in [0, 1] -> fused (n, h, w)."""
+    import torch
+
+    with torch.inference_mode():
+        ta = torch.from_numpy(np.ascontiguousarray(a, np.float32))[:, None]
+        tb = torch.from_numpy(np.ascontiguousarray(b, np.float32))[:, None]
+        y = package.net(ta, tb, torch.from_numpy(np.asarray(code, np.float32)))
+    return y[:, 0].numpy()
+
+
+@dataclass
+class FusionResult:
+    fused: np.ndarray  # (h, w) grey or (h, w, 3) RGB, float32 in [0, 1]
+    key: KeyStatus
+    verdict: Verdict
+
+
+def fuse_images(a, b, package: ModelPackage, key=None) -> FusionResult:
+    """Fuse 2D image A (grey) with B (grey, or RGB: its Y is fused and its chroma restored)."""
+    a, b = _as_unit(a, "Image A"), _as_unit(b, "Image B")
+    if a.ndim == 3 and a.shape[-1] in (3, 4):
+        a = rgb_to_ycbcr(a[..., :3])[..., 0]
+    if a.ndim != 2 or b.ndim not in (2, 3) or (b.ndim == 3 and b.shape[-1] not in (3, 4)):
+        raise AMIFError(f"fuse_images needs 2D images; got shapes {a.shape} and {b.shape}.")
+    if a.shape != b.shape[:2]:
+        raise AMIFError(f"The images differ in size ({a.shape[1]}x{a.shape[0]} vs {b.shape[1]}x{b.shape[0]}).")
+    code, status = code_for(package, key)
+    ycc = rgb_to_ycbcr(b[..., :3]) if b.ndim == 3 else None
+    by = ycc[..., 0] if ycc is not None else b
+    y = run_network(package, a[None], by[None], code)[0]
+    verdict = verify_image(y, package.identifier, package.threshold)
+    if ycc is not None:
+        ycc = ycc.copy()
+        ycc[..., 0] = y
+        y = ycbcr_to_rgb(ycc).astype(np.float32)
+    return FusionResult(y, status, verdict)
+
+
+# ---------------------------------------------------------------- volumes
+
+
+def _check_volume(img, name: str):
+    import SimpleITK as sitk
+
+    if not isinstance(img, sitk.Image):
+        raise AMIFError(f"{name} is not an image.")
+    if img.GetDimension() != 3 or min(img.GetSize()) < 1:
+        raise AMIFError(f"{name} is a {img.GetDimension()}D image; a 3D volume is needed.")
+    if img.GetNumberOfComponentsPerPixel() not in (1, 3, 4):
+        raise AMIFError(f"{name} has {img.GetNumberOfComponentsPerPixel()} components; grey or RGB is needed.")
+
+
+def _bounds(img) -> tuple[np.ndarray, np.ndarray]:
+    size = np.array(img.GetSize())
+    corners = [img.TransformContinuousIndexToPhysicalPoint([float(c) for c in (np.array(k) * (size - 1))])
+               for k in np.ndindex(2, 2, 2)]
+    sp = np.abs(np.array(img.GetDirection()).reshape(3, 3) @ np.array(img.GetSpacing())) / 2
+    c = np.array(corners)
+    return c.min(0) - sp, c.max(0) + sp
+
+
+def same_geometry(a, b, tol: float = 1e-4) -> bool:
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol * max(1.0, max(a.GetSpacing())))
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol)
+    )
+
+
+def resample_onto(b, a):
+    """B resampled onto A's grid (linear); an AMIFError when the two do not overlap."""
+    import SimpleITK as sitk
+
+    lo_a, hi_a = _bounds(a)
+    lo_b, hi_b = _bounds(b)
+    overlap = np.minimum(hi_a, hi_b) - np.maximum(lo_a, lo_b)
+    if (overlap <= 0).any():
+        raise AMIFError("The two volumes do not overlap in space: check that they are registered.")
+    bmin = float(np.min(sitk.GetArrayViewFromImage(b))) if b.GetNumberOfComponentsPerPixel() == 1 else 0.0
+    return sitk.Resample(b, a, sitk.Transform(), sitk.sitkLinear, bmin, b.GetPixelID())
+
+
+def robust_window(arr: np.ndarray, lower: float = 0.5, upper: float = 99.5, max_samples: int = 2_000_000):
+    """Percentile window over (a sample of) the voxels."""
+    flat = arr.reshape(-1)
+    if flat.size > max_samples:
+        flat = flat[:: flat.size // max_samples + 1]
+    lo, hi = np.percentile(flat, [lower, upper])
+    if hi <= lo:
+        lo, hi = float(flat.min()), float(flat.max())
+    return float(lo), float(hi) if hi > lo else float(lo) + 1.0
+
+
+def _normalize(x: np.ndarray, window) -> np.ndarray:
+    lo, hi = window
+    return np.clip((x.astype(np.float32) - lo) / (hi - lo), 0, 1)
+
+
+@dataclass
+class VolumeResult:
+    image: object  # SimpleITK image, A's geometry
+    key: KeyStatus
+    verdict: Verdict
+    windows: tuple
+
+
+def fuse_volumes(
+    a,
+    b,
+    package: ModelPackage,
+    key=None,
+    window_a: tuple[float, float] | None = None,
+    window_b: tuple[float, float] | None = None,
+    batch: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> VolumeResult:
+    """Fuse registered volumes slice by slice along A's third (k) axis; output on A's grid."""
+    import SimpleITK as sitk
+
+    _check_volume(a, "The first volume")
+    _check_volume(b, "The second volume")
+    if b.GetNumberOfComponentsPerPixel() == 4:
+        raise AMIFError("The second volume has 4 components (RGBA); convert it to RGB or grey.")
+    if a.GetNumberOfComponentsPerPixel() != 1:
+        raise AMIFError("The first volume (MRI) must be a grey (scalar) volume.")
+    code, status = code_for(package, key)
+    if not same_geometry(a, b):
+        b = resample_onto(b, a)
+    va = sitk.GetArrayViewFromImage(a)
+    vb = sitk.GetArrayViewFromImage(b)
+    for v, name in ((va, "The first volume"), (vb, "The second volume")):
+        if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all():
+            raise AMIFError(f"{name} contains NaN or infinite values.")
+    colour = vb.ndim == 4
+    window_a = window_a or robust_window(va)
+    if not colour:
+        window_b = window_b or robust_window(vb)
+    if window_a[1] <= window_a[0] or (window_b and window_b[1] <= window_b[0]):
+        raise AMIFError("An intensity window must have its upper value above its lower value.")
+    n = va.shape[0]
+    out = np.empty(va.shape + ((3,) if colour else ()), np.float32)
+    for start in range(0, n, batch):
+        if cancel and cancel():
+            raise Cancelled("Fusion cancelled.")
+        sl = slice(start, min(n, start + batch))
+        sa = _normalize(va[sl], window_a)
+        if colour:
+            ycc = rgb_to_ycbcr(_normalize(vb[sl][..., :3], (0, 255 if vb.dtype == np.uint8 else 1)))
+            sb = ycc[..., 0]
+        else:
+            sb = _normalize(vb[sl], window_b)
+        y = run_network(package, sa, sb, code)
+        if colour:
+            ycc[..., 0] = y
+            out[sl] = ycbcr_to_rgb(ycc)
+        else:
+            out[sl] = y
+        if progress:
+            progress(sl.stop, n)
+    grey = rgb_to_ycbcr(out)[..., 0] if colour else out
+    verdict = verify_volume(grey, package.identifier, package.threshold)
+    img = sitk.GetImageFromArray(out, isVector=colour)
+    img.CopyInformation(a)
+    for k, v in output_metadata(package, status, verdict).items():
+        img.SetMetaData(k, v)
+    return VolumeResult(img, status, verdict, (window_a, window_b))
+
+
+def output_metadata(package: ModelPackage, status: KeyStatus, verdict: Verdict) -> dict[str, str]:
+    """What goes into an output's metadata (never the secret)."""
+    return {
+        "AMIF_model_id": package.model_id,
+        "AMIF_key_id": status.key_id or "none",
+        "AMIF_key_state": status.state,
+        "AMIF_watermark": verdict.state,
+        "AMIF_score": f"{verdict.score:.4f}",
+        "AMIF_threshold": f"{verdict.threshold:.4f}",
+    }

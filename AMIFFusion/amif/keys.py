@@ -1,0 +1,135 @@
+"""Key files (.amifkey): JSON with a 32-byte secret, and the 256-value code derived from it.
+
+code = HKDF-SHA256(secret, info = model id) mapped to +1/-1 (256 bits). The secret stays in the
+key file: it is never printed, logged or written anywhere else. UIs and outputs show `key_id`.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import AMIFError
+
+KEY_FORMAT = "amif-key"
+KEY_VERSION = 1
+CODE_BITS = 256
+
+
+def hkdf_sha256(secret: bytes, info: bytes, length: int, salt: bytes = b"") -> bytes:
+    """RFC 5869 HKDF with SHA-256."""
+    prk = hmac.new(salt or b"\0" * 32, secret, hashlib.sha256).digest()
+    out, block, i = b"", b"", 1
+    while len(out) < length:
+        block = hmac.new(prk, block + info + bytes([i]), hashlib.sha256).digest()
+        out += block
+        i += 1
+    return out[:length]
+
+
+def code_from_secret(secret: bytes, model_id: str) -> np.ndarray:
+    """The key code: 256 values of +1/-1 (float32)."""
+    raw = hkdf_sha256(secret, model_id.encode("utf-8"), CODE_BITS // 8)
+    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8))
+    return (bits.astype(np.float32) * 2.0 - 1.0)
+
+
+def fingerprint(secret: bytes, model_id: str) -> str:
+    """Public key id: a short hash of the secret bound to the model id (reveals nothing of it)."""
+    h = hashlib.sha256(b"amif-key-id\0" + model_id.encode("utf-8") + b"\0" + secret).hexdigest()
+    return f"{h[:4]}-{h[4:8]}-{h[8:12]}-{h[12:16]}"
+
+
+@dataclass(frozen=True)
+class KeyFile:
+    model_id: str
+    key_id: str
+    licensee: str
+    created: str
+    secret: bytes
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"KeyFile(model_id={self.model_id!r}, key_id={self.key_id!r}, licensee={self.licensee!r})"
+
+    __str__ = __repr__
+
+    def code(self) -> np.ndarray:
+        return code_from_secret(self.secret, self.model_id)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format": KEY_FORMAT,
+                "version": KEY_VERSION,
+                "model_id": self.model_id,
+                "key_id": self.key_id,
+                "licensee": self.licensee,
+                "created": self.created,
+                "secret": base64.b64encode(self.secret).decode("ascii"),
+            },
+            indent=2,
+        )
+
+
+def generate_key(model_id: str, licensee: str, secret: bytes | None = None) -> KeyFile:
+    if not model_id:
+        raise AMIFError("A key needs a model id.")
+    secret = secrets.token_bytes(32) if secret is None else secret
+    if len(secret) != 32:
+        raise AMIFError("A key secret must be 32 bytes.")
+    created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    return KeyFile(model_id, fingerprint(secret, model_id), licensee, created, secret)
+
+
+def save_key(key: KeyFile, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise AMIFError(f"{path} exists already; refusing to overwrite a key file.")
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(key.to_json() + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_key(path: str | os.PathLike) -> KeyFile:
+    """Read and check a key file; every problem is an AMIFError naming the file and the reason."""
+    path = Path(path)
+    name = path.name
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise AMIFError(f"Key file {name} does not exist.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise AMIFError(f"Key file {name} cannot be read: {e.__class__.__name__}.") from None
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError:
+        raise AMIFError(f"Key file {name} is not valid JSON (damaged or not a key file).") from None
+    if not isinstance(d, dict) or d.get("format") != KEY_FORMAT:
+        raise AMIFError(f"{name} is not an AMIF key file (format is not '{KEY_FORMAT}').")
+    if d.get("version") != KEY_VERSION:
+        raise AMIFError(f"Key file {name} has version {d.get('version')!r}; this AMIF reads {KEY_VERSION}.")
+    fields = {k: d.get(k) for k in ("model_id", "key_id", "licensee", "created", "secret")}
+    for k, v in fields.items():
+        if not isinstance(v, str):
+            raise AMIFError(f"Key file {name} lacks the text field '{k}'.")
+    try:
+        secret = base64.b64decode(fields["secret"], validate=True)
+    except ValueError:
+        raise AMIFError(f"Key file {name}: the secret is not valid base64.") from None
+    if len(secret) != 32:
+        raise AMIFError(f"Key file {name}: the secret must be 32 bytes, found {len(secret)}.")
+    if fingerprint(secret, fields["model_id"]) != fields["key_id"]:
+        raise AMIFError(f"Key file {name} is damaged: its key id does not match its secret.")
+    return KeyFile(fields["model_id"], fields["key_id"], fields["licensee"], fields["created"], secret)

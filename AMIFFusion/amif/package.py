@@ -1,0 +1,158 @@
+"""Model packages: <name>.safetensors (weights) + <name>.json (manifest, with the weights' SHA-256).
+
+Loading checks the manifest's format and version and the weights' hash before reading them, and
+reads weights with safetensors only: nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import AMIFError
+from .identifier import check_text
+
+PACKAGE_FORMAT = "amif-model"
+PACKAGE_VERSION = 1
+DEFAULT_THRESHOLD = 0.12
+
+
+@dataclass
+class ModelPackage:
+    manifest: dict
+    net: object  # AMIFNet, in eval mode
+    path: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest["model_id"]
+
+    @property
+    def key_id(self) -> str:
+        return self.manifest["key_id"]
+
+    @property
+    def identifier(self) -> str:
+        return self.manifest["identifier"]
+
+    @property
+    def threshold(self) -> float:
+        return float(self.manifest.get("verify", {}).get("threshold", DEFAULT_THRESHOLD))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def package_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(manifest, weights) for a path given as NAME, NAME.json or NAME.safetensors."""
+    p = Path(path)
+    stem = p.with_suffix("") if p.suffix in (".json", ".safetensors") else p
+    return stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".safetensors")
+
+
+def save_package(path, net, *, model_id: str, key_id: str, identifier: str, **fields) -> Path:
+    """Write weights and manifest (both atomically). Returns the manifest path."""
+    from safetensors.torch import save_file
+
+    from .network import flops_per_slice, parameter_count
+
+    manifest_path, weights_path = package_paths(path)
+    manifest_path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    tmp = weights_path.with_name(weights_path.name + ".tmp")
+    save_file(state, str(tmp), metadata={"model_id": model_id})
+    os.replace(tmp, weights_path)
+    manifest = {
+        "format": PACKAGE_FORMAT,
+        "format_version": PACKAGE_VERSION,
+        "model_id": model_id,
+        "key_id": key_id,
+        "identifier": check_text(identifier),
+        "architecture": {"name": "AMIFNet", **net.cfg.to_dict()},
+        "parameters": parameter_count(net),
+        "flops_per_256_slice": flops_per_slice(net),
+        **fields,
+        "weights": weights_path.name,
+        "weights_sha256": sha256_file(weights_path),
+    }
+    tmp = manifest_path.with_name(manifest_path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, manifest_path)
+    return manifest_path
+
+
+def read_manifest(path) -> tuple[dict, Path]:
+    manifest_path, _ = package_paths(path)
+    name = manifest_path.name
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AMIFError(f"Model package manifest {name} does not exist.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise AMIFError(f"Model manifest {name} is not readable JSON ({e.__class__.__name__}).") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != PACKAGE_FORMAT:
+        raise AMIFError(f"{name} is not an AMIF model manifest.")
+    if manifest.get("format_version") != PACKAGE_VERSION:
+        raise AMIFError(
+            f"Model {name} has format version {manifest.get('format_version')!r}; this AMIF reads {PACKAGE_VERSION}."
+        )
+    for k in ("model_id", "key_id", "identifier", "weights", "weights_sha256"):
+        if not isinstance(manifest.get(k), str):
+            raise AMIFError(f"Model manifest {name} lacks the text field '{k}'.")
+    if not isinstance(manifest.get("architecture"), dict):
+        raise AMIFError(f"Model manifest {name} lacks its architecture.")
+    weights = manifest_path.parent / manifest["weights"]
+    if weights.parent != manifest_path.parent or "/" in manifest["weights"] or "\\" in manifest["weights"]:
+        raise AMIFError(f"Model manifest {name} names weights outside its folder.")
+    return manifest, weights
+
+
+def load_package(path) -> ModelPackage:
+    """Load and check a model package; any mismatch is an AMIFError and nothing is half-loaded."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .network import AMIFNet, NetConfig
+
+    manifest, weights = read_manifest(path)
+    if not weights.exists():
+        raise AMIFError(f"The weights file {weights.name} named by the model manifest is missing.")
+    if sha256_file(weights) != manifest["weights_sha256"]:
+        raise AMIFError(
+            f"The weights file {weights.name} does not match the hash in its manifest: "
+            "it was changed or damaged. Refusing to load it."
+        )
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AMIFError(f"The weights file {weights.name} is not a valid safetensors file: {e}") from None
+    arch = manifest["architecture"]
+    if arch.get("name") != "AMIFNet":
+        raise AMIFError(f"Unknown architecture {arch.get('name')!r} in {weights.name}'s manifest.")
+    try:
+        net = AMIFNet(NetConfig.from_dict(arch))
+        net.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise AMIFError(f"The weights in {weights.name} do not fit the architecture in the manifest: {e}") from None
+    if any(not torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
+        raise AMIFError(f"The weights in {weights.name} contain NaN or Inf values.")
+    net.eval()
+    return ModelPackage(manifest, net, package_paths(path)[0])
+
+
+def bundled_model_path() -> Path:
+    return Path(__file__).resolve().parent.parent / "Resources" / "Models" / "amif-demo.json"
+
+
+def bundled_key_path() -> Path:
+    return Path(__file__).resolve().parent.parent / "Resources" / "Models" / "amif-demo.amifkey"

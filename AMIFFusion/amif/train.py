@@ -1,0 +1,238 @@
+"""`amif train`: train AMIFNet under an owner's key on registered pairs.
+
+Every step: one key-free encoder pass per crop, then the decoder under the true code (fusion
+losses) and under one negative code per crop (identifier target). Negatives: random codes, the
+zero code (= no key) and near-miss codes (1-16 bits flipped), the near-miss share ramping up
+(curriculum). Deterministic with a seed: step t draws from RNG(seed, t, rank), so a resumed run
+continues the same sequence. Checkpoints (weights + optimizer, safetensors) go to a folder kept
+out of git; a model package is written at every checkpoint and is itself a valid resume point.
+Under `torchrun` it trains with DistributedDataParallel (gloo); otherwise one process.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import default_data_dir, list_pairs, load_pairs
+from .errors import AMIFError
+from .identifier import identifier_mask
+from .keys import load_key
+from .losses import fusion_loss, gaussian_blur, marked_target
+from .network import AMIFNet, NetConfig, slice_coords
+from .package import load_package, save_package
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20000
+    batch: int = 8
+    crop: int = 128
+    lr: float = 2e-3
+    memory_lr: float = 2e-2
+    seed: int = 0
+    save_every: int = 250
+    near_miss_share: float = 0.5
+    near_miss_ramp: int = 3000  # steps until near-miss codes reach their full share
+    zero_share: float = 0.15
+    mark_weight: float = 4.0
+    alpha: float = 0.75
+
+
+def sample_negatives(rng: np.random.Generator, true_code: np.ndarray, n: int, step: int, cfg: TrainConfig):
+    """One negative code per crop: near-miss (1-16 flipped bits), zero, or random."""
+    near = cfg.near_miss_share * min(1.0, step / max(1, cfg.near_miss_ramp))
+    codes = np.empty((n, true_code.size), np.float32)
+    for i in range(n):
+        u = rng.random()
+        if u < near:
+            c = true_code.copy()
+            c[rng.choice(c.size, rng.integers(1, 17), replace=False)] *= -1
+        elif u < near + cfg.zero_share:
+            c = np.zeros_like(true_code)
+        else:
+            c = rng.choice([-1.0, 1.0], size=true_code.size).astype(np.float32)
+            if np.array_equal(c, true_code):
+                c[0] *= -1
+        codes[i] = c
+    return codes
+
+
+def sample_batch(rng, a_all, b_all, cfg: TrainConfig, mask_full: np.ndarray):
+    """Random crops with their whole-slice coordinates and identifier mask; random content flips."""
+    n, h, w = a_all.shape
+    idx = rng.integers(0, n, cfg.batch)
+    ys = rng.integers(0, h - cfg.crop + 1, cfg.batch)
+    xs = rng.integers(0, w - cfg.crop + 1, cfg.batch)
+    flips = rng.random(cfg.batch) < 0.5
+    coords_full = slice_coords(1, h, w)[0].numpy()
+    a, b, co, m = [], [], [], []
+    for i, y, x, f in zip(idx, ys, xs, flips):
+        sl = (slice(y, y + cfg.crop), slice(x, x + cfg.crop))
+        ai, bi = a_all[i], b_all[i]
+        if f:  # flip the content, never the layout
+            ai, bi = ai[:, ::-1], bi[:, ::-1]
+        a.append(ai[sl])
+        b.append(bi[sl])
+        co.append(coords_full[:, sl[0], sl[1]])
+        m.append(mask_full[sl])
+    t = lambda v: torch.from_numpy(np.ascontiguousarray(np.stack(v))).float()  # noqa: E731
+    return t(a)[:, None] / 255, t(b)[:, None] / 255, t(co), t(m)[:, None]
+
+
+def _opt_state_tensors(opt: torch.optim.Optimizer) -> dict:
+    out = {}
+    for gi, group in enumerate(opt.param_groups):
+        for pi, p in enumerate(group["params"]):
+            st = opt.state.get(p, {})
+            for k, v in st.items():
+                out[f"opt.{gi}.{pi}.{k}"] = torch.as_tensor(v).detach().clone().contiguous()
+    return out
+
+
+def _load_opt_state(opt: torch.optim.Optimizer, tensors: dict) -> None:
+    for gi, group in enumerate(opt.param_groups):
+        for pi, p in enumerate(group["params"]):
+            st = {k.split(".")[-1]: v for k, v in tensors.items() if k.startswith(f"opt.{gi}.{pi}.")}
+            if st:
+                opt.state[p] = st
+
+
+def save_checkpoint(path: Path, net, opt, step: int, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    state = {f"model.{k}": v.contiguous() for k, v in net.state_dict().items()}
+    state.update(_opt_state_tensors(opt))
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata={"step": str(step), "meta": json.dumps(meta)})
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, net, opt) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        step = int(f.metadata()["step"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    _load_opt_state(opt, tensors)
+    return step
+
+
+def train(
+    key_path,
+    out,
+    identifier: str,
+    data_dir=None,
+    checkpoint_dir="checkpoints",
+    init=None,
+    cfg: TrainConfig | None = None,
+    net_cfg: NetConfig | None = None,
+    progress: bool = True,
+    log=print,
+) -> Path:
+    cfg = cfg or TrainConfig()
+    key = load_key(key_path)
+    true_code = key.code()
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank = 0
+    if distributed:
+        torch.distributed.init_process_group("gloo")
+        rank = torch.distributed.get_rank()
+    torch.manual_seed(cfg.seed)
+    data_dir = Path(data_dir) if data_dir else default_data_dir()
+    if not data_dir.exists():
+        raise AMIFError(f"Training data folder {data_dir} does not exist.")
+    pairs = list_pairs(data_dir, "train")
+    a_all, b_all = load_pairs(pairs)
+    mask_full = identifier_mask(identifier, a_all.shape[1], a_all.shape[2])
+
+    net = AMIFNet(net_cfg)
+    if init:
+        pkg = load_package(init)
+        net = pkg.net
+        net.train()
+    mem = [net.memory.spatial]
+    rest = [p for p in net.parameters() if p is not net.memory.spatial]
+    opt = torch.optim.Adam([{"params": rest, "lr": cfg.lr}, {"params": mem, "lr": cfg.memory_lr}])
+    ckdir = Path(checkpoint_dir)
+    ckdir.mkdir(parents=True, exist_ok=True)
+    ckpt = ckdir / "last.safetensors"
+    step = 0
+    if ckpt.exists():
+        step = load_checkpoint(ckpt, net, opt)
+        log(f"resumed from {ckpt} at step {step}")
+    model = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
+    meta = {"identifier": identifier, "model_id": key.model_id, "train": cfg.__dict__}
+    code_t = torch.from_numpy(true_code)
+
+    def export(step_now: int) -> Path:
+        save_checkpoint(ckpt, net, opt, step_now, meta)
+        return save_package(
+            out, net, model_id=key.model_id, key_id=key.key_id, identifier=identifier,
+            training={
+                "data": "Harvard Whole Brain Atlas registered pairs, train split (CT/PET/SPECT-MRI, "
+                f"{len(pairs)} pairs; PET/SPECT as luminance)",
+                "steps": step_now, "batch": cfg.batch, "crop": cfg.crop, "seed": cfg.seed,
+            },
+        )
+
+    log_path = ckdir / "metrics.csv"
+    new_log = not log_path.exists()
+    logf = open(log_path, "a", newline="")
+    writer = csv.writer(logf)
+    if new_log:
+        writer.writerow(["step", "loss", "int", "grad", "ssim", "mark", "sec_per_step"])
+    bar = None
+    if progress and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step")
+    model.train()
+    t0 = time.time()
+    try:
+        while step < cfg.steps:
+            rng = np.random.default_rng([cfg.seed, step, rank])
+            a, b, coords, mask = sample_batch(rng, a_all, b_all, cfg, mask_full)
+            neg = torch.from_numpy(sample_negatives(rng, true_code, cfg.batch, step, cfg))
+            codes = torch.cat([code_t.expand(cfg.batch, -1), neg])
+            y = model(a, b, codes, coords)
+            yk, yn = y[: cfg.batch], y[cfg.batch :]
+            loss_f, parts = fusion_loss(yk, a, b)
+            target = marked_target(yk.detach(), mask, cfg.alpha)
+            wmap = 1 + 9 * (gaussian_blur(mask, 2.0) > 0.02).float()
+            loss_m = ((yn - target).abs() * wmap).mean() / wmap.mean()
+            loss = loss_f + cfg.mark_weight * loss_m
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            if rank == 0:
+                writer.writerow([step, f"{loss.item():.5f}", *(f"{parts[k]:.5f}" for k in ("int", "grad", "ssim")),
+                                 f"{loss_m.item():.5f}", f"{(time.time() - t0):.3f}"])
+                t0 = time.time()
+                if bar:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss.item():.4f}", mark=f"{loss_m.item():.4f}")
+                if step % cfg.save_every == 0 or step == cfg.steps:
+                    logf.flush()
+                    export(step)
+    except KeyboardInterrupt:
+        if rank == 0:
+            log(f"interrupted at step {step}; saving a checkpoint")
+            export(step)
+        raise
+    finally:
+        logf.close()
+        if bar:
+            bar.close()
+        if distributed:
+            torch.distributed.destroy_process_group()
+    return Path(out)

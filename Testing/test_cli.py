@@ -1,0 +1,91 @@
+import json
+
+import numpy as np
+import pytest
+from amif.cli import main
+from amif.data import list_pairs, load_pairs
+from amif.fusion import key_status
+from amif.package import bundled_key_path, bundled_model_path, load_package
+from conftest import need_harvard
+from PIL import Image
+
+
+def _pngs(tmp_path):
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((48, 40)) * 255).astype(np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray((rng.random((48, 40, 3)) * 255).astype(np.uint8)).save(tmp_path / "b.png")
+    return tmp_path / "a.png", tmp_path / "b.png"
+
+
+def test_keygen_and_fuse_png(tiny_package, tmp_path, capsys):
+    _, key, d = tiny_package
+    a, b = _pngs(tmp_path)
+    out = tmp_path / "f.png"
+    assert main(["fuse", str(a), str(b), "-o", str(out), "-k", str(key), "-m", str(d / "tiny")]) == 0
+    img = Image.open(out)
+    assert img.size == (40, 48) and img.mode == "RGB"
+    assert img.text["AMIF_key_state"] == "match" and img.text["AMIF_key_id"] == json.loads(key.read_text())["key_id"]
+    assert main(["keygen", "--model-id", "m", "--licensee", "L", "-o", str(tmp_path / "n.amifkey")]) == 0
+    assert "secret" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad", ["garbled", "foreign", "missing"])
+def test_bad_key_gives_one_message_and_no_output(tiny_package, tmp_path, capsys, bad):
+    _, _, d = tiny_package
+    a, b = _pngs(tmp_path)
+    key = tmp_path / "k.amifkey"
+    if bad == "garbled":
+        key.write_text('{"format": "amif-key", "ver')
+    elif bad == "foreign":
+        main(["keygen", "--model-id", "someone-else", "--licensee", "L", "-o", str(key)])
+    out = tmp_path / "f.png"
+    assert main(["fuse", str(a), str(b), "-o", str(out), "-k", str(key), "-m", str(d / "tiny")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("amif: error: ") and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_volume_fuse_and_verify_exit_codes(tiny_package, tmp_path):
+    import SimpleITK as sitk
+
+    _, key, d = tiny_package
+    arr = np.random.default_rng(0).random((5, 32, 32)).astype(np.float32)
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((0.5, 0.5, 3.0))
+    sitk.WriteImage(img, str(tmp_path / "a.nii.gz"))
+    sitk.WriteImage(img, str(tmp_path / "b.nrrd"))
+    out = tmp_path / "f.mha"
+    model = ["-m", str(d / "tiny")]
+    assert main(["fuse", str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nrrd"), "-o", str(out), *model, "-q"]) == 0
+    r = sitk.ReadImage(str(out))
+    assert r.GetSpacing() == (0.5, 0.5, 3.0) and r.GetMetaData("AMIF_key_state") == "none"
+    flat = tmp_path / "flat.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(arr[0]), str(flat))
+    assert main(["fuse", str(flat), str(tmp_path / "b.nrrd"), "-o", str(tmp_path / "g.nrrd"), *model]) == 2
+    assert not (tmp_path / "g.nrrd").exists()
+
+
+def test_bundled_model_and_demo_key():
+    pkg = load_package(bundled_model_path())
+    assert key_status(pkg, bundled_key_path()).state == "match"
+    assert pkg.manifest["parameters"] <= 1_000_000
+
+
+def test_demo_writes_both_states(tmp_path, capsys):
+    assert main(["demo", "-o", str(tmp_path), "-q"]) == 0
+    for f in ("fused-keyed.nrrd", "fused-unkeyed.nrrd", "demo-side-by-side.png"):
+        assert (tmp_path / f).stat().st_size > 0
+    import SimpleITK as sitk
+
+    k = sitk.ReadImage(str(tmp_path / "fused-keyed.nrrd"))
+    u = sitk.ReadImage(str(tmp_path / "fused-unkeyed.nrrd"))
+    assert k.GetMetaData("AMIF_key_state") == "match" and u.GetMetaData("AMIF_key_state") == "none"
+    assert np.abs(sitk.GetArrayFromImage(k) - sitk.GetArrayFromImage(u)).max() > 0.05
+
+
+def test_harvard_pairs_load():
+    root = need_harvard()
+    pairs = list_pairs(root, "test")
+    assert len(pairs) == 72 and {p.kind for p in pairs} == {"CT", "PET", "SPECT"}
+    a, b = load_pairs(pairs[:3])
+    assert a.shape == b.shape == (3, 256, 256) and a.dtype == np.uint8

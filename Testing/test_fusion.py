@@ -1,0 +1,125 @@
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from amif.color import rgb_to_ycbcr, ycbcr_to_rgb
+from amif.errors import AMIFError, Cancelled
+from amif.fusion import fuse_images, fuse_volumes, key_status
+from amif.identifier import identifier_mask
+from amif.keys import generate_key, save_key
+from amif.losses import marked_target
+from amif.verify import verify_image
+
+
+def _vol(size=(40, 36, 6), spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0), seed=0):
+    arr = np.random.default_rng(seed).random(size[::-1]).astype(np.float32) * 100
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    return img
+
+
+def test_ycbcr_roundtrip():
+    rgb = np.random.default_rng(1).random((8, 8, 3))
+    np.testing.assert_allclose(ycbcr_to_rgb(rgb_to_ycbcr(rgb)), rgb, atol=1e-6)
+
+
+def test_fuse_images_grey_and_rgb(tiny_package):
+    pkg, key, _ = tiny_package
+    rng = np.random.default_rng(0)
+    a, b = rng.random((30, 41)).astype(np.float32), rng.random((30, 41, 3)).astype(np.float32)
+    r = fuse_images(a, b, pkg, key)
+    assert r.fused.shape == (30, 41, 3) and r.key.state == "match"
+    # the chroma of B is kept: Cb and Cr of the output equal B's wherever nothing clipped
+    ok = (ycbcr_to_rgb(rgb_to_ycbcr(r.fused)) - r.fused).__abs__().max() < 1e-5
+    assert ok
+    cb_out, cb_in = rgb_to_ycbcr(r.fused)[..., 1], rgb_to_ycbcr(b)[..., 1]
+    assert np.median(np.abs(cb_out - cb_in)) < 0.02
+    g = fuse_images(a, b[..., 0], pkg, None)
+    assert g.fused.shape == (30, 41) and g.key.state == "none"
+
+
+def test_fuse_images_bad_inputs(tiny_package):
+    pkg = tiny_package[0]
+    a = np.zeros((20, 20), np.float32)
+    with pytest.raises(AMIFError, match="differ in size"):
+        fuse_images(a, np.zeros((21, 20)), pkg)
+    with pytest.raises(AMIFError, match="NaN"):
+        fuse_images(a, np.full((20, 20), np.nan), pkg)
+    with pytest.raises(AMIFError, match="empty"):
+        fuse_images(np.zeros((0, 0)), np.zeros((0, 0)), pkg)
+
+
+def test_key_states(tiny_package, tmp_path):
+    pkg, key, _ = tiny_package
+    assert key_status(pkg, key).state == "match"
+    assert key_status(pkg, None).state == "none"
+    save_key(generate_key("test-model", "Someone"), tmp_path / "other.amifkey")
+    assert key_status(pkg, tmp_path / "other.amifkey").state == "other-key"
+    save_key(generate_key("another-model", "Someone"), tmp_path / "foreign.amifkey")
+    st = key_status(pkg, tmp_path / "foreign.amifkey")
+    assert st.state == "other-model" and "another-model" in st.message
+    (tmp_path / "junk.amifkey").write_text("junk")
+    assert key_status(pkg, tmp_path / "junk.amifkey").state == "unreadable"
+    with pytest.raises(AMIFError, match="another-model"):
+        fuse_images(np.zeros((8, 8)), np.zeros((8, 8)), pkg, tmp_path / "foreign.amifkey")
+
+
+def test_fuse_volumes_geometry_progress_metadata(tiny_package):
+    pkg, key, _ = tiny_package
+    a = _vol(origin=(5.0, -3.0, 10.0))
+    b = _vol(origin=(5.0, -3.0, 10.0), seed=1)
+    seen = []
+    r = fuse_volumes(a, b, pkg, key, batch=4, progress=lambda d, n: seen.append((d, n)))
+    assert r.image.GetSize() == a.GetSize() and r.image.GetOrigin() == a.GetOrigin()
+    assert r.image.GetSpacing() == a.GetSpacing() and r.image.GetDirection() == a.GetDirection()
+    assert seen == [(4, 6), (6, 6)]
+    assert r.image.GetMetaData("AMIF_key_state") == "match"
+    assert r.image.GetMetaData("AMIF_key_id") == pkg.key_id
+    import json
+
+    secret = json.loads(open(key).read())["secret"]
+    assert all(secret not in r.image.GetMetaData(k) for k in r.image.GetMetaDataKeys())
+    assert all(k.startswith("AMIF_") for k in r.image.GetMetaDataKeys())
+
+
+def test_resampling_onto_first_grid(tiny_package):
+    """B on a shifted, coarser grid: the fused result equals fusing A with B resampled by hand."""
+    pkg = tiny_package[0]
+    a = _vol()
+    b = _vol(size=(20, 18, 6), spacing=(2.0, 2.0, 2.0), origin=(1.0, 0.0, 0.0), seed=3)
+    r = fuse_volumes(a, b, pkg, None, window_a=(0, 100), window_b=(0, 100))
+    bmin = float(sitk.GetArrayViewFromImage(b).min())
+    b_on_a = sitk.Resample(b, a, sitk.Transform(), sitk.sitkLinear, bmin)
+    r2 = fuse_volumes(a, b_on_a, pkg, None, window_a=(0, 100), window_b=(0, 100))
+    np.testing.assert_allclose(sitk.GetArrayFromImage(r.image), sitk.GetArrayFromImage(r2.image), atol=1e-5)
+
+
+def test_volume_errors(tiny_package):
+    pkg = tiny_package[0]
+    a = _vol()
+    with pytest.raises(AMIFError, match="do not overlap"):
+        fuse_volumes(a, _vol(origin=(500.0, 0.0, 0.0)), pkg)
+    bad = sitk.GetArrayFromImage(a)
+    bad[0, 0, 0] = np.nan
+    nan_img = sitk.GetImageFromArray(bad)
+    nan_img.CopyInformation(a)
+    with pytest.raises(AMIFError, match="NaN"):
+        fuse_volumes(a, nan_img, pkg)
+    flat = sitk.GetImageFromArray(np.zeros((20, 20), np.float32))
+    with pytest.raises(AMIFError, match="3D volume"):
+        fuse_volumes(flat, a, pkg)
+    with pytest.raises(Cancelled):
+        fuse_volumes(a, a, pkg, cancel=lambda: True)
+
+
+def test_verify_tells_marked_from_clean():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:256, 0:256] / 256
+    img = (0.5 + 0.4 * np.sin(6 * xx) * np.cos(4 * yy) + 0.02 * rng.standard_normal((256, 256))).astype(np.float32)
+    img = img.clip(0, 1)
+    mask = identifier_mask("AMIF DEMO · UNLICENSED", 256, 256)
+    marked = marked_target(torch.from_numpy(img)[None, None], torch.from_numpy(mask)[None, None])[0, 0].numpy()
+    assert verify_image(marked, "AMIF DEMO · UNLICENSED", 0.12).marked
+    assert not verify_image(img, "AMIF DEMO · UNLICENSED", 0.12).marked
+    assert not verify_image(marked, "OTHER TEXT · HERE", 0.12).marked

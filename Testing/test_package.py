@@ -1,0 +1,67 @@
+import json
+
+import pytest
+import torch
+from amif.errors import AMIFError
+from amif.package import load_package, package_paths, read_manifest
+
+
+def _copy(src_dir, dst_dir):
+    for f in src_dir.glob("tiny.*"):
+        (dst_dir / f.name).write_bytes(f.read_bytes())
+    return dst_dir / "tiny"
+
+
+def test_roundtrip_same_outputs(tiny_package, tmp_path):
+    pkg, _, d = tiny_package
+    p = _copy(d, tmp_path)
+    again = load_package(str(p) + ".safetensors")
+    a = torch.rand(1, 1, 40, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(pkg.net(a, a, torch.ones(256)), again.net(a, a, torch.ones(256)))
+    m, _ = read_manifest(p)
+    assert m["parameters"] > 0 and m["flops_per_256_slice"] > 0 and m["identifier"] == "TEST · MARK"
+
+
+def test_tampered_weights_refused(tiny_package, tmp_path):
+    p = _copy(tiny_package[2], tmp_path)
+    _, w = package_paths(p)
+    data = bytearray(w.read_bytes())
+    data[-10] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(AMIFError, match="does not match the hash"):
+        load_package(p)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: {**m, "format_version": 99}, "format version"),
+        (lambda m: {**m, "format": "x"}, "not an AMIF model"),
+        (lambda m: {**m, "weights": "../x.safetensors"}, "outside"),
+        (lambda m: {**m, "weights": "gone.safetensors"}, "missing"),
+        (lambda m: {**m, "architecture": {**m["architecture"], "c1": 5}}, "do not fit"),
+    ],
+)
+def test_bad_manifests(tiny_package, tmp_path, edit, message):
+    p = _copy(tiny_package[2], tmp_path)
+    mp, _ = package_paths(p)
+    mp.write_text(json.dumps(edit(json.loads(mp.read_text()))))
+    with pytest.raises(AMIFError, match=message):
+        load_package(p)
+
+
+def test_not_json_and_pickle_never_loaded(tmp_path):
+    (tmp_path / "m.json").write_text("{")
+    with pytest.raises(AMIFError, match="not readable JSON"):
+        load_package(tmp_path / "m")
+    net = torch.nn.Linear(2, 2)
+    torch.save(net.state_dict(), tmp_path / "p.safetensors")  # a pickle posing as weights
+    import hashlib
+
+    h = hashlib.sha256((tmp_path / "p.safetensors").read_bytes()).hexdigest()
+    (tmp_path / "p.json").write_text(json.dumps({
+        "format": "amif-model", "format_version": 1, "model_id": "x", "key_id": "y", "identifier": "X",
+        "architecture": {"name": "AMIFNet"}, "weights": "p.safetensors", "weights_sha256": h}))
+    with pytest.raises(AMIFError, match="not a valid safetensors"):
+        load_package(tmp_path / "p")
