@@ -1,0 +1,50 @@
+import numpy as np
+from PIL import Image
+
+from amif.network import NetConfig
+from amif.package import load_package
+from amif.train import TrainConfig, sample_negatives, train
+
+TINY = NetConfig(c1=4, c2=8, c3=8, mem_channels=4, mem_size=16, key_features=32, key_hidden=8)
+
+
+def _fake_pairs(root, n=3):
+    rng = np.random.default_rng(0)
+    for folder, kind in (("CT-MRI", "CT"), ("PET-MRI", "PET")):
+        for mod in ("MRI", kind):
+            d = root / folder / "train" / mod
+            d.mkdir(parents=True)
+            for i in range(n):
+                shape = (64, 64, 3) if mod == "PET" else (64, 64)
+                Image.fromarray((rng.random(shape) * 255).astype(np.uint8)).save(d / f"{i}.png")
+
+
+def test_train_writes_package_and_resumes_deterministically(tiny_package, tmp_path):
+    _, key, _ = tiny_package
+    _fake_pairs(tmp_path / "data")
+    kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
+    cfg = dict(batch=2, crop=32, save_every=2)
+    train(key, tmp_path / "a" / "m", checkpoint_dir=tmp_path / "a" / "ck", cfg=TrainConfig(steps=4, **cfg), **kw)
+    train(key, tmp_path / "b" / "m", checkpoint_dir=tmp_path / "b" / "ck", cfg=TrainConfig(steps=2, **cfg), **kw)
+    train(key, tmp_path / "b" / "m", checkpoint_dir=tmp_path / "b" / "ck", cfg=TrainConfig(steps=4, **cfg), **kw)
+    pa, pb = load_package(tmp_path / "a" / "m"), load_package(tmp_path / "b" / "m")
+    assert pa.manifest["training"]["steps"] == pb.manifest["training"]["steps"] == 4
+    for (n, x), (_, y) in zip(pa.net.state_dict().items(), pb.net.state_dict().items()):
+        assert np.allclose(x.numpy(), y.numpy(), atol=1e-6), n
+    log = (tmp_path / "b" / "ck" / "metrics.csv").read_text().splitlines()
+    assert log[0].startswith("step,loss") and len(log) == 5
+
+
+def test_negative_codes_curriculum():
+    true = np.where(np.random.default_rng(1).random(256) > 0.5, 1.0, -1.0).astype(np.float32)
+    cfg = TrainConfig()
+    early = sample_negatives(np.random.default_rng(0), true, 400, 0, cfg)
+    late = sample_negatives(np.random.default_rng(0), true, 400, cfg.near_miss_ramp, cfg)
+    for codes in (early, late):
+        assert not any(np.array_equal(c, true) for c in codes)
+    flips = (late != true[None]).sum(1)
+    near = flips[(flips >= 1) & (flips <= 16) & (np.abs(late).sum(1) > 0)]
+    nonzero = early[np.abs(early).sum(1) > 0]
+    assert (nonzero != true[None]).sum(1).min() > 16  # no near-miss codes before the ramp
+    assert 0.1 < 1 - len(nonzero) / 400 < 0.2  # the zero code's share
+    assert 0.4 < len(near) / 400 < 0.6
