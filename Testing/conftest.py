@@ -22,6 +22,7 @@ def need_harvard():
 def tiny_package(tmp_path_factory):
     """A small untrained model package with its owner's key (fast, deterministic)."""
     import torch
+
     from amif.keys import generate_key, save_key
     from amif.network import AMIFNet, NetConfig
     from amif.package import load_package, save_package

@@ -2,12 +2,13 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from amif.cli import main
 from amif.data import list_pairs, load_pairs
 from amif.fusion import key_status
 from amif.package import bundled_key_path, bundled_model_path, load_package
 from conftest import need_harvard
-from PIL import Image
 
 
 def _pngs(tmp_path):

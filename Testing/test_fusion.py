@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+
 from amif.color import rgb_to_ycbcr, ycbcr_to_rgb
 from amif.errors import AMIFError, Cancelled
 from amif.fusion import fuse_images, fuse_volumes, key_status

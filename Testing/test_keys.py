@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+
 from amif.errors import AMIFError
 from amif.keys import code_from_secret, generate_key, hkdf_sha256, load_key, save_key
 

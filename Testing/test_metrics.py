@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from amif.metrics import entropy, max_rule, qabf, spatial_frequency, vif
 
 

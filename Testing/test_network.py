@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+
 from amif.errors import AMIFError
 from amif.identifier import identifier_mask, layout_lines
 from amif.network import AMIFNet, parameter_count, slice_coords

@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+
 from amif.errors import AMIFError
 from amif.package import load_package, package_paths, read_manifest
 
