@@ -135,7 +135,7 @@ def _check_volume(img, name: str):
         raise AMIFError(f"{name} is not an image.")
     if img.GetDimension() != 3 or min(img.GetSize()) < 1:
         raise AMIFError(f"{name} is a {img.GetDimension()}D image; a 3D volume is needed.")
-    if img.GetNumberOfComponentsPerPixel() not in (1, 3, 4):
+    if img.GetNumberOfComponentsPerPixel() not in (1, 3):
         raise AMIFError(f"{name} has {img.GetNumberOfComponentsPerPixel()} components; grey or RGB is needed.")
 
 
@@ -210,8 +210,6 @@ def fuse_volumes(
 
     _check_volume(a, "The first volume")
     _check_volume(b, "The second volume")
-    if b.GetNumberOfComponentsPerPixel() == 4:
-        raise AMIFError("The second volume has 4 components (RGBA); convert it to RGB or grey.")
     if a.GetNumberOfComponentsPerPixel() != 1:
         raise AMIFError("The first volume (MRI) must be a grey (scalar) volume.")
     code, status = code_for(package, key)
