@@ -129,7 +129,7 @@ def test_verify_tells_marked_from_clean():
 def test_colour_second_volume_keeps_chroma(tiny_package):
     pkg = tiny_package[0]
     a = _vol(size=(24, 20, 3))
-    rgb = (np.random.default_rng(2).random((3, 20, 24, 3)) * 255).astype(np.uint8)
+    rgb = (96 + np.random.default_rng(2).random((3, 20, 24, 3)) * 64).astype(np.uint8)  # mild colours
     b = sitk.GetImageFromArray(rgb, isVector=True)
     b.CopyInformation(a)
     r = fuse_volumes(a, b, pkg)
@@ -137,7 +137,7 @@ def test_colour_second_volume_keeps_chroma(tiny_package):
     assert r.image.GetNumberOfComponentsPerPixel() == 3 and out.shape == (3, 20, 24, 3)
     cr_in, cr_out = rgb_to_ycbcr(rgb / 255.0)[..., 2], rgb_to_ycbcr(out)[..., 2]
     inside = ((out > 1e-6) & (out < 1 - 1e-6)).all(-1)  # where no channel was clipped to the gamut
-    assert inside.mean() > 0.3 and np.abs(cr_in - cr_out)[inside].max() < 1e-4
+    assert inside.mean() > 0.5 and np.abs(cr_in - cr_out)[inside].max() < 1e-4
     rgba = sitk.GetImageFromArray(np.zeros((3, 20, 24, 4), np.uint8), isVector=True)
     with pytest.raises(AMIFError, match="4 components"):
         fuse_volumes(a, rgba, pkg)
