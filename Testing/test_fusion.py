@@ -141,3 +141,20 @@ def test_colour_second_volume_keeps_chroma(tiny_package):
     rgba = sitk.GetImageFromArray(np.zeros((3, 20, 24, 4), np.uint8), isVector=True)
     with pytest.raises(AMIFError, match="4 components"):
         fuse_volumes(a, rgba, pkg)
+
+
+def test_orientation_does_not_change_the_physical_result(tiny_package):
+    """The same physical volume stored with flipped axes gives the same fused image in space."""
+    pkg = tiny_package[0]
+    a, b = _vol(seed=4), _vol(seed=5)
+    r1 = fuse_volumes(a, b, pkg, window_a=(0, 100), window_b=(0, 100)).image
+
+    def flipped(img):
+        f = sitk.Flip(img, [False, True, True])  # ITK keeps the physical content, changes the layout
+        assert f.GetDirection() != img.GetDirection()
+        return f
+
+    r2 = fuse_volumes(flipped(a), flipped(b), pkg, window_a=(0, 100), window_b=(0, 100)).image
+    assert r2.GetDirection() == flipped(a).GetDirection()
+    back = sitk.Resample(r2, r1, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(r1), atol=1e-5)

@@ -62,7 +62,9 @@ def main() -> None:
     ap.add_argument("--data", default=str(default_data_dir()))
     ap.add_argument("--random", type=int, default=1000)
     ap.add_argument("--near", type=int, default=256)
-    ap.add_argument("--out", default=str(ROOT / "Resources" / "engine-eval"))
+    ap.add_argument("--report", default=str(ROOT / "Resources" / "engine-eval.md"))
+    ap.add_argument("--figure", default=str(ROOT / "out" / "engine-eval-keyed-vs-unkeyed.png"),
+                    help="local only: it shows Harvard images, which must never be committed")
     args = ap.parse_args()
     import torch
 
@@ -119,21 +121,21 @@ def main() -> None:
               "", "| zeroed module | flagged | PSNR to keyed (dB) |", "|---|---|---|"]
     for name, frac, psnr in surgery(pkg, a[:24], b[:24], keyed[:24]):
         lines.append(f"| {name} | {100 * frac:.0f}% | {psnr:.1f} |")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     from PIL import Image
 
     rows = []
     for kind in ("CT", "PET", "SPECT"):
         i = int(np.where(kinds == kind)[0][0])
         rows.append(np.concatenate([a[i], b[i], keyed[i], nokey[i]], axis=1))
-    Image.fromarray(np.round(np.concatenate(rows) * 255).astype(np.uint8)).save(out / "keyed-vs-unkeyed.png")
-    lines += ["", "![MRI | second modality | keyed | no key](keyed-vs-unkeyed.png)", "",
-              "Columns: MRI, CT/PET/SPECT luminance, keyed output, no-key output. "
-              "Rows: one CT, one PET, one SPECT test pair.", "",
-              f"Regenerate: `python tools/evaluate_engine.py -m {Path(args.model).name}`"]
+    fig = Path(args.figure)
+    fig.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.round(np.concatenate(rows) * 255).astype(np.uint8)).save(fig)
+    lines += ["", "The script also writes a keyed-vs-unkeyed figure (one CT, one PET, one SPECT test pair: "
+              "MRI, second modality, keyed, no key) to `out/`; it shows Harvard images, so it is never "
+              "committed. The committed figure in the README uses the bundled MNI-based sample instead.", "",
+              "Regenerate: `python tools/evaluate_engine.py`"]
     text = "\n".join(lines) + "\n"
-    (out / "README.md").write_text(text)
+    Path(args.report).write_text(text)
     print(text)
 
 

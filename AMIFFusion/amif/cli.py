@@ -93,13 +93,19 @@ def cmd_demo(args) -> None:
     a, b = res / "AMIFSample-MRI.nrrd", res / "AMIFSample-PET.nrrd"
     keyed = fuse_files(a, b, out / "fused-keyed.nrrd", args.model, bundled_key_path(), not args.quiet)
     unkeyed = fuse_files(a, b, out / "fused-unkeyed.nrrd", args.model, None, not args.quiet)
-    mri = sitk.GetArrayFromImage(_read_volume(str(a))).astype(np.float32)
+    from .fusion import DISPLAY_ORIENTATION, resample_onto, robust_window
+
+    def display(img):  # axial slices as a viewer shows them
+        return sitk.GetArrayFromImage(sitk.DICOMOrient(img, DISPLAY_ORIENTATION)).astype(np.float32)
+
+    mri_img = _read_volume(str(a))
+    mri, pet = display(mri_img), display(resample_onto(_read_volume(str(b)), mri_img))
     k = int(mri.shape[0] * 0.55)
-    rows = [mri[k] / max(mri[k].max(), 1)]
+    rows = [np.clip((v[k] - lo) / (hi - lo), 0, 1) for v in (mri, pet) for lo, hi in [robust_window(v)]]
     for name in ("fused-keyed.nrrd", "fused-unkeyed.nrrd"):
-        rows.append(sitk.GetArrayFromImage(sitk.ReadImage(str(out / name)))[k])
-    side = np.concatenate([np.flipud(r) for r in rows], axis=1)
-    _write_2d(out / "demo-side-by-side.png", side, {"AMIF_panels": "MRI | keyed (demo key) | no key"})
+        rows.append(display(sitk.ReadImage(str(out / name)))[k])
+    side = np.concatenate(rows, axis=1)
+    _write_2d(out / "demo-side-by-side.png", side, {"AMIF_panels": "MRI | PET | keyed (demo key) | no key"})
     print(f"keyed:   watermark {keyed['AMIF_watermark']} (score {keyed['AMIF_score']})")
     print(f"no key:  watermark {unkeyed['AMIF_watermark']} (score {unkeyed['AMIF_score']})")
     print(f"wrote {out}/fused-keyed.nrrd, fused-unkeyed.nrrd, demo-side-by-side.png")

@@ -186,6 +186,9 @@ def _normalize(x: np.ndarray, window) -> np.ndarray:
     return np.clip((x.astype(np.float32) - lo) / (hi - lo), 0, 1)
 
 
+DISPLAY_ORIENTATION = "RAI"  # ITK naming: i runs from Right, j from Anterior, k from Inferior
+
+
 @dataclass
 class VolumeResult:
     image: object  # SimpleITK image, A's geometry
@@ -205,7 +208,7 @@ def fuse_volumes(
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> VolumeResult:
-    """Fuse registered volumes slice by slice along A's third (k) axis; output on A's grid."""
+    """Fuse registered volumes slice by slice (axial slices in display orientation); output on A's grid."""
     import SimpleITK as sitk
 
     _check_volume(a, "The first volume")
@@ -215,6 +218,11 @@ def fuse_volumes(
     code, status = code_for(package, key)
     if not same_geometry(a, b):
         b = resample_onto(b, a)
+    # Work in the radiological display orientation (axial slices, anterior up, patient right on
+    # the left), so the identifier reads upright in viewers; the output goes back to A's layout.
+    original = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(a.GetDirection())
+    a_geometry = a
+    a, b = sitk.DICOMOrient(a, DISPLAY_ORIENTATION), sitk.DICOMOrient(b, DISPLAY_ORIENTATION)
     va = sitk.GetArrayViewFromImage(a)
     vb = sitk.GetArrayViewFromImage(b)
     for v, name in ((va, "The first volume"), (vb, "The second volume")):
@@ -250,6 +258,8 @@ def fuse_volumes(
     verdict = verify_volume(grey, package.identifier, package.threshold)
     img = sitk.GetImageFromArray(out, isVector=colour)
     img.CopyInformation(a)
+    img = sitk.DICOMOrient(img, original)
+    img.CopyInformation(a_geometry)
     for k, v in output_metadata(package, status, verdict).items():
         img.SetMetaData(k, v)
     return VolumeResult(img, status, verdict, (window_a, window_b))
