@@ -33,6 +33,11 @@ def test_train_writes_package_and_resumes_deterministically(tiny_package, tmp_pa
         assert np.allclose(x.numpy(), y.numpy(), atol=1e-6), n
     log = (tmp_path / "b" / "ck" / "metrics.csv").read_text().splitlines()
     assert log[0].startswith("step,loss") and len(log) == 5
+    # a committed package is a resume point: its step count carries on, in a new checkpoint folder
+    train(key, tmp_path / "c" / "m", checkpoint_dir=tmp_path / "c" / "ck", init=tmp_path / "b" / "m",
+          cfg=TrainConfig(steps=6, **cfg), **kw)
+    assert load_package(tmp_path / "c" / "m").manifest["training"]["steps"] == 6
+    assert len((tmp_path / "c" / "ck" / "metrics.csv").read_text().splitlines()) == 3
 
 
 def test_negative_codes_curriculum():

@@ -27,7 +27,7 @@ from .identifier import identifier_mask
 from .keys import load_key
 from .losses import fusion_loss, gaussian_blur, marked_target
 from .network import AMIFNet, NetConfig, slice_coords
-from .package import load_package, save_package
+from .package import DEFAULT_THRESHOLD, load_package, save_package
 
 
 @dataclass
@@ -154,10 +154,12 @@ def train(
     a_all, b_all = load_pairs(pairs)
     mask_full = identifier_mask(identifier, a_all.shape[1], a_all.shape[2])
 
-    net = AMIFNet(net_cfg)
-    if init:
+    net, step = AMIFNet(net_cfg), 0
+    if init:  # a model package is a resume point: weights and step count (the optimizer restarts)
         pkg = load_package(init)
-        net = pkg.net
+        if pkg.model_id != key.model_id:
+            raise AMIFError(f"--init model '{pkg.model_id}' is not the key's model '{key.model_id}'.")
+        net, step = pkg.net, int(pkg.manifest.get("training", {}).get("steps", 0))
         net.train()
     mem = [net.memory.spatial]
     rest = [p for p in net.parameters() if p is not net.memory.spatial]
@@ -165,7 +167,6 @@ def train(
     ckdir = Path(checkpoint_dir)
     ckdir.mkdir(parents=True, exist_ok=True)
     ckpt = ckdir / "last.safetensors"
-    step = 0
     if ckpt.exists():
         step = load_checkpoint(ckpt, net, opt)
         log(f"resumed from {ckpt} at step {step}")
@@ -182,6 +183,7 @@ def train(
                 f"{len(pairs)} pairs; PET/SPECT as luminance)",
                 "steps": step_now, "batch": cfg.batch, "crop": cfg.crop, "seed": cfg.seed,
             },
+            verify={"threshold": DEFAULT_THRESHOLD},
         )
 
     log_path = ckdir / "metrics.csv"
