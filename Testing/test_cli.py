@@ -82,6 +82,12 @@ def test_demo_writes_both_states(tmp_path, capsys):
     u = sitk.ReadImage(str(tmp_path / "fused-unkeyed.nrrd"))
     assert k.GetMetaData("AMIF_key_state") == "match" and u.GetMetaData("AMIF_key_state") == "none"
     assert np.abs(sitk.GetArrayFromImage(k) - sitk.GetArrayFromImage(u)).max() > 0.05
+    # the bundled model: keyed output clean, no-key output marked (verify exits 1 when marked)
+    assert k.GetMetaData("AMIF_watermark") == "clean" and u.GetMetaData("AMIF_watermark") == "marked"
+    for name, code in (("fused-keyed.nrrd", 0), ("fused-unkeyed.nrrd", 1)):
+        with pytest.raises(SystemExit) as ex:
+            main(["verify", str(tmp_path / name)])
+        assert ex.value.code == code
 
 
 def test_harvard_pairs_load():

@@ -138,7 +138,11 @@ def cmd_verify(args) -> None:
     else:
         import SimpleITK as sitk
 
+        from .fusion import DISPLAY_ORIENTATION
+
         img = _read_volume(args.image)
+        if img.GetDimension() == 3:  # the identifier is written upright in display orientation
+            img = sitk.DICOMOrient(img, DISPLAY_ORIENTATION)
         arr = sitk.GetArrayFromImage(img).astype(np.float32)
         if arr.ndim == 4:
             from .color import luminance
