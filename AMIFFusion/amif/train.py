@@ -35,8 +35,8 @@ class TrainConfig:
     steps: int = 20000
     batch: int = 8
     crop: int = 128
-    lr: float = 2e-3
-    memory_lr: float = 2e-2
+    lr: float = 1e-3
+    memory_lr: float = 1e-2
     seed: int = 0
     save_every: int = 250
     near_miss_share: float = 0.5
