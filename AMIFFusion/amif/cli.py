@@ -93,17 +93,14 @@ def cmd_demo(args) -> None:
     a, b = res / "AMIFSample-MRI.nrrd", res / "AMIFSample-PET.nrrd"
     keyed = fuse_files(a, b, out / "fused-keyed.nrrd", args.model, bundled_key_path(), not args.quiet)
     unkeyed = fuse_files(a, b, out / "fused-unkeyed.nrrd", args.model, None, not args.quiet)
-    from .fusion import DISPLAY_ORIENTATION, resample_onto, robust_window
-
-    def display(img):  # axial slices as a viewer shows them
-        return sitk.GetArrayFromImage(sitk.DICOMOrient(img, DISPLAY_ORIENTATION)).astype(np.float32)
+    from .fusion import display_array, resample_onto, robust_window
 
     mri_img = _read_volume(str(a))
-    mri, pet = display(mri_img), display(resample_onto(_read_volume(str(b)), mri_img))
+    mri, pet = display_array(mri_img), display_array(resample_onto(_read_volume(str(b)), mri_img))
     k = int(mri.shape[0] * 0.55)
     rows = [np.clip((v[k] - lo) / (hi - lo), 0, 1) for v in (mri, pet) for lo, hi in [robust_window(v)]]
     for name in ("fused-keyed.nrrd", "fused-unkeyed.nrrd"):
-        rows.append(display(sitk.ReadImage(str(out / name)))[k])
+        rows.append(display_array(sitk.ReadImage(str(out / name)))[k])
     side = np.concatenate(rows, axis=1)
     _write_2d(out / "demo-side-by-side.png", side, {"AMIF_panels": "MRI | PET | keyed (demo key) | no key"})
     print(f"keyed:   watermark {keyed['AMIF_watermark']} (score {keyed['AMIF_score']})")
@@ -136,18 +133,9 @@ def cmd_verify(args) -> None:
     if Path(args.image).suffix.lower() in IMAGE_2D:
         v = verify_image(read_image(args.image), pkg.identifier, pkg.threshold)
     else:
-        import SimpleITK as sitk
+        from .fusion import display_array
 
-        from .fusion import DISPLAY_ORIENTATION
-
-        img = _read_volume(args.image)
-        if img.GetDimension() == 3:  # the identifier is written upright in display orientation
-            img = sitk.DICOMOrient(img, DISPLAY_ORIENTATION)
-        arr = sitk.GetArrayFromImage(img).astype(np.float32)
-        if arr.ndim == 4:
-            from .color import luminance
-
-            arr = luminance(arr[..., :3])
+        arr = display_array(_read_volume(args.image))
         if arr.ndim == 2:
             arr = arr[None]
         lo, hi = float(arr.min()), float(arr.max())

@@ -189,6 +189,19 @@ def _normalize(x: np.ndarray, window) -> np.ndarray:
 DISPLAY_ORIENTATION = "RAI"  # ITK naming: i runs from Right, j from Anterior, k from Inferior
 
 
+def display_array(img) -> np.ndarray:
+    """A SimpleITK image as a float32 array of axial slices in display orientation (the layout
+    in which fuse_volumes writes the identifier); colour images give their luminance."""
+    import SimpleITK as sitk
+
+    if img.GetDimension() == 3:
+        img = sitk.DICOMOrient(img, DISPLAY_ORIENTATION)
+    arr = sitk.GetArrayFromImage(img).astype(np.float32)
+    if img.GetNumberOfComponentsPerPixel() > 1:
+        arr = rgb_to_ycbcr(arr[..., :3])[..., 0]
+    return arr
+
+
 @dataclass
 class VolumeResult:
     image: object  # SimpleITK image, A's geometry
