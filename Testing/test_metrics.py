@@ -1,11 +1,39 @@
 import numpy as np
 import pytest
 
-from amif.metrics import entropy, max_rule, qabf, spatial_frequency, vif
+from amif.metrics import (
+    NAMES,
+    all_metrics,
+    average_gradient,
+    entropy,
+    max_rule,
+    mutual_information,
+    psnr,
+    qabf,
+    scd,
+    spatial_frequency,
+    ssim,
+    standard_deviation,
+    to_grey,
+    vif,
+)
+
+TG, TA = 0.9994, 0.9879
+
+
+def _image(seed=0, n=64):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:n, 0:n]
+    return np.clip(np.round(128 + 90 * np.sin(xx / 5.0) * np.cos(yy / 7.0) + 8 * rng.standard_normal((n, n))), 0, 255)
+
+
+def test_constant_image_has_no_information():
+    c = np.full((16, 16), 77.0)
+    assert entropy(c) == 0 and standard_deviation(c) == 0
+    assert spatial_frequency(c) == 0 and average_gradient(c) == 0
 
 
 def test_entropy_by_hand():
-    assert entropy(np.full((8, 8), 77)) == 0
     half = np.zeros((8, 8))
     half[:, 4:] = 255
     assert entropy(half) == pytest.approx(1.0)
@@ -13,24 +41,109 @@ def test_entropy_by_hand():
     assert entropy(four) == pytest.approx(2.0)
 
 
-def test_spatial_frequency_by_hand():
-    assert spatial_frequency(np.full((5, 5), 9.0)) == 0
+def test_sd_sf_ag_by_hand():
+    half = np.zeros((8, 8))
+    half[:, 4:] = 200
+    assert standard_deviation(half) == pytest.approx(100.0)
     ramp = np.tile(np.arange(6.0) * 2, (4, 1))  # horizontal differences all 2, vertical 0
     assert spatial_frequency(ramp) == pytest.approx(2.0)
     assert spatial_frequency(ramp.T) == pytest.approx(2.0)
+    assert average_gradient(ramp) == pytest.approx(2 / np.sqrt(2))  # Gx = 2 everywhere, Gy = 0
 
 
-def test_qabf_and_vif_identity_and_order():
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:64, 0:64]
-    a = 128 + 100 * np.sin(xx / 5.0) + 5 * rng.standard_normal((64, 64))
-    # a fused image that is one source keeps all of that source's edges
-    assert qabf(a, a, a) == pytest.approx(0.9994 * 0.9879 / ((1 + np.exp(-15 * 0.5)) * (1 + np.exp(-22 * 0.2))))
-    assert vif(a, a, a) == pytest.approx(2.0, abs=1e-6)
-    blurred = (a + np.roll(a, 1, 0) + np.roll(a, 1, 1) + np.roll(a, -1, 1)) / 4
-    assert qabf(a, a, blurred) < qabf(a, a, a)
-    assert vif(a, a, blurred) < vif(a, a, a)
-    assert qabf(a, a, np.full_like(a, 100)) < 0.05
+def test_colour_becomes_grey_like_opencv():
+    rgb = np.zeros((2, 2, 3))
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 100, 50, 10
+    assert to_grey(rgb) == pytest.approx(np.round(np.full((2, 2), 29.9 + 29.35 + 1.14)))
+
+
+def test_mutual_information_in_nats():
+    x = _image()
+    h_nats = entropy(x) * np.log(2)
+    # MI of an image with itself is its entropy; the sum over A and B doubles it
+    assert mutual_information(x, x, x) == pytest.approx(2 * h_nats)
+    half = np.zeros((8, 8))
+    half[:, 4:] = 255
+    assert mutual_information(half, half, half) == pytest.approx(2 * np.log(2))
+    # a bijective grey-level map keeps the information; independent noise has (almost) none
+    assert mutual_information(x, x, 255 - x) == pytest.approx(2 * h_nats)
+    noise = np.random.default_rng(1).integers(0, 256, (256, 256))
+    other = np.random.default_rng(2).integers(0, 256, (256, 256))
+    assert mutual_information(noise, noise, other) < 0.4 * entropy(noise) * np.log(2)
+    shifted = np.roll(x, 3, axis=1)
+    assert mutual_information(x, x, shifted) < mutual_information(x, x, x)
+
+
+def test_scd_by_hand():
+    a, b = _image(0), _image(1)[::-1]
+    assert scd(a, b, a + b) == pytest.approx(2.0)  # F - B = A and F - A = B
+    assert scd(a, b, a + b) > scd(a, b, (a + b) / 2)
+
+
+def test_ssim_psnr_vif_of_perfect_outputs():
+    x = _image()
+    assert ssim(x, x, x) == pytest.approx(2.0)
+    assert vif(x, x, x) == pytest.approx(2.0)
+    assert psnr(x, x, x) == float("inf")
+
+
+def test_ssim_by_hand_with_data_range_2():
+    # two 7x7 images: one window; x is a checkerboard (0/2), y = x + 1 (shifted mean, same variance)
+    x = (np.indices((7, 7)).sum(0) % 2) * 2.0
+    y = x + 1
+    ux, uy, v = 48 / 49, 48 / 49 + 1, (np.mean(x * x) - (48 / 49) ** 2) * 49 / 48
+    c1, c2 = 0.02**2, 0.06**2
+    expected = (2 * ux * uy + c1) * (2 * v + c2) / ((ux**2 + uy**2 + c1) * (2 * v + c2))
+    assert ssim(x, x, y) == pytest.approx(2 * expected)
+
+
+def test_psnr_by_hand_and_decreasing_with_noise():
+    a = np.zeros((4, 4))
+    a[0, 0] = 255
+    f = a.copy()
+    f[1, 1] = 51  # MSE against both sources: 51^2 / 16
+    assert psnr(a, a, f) == pytest.approx(10 * np.log10(255**2 * 16 / 51**2))
+    dim = np.zeros((4, 4))
+    dim[0, 0] = 100  # the peak is F's maximum (CDDFuse), not 255: MSE 100^2 / 16
+    assert psnr(np.zeros((4, 4)), np.zeros((4, 4)), dim) == pytest.approx(10 * np.log10(16))
+    x = _image()
+    x[0, 0] = 255
+    rng = np.random.default_rng(3)
+    vals = []
+    for s in (2, 8, 32):
+        f = np.clip(x + s * rng.standard_normal(x.shape), 0, 255)
+        f[0, 0] = 255
+        vals.append(psnr(x, x, f))
+    assert vals[0] > vals[1] > vals[2]
+
+
+def test_qabf_identity_and_order():
+    a = np.zeros((32, 32))
+    a[:, 16:] = 200  # one straight edge: every Sobel strength is 0 or >= 200
+    # a fused image that is both sources keeps all edges: Qg = Tg, orientation term at alpha = 1
+    assert qabf(a, a, a) == pytest.approx(TG * TA / (1 + np.exp(-22 * 0.2)))
+    x = _image()
+    blurred = (x + np.roll(x, 1, 0) + np.roll(x, 1, 1) + np.roll(x, -1, 1)) / 4
+    assert qabf(x, x, blurred) < qabf(x, x, x)
+    assert vif(x, x, blurred) < vif(x, x, x)
+    assert ssim(x, x, blurred) < ssim(x, x, x)
+    assert qabf(x, x, np.zeros_like(x)) < 0.001  # no edge at all (zero padding: not even at the border)
+
+
+def test_sums_are_symmetric_in_the_sources():
+    a, b = _image(0), _image(1).T
+    f = np.round((a + b) / 2)
+    for fn in (mutual_information, vif, ssim, qabf, scd, psnr):
+        assert fn(a, b, f) == pytest.approx(fn(b, a, f)), fn.__name__
+
+
+def test_all_metrics_order_and_values():
+    a, b = _image(0), _image(1).T
+    f = max_rule(a, b)
+    m = all_metrics(a, b, f)
+    assert tuple(m) == NAMES == ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM", "PSNR")
+    assert m["EN"] == entropy(f) and m["VIF"] == vif(a, b, f) and m["Qabf"] == qabf(a, b, f)
+    assert all(np.isfinite(v) for v in m.values())
 
 
 def test_max_rule():

@@ -53,3 +53,54 @@ def test_negative_codes_curriculum():
     assert (nonzero != true[None]).sum(1).min() > 16  # no near-miss codes before the ramp
     assert 0.1 < 1 - len(nonzero) / 400 < 0.2  # the zero code's share
     assert 0.4 < len(near) / 400 < 0.6
+
+
+def test_memory_surgery_substitutes_zeros_mean_and_ones_in_turn():
+    import torch
+
+    from amif.train import memory_surgery
+
+    grid = torch.randn(1, 4, 8, 8)
+    zeros, mean, ones = (memory_surgery(grid, s) for s in (0, 1, 2))
+    assert zeros.shape == mean.shape == ones.shape == grid.shape
+    assert torch.all(zeros == 0) and torch.all(ones == 1)
+    assert torch.allclose(mean[0, :, 3, 5], grid.mean(dim=(2, 3))[0])
+    assert torch.equal(memory_surgery(grid, 3), zeros)
+
+
+def test_surgery_loss_changes_training(tiny_package, tmp_path):
+    """The ablation term reaches the weights: with the hinge always active, training differs."""
+    _, key, _ = tiny_package
+    _fake_pairs(tmp_path / "data")
+    kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
+    nets = {}
+    for w in (0.0, 1.0):
+        cfg = TrainConfig(steps=2, batch=2, crop=32, ablate_weight=w, ablate_ssim=-1.0)
+        train(key, tmp_path / f"w{w}" / "m", checkpoint_dir=tmp_path / f"w{w}" / "ck", cfg=cfg, **kw)
+        nets[w] = load_package(tmp_path / f"w{w}" / "m").net.state_dict()
+        ablate = [float(r.split(",")[6]) for r in (tmp_path / f"w{w}" / "ck" / "metrics.csv").read_text().splitlines()[1:]]
+        assert all(a > 0 for a in ablate) if w else all(a == 0 for a in ablate)
+    assert any(not np.allclose(nets[0.0][n].numpy(), nets[1.0][n].numpy()) for n in nets[0.0])
+
+
+def test_twin_trains_without_key_or_identifier(tmp_path):
+    import pytest
+
+    from amif.errors import AMIFError
+    from amif.evaluate import _run_twin
+    from amif.fusion import fuse_images
+
+    _fake_pairs(tmp_path / "data")
+    cfg = TrainConfig(steps=2, batch=2, crop=32)
+    out = train(None, tmp_path / "twin", checkpoint_dir=tmp_path / "ck", cfg=cfg, twin=True, identifier="IGNORED",
+                data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
+    pkg = load_package(out)
+    m = pkg.manifest
+    assert m["twin"] is True and m["key_id"] == "" and m["identifier"] == "" and m["model_id"] == "twin"
+    assert m["training"]["ablate_weight"] == 0.0 and "verify" not in m
+    mark = [float(r.split(",")[5]) for r in (tmp_path / "ck" / "metrics.csv").read_text().splitlines()[1:]]
+    assert mark == [0.0, 0.0]
+    a = np.random.default_rng(0).random((40, 48)).astype(np.float32)
+    assert _run_twin(pkg, a, a[::-1].copy()).shape == (40, 48)
+    with pytest.raises(AMIFError, match="unprotected twin"):
+        fuse_images(a, a, pkg)

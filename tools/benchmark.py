@@ -1,14 +1,21 @@
-"""Speed of the bundled (or given) model on 2 threads, against the max rule measured in the same run.
+"""Speed and memory of a model package on N threads, against baselines measured in the same run.
 
-Prints ms per 256x256 slice (batch 1 and 8), seconds per 256x256x128 volume through
-`fuse_volumes`, the parameter count and FLOPs per slice.
+Measures ms per 256x256 slice (batch 1 and the batch fuse_volumes uses), seconds and peak
+resident memory for 256x256x128 and 512x512x300 volumes through `fuse_volumes` (each volume in
+its own subprocess, so peaks do not mix), FLOPs per slice and the fraction of this machine's
+measured float32 matmul peak (torch.mm, same threads) the network reaches; ratios against the
+max rule and the Laplacian pyramid. Prints a Markdown table; --out writes it too.
 
-    python tools/benchmark.py [-m MODEL] [--threads 2]
+    python tools/benchmark.py [-m MODEL] [--threads 2] [--quick] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import json
+import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,9 +24,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "AMIFFusion"))
 
+from amif.baselines import laplacian_fusion, max_fusion  # noqa: E402
 from amif.fusion import fuse_volumes, run_network  # noqa: E402
 from amif.network import flops_per_slice, parameter_count  # noqa: E402
 from amif.package import bundled_model_path, load_package  # noqa: E402
+
+VOLUME_BATCH = inspect.signature(fuse_volumes).parameters["batch"].default
 
 
 def best_of(fn, repeat: int) -> float:
@@ -32,31 +42,92 @@ def best_of(fn, repeat: int) -> float:
     return min(times)
 
 
+def matmul_peak(n: int = 2048, repeat: int = 5) -> float:
+    """FLOP/s of a float32 n x n torch.mm on the current threads (best of `repeat`)."""
+    import torch
+
+    x, y = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / best_of(lambda: torch.mm(x, y), repeat)
+
+
+def volume_child(model: str, shape: str, threads: int) -> None:
+    """Run in a subprocess: fuse one random volume of D x H x W and print seconds and peak RSS."""
+    import SimpleITK as sitk
+    import torch
+
+    torch.set_num_threads(threads)
+    w, h, d = (int(s) for s in shape.split("x"))
+    pkg = load_package(model)
+    rng = np.random.default_rng(0)
+    va = sitk.GetImageFromArray(rng.random((d, h, w), dtype=np.float32))
+    vb = sitk.GetImageFromArray(rng.random((d, h, w), dtype=np.float32))
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter()
+    fuse_volumes(va, vb, pkg)
+    seconds = time.perf_counter() - t
+    vol = sitk.GetArrayViewFromImage(va)
+    t = time.perf_counter()
+    np.maximum(vol, sitk.GetArrayViewFromImage(vb))
+    t_max = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(json.dumps({"seconds": seconds, "max_seconds": t_max, "peak_mib": peak / 1024,
+                      "before_mib": rss_before / 1024}))
+
+
+def run_volume(model: str, shape: str, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", shape, "-m", model, "--threads", str(threads)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-m", "--model", default=str(bundled_model_path()))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="fewer repeats, a 256x256x32 volume only")
+    ap.add_argument("--out", help="also write the Markdown table here")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    import SimpleITK as sitk
+    if args.child:
+        volume_child(args.model, args.child, args.threads)
+        return
     import torch
 
     torch.set_num_threads(args.threads)
     pkg = load_package(args.model)
     rng = np.random.default_rng(0)
-    code = np.zeros(256, np.float32)
-    for bs in (1, 8):
+    code = np.zeros(pkg.net.cfg.key_bits, np.float32)
+    repeat = 2 if args.quick else 5
+    flops = flops_per_slice(pkg.net)
+    peak = matmul_peak(1024 if args.quick else 2048, repeat)
+    a8 = rng.integers(0, 256, (256, 256)).astype(np.float64)
+    b8 = rng.integers(0, 256, (256, 256)).astype(np.float64)
+    t_max = best_of(lambda: max_fusion(a8, b8), 20)
+    t_lap = best_of(lambda: laplacian_fusion(a8, b8), repeat)
+    rows = []
+    for bs in (1, VOLUME_BATCH):
         a, b = rng.random((bs, 256, 256), dtype=np.float32), rng.random((bs, 256, 256), dtype=np.float32)
-        t_net = best_of(lambda a=a, b=b: run_network(pkg, a, b, code), 5) / bs
-        t_max = best_of(lambda a=a, b=b: np.maximum(a, b), 5) / bs
-        print(f"batch {bs}: {1000 * t_net:.1f} ms per 256x256 slice (max rule {1000 * t_max:.3f} ms, "
-              f"ratio {t_net / t_max:.0f}x)")
-    vol = rng.random((128, 256, 256), dtype=np.float32)
-    va, vb = sitk.GetImageFromArray(vol), sitk.GetImageFromArray(vol[::-1].copy())
-    t_vol = best_of(lambda: fuse_volumes(va, vb, pkg), 1)
-    t_vmax = best_of(lambda: np.maximum(vol, vol[::-1]), 3)
-    print(f"256x256x128 volume via fuse_volumes: {t_vol:.2f} s (max rule {t_vmax:.3f} s)")
-    print(f"parameters: {parameter_count(pkg.net):,}; FLOPs per 256x256 slice: {flops_per_slice(pkg.net) / 1e9:.2f} G; "
-          f"threads: {args.threads}")
+        t = best_of(lambda a=a, b=b: run_network(pkg, a, b, code), repeat) / bs
+        rows.append((f"AMIF, batch {bs}", f"{1000 * t:.1f} ms", f"{t / t_max:,.0f}x", f"{t / t_lap:.1f}x",
+                     f"{flops / t / 1e9:.1f} GFLOP/s = {100 * flops / t / peak:.1f}% of matmul peak"))
+    rows += [("max rule", f"{1000 * t_max:.3f} ms", "1x", "", ""),
+             ("Laplacian pyramid (4 levels)", f"{1000 * t_lap:.2f} ms", f"{t_lap / t_max:,.0f}x", "1x", "")]
+    lines = [f"Model `{pkg.model_id}`: {parameter_count(pkg.net):,} parameters, {flops / 1e9:.2f} GFLOP per "
+             f"256x256 slice; {args.threads} threads; float32 torch.mm peak {peak / 1e9:.1f} GFLOP/s.", "",
+             "| per 256x256 slice | time | vs max rule | vs Laplacian | throughput |", "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["", f"| volume via fuse_volumes (batch {VOLUME_BATCH}) | seconds | ms per slice | "
+              "peak RSS (MiB) | RSS before fusing (MiB) | max rule (s) |", "|---|---|---|---|---|---|"]
+    for shape in (["256x256x32"] if args.quick else ["256x256x128", "512x512x300"]):
+        r = run_volume(args.model, shape, args.threads)
+        depth = int(shape.split("x")[2])
+        lines.append(f"| {shape} | {r['seconds']:.1f} | {1000 * r['seconds'] / depth:.0f} | {r['peak_mib']:.0f} | "
+                     f"{r['before_mib']:.0f} | {r['max_seconds']:.3f} |")
+        print(lines[-1], flush=True)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
 
 
 if __name__ == "__main__":

@@ -147,9 +147,20 @@ def cmd_verify(args) -> None:
 def cmd_train(args) -> None:
     from .train import TrainConfig, train
 
-    cfg = TrainConfig(steps=args.steps, batch=args.batch, seed=args.seed, save_every=args.save_every)
+    if not args.twin and not (args.key and args.identifier):
+        raise AMIFError("amif train needs --key and --identifier (or --twin for the unprotected twin).")
+    cfg = TrainConfig(steps=args.steps, batch=args.batch, seed=args.seed, save_every=args.save_every,
+                      minutes=args.minutes, device=args.device)
     train(args.key, args.output, args.identifier, data_dir=args.data, checkpoint_dir=args.checkpoints,
-          init=args.init, cfg=cfg)
+          init=args.init, cfg=cfg, twin=args.twin)
+
+
+def cmd_evaluate(args) -> None:
+    from .evaluate import evaluate
+
+    out = evaluate(args.model or [None], args.data, args.split, args.key or [], args.twin or [], args.output,
+                   args.limit, not args.quiet)
+    print(f"wrote {out} and {out.stem}-figures/")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,8 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("train", help="train a model under an owner's key")
-    s.add_argument("--key", required=True)
-    s.add_argument("--identifier", required=True, help='e.g. "MY LAB · UNLICENSED"')
+    s.add_argument("--key", help="the owner's .amifkey")
+    s.add_argument("--identifier", help='e.g. "MY LAB · UNLICENSED"')
+    s.add_argument("--twin", action="store_true", help="train the unprotected twin (no key, no identifier)")
     s.add_argument("-o", "--output", required=True, help="model package path (NAME)")
     s.add_argument("--data", help="folder of registered pairs (default ../shared/data/harvard)")
     s.add_argument("--checkpoints", default="checkpoints")
@@ -197,7 +209,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=int, default=8)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--save-every", type=int, default=250)
+    s.add_argument("--minutes", type=float, default=0, help="stop with a checkpoint after this wall time")
+    s.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="fusion metrics of models, twins and baselines on registered pairs")
+    s.add_argument("-m", "--model", action="append", help="model package (repeatable; default: the bundled one)")
+    s.add_argument("-k", "--key", action="append", help="owner's key of a model (repeatable)")
+    s.add_argument("--twin", action="append", help="unprotected twin package (repeatable, one per seed)")
+    s.add_argument("--data", help="folder of registered pairs (default ../shared/data/harvard)")
+    s.add_argument("--split", default="test")
+    s.add_argument("--limit", type=int, help="at most N pairs per pair type")
+    s.add_argument("-o", "--output", default="amif-eval.md", help="Markdown report (figures in a folder beside it)")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_evaluate)
     return p
 
 

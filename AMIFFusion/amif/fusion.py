@@ -62,6 +62,9 @@ def key_status(package: ModelPackage, key: KeyFile | str | os.PathLike | None) -
 
 def code_for(package: ModelPackage, key: KeyFile | str | os.PathLike | None) -> tuple[np.ndarray, KeyStatus]:
     """The code to run with, and the key's status. Unreadable or foreign keys are errors."""
+    if package.manifest.get("twin"):
+        raise AMIFError(f"Model '{package.model_id}' is an unprotected twin, made for `amif evaluate` only; "
+                        "fuse with a protected model package.")
     status = key_status(package, key)
     if status.state in ("unreadable", "other-model"):
         raise AMIFError(status.message)

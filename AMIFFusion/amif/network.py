@@ -222,8 +222,9 @@ def flops_per_slice(model: AMIFNet, h: int = 256, w: int = 256) -> int:
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
         with torch.no_grad():
-            z = torch.zeros(1, 1, h, w)
-            model(z, z, torch.zeros(model.cfg.key_bits))
+            dev = next(model.parameters()).device
+            z = torch.zeros(1, 1, h, w, device=dev)
+            model(z, z, torch.zeros(model.cfg.key_bits, device=dev))
     finally:
         for hd in handles:
             hd.remove()

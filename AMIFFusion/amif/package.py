@@ -60,7 +60,8 @@ def package_paths(path: str | os.PathLike) -> tuple[Path, Path]:
 
 
 def save_package(path, net, *, model_id: str, key_id: str, identifier: str, **fields) -> Path:
-    """Write weights and manifest (both atomically). Returns the manifest path."""
+    """Write weights and manifest (both atomically). Returns the manifest path. An unprotected
+    twin (`twin=True`, for the evaluation only) has no key and an empty identifier."""
     from safetensors.torch import save_file
 
     from .network import flops_per_slice, parameter_count
@@ -76,7 +77,7 @@ def save_package(path, net, *, model_id: str, key_id: str, identifier: str, **fi
         "format_version": PACKAGE_VERSION,
         "model_id": model_id,
         "key_id": key_id,
-        "identifier": check_text(identifier),
+        "identifier": check_text(identifier) if identifier or not fields.get("twin") else "",
         "architecture": {"name": "AMIFNet", **net.cfg.to_dict()},
         "parameters": parameter_count(net),
         "flops_per_256_slice": flops_per_slice(net),

@@ -7,6 +7,12 @@ zero code (= no key) and near-miss codes (1-16 bits flipped), the near-miss shar
 continues the same sequence. Checkpoints (weights + optimizer, safetensors) go to a folder kept
 out of git; a model package is written at every checkpoint and is itself a valid resume point.
 Under `torchrun` it trains with DistributedDataParallel (gloo); otherwise one process.
+
+Hardening against white-box surgery: each step also runs the unkeyed codes with the watermark
+memory's grid zeroed, set to its mean, or set to one (the edits an attacker would try first), and
+pushes those outputs away from the keyed output (an SSIM hinge), so removing the memory gives no
+clean fusion. The unprotected twin (`twin=True`) is the same network and schedule with the
+fusion loss alone, under the zero code: the evaluation's measure of what protection costs.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from .data import default_data_dir, list_pairs, load_pairs
 from .errors import AMIFError
 from .identifier import identifier_mask
 from .keys import load_key
-from .losses import fusion_loss, gaussian_blur, marked_target
+from .losses import fusion_loss, gaussian_blur, marked_target, ssim
 from .network import AMIFNet, NetConfig, slice_coords
 from .package import DEFAULT_THRESHOLD, load_package, save_package
 
@@ -44,6 +50,10 @@ class TrainConfig:
     zero_share: float = 0.15
     mark_weight: float = 4.0
     alpha: float = 0.75
+    ablate_weight: float = 1.0  # memory-surgery hinge (0 turns it off)
+    ablate_ssim: float = 0.5  # surgery outputs must stay below this SSIM to the keyed output
+    minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0 = no limit
+    device: str = "cpu"
 
 
 def sample_negatives(rng: np.random.Generator, true_code: np.ndarray, n: int, step: int, cfg: TrainConfig):
@@ -85,6 +95,16 @@ def sample_batch(rng, a_all, b_all, cfg: TrainConfig, mask_full: np.ndarray):
         m.append(mask_full[sl])
     t = lambda v: torch.from_numpy(np.ascontiguousarray(np.stack(v))).float()  # noqa: E731
     return t(a)[:, None] / 255, t(b)[:, None] / 255, t(co), t(m)[:, None]
+
+
+def memory_surgery(spatial: torch.Tensor, step: int) -> torch.Tensor:
+    """The grid an attacker would substitute: zeros, its mean (bypass), or ones, in turn."""
+    kind = step % 3
+    if kind == 0:
+        return torch.zeros_like(spatial)
+    if kind == 1:
+        return spatial.mean(dim=(2, 3), keepdim=True).expand_as(spatial)
+    return torch.ones_like(spatial)
 
 
 def _opt_state_tensors(opt: torch.optim.Optimizer) -> dict:
@@ -137,10 +157,17 @@ def train(
     net_cfg: NetConfig | None = None,
     progress: bool = True,
     log=print,
+    twin: bool = False,
 ) -> Path:
+    """Train (or resume) under the key at `key_path`; with `twin`, the unprotected twin (no key
+    needed: `key_path` may be None and `identifier` is ignored). Returns the package path."""
     cfg = cfg or TrainConfig()
-    key = load_key(key_path)
-    true_code = key.code()
+    if twin:
+        key, true_code, identifier = None, np.zeros((net_cfg or NetConfig()).key_bits, np.float32), ""
+    else:
+        key = load_key(key_path)
+        true_code = key.code()
+    model_id = Path(out).name if twin else key.model_id
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank = 0
     if distributed:
@@ -152,13 +179,13 @@ def train(
         raise AMIFError(f"Training data folder {data_dir} does not exist.")
     pairs = list_pairs(data_dir, "train")
     a_all, b_all = load_pairs(pairs)
-    mask_full = identifier_mask(identifier, a_all.shape[1], a_all.shape[2])
+    mask_full = np.zeros(a_all.shape[1:], np.float32) if twin else identifier_mask(identifier, *a_all.shape[1:])
 
     net, step = AMIFNet(net_cfg), 0
     if init:  # a model package is a resume point: weights and step count (the optimizer restarts)
         pkg = load_package(init)
-        if pkg.model_id != key.model_id:
-            raise AMIFError(f"--init model '{pkg.model_id}' is not the key's model '{key.model_id}'.")
+        if pkg.model_id != model_id:
+            raise AMIFError(f"--init model '{pkg.model_id}' is not the key's model '{model_id}'.")
         net, step = pkg.net, int(pkg.manifest.get("training", {}).get("steps", 0))
         net.train()
     mem = [net.memory.spatial]
@@ -170,20 +197,25 @@ def train(
     if ckpt.exists():
         step = load_checkpoint(ckpt, net, opt)
         log(f"resumed from {ckpt} at step {step}")
+    dev = torch.device(cfg.device)
+    torch.backends.cudnn.benchmark = dev.type == "cuda"
+    net.to(dev)
     model = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
-    meta = {"identifier": identifier, "model_id": key.model_id, "train": cfg.__dict__}
-    code_t = torch.from_numpy(true_code)
+    meta = {"identifier": identifier, "model_id": model_id, "twin": twin, "train": cfg.__dict__}
+    code_t = torch.from_numpy(true_code).to(dev)
 
     def export(step_now: int) -> Path:
         save_checkpoint(ckpt, net, opt, step_now, meta)
+        protection = {"twin": True} if twin else {"verify": {"threshold": DEFAULT_THRESHOLD}}
         return save_package(
-            out, net, model_id=key.model_id, key_id=key.key_id, identifier=identifier,
+            out, net, model_id=model_id, key_id="" if twin else key.key_id, identifier=identifier,
             training={
                 "data": "Harvard Whole Brain Atlas registered pairs, train split (CT/PET/SPECT-MRI, "
                 f"{len(pairs)} pairs; PET/SPECT as luminance)",
                 "steps": step_now, "batch": cfg.batch, "crop": cfg.crop, "seed": cfg.seed,
+                "ablate_weight": 0.0 if twin else cfg.ablate_weight,
             },
-            verify={"threshold": DEFAULT_THRESHOLD},
+            **protection,
         )
 
     log_path = ckdir / "metrics.csv"
@@ -191,41 +223,54 @@ def train(
     logf = open(log_path, "a", newline="")
     writer = csv.writer(logf)
     if new_log:
-        writer.writerow(["step", "loss", "int", "grad", "ssim", "mark", "sec_per_step"])
+        writer.writerow(["step", "loss", "int", "grad", "ssim", "mark", "ablate", "sec_per_step"])
     bar = None
     if progress and rank == 0:
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step")
     model.train()
-    t0 = time.time()
+    t0 = start = time.time()
     try:
         while step < cfg.steps:
             rng = np.random.default_rng([cfg.seed, step, rank])
-            a, b, coords, mask = sample_batch(rng, a_all, b_all, cfg, mask_full)
-            neg = torch.from_numpy(sample_negatives(rng, true_code, cfg.batch, step, cfg))
-            codes = torch.cat([code_t.expand(cfg.batch, -1), neg])
-            y = model(a, b, codes, coords)
-            yk, yn = y[: cfg.batch], y[cfg.batch :]
-            loss_f, parts = fusion_loss(yk, a, b)
-            target = marked_target(yk.detach(), mask, cfg.alpha)
-            wmap = 1 + 9 * (gaussian_blur(mask, 2.0) > 0.02).float()
-            loss_m = ((yn - target).abs() * wmap).mean() / wmap.mean()
-            loss = loss_f + cfg.mark_weight * loss_m
+            a, b, coords, mask = (t.to(dev) for t in sample_batch(rng, a_all, b_all, cfg, mask_full))
+            neg = torch.from_numpy(sample_negatives(rng, true_code, cfg.batch, step, cfg)).to(dev)
+            if twin:
+                yk = model(a, b, code_t.expand(cfg.batch, -1), coords)
+                loss, parts = fusion_loss(yk, a, b)
+                loss_m = loss_a = torch.zeros((), device=dev)
+            else:
+                y = model(a, b, torch.cat([code_t.expand(cfg.batch, -1), neg]), coords)
+                yk, yn = y[: cfg.batch], y[cfg.batch :]
+                loss_f, parts = fusion_loss(yk, a, b)
+                target = marked_target(yk.detach(), mask, cfg.alpha)
+                wmap = 1 + 9 * (gaussian_blur(mask, 2.0) > 0.02).float()
+                loss_m = ((yn - target).abs() * wmap).mean() / wmap.mean()
+                loss_a = torch.zeros((), device=dev)
+                if cfg.ablate_weight:
+                    grid = {"memory.spatial": memory_surgery(net.memory.spatial, step)}
+                    ya = torch.func.functional_call(net, grid, (a, b, neg, coords))
+                    loss_a = torch.relu(ssim(ya, yk.detach()) - cfg.ablate_ssim).mean()
+                loss = loss_f + cfg.mark_weight * loss_m + cfg.ablate_weight * loss_a
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
             if rank == 0:
                 writer.writerow([step, f"{loss.item():.5f}", *(f"{parts[k]:.5f}" for k in ("int", "grad", "ssim")),
-                                 f"{loss_m.item():.5f}", f"{(time.time() - t0):.3f}"])
+                                 f"{loss_m.item():.5f}", f"{loss_a.item():.5f}", f"{(time.time() - t0):.3f}"])
                 t0 = time.time()
                 if bar:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss.item():.4f}", mark=f"{loss_m.item():.4f}")
-                if step % cfg.save_every == 0 or step == cfg.steps:
+                out_of_time = cfg.minutes and not distributed and time.time() - start > 60 * cfg.minutes
+                if step % cfg.save_every == 0 or step == cfg.steps or out_of_time:
                     logf.flush()
                     export(step)
+                if out_of_time:
+                    log(f"time limit of {cfg.minutes} min reached at step {step}")
+                    break
     except KeyboardInterrupt:
         if rank == 0:
             log(f"interrupted at step {step}; saving a checkpoint")

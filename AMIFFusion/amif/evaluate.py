@@ -1,0 +1,214 @@
+"""`amif evaluate`: fusion metrics of model packages, their unprotected twins and classical
+baselines on a folder of registered pairs, written as a Markdown report with example figures.
+
+For each pair type (CT, PET, SPECT) the report has one table: rows are keyed AMIF, unkeyed AMIF
+(zero code), each twin (the same architecture trained without keys, run with the zero code), the
+twins' mean ± sd over seeds when several are given, and the baselines (mean, max, Laplacian);
+columns are the ten metrics of `amif.metrics` as mean ± sd over the images (population sd), and
+"wins vs max": on how many of EN, SD, SF, MI, SCD, VIF, Qabf, SSIM the row is >= the max rule.
+PET and SPECT are fused on their luminance (colour restored by `fuse_images`); every metric is
+computed on grey 0-255 integers: the sources' luminance and the outputs' luminance, rounded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .baselines import BASELINES
+from .color import luminance, rgb_to_ycbcr, ycbcr_to_rgb
+from .data import PAIR_TYPES, list_pairs, load_pairs, read_image
+from .errors import AMIFError
+from .metrics import NAMES, all_metrics
+
+WIN_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
+KINDS = tuple(PAIR_TYPES.values())
+FIGURE_PAIRS = 2
+
+
+def _grey255(img: np.ndarray) -> np.ndarray:
+    """Float output in [0, 1] (grey or RGB) -> its luminance as integers 0..255 (float64)."""
+    return np.clip(np.round(luminance(np.asarray(img, np.float64)) * 255), 0, 255)
+
+
+def _run_twin(twin, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """An unprotected twin on the zero code, with fuse_images' colour handling (Y fused, chroma
+    restored) but no key and no verification."""
+    from .fusion import run_network
+
+    ycc = rgb_to_ycbcr(b[..., :3]) if b.ndim == 3 else None
+    by = ycc[..., 0] if ycc is not None else b
+    y = run_network(twin, luminance(a)[None], by[None], np.zeros(twin.net.cfg.key_bits, np.float32))[0]
+    if ycc is None:
+        return y
+    ycc[..., 0] = y
+    return ycbcr_to_rgb(ycc)
+
+
+def load_twin(path):
+    from .package import load_package
+
+    pkg = load_package(path)
+    if pkg.manifest.get("twin") is not True:
+        raise AMIFError(f'{Path(path).name} is not an unprotected twin (its manifest lacks "twin": true).')
+    return pkg
+
+
+def _keys_for(models: list, model_paths: list, keys: list) -> list:
+    """The owner's key for each model (None when none was given); a given key fitting no model is an error."""
+    from .keys import load_key
+    from .package import bundled_key_path, bundled_model_path
+
+    loaded = [load_key(k) for k in keys]
+    used, out = set(), []
+    for pkg, path in zip(models, model_paths):
+        match = next((i for i, k in enumerate(loaded) if (k.model_id, k.key_id) == (pkg.model_id, pkg.key_id)), None)
+        if match is not None:
+            used.add(match)
+            out.append(loaded[match])
+        elif Path(path).resolve() == bundled_model_path().resolve():
+            out.append(load_key(bundled_key_path()))  # the demo key is public and ships beside the model
+        else:
+            out.append(None)
+    for i, k in enumerate(loaded):
+        if i not in used:
+            raise AMIFError(f"The key {Path(keys[i]).name} (model '{k.model_id}', key {k.key_id}) "
+                            "fits none of the models.")
+    return out
+
+
+def tile(rows: list[list[tuple[str, np.ndarray]]], label_height: int = 14):
+    """A grid of grey uint8 images (all the same size), each with a text label above it."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    h, w = rows[0][0][1].shape[:2]
+    ncols = max(len(r) for r in rows)
+    cell_h = h + label_height
+    grid = Image.new("L", (ncols * w, len(rows) * cell_h), 0)
+    draw, font = ImageDraw.Draw(grid), ImageFont.load_default()
+    for i, row in enumerate(rows):
+        for j, (label, img) in enumerate(row):
+            grid.paste(Image.fromarray(np.asarray(img, np.uint8)), (j * w, i * cell_h + label_height))
+            draw.text((j * w + 2, i * cell_h + 1), label, fill=255, font=font)
+    return grid
+
+
+def _wins(m: np.ndarray, mx: np.ndarray) -> str:
+    """On how many of WIN_METRICS the means m are >= the max rule's means mx."""
+    return f"{sum(m[NAMES.index(k)] >= mx[NAMES.index(k)] for k in WIN_METRICS)}/{len(WIN_METRICS)}"
+
+
+def _cell(v: np.ndarray) -> str:
+    return f"{v.mean():.3f} ± {v.std():.3f}"
+
+
+def evaluate(models=(None,), data=None, split: str = "test", keys=(), twins=(), out="amif-eval.md",
+             limit: int | None = None, progress: bool = True) -> Path:
+    """Evaluate and write the report (and its figures folder); returns the report's path."""
+    from tqdm import tqdm
+
+    from .data import default_data_dir
+    from .fusion import fuse_images
+    from .package import bundled_model_path, load_package
+
+    model_paths = [m or bundled_model_path() for m in (models or [None])]
+    pkgs = [load_package(p) for p in model_paths]
+    owner_keys = _keys_for(pkgs, model_paths, list(keys))
+    twin_pkgs = [load_twin(t) for t in twins]
+    data = Path(data or default_data_dir())
+    pairs = list_pairs(data, split)
+    if limit:
+        pairs = [p for k in KINDS for p in [q for q in pairs if q.kind == k][:limit]]
+
+    def name(stem: str, path) -> str:
+        return stem if len(pkgs) == 1 else f"{stem} ({Path(path).stem})"
+
+    amif_rows = []
+    for pkg, path, key in zip(pkgs, model_paths, owner_keys):
+        if key is not None:
+            amif_rows.append((name("AMIF keyed", path), pkg, key))
+        amif_rows.append((name("AMIF unkeyed", path), pkg, None))
+    twin_names = [f"twin ({Path(t).stem})" for t in twins]
+    rows = [r[0] for r in amif_rows] + twin_names + list(BASELINES)
+    scores = {r: {k: [] for k in KINDS} for r in rows}
+    examples = {k: [] for k in KINDS}
+
+    for pair in tqdm(pairs, desc="evaluate", unit="pair", disable=not progress):
+        a8, b8 = (x[0].astype(np.float64) for x in load_pairs([pair]))
+        a, b = read_image(pair.mri), read_image(pair.other)
+        outputs = {}
+        for label, pkg, key in amif_rows:
+            outputs[label] = _grey255(fuse_images(a, b, pkg, key).fused)
+        for label, twin in zip(twin_names, twin_pkgs):
+            outputs[label] = _grey255(_run_twin(twin, a, b))
+        for label, fn in BASELINES.items():
+            outputs[label] = np.clip(np.round(fn(a8, b8)), 0, 255)
+        for label, f in outputs.items():
+            m = all_metrics(a8, b8, f)
+            scores[label][pair.kind].append([m[k] for k in NAMES])
+        if len(examples[pair.kind]) < FIGURE_PAIRS:
+            examples[pair.kind].append((pair.name, a8, b8, outputs))
+
+    return _write_report(Path(out), pkgs, model_paths, owner_keys, twin_pkgs, twin_names, rows, scores,
+                         examples, data, split, pairs)
+
+
+def _write_report(out, pkgs, model_paths, owner_keys, twin_pkgs, twin_names, rows, scores, examples, data,
+                  split, pairs) -> Path:
+    fig_dir = out.with_name(out.stem + "-figures")
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    lines = ["# AMIF evaluation", "",
+             f"Data: `{data}`, split **{split}** ({len(pairs)} pairs). Metrics on grey 0-255 "
+             "(luminance of PET/SPECT and of colour outputs), CDDFuse conventions (see `amif.metrics`): "
+             "MI in nats, MI/SCD/VIF/Qabf/SSIM summed over both sources, SSIM with data range 2, "
+             "PSNR peak max(F). Cells: mean ± sd over images; the twins' seed row: mean ± sd (ddof 1) of the "
+             "per-twin means. Wins vs max: on how many of " + ", ".join(WIN_METRICS) + " the row's mean is >= the "
+             "max rule's.", ""]
+    for pkg, path, key in zip(pkgs, model_paths, owner_keys):
+        steps = pkg.manifest.get("training", {}).get("steps", "?")
+        state = f"key {key.key_id}" if key is not None else "no key given: keyed row omitted"
+        lines.append(f"* Model `{pkg.model_id}` (`{Path(path).name}`, {steps} training steps), {state}.")
+    for label, twin in zip(twin_names, twin_pkgs):
+        lines.append(f"* {label}: `{twin.model_id}`, unprotected twin, run with the zero code.")
+    lines.append("")
+    seed_row = f"twin mean ± sd ({len(twin_names)} seeds)"
+    for kind in KINDS:
+        n = len(scores[rows[0]][kind])
+        if not n:
+            continue
+        means = {r: np.asarray(scores[r][kind]).mean(0) for r in rows}
+        lines += [f"## {kind}-MRI ({n} pairs)", "",
+                  "| method | " + " | ".join(NAMES) + " | wins vs max |",
+                  "|---" * (len(NAMES) + 2) + "|"]
+        for r in rows:
+            v = np.asarray(scores[r][kind])
+            cells = [_cell(v[:, i]) for i in range(len(NAMES))]
+            lines.append(f"| {r} | " + " | ".join(cells) + f" | {_wins(means[r], means['max'])} |")
+            if len(twin_names) > 1 and r == twin_names[-1]:
+                per_seed = np.stack([means[t] for t in twin_names])
+                cells = [f"{per_seed[:, i].mean():.3f} ± {per_seed[:, i].std(ddof=1):.3f}" for i in range(len(NAMES))]
+                lines.append(f"| {seed_row} | " + " | ".join(cells) + f" | {_wins(per_seed.mean(0), means['max'])} |")
+        lines.append("")
+        if twin_names:
+            twin_mean = np.mean([means[t] for t in twin_names], axis=0)
+            for r in [r for r in rows if r.startswith("AMIF keyed")]:
+                ratio = means[r] / twin_mean
+                short = [f"{k} {ratio[i]:.3f}" for i, k in enumerate(NAMES) if not ratio[i] >= 0.98]
+                verdict = "met" if not short else "not met; below: " + ", ".join(short)
+                lines.append(f"Within 2% of twin ({r} ≥ 0.98 × twin mean on every metric): "
+                             f"{len(NAMES) - len(short)}/{len(NAMES)} metrics, {verdict}.")
+        else:
+            lines.append("Within 2% of twin: no twin given.")
+        fig = fig_dir / f"{kind}.png"
+        grid = []
+        for pname, a8, b8, outputs in examples[kind]:
+            order = [r for r in rows if r in BASELINES] + [r for r in rows if r not in BASELINES]
+            cells = [(f"MRI {pname}", a8), (kind, b8)] + [(label, outputs[label]) for label in order]
+            grid.append(cells)
+        tile(grid).save(fig)
+        lines += ["", f"![{kind} examples: sources, then each method]({fig_dir.name}/{fig.name})", ""]
+    lines += ["Figures show the evaluated images: Harvard-derived figures are research-use only and must "
+              "not be committed.", ""]
+    out.write_text("\n".join(lines), encoding="utf-8")
+    return out

@@ -1,0 +1,106 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from amif.baselines import BASELINES
+from amif.cli import main
+from amif.errors import AMIFError
+from amif.evaluate import load_twin, tile
+from amif.metrics import NAMES
+from conftest import need_harvard
+
+
+def _synthetic_pairs(root, n=2, size=64):
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for folder, kind in (("CT-MRI", "CT"), ("PET-MRI", "PET"), ("SPECT-MRI", "SPECT")):
+        for i in range(n):
+            mri = 120 + 80 * np.sin(xx / (4 + i)) * np.cos(yy / 6) + 10 * rng.standard_normal((size, size))
+            other = 255 * np.exp(-((xx - 32) ** 2 + (yy - 30 - i) ** 2) / 200.0)
+            if kind != "CT":
+                other = np.stack([other, 0.5 * other, 255 - other], -1)
+            for sub, img in (("MRI", mri), (kind, other)):
+                d = root / folder / "test" / sub
+                d.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(d / f"case{i}.png")
+    return root
+
+
+def _twin_copy(pkg_dir, dest, stem):
+    """An unprotected twin package: the same weights, a manifest marked "twin" with no identifier or key."""
+    manifest = json.loads((pkg_dir / "tiny.json").read_text())
+    manifest.update(twin=True, identifier="", key_id="", weights=f"{stem}.safetensors")
+    shutil.copy(pkg_dir / "tiny.safetensors", dest / f"{stem}.safetensors")
+    (dest / f"{stem}.json").write_text(json.dumps(manifest))
+    return dest / stem
+
+
+def _table(text, heading):
+    part = text.split(f"## {heading}")[1].split("\n## ")[0]
+    return [line for line in part.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+
+
+def test_evaluate_report_on_synthetic_pairs(tiny_package, tmp_path):
+    _, key, d = tiny_package
+    data = _synthetic_pairs(tmp_path / "data")
+    twins = [_twin_copy(d, tmp_path, f"twin{s}") for s in (1, 2)]
+    out = tmp_path / "rep" / "report.md"
+    out.parent.mkdir()
+    argv = ["evaluate", "-m", str(d / "tiny"), "-k", str(key), "--data", str(data), "-o", str(out), "-q"]
+    for t in twins:
+        argv += ["--twin", str(t)]
+    assert main(argv) == 0
+    text = out.read_text()
+    expected = ["AMIF keyed", "AMIF unkeyed", "twin (twin1)", "twin (twin2)", "twin mean ± sd (2 seeds)", *BASELINES]
+    for kind in ("CT", "PET", "SPECT"):
+        rows = _table(text, f"{kind}-MRI (2 pairs)")
+        assert [r.split(" | ")[0][2:] for r in rows] == expected
+        for r in rows:
+            cells = r.strip("| ").split(" | ")
+            assert len(cells) == len(NAMES) + 2 and all("±" in c for c in cells[1:-1])
+        assert rows[expected.index("max")].endswith("| 8/8 |")
+        # the twin has the keyed model's weights, so on the zero code it equals the unkeyed row
+        assert rows[1].split(" | ")[1:] == rows[2].split(" | ")[1:]
+        fig = out.parent / "report-figures" / f"{kind}.png"
+        with Image.open(fig) as im:
+            im.verify()
+        with Image.open(fig) as im:
+            assert im.format == "PNG" and im.mode == "L" and im.size[1] == 2 * (64 + 14) and im.size[0] == 64 * 9
+        assert f"(report-figures/{kind}.png)" in text
+    assert text.count("Within 2% of twin (AMIF keyed") == 3
+
+
+def test_evaluate_refuses_a_non_twin_and_a_foreign_key(tiny_package, tmp_path, capsys):
+    _, _, d = tiny_package
+    with pytest.raises(AMIFError, match="not an unprotected twin"):
+        load_twin(d / "tiny")
+    from amif.keys import generate_key, save_key
+
+    save_key(generate_key("other-model", "X"), tmp_path / "o.amifkey")
+    data = _synthetic_pairs(tmp_path / "data", n=1)
+    argv = ["evaluate", "-m", str(d / "tiny"), "-k", str(tmp_path / "o.amifkey"), "--data", str(data),
+            "-o", str(tmp_path / "r.md"), "-q"]
+    assert main(argv) == 2
+    assert "fits none of the models" in capsys.readouterr().err and not (tmp_path / "r.md").exists()
+
+
+def test_tile_places_labelled_images():
+    img = np.full((10, 12), 200, np.uint8)
+    grid = np.asarray(tile([[("a", img), ("b", np.zeros_like(img))]], label_height=14))
+    assert grid.shape == (24, 24)
+    assert (grid[14:, :12] == 200).all() and (grid[14:, 12:] == 0).all() and grid[:14].max() > 0
+
+
+def test_evaluate_on_harvard_with_bundled_model(tmp_path):
+    data = need_harvard()
+    out = tmp_path / "h.md"
+    assert main(["evaluate", "--data", str(data), "--limit", "2", "-o", str(out), "-q"]) == 0
+    text = out.read_text()
+    for kind in ("CT", "PET", "SPECT"):
+        rows = _table(text, f"{kind}-MRI (2 pairs)")
+        assert [r.split(" | ")[0][2:] for r in rows] == ["AMIF keyed", "AMIF unkeyed", *BASELINES]
+        assert (tmp_path / "h-figures" / f"{kind}.png").stat().st_size > 1000
+    assert "no twin given" in text
