@@ -1,0 +1,70 @@
+"""The Slicer extension's packaging, checked without Slicer: CMake lists, catalog entry, icon."""
+
+import json
+import re
+
+from PIL import Image
+
+from conftest import ROOT
+
+MODULE = ROOT / "AMIFFusion"
+
+
+def cmake_list(name: str) -> set[str]:
+    text = (MODULE / "CMakeLists.txt").read_text()
+    block = re.search(r"set\(" + name + r"\s+(.*?)\)", text, re.S).group(1)
+    return {line.strip().replace("${MODULE_NAME}", "AMIFFusion") for line in block.splitlines() if line.strip()}
+
+
+def test_every_python_file_is_listed():
+    listed = cmake_list("MODULE_PYTHON_SCRIPTS")
+    on_disk = {str(p.relative_to(MODULE)) for d in ("amif", "AMIFFusionLib") for p in (MODULE / d).glob("*.py")}
+    assert on_disk - listed == set(), "add these to AMIFFusion/CMakeLists.txt"
+    assert "AMIFFusion.py" in listed
+    assert all((MODULE / p).is_file() for p in listed), [p for p in listed if not (MODULE / p).is_file()]
+
+
+def test_every_resource_is_listed():
+    listed = cmake_list("MODULE_PYTHON_RESOURCES")
+    on_disk = {str(p.relative_to(MODULE)) for p in (MODULE / "Resources").rglob("*") if p.is_file()}
+    assert on_disk - listed == set(), "add these to AMIFFusion/CMakeLists.txt"
+    assert all((MODULE / p).is_file() for p in listed)
+    for needed in ("Resources/UI/AMIFFusion.ui", "Resources/Icons/AMIFFusion.png", "Resources/Icons/AMIFSample.png",
+                   "Resources/Models/amif-demo.json", "Resources/Models/amif-demo.safetensors",
+                   "Resources/Models/amif-demo.amifkey", "Resources/SampleData/AMIFSample-MRI.nrrd",
+                   "Resources/SampleData/AMIFSample-PET.nrrd"):
+        assert needed in listed
+
+
+def test_module_cmake_builds_a_tested_scripted_module():
+    text = (MODULE / "CMakeLists.txt").read_text()
+    assert "slicerMacroBuildScriptedModule" in text and "WITH_GENERIC_TESTS" in text
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+
+
+def test_extension_cmake_metadata():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    assert "project(AMIF)" in text and "add_subdirectory(AMIFFusion)" in text
+    assert 'set(EXTENSION_DEPENDS "PyTorch")' in text and "find_package(Slicer REQUIRED)" in text
+    for include in ("${Slicer_USE_FILE}", "${Slicer_EXTENSION_GENERATE_CONFIG}", "${Slicer_EXTENSION_CPACK}"):
+        assert include in text
+    for field in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS"):
+        assert re.search(rf'set\(EXTENSION_{field} "[^"]+"\)', text), field
+    # the icon and screenshot URLs name files that are in the repository
+    for url in re.findall(r"https://raw\.githubusercontent\.com/[^/]+/[^/]+/main/(\S+?)\"", text):
+        assert (ROOT / url).is_file(), url
+
+
+def test_catalog_entry():
+    entry = json.loads((ROOT / "AMIF.json").read_text())
+    assert entry["$schema"].startswith(
+        "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json")
+    for key in ("build_dependencies", "category", "scm_revision", "scm_url", "tier"):
+        assert key in entry, key
+    assert entry["build_dependencies"] == ["PyTorch"] and entry["scm_revision"] == "main"
+    assert entry["scm_url"].startswith("https://") and entry["tier"] in (1, 3, 5)
+
+
+def test_icons():
+    assert Image.open(ROOT / "AMIF.png").size == (128, 128)
+    assert Image.open(MODULE / "Resources" / "Icons" / "AMIFFusion.png").size == (128, 128)
