@@ -71,6 +71,20 @@ def test_evaluate_report_on_synthetic_pairs(tiny_package, tmp_path):
             assert im.format == "PNG" and im.mode == "L" and im.size[1] == 2 * (64 + 14) and im.size[0] == 64 * 9
         assert f"(report-figures/{kind}.png)" in text
     assert text.count("Within 2% of twin (AMIF keyed") == 3
+    # the JSON beside the report holds the same aggregates as its tables
+    agg = json.loads(out.with_suffix(".json").read_text())
+    assert agg["metrics"] == list(NAMES) and set(agg["rows"]) == set(expected) - {"twin mean ± sd (2 seeds)"}
+    ct = _table(text, "CT-MRI (2 pairs)")[0].split(" | ")[1:-1]
+    assert [f"{m:.3f}" for m in agg["rows"]["AMIF keyed"]["CT"]["mean"]] == [c.split(" ± ")[0] for c in ct]
+
+
+def test_evaluate_without_figures(tiny_package, tmp_path):
+    _, key, d = tiny_package
+    data = _synthetic_pairs(tmp_path / "data")
+    out = tmp_path / "tables.md"
+    assert main(["evaluate", "-m", str(d / "tiny"), "--data", str(data), "-o", str(out), "-q", "--no-figures"]) == 0
+    assert out.exists() and out.with_suffix(".json").exists()
+    assert not (tmp_path / "tables-figures").exists() and "figures/" not in out.read_text()
 
 
 def test_evaluate_refuses_a_non_twin_and_a_foreign_key(tiny_package, tmp_path, capsys):

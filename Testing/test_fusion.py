@@ -158,3 +158,25 @@ def test_orientation_does_not_change_the_physical_result(tiny_package):
     assert r2.GetDirection() == flipped(a).GetDirection()
     back = sitk.Resample(r2, r1, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0)
     np.testing.assert_allclose(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(r1), atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_display_view_matches_dicom_orient(seed):
+    """The copy-free display layout equals what sitk.DICOMOrient makes, for permuted and flipped axes."""
+    from amif.fusion import DISPLAY_ORIENTATION, display_view
+
+    rng = np.random.default_rng(seed)
+    perm, signs = rng.permutation(3), rng.choice([-1.0, 1.0], 3)
+    direction = np.zeros((3, 3))
+    direction[perm, np.arange(3)] = signs
+    rot = 0.1 * rng.standard_normal((3, 3))  # slightly oblique, as scanners write it
+    q, _ = np.linalg.qr(np.eye(3) + rot - rot.T)
+    img = _vol(size=(5, 6, 7), seed=seed)
+    img.SetDirection((q @ direction).ravel().tolist())
+    expected = sitk.GetArrayFromImage(sitk.DICOMOrient(img, DISPLAY_ORIENTATION))
+    view = display_view(img)(sitk.GetArrayViewFromImage(img))
+    np.testing.assert_array_equal(view, expected)
+    rgb = sitk.Compose(img, img * 2, img * 3)
+    rgb.CopyInformation(img)
+    colour = display_view(rgb)(sitk.GetArrayViewFromImage(rgb))
+    np.testing.assert_array_equal(colour[..., 1], expected * 2)

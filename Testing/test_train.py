@@ -78,7 +78,8 @@ def test_surgery_loss_changes_training(tiny_package, tmp_path):
         cfg = TrainConfig(steps=2, batch=2, crop=32, ablate_weight=w, ablate_ssim=-1.0)
         train(key, tmp_path / f"w{w}" / "m", checkpoint_dir=tmp_path / f"w{w}" / "ck", cfg=cfg, **kw)
         nets[w] = load_package(tmp_path / f"w{w}" / "m").net.state_dict()
-        ablate = [float(r.split(",")[6]) for r in (tmp_path / f"w{w}" / "ck" / "metrics.csv").read_text().splitlines()[1:]]
+        rows = (tmp_path / f"w{w}" / "ck" / "metrics.csv").read_text().splitlines()[1:]
+        ablate = [float(r.split(",")[6]) for r in rows]
         assert all(a > 0 for a in ablate) if w else all(a == 0 for a in ablate)
     assert any(not np.allclose(nets[0.0][n].numpy(), nets[1.0][n].numpy()) for n in nets[0.0])
 

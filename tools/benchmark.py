@@ -61,7 +61,7 @@ def volume_child(model: str, shape: str, threads: int) -> None:
     rng = np.random.default_rng(0)
     va = sitk.GetImageFromArray(rng.random((d, h, w), dtype=np.float32))
     vb = sitk.GetImageFromArray(rng.random((d, h, w), dtype=np.float32))
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_before = reset_peak_rss()  # so making the inputs' temporaries does not count
     t = time.perf_counter()
     fuse_volumes(va, vb, pkg)
     seconds = time.perf_counter() - t
@@ -69,9 +69,32 @@ def volume_child(model: str, shape: str, threads: int) -> None:
     t = time.perf_counter()
     np.maximum(vol, sitk.GetArrayViewFromImage(vb))
     t_max = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({"seconds": seconds, "max_seconds": t_max, "peak_mib": peak / 1024,
+    print(json.dumps({"seconds": seconds, "max_seconds": t_max, "peak_mib": peak_rss() / 1024,
                       "before_mib": rss_before / 1024}))
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def reset_peak_rss() -> int:
+    """Reset the process's resident high-water mark (Linux) and return the current RSS in KiB."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _status_kib("VmRSS")
+    except OSError:  # no /proc: the peak then includes making the inputs
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def peak_rss() -> int:
+    """Peak resident memory (KiB) since the last reset_peak_rss; ru_maxrss where /proc is absent."""
+    try:
+        return _status_kib("VmHWM")
+    except (OSError, KeyError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def run_volume(model: str, shape: str, threads: int) -> dict:
@@ -86,6 +109,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="fewer repeats, a 256x256x32 volume only")
     ap.add_argument("--out", help="also write the Markdown table here")
+    ap.add_argument("--json", help="also write the key figures here (for tools/make_report.py)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -104,10 +128,12 @@ def main() -> None:
     b8 = rng.integers(0, 256, (256, 256)).astype(np.float64)
     t_max = best_of(lambda: max_fusion(a8, b8), 20)
     t_lap = best_of(lambda: laplacian_fusion(a8, b8), repeat)
-    rows = []
+    rows, figures = [], {"parameters": parameter_count(pkg.net), "flops": flops, "threads": args.threads,
+                         "matmul_peak": peak, "max_ms": 1000 * t_max, "laplacian_ms": 1000 * t_lap, "volumes": {}}
     for bs in (1, VOLUME_BATCH):
         a, b = rng.random((bs, 256, 256), dtype=np.float32), rng.random((bs, 256, 256), dtype=np.float32)
         t = best_of(lambda a=a, b=b: run_network(pkg, a, b, code), repeat) / bs
+        figures[f"ms_batch{bs}"] = 1000 * t
         rows.append((f"AMIF, batch {bs}", f"{1000 * t:.1f} ms", f"{t / t_max:,.0f}x", f"{t / t_lap:.1f}x",
                      f"{flops / t / 1e9:.1f} GFLOP/s = {100 * flops / t / peak:.1f}% of matmul peak"))
     rows += [("max rule", f"{1000 * t_max:.3f} ms", "1x", "", ""),
@@ -119,7 +145,7 @@ def main() -> None:
     lines += ["", f"| volume via fuse_volumes (batch {VOLUME_BATCH}) | seconds | ms per slice | "
               "peak RSS (MiB) | RSS before fusing (MiB) | max rule (s) |", "|---|---|---|---|---|---|"]
     for shape in (["256x256x32"] if args.quick else ["256x256x128", "512x512x300"]):
-        r = run_volume(args.model, shape, args.threads)
+        r = figures["volumes"][shape] = run_volume(args.model, shape, args.threads)
         depth = int(shape.split("x")[2])
         lines.append(f"| {shape} | {r['seconds']:.1f} | {1000 * r['seconds'] / depth:.0f} | {r['peak_mib']:.0f} | "
                      f"{r['before_mib']:.0f} | {r['max_seconds']:.3f} |")
@@ -128,6 +154,8 @@ def main() -> None:
     print(text)
     if args.out:
         Path(args.out).write_text(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1))
 
 
 if __name__ == "__main__":

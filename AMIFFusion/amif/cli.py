@@ -159,8 +159,8 @@ def cmd_evaluate(args) -> None:
     from .evaluate import evaluate
 
     out = evaluate(args.model or [None], args.data, args.split, args.key or [], args.twin or [], args.output,
-                   args.limit, not args.quiet)
-    print(f"wrote {out} and {out.stem}-figures/")
+                   args.limit, not args.quiet, not args.no_figures)
+    print(f"wrote {out}, {out.with_suffix('.json').name}" + ("" if args.no_figures else f" and {out.stem}-figures/"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="test")
     s.add_argument("--limit", type=int, help="at most N pairs per pair type")
     s.add_argument("-o", "--output", default="amif-eval.md", help="Markdown report (figures in a folder beside it)")
+    s.add_argument("--no-figures", action="store_true",
+                   help="tables only, no example images (to publish results on data whose images may not be shared)")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_evaluate)
     return p

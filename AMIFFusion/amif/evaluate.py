@@ -104,8 +104,9 @@ def _cell(v: np.ndarray) -> str:
 
 
 def evaluate(models=(None,), data=None, split: str = "test", keys=(), twins=(), out="amif-eval.md",
-             limit: int | None = None, progress: bool = True) -> Path:
-    """Evaluate and write the report (and its figures folder); returns the report's path."""
+             limit: int | None = None, progress: bool = True, figures: bool = True) -> Path:
+    """Evaluate and write the report, its aggregate figures as JSON beside it (`<report>.json`) and,
+    with `figures`, a folder of example images; returns the report's path."""
     from tqdm import tqdm
 
     from .data import default_data_dir
@@ -150,14 +151,32 @@ def evaluate(models=(None,), data=None, split: str = "test", keys=(), twins=(), 
         if len(examples[pair.kind]) < FIGURE_PAIRS:
             examples[pair.kind].append((pair.name, a8, b8, outputs))
 
-    return _write_report(Path(out), pkgs, model_paths, owner_keys, twin_pkgs, twin_names, rows, scores,
-                         examples, data, split, pairs)
+    out = Path(out)
+    _write_json(out.with_suffix(".json"), pkgs, twin_pkgs, twin_names, rows, scores, data, split)
+    return _write_report(out, pkgs, model_paths, owner_keys, twin_pkgs, twin_names, rows, scores,
+                         examples if figures else None, data, split, pairs)
+
+
+def _write_json(path: Path, pkgs, twin_pkgs, twin_names, rows, scores, data, split) -> None:
+    """Aggregates only (means and sds over images per pair type), for plots and target checks."""
+    import json
+
+    table = {r: {k: {"n": len(v), "mean": np.asarray(v).mean(0).tolist(), "sd": np.asarray(v).std(0).tolist()}
+                 for k, v in scores[r].items() if v} for r in rows}
+    path.write_text(json.dumps({
+        "data": str(data), "split": split, "metrics": list(NAMES), "win_metrics": list(WIN_METRICS),
+        "models": [{"model_id": p.model_id, "steps": p.manifest.get("training", {}).get("steps")} for p in pkgs],
+        "twins": {n: {"model_id": t.model_id, "steps": t.manifest.get("training", {}).get("steps")}
+                  for n, t in zip(twin_names, twin_pkgs)},
+        "rows": table,
+    }, indent=1), encoding="utf-8")
 
 
 def _write_report(out, pkgs, model_paths, owner_keys, twin_pkgs, twin_names, rows, scores, examples, data,
                   split, pairs) -> Path:
     fig_dir = out.with_name(out.stem + "-figures")
-    fig_dir.mkdir(parents=True, exist_ok=True)
+    if examples is not None:
+        fig_dir.mkdir(parents=True, exist_ok=True)
     lines = ["# AMIF evaluation", "",
              f"Data: `{data}`, split **{split}** ({len(pairs)} pairs). Metrics on grey 0-255 "
              "(luminance of PET/SPECT and of colour outputs), CDDFuse conventions (see `amif.metrics`): "
@@ -200,6 +219,8 @@ def _write_report(out, pkgs, model_paths, owner_keys, twin_pkgs, twin_names, row
                              f"{len(NAMES) - len(short)}/{len(NAMES)} metrics, {verdict}.")
         else:
             lines.append("Within 2% of twin: no twin given.")
+        if examples is None:
+            continue
         fig = fig_dir / f"{kind}.png"
         grid = []
         for pname, a8, b8, outputs in examples[kind]:
@@ -208,7 +229,8 @@ def _write_report(out, pkgs, model_paths, owner_keys, twin_pkgs, twin_names, row
             grid.append(cells)
         tile(grid).save(fig)
         lines += ["", f"![{kind} examples: sources, then each method]({fig_dir.name}/{fig.name})", ""]
-    lines += ["Figures show the evaluated images: Harvard-derived figures are research-use only and must "
-              "not be committed.", ""]
+    if examples is not None:
+        lines += ["Figures show the evaluated images: Harvard-derived figures are research-use only and must "
+                  "not be committed.", ""]
     out.write_text("\n".join(lines), encoding="utf-8")
     return out

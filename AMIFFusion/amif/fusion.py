@@ -205,6 +205,26 @@ def display_array(img) -> np.ndarray:
     return arr
 
 
+def display_view(img) -> Callable[[np.ndarray], np.ndarray]:
+    """For a 3D image, a function taking an array in its (z, y, x[, c]) layout to a view in display
+    orientation: the same layout as sitk.DICOMOrient(img, DISPLAY_ORIENTATION), without a copy."""
+    import itertools
+
+    import SimpleITK as sitk
+
+    src = np.arange(24, dtype=np.float32).reshape(4, 3, 2)  # distinct sizes identify the permutation
+    probe = sitk.GetImageFromArray(src)
+    probe.SetDirection(img.GetDirection())
+    target = sitk.GetArrayFromImage(sitk.DICOMOrient(probe, DISPLAY_ORIENTATION))
+    perm = [src.shape.index(n) for n in target.shape]
+    moved = np.transpose(src, perm)
+    for flips in itertools.product((1, -1), repeat=3):
+        index = tuple(slice(None, None, f) for f in flips)
+        if np.array_equal(moved[index], target):
+            return lambda arr: np.transpose(arr, perm + list(range(3, arr.ndim)))[index]
+    raise AMIFError("Could not orient the volume for display.")  # unreachable for valid direction cosines
+
+
 @dataclass
 class VolumeResult:
     image: object  # SimpleITK image, A's geometry
@@ -224,7 +244,8 @@ def fuse_volumes(
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> VolumeResult:
-    """Fuse registered volumes slice by slice (axial slices in display orientation); output on A's grid."""
+    """Fuse registered volumes slice by slice (axial slices in display orientation); output on A's grid.
+    `batch` slices go through the network at a time (proportionally fewer when slices exceed 256x256)."""
     import SimpleITK as sitk
 
     _check_volume(a, "The first volume")
@@ -235,12 +256,10 @@ def fuse_volumes(
     if not same_geometry(a, b):
         b = resample_onto(b, a)
     # Work in the radiological display orientation (axial slices, anterior up, patient right on
-    # the left), so the identifier reads upright in viewers; the output goes back to A's layout.
-    original = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(a.GetDirection())
-    a_geometry = a
-    a, b = sitk.DICOMOrient(a, DISPLAY_ORIENTATION), sitk.DICOMOrient(b, DISPLAY_ORIENTATION)
-    va = sitk.GetArrayViewFromImage(a)
-    vb = sitk.GetArrayViewFromImage(b)
+    # the left), so the identifier reads upright in viewers. The display layout is a numpy view
+    # (axes permuted and flipped) of A's own array layout: no reoriented copies of the volumes.
+    to_display = display_view(a)
+    va, vb = sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b)
     for v, name in ((va, "The first volume"), (vb, "The second volume")):
         if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all():
             raise AMIFError(f"{name} contains NaN or infinite values.")
@@ -250,32 +269,34 @@ def fuse_volumes(
         window_b = window_b or robust_window(vb)
     if window_a[1] <= window_a[0] or (window_b and window_b[1] <= window_b[0]):
         raise AMIFError("An intensity window must have its upper value above its lower value.")
-    n = va.shape[0]
-    out = np.empty(va.shape + ((3,) if colour else ()), np.float32)
+    out = np.empty(va.shape + ((3,) if colour else ()), np.float32)  # A's layout
+    da, db, dout = to_display(va), to_display(vb), to_display(out)
+    n, h, w = da.shape[:3]
+    batch = max(1, min(batch, batch * 256 * 256 // (h * w)))  # fewer slices per call when they are large
     for start in range(0, n, batch):
         if cancel and cancel():
             raise Cancelled("Fusion cancelled.")
         sl = slice(start, min(n, start + batch))
-        sa = _normalize(va[sl], window_a)
+        sa = _normalize(da[sl], window_a)
         if colour:
-            ycc = rgb_to_ycbcr(_normalize(vb[sl][..., :3], (0, 255 if vb.dtype == np.uint8 else 1)))
+            ycc = rgb_to_ycbcr(_normalize(db[sl][..., :3], (0, 255 if vb.dtype == np.uint8 else 1)))
             sb = ycc[..., 0]
         else:
-            sb = _normalize(vb[sl], window_b)
+            sb = _normalize(db[sl], window_b)
         y = run_network(package, sa, sb, code)
         if colour:
             ycc[..., 0] = y
-            out[sl] = ycbcr_to_rgb(ycc)
+            dout[sl] = ycbcr_to_rgb(ycc)
         else:
-            out[sl] = y
+            dout[sl] = y
         if progress:
             progress(sl.stop, n)
-    grey = rgb_to_ycbcr(out)[..., 0] if colour else out
+    grey = np.stack([rgb_to_ycbcr(s)[..., 0] for s in dout]) if colour else dout
     verdict = verify_volume(grey, package.identifier, package.threshold)
+    del da, db, dout, grey
     img = sitk.GetImageFromArray(out, isVector=colour)
+    del out
     img.CopyInformation(a)
-    img = sitk.DICOMOrient(img, original)
-    img.CopyInformation(a_geometry)
     for k, v in output_metadata(package, status, verdict).items():
         img.SetMetaData(k, v)
     return VolumeResult(img, status, verdict, (window_a, window_b))

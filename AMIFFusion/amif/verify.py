@@ -80,5 +80,7 @@ def verify_volume(volume: np.ndarray, identifier: str, threshold: float, min_con
     keep = [i for i in range(vol.shape[0]) if vol[i].std() > min_content]
     if not keep:
         return Verdict(0.0, threshold)
-    scores = np.concatenate([identifier_scores(vol[keep[i : i + 32]], identifier) for i in range(0, len(keep), 32)])
+    step = max(1, 32 * 256 * 256 // (vol.shape[1] * vol.shape[2]))  # 32 slices of 256x256 at a time: memory bounded
+    scores = np.concatenate([identifier_scores(vol[keep[i : i + step]], identifier)
+                             for i in range(0, len(keep), step)])
     return Verdict(float(np.median(scores)), threshold)

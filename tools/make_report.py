@@ -1,0 +1,192 @@
+"""Publish the evaluation report of the bundled model under Resources/evaluation/.
+
+    python tools/make_report.py [--data ../shared/data/harvard] [--twin PKG ...] [--skip-benchmark]
+
+Writes Resources/evaluation/report.md (targets, per-modality metric tables on the Harvard test
+split, speed and memory), harvard-test.json (the aggregates behind the tables), ratios.png (each
+method's metrics as a ratio to the max rule's) and sample.png (sources, baselines, keyed and
+unkeyed AMIF and the twin on slices of the bundled MNI-based sample). Only aggregates of the
+Harvard images are published: their images are research-use only, so the example figure uses the
+bundled sample. Takes about 10 minutes on 2 cores (the 512x512x300 benchmark volume is most of it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "AMIFFusion"))
+
+from amif.data import default_data_dir  # noqa: E402
+from amif.evaluate import KINDS, evaluate  # noqa: E402
+from amif.package import bundled_key_path, bundled_model_path, load_package  # noqa: E402
+
+OUT = ROOT / "Resources" / "evaluation"
+TWINS = sorted((ROOT / "Resources" / "Twins").glob("*.json"))
+PLOT_ROWS = ("AMIF keyed", "AMIF unkeyed", "twins (mean)", "mean", "laplacian")
+SAMPLE_SLICES = (0.45, 0.55)  # fractions of the sample's axial extent
+
+
+def sample_pairs(folder: Path) -> Path:
+    """Axial slices of the bundled sample as a PET-MRI/test pair folder (8-bit PNGs)."""
+    import SimpleITK as sitk
+    from PIL import Image
+
+    from amif.fusion import display_array, resample_onto, robust_window
+
+    sample = ROOT / "AMIFFusion" / "Resources" / "SampleData"
+    mri = sitk.ReadImage(str(sample / "AMIFSample-MRI.nrrd"))
+    pet = resample_onto(sitk.ReadImage(str(sample / "AMIFSample-PET.nrrd")), mri)  # the PET grid is coarser
+    for name, img in (("MRI", mri), ("PET", pet)):
+        vol = display_array(img)
+        lo, hi = robust_window(vol)
+        d = folder / "PET-MRI" / "test" / name
+        d.mkdir(parents=True)
+        for i, f in enumerate(SAMPLE_SLICES):
+            sl = np.clip((vol[int(f * vol.shape[0])] - lo) / (hi - lo), 0, 1)
+            Image.fromarray(np.round(sl * 255).astype(np.uint8)).save(d / f"slice{i}.png")
+    return folder
+
+
+def with_twin_mean(agg: dict) -> dict:
+    rows = agg["rows"]
+    twins = [r for r in rows if r.startswith("twin (")]
+    if twins:
+        rows["twins (mean)"] = {k: {"mean": np.mean([rows[t][k]["mean"] for t in twins], 0).tolist()}
+                                for k in rows[twins[0]]}
+    return agg
+
+
+def plot_ratios(agg: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, rows = agg["win_metrics"], agg["rows"]
+    idx = [agg["metrics"].index(m) for m in names]
+    plotted = [r for r in PLOT_ROWS if r in rows]
+    fig, axes = plt.subplots(1, len(KINDS), figsize=(13, 3.6), sharey=True)
+    width = 0.8 / len(plotted)
+    for ax, kind in zip(axes, KINDS):
+        mx = np.asarray(rows["max"][kind]["mean"])[idx]
+        for j, r in enumerate(plotted):
+            ratio = np.asarray(rows[r][kind]["mean"])[idx] / mx
+            ax.bar(np.arange(len(names)) + (j - (len(plotted) - 1) / 2) * width, ratio, width, label=r)
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_xticks(range(len(names)), names, rotation=45)
+        ax.set_title(f"{kind}-MRI")
+        ax.set_ylim(0.5, 1.5)
+    axes[0].set_ylabel("ratio to the max rule (mean over test images)")
+    axes[-1].legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def targets(agg: dict, bench: dict | None) -> list[str]:
+    rows, names = agg["rows"], agg["metrics"]
+    win_idx = [names.index(m) for m in agg["win_metrics"]]
+    twins = [r for r in rows if r.startswith("twin (")]
+    lines = ["| target | CT | PET | SPECT | met |", "|---|---|---|---|---|"]
+    cells, ok = [], True
+    for kind in KINDS:
+        k, mx = np.asarray(rows["AMIF keyed"][kind]["mean"]), np.asarray(rows["max"][kind]["mean"])
+        wins = int(sum(k[i] >= mx[i] for i in win_idx))
+        cells.append(f"{wins}/8")
+        ok &= wins >= 5
+    lines.append(f"| keyed AMIF ≥ max rule on ≥ 5 of EN/SD/SF/MI/SCD/VIF/Qabf/SSIM | {' | '.join(cells)} | "
+                 f"{'yes' if ok else '**no**'} |")
+    if twins:
+        cells, spread, ok = [], [], True
+        for kind in KINDS:
+            k = np.asarray(rows["AMIF keyed"][kind]["mean"])
+            per = np.asarray([rows[t][kind]["mean"] for t in twins])
+            ratio = k / per.mean(0)
+            worst = int(np.argmin(ratio))
+            below = [names[i] for i in range(len(names)) if ratio[i] < 0.98]
+            cells.append(f"{len(names) - len(below)}/{len(names)}; worst {names[worst]} {ratio[worst]:.3f}")
+            ok &= not below
+            if len(twins) > 1:
+                rel = per.std(0, ddof=1) / np.abs(per.mean(0))
+                spread.append(f"median {100 * np.median(rel):.1f}%, max {100 * rel.max():.1f}% ({names[rel.argmax()]})")
+        lines.append(f"| keyed AMIF ≥ 0.98 × twin mean on every metric | {' | '.join(cells)} | "
+                     f"{'yes' if ok else '**no**'} |")
+        if spread:
+            lines.append(f"| (twin seed-to-seed sd, relative, {len(twins)} seeds) | {' | '.join(spread)} | |")
+    else:
+        lines.append("| keyed AMIF within 2% of the twin | no twin given | | | **not measured** |")
+    if bench:
+        ms = bench["ms_batch1"]
+        lines.append(f"| ≤ 60 ms per 256x256 slice (batch 1, {bench['threads']} threads) | {ms:.1f} ms | | | "
+                     f"{'yes' if ms <= 60 else '**no**'} |")
+        for shape, limit, key, unit, fmt in (("256x256x128", 10, "seconds", "s", "{:.1f}"),
+                                             ("512x512x300", 2048, "peak_mib", "MiB", "{:.0f}")):
+            v = bench["volumes"].get(shape, {}).get(key)
+            if v is not None:
+                what = "time" if key == "seconds" else "peak resident memory"
+                lines.append(f"| {shape}: {what} under {limit} {unit} | {fmt.format(v)} {unit} | | | "
+                             f"{'yes' if v < limit else f'**no** (+{fmt.format(v - limit)} {unit})'} |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(default_data_dir()))
+    ap.add_argument("--twin", action="append", help=f"twin package (default: {', '.join(t.name for t in TWINS)})")
+    ap.add_argument("--skip-benchmark", action="store_true", help="keep the report's previous speed section")
+    args = ap.parse_args()
+    twins = args.twin or [str(t) for t in TWINS]
+    OUT.mkdir(parents=True, exist_ok=True)
+    model, key = bundled_model_path(), bundled_key_path()
+    pkg = load_package(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        harvard = evaluate([model], args.data, "test", [key], twins, tmp / "harvard-test.md", figures=False)
+        evaluate([model], sample_pairs(tmp / "sample"), "test", [key], twins[:1], tmp / "sample.md",
+                 progress=False)
+        shutil.copy(tmp / "sample-figures" / "PET.png", OUT / "sample.png")
+        shutil.copy(harvard.with_suffix(".json"), OUT / "harvard-test.json")
+        tables = harvard.read_text(encoding="utf-8").replace(str(Path(args.data)), "../shared/data/harvard")
+        bench = None
+        if not args.skip_benchmark:
+            subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark.py"), "--out", str(tmp / "bench.md"),
+                            "--json", str(OUT / "benchmark.json")], check=True)
+            (OUT / "benchmark.md").write_text((tmp / "bench.md").read_text())
+        if (OUT / "benchmark.json").exists():
+            bench = json.loads((OUT / "benchmark.json").read_text())
+    agg = with_twin_mean(json.loads((OUT / "harvard-test.json").read_text()))
+    plot_ratios(agg, OUT / "ratios.png")
+    steps = pkg.manifest["training"]["steps"]
+    twin_steps = ", ".join(f"{v['model_id']} ({v['steps']} steps)" for v in agg["twins"].values()) or "none"
+    lines = [
+        "# AMIF evaluation: the bundled model", "",
+        f"Model `{pkg.model_id}` ({steps} training steps, batch {pkg.manifest['training']['batch']}); "
+        f"unprotected twins: {twin_steps}. Harvard Whole Brain Atlas **test** split; only aggregate figures "
+        "are published (the images are research-use only).", "",
+        "Regenerate (about 10 minutes on 2 cores, needs `../shared/data/harvard`): `python tools/make_report.py`", "",
+        "## Targets", "", *targets(agg, bench), "",
+        "![Ratio of each method's mean metric to the max rule's, per pair type](ratios.png)", "",
+        "*Each method's mean over the test images divided by the element-wise max rule's (1 = max rule).*", "",
+        "![Bundled sample: MRI, PET-like, baselines, keyed and unkeyed AMIF, the twin](sample.png)", "",
+        "*Two axial slices of the bundled MNI-based sample (not Harvard): sources, the three baselines, "
+        "keyed AMIF, unkeyed AMIF (identifier written) and the first twin.*", "",
+        "## Metric tables (Harvard test split)", "",
+        *["#" + line if line.startswith("## ") else line for line in tables.splitlines()[1:]], "",
+        "## Speed and memory (`python tools/benchmark.py`)", "",
+        (OUT / "benchmark.md").read_text() if (OUT / "benchmark.md").exists() else "not measured", "",
+    ]
+    (OUT / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    print(f"wrote {OUT / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()
