@@ -20,38 +20,26 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "AMIFFusion"))
 
+from amif.attack import Target, code_trials, run_edit, surgery_edit, surgery_targets  # noqa: E402
 from amif.data import default_data_dir, list_pairs, load_pairs  # noqa: E402
-from amif.fusion import run_network  # noqa: E402
 from amif.keys import load_key  # noqa: E402
 from amif.metrics import METRICS, max_rule  # noqa: E402
 from amif.package import bundled_key_path, bundled_model_path, load_package  # noqa: E402
 from amif.verify import identifier_scores  # noqa: E402
 
 
-def surgery(pkg, a, b, keyed):
-    """Zero each module (and the memory grid alone) and run without a key."""
-    import copy
-
-    import torch
-
-    net0 = pkg.net
-    targets = {"memory.spatial (grid only)": ["memory.spatial"]}
-    for name, mod in net0.named_modules():
-        if name and name.count(".") <= 1 and any(True for _ in mod.parameters(recurse=True)):
-            targets[name] = [n for n, _ in net0.named_parameters() if n.startswith(name + ".")]
+def surgery(target: Target):
+    """Zero each module (to one dot deep) and the memory grid alone, and run without a key: the zero
+    edits of amif.attack's white-box surgery (`amif attack --attacks surgery` runs them all)."""
+    net = target.net
+    state = {k: v.detach() for k, v in net.named_parameters()}
+    targets = [("memory.spatial (grid only)", ["memory.spatial"])]
+    targets += [(name, names) for name, _, names in surgery_targets(net, max_depth=1, tensors=False)]
     results = []
-    for name, params in targets.items():
-        net = copy.deepcopy(net0)
-        with torch.no_grad():
-            for n, p in net.named_parameters():
-                if n in params:
-                    p.zero_()
-        pkg.net = net
-        out = run_network(pkg, a, b, np.zeros(256, np.float32))
-        pkg.net = net0
-        flagged = np.mean(identifier_scores(out, pkg.identifier) >= pkg.threshold)
-        mse = np.mean((out - keyed) ** 2)
-        results.append((name, flagged, 10 * np.log10(1 / max(mse, 1e-12))))
+    for name, names in targets:
+        _, edit = surgery_edit(net, names, "zero", state, None)
+        m, _ = run_edit(target, edit)
+        results.append((name, m.flagged, float(m.psnr.mean())))
     return results
 
 
@@ -76,20 +64,11 @@ def main() -> None:
     a, b = a8.astype(np.float32) / 255, b8.astype(np.float32) / 255
     ident, thr = pkg.identifier, pkg.threshold
     rng = np.random.default_rng(1234)
-
-    keyed = np.concatenate([run_network(pkg, a[i : i + 8], b[i : i + 8], code) for i in range(0, len(a), 8)])
-    nokey = np.concatenate([run_network(pkg, a[i : i + 8], b[i : i + 8], np.zeros(256, np.float32))
-                            for i in range(0, len(a), 8)])
+    attacked = Target(pkg, code, a, b, [p.kind for p in pairs])
+    keyed, nokey = attacked.keyed, attacked.unkeyed
 
     def flagged_for(codes: np.ndarray) -> np.ndarray:
-        scores = []
-        for j in range(0, len(codes), 8):
-            idx = np.arange(j, min(j + 8, len(codes))) % len(a)
-            c = codes[j : j + 8]
-            # one image per code, cycling through the test split
-            out = np.concatenate([run_network(pkg, a[i : i + 1], b[i : i + 1], ci) for i, ci in zip(idx, c)])
-            scores.append(identifier_scores(out, ident))
-        return np.concatenate(scores)
+        return code_trials(attacked, codes).scores  # one image per code, cycling through the test split
 
     rand_codes = rng.choice([-1.0, 1.0], size=(args.random, 256)).astype(np.float32)
     near_codes = np.repeat(code[None], args.near, 0)
@@ -117,9 +96,10 @@ def main() -> None:
             mx = np.mean([fn(a8[i], b8[i], max_rule(a8[i], b8[i])) for i in sel])
             lines.append(f"| {kind} | {m} | {am:.4f} | {mx:.4f} | {am / mx:.3f} | {targets[m]} |")
     lines += ["", "Single-module surgery (white-box): each module's parameters zeroed in turn, no key, "
-              "first 24 test pairs. A clean result would be: not flagged and PSNR to the keyed output above 30 dB.",
+              "first 24 test pairs (mean PSNR over images). A clean result would be: not flagged and PSNR to the "
+              "keyed output above 30 dB. `amif attack` runs every module and tensor, zeroed, randomized and bypassed.",
               "", "| zeroed module | flagged | PSNR to keyed (dB) |", "|---|---|---|"]
-    for name, frac, psnr in surgery(pkg, a[:24], b[:24], keyed[:24]):
+    for name, frac, psnr in surgery(attacked.subset(range(min(24, len(pairs))))):
         lines.append(f"| {name} | {100 * frac:.0f}% | {psnr:.1f} |")
     from PIL import Image
 

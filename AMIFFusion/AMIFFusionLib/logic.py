@@ -107,7 +107,7 @@ def image_from_node(node, name: str):
     """A volume node as a SimpleITK image in world (LPS) coordinates; the node is not changed."""
     import SimpleITK as sitk
 
-    if node is None or node.GetImageData() is None:
+    if node is None or node.GetImageData() is None or node.GetImageData().GetPointData().GetScalars() is None:
         raise AMIFError(f"{name} has no voxels: choose a loaded volume.")
     arr = np.array(slicer.util.arrayFromVolume(node))  # (k, j, i) or (k, j, i, components), a copy
     if arr.ndim == 4 and arr.shape[-1] == 4:
@@ -116,8 +116,8 @@ def image_from_node(node, name: str):
         arr = arr[..., 0]
     lps = RAS_TO_LPS @ world_ijk_to_ras(node)
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    if not (spacing > 0).all() or abs(np.linalg.det(lps[:3, :3])) < 1e-12:
-        raise AMIFError(f"{name} has a degenerate geometry (zero spacing).")
+    if not np.isfinite(lps).all() or not (spacing > 0).all() or abs(np.linalg.det(lps[:3, :3])) < 1e-12:
+        raise AMIFError(f"{name} has a degenerate geometry (zero spacing, or NaN or infinite position or axes).")
     img = sitk.GetImageFromArray(arr, isVector=arr.ndim == 4)
     img.SetSpacing(spacing.tolist())
     img.SetOrigin(lps[:3, 3].tolist())

@@ -1,4 +1,4 @@
-"""`amif` command line: demo, fuse, keygen, info, verify, train."""
+"""`amif` command line: demo, fuse, keygen, info, verify, train, evaluate, attack."""
 
 from __future__ import annotations
 
@@ -51,13 +51,17 @@ def fuse_files(a_path, b_path, out, model=None, key=None, progress=True) -> dict
     out = Path(out)
     if not out.parent.exists():
         raise AMIFError(f"The output folder {out.parent} does not exist.")
+    if out.is_dir():
+        raise AMIFError(f"The output {out} is a folder: give a file name.")
     if Path(a_path).suffix.lower() in IMAGE_2D and Path(b_path).suffix.lower() in IMAGE_2D:
         if out.suffix.lower() not in IMAGE_2D:
             raise AMIFError("2D inputs give a 2D output: name it .png or .jpg.")
         r = fuse_images(read_image(a_path), read_image(b_path), pkg, key)
         meta = output_metadata(pkg, r.key, r.verdict)
-        _write_2d(out, r.fused, meta)
+        _write_output(out, lambda: _write_2d(out, r.fused, meta))
         return meta
+    if out.suffix.lower() in IMAGE_2D:
+        raise AMIFError("Volume inputs give a volume output: name it .nrrd, .nii.gz or .mha.")
     import SimpleITK as sitk
 
     a, b = _read_volume(a_path), _read_volume(b_path)
@@ -71,8 +75,20 @@ def fuse_files(a_path, b_path, out, model=None, key=None, progress=True) -> dict
     finally:
         if bar:
             bar.close()
-    sitk.WriteImage(r.image, str(out), useCompression=True)
+    _write_output(out, lambda: sitk.WriteImage(r.image, str(out), useCompression=True))
     return output_metadata(pkg, r.key, r.verdict)
+
+
+def _write_output(out: Path, write) -> None:
+    """Run `write`; on failure remove what it left of a new file and raise one AMIFError."""
+    existed = out.exists()
+    try:
+        write()
+    except (OSError, RuntimeError, ValueError) as e:  # RuntimeError: SimpleITK (e.g. no writer for the extension)
+        if not existed and out.is_file():
+            out.unlink()
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else e.__class__.__name__
+        raise AMIFError(f"Cannot write {out.name}: {reason}") from None
 
 
 def cmd_fuse(args) -> None:
@@ -163,6 +179,21 @@ def cmd_evaluate(args) -> None:
     print(f"wrote {out}, {out.with_suffix('.json').name}" + ("" if args.no_figures else f" and {out.stem}-figures/"))
 
 
+def cmd_attack(args) -> None:
+    from .attack import AttackOptions, attack
+
+    opts = AttackOptions(
+        random_codes=args.random_codes, near_miss_codes=args.near_miss_codes,
+        near_miss_max_bits=args.near_miss_max_bits, foreign_codes=args.foreign_codes, code_batch=args.code_batch,
+        quality_db=args.quality_db, forge_steps=args.forge_steps, forge_restarts=args.forge_restarts,
+        forge_images=args.forge_images, forge_lr=args.forge_lr, forge_detector=args.forge_detector,
+        seed=args.seed, device=args.device,
+    )
+    out = attack(args.model, args.key, args.data, args.split, args.limit, args.attacks, args.output, opts,
+                 args.figures, not args.quiet)
+    print(f"wrote {out}, {out.with_suffix('.json').name}" + (f" and {out.stem}-figures/" if args.figures else ""))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="amif", description="Key-gated medical image fusion (AMIF).")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -225,6 +256,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tables only, no example images (to publish results on data whose images may not be shared)")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_evaluate)
+
+    from .attack import IMPLEMENTED, AttackOptions
+
+    d = AttackOptions()
+    s = sub.add_parser("attack", help="attack a model package's protection on registered pairs (Markdown report)")
+    s.add_argument("-m", "--model", help="model package (default: the bundled one)")
+    s.add_argument("-k", "--key", help="the owner's key, for the keyed reference (default: the bundled model's)")
+    s.add_argument("--data", help="folder of registered pairs (default ../shared/data/harvard)")
+    s.add_argument("--split", default="test")
+    s.add_argument("--limit", type=int, help="at most N pairs per pair type")
+    s.add_argument("--attacks", help=f"comma-separated, from: {','.join(IMPLEMENTED)} (default: all)")
+    s.add_argument("-o", "--output", default="amif-attack.md", help="Markdown report (+ .json beside it)")
+    s.add_argument("--figures", action="store_true", help="write example figures to a folder beside the report")
+    for flag, helptext in (
+        ("--random-codes", "random +-1 codes"),
+        ("--near-miss-codes", "the owner's code with bits flipped"),
+        ("--near-miss-max-bits", "near-miss code i flips 1 + (i mod this) bits"),
+        ("--foreign-codes", "codes of keys for other model ids"),
+        ("--code-batch", "codes per decoder batch"),
+        ("--quality-db", "keyed quality: PSNR to the keyed output in dB"),
+        ("--forge-steps", "Adam steps per forging restart"),
+        ("--forge-restarts", "forging restarts per objective"),
+        ("--forge-images", "pairs the forger optimizes on"),
+        ("--forge-lr", "forging learning rate"),
+        ("--forge-detector", "weight of the detector score in the second forging objective (0: fusion loss only)"),
+        ("--seed", "random seed of the codes, edits and restarts"),
+    ):
+        default = getattr(d, flag[2:].replace("-", "_"))
+        s.add_argument(flag, type=type(default), default=default, help=f"{helptext} (default %(default)s)")
+    s.add_argument("--device", default=d.device, help="torch device, e.g. cuda")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_attack)
     return p
 
 

@@ -50,7 +50,7 @@ def read_image(path: str | Path) -> np.ndarray:
         with Image.open(path) as im:
             im = im.convert("RGB") if im.mode not in ("L", "I;16", "I", "F") else im
             arr = np.asarray(im)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise AMIFError(f"Cannot read image {Path(path).name}: {e}") from None
     if arr.dtype == np.uint8:
         arr = arr.astype(np.float32) / 255.0

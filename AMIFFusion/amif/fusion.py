@@ -74,19 +74,27 @@ def code_for(package: ModelPackage, key: KeyFile | str | os.PathLike | None) -> 
     return k.code(), status
 
 
+MIN_SIDE = 16  # pixels: `verify` needs slices of at least 16 x 16 to look for the identifier
+
+
 def _as_unit(img: np.ndarray, name: str) -> np.ndarray:
-    img = np.asarray(img)
+    try:
+        img = np.asarray(img)
+    except ValueError:  # ragged nested lists
+        raise AMIFError(f"{name} is not an array of pixels.") from None
     if img.size == 0:
         raise AMIFError(f"{name} is empty.")
+    if img.dtype.kind not in "biuf":
+        raise AMIFError(f"{name} has data type {img.dtype}; an image of integer or real numbers is needed.")
     if img.dtype == np.uint8:
         return img.astype(np.float32) / 255
-    img = img.astype(np.float32)
+    img = img.astype(np.float64)  # float64: a float32 range near +-3e38 would overflow to NaN
     if not np.isfinite(img).all():
         raise AMIFError(f"{name} contains NaN or infinite values.")
     lo, hi = float(img.min()), float(img.max())
     if lo < 0 or hi > 1:
         img = (img - lo) / max(hi - lo, 1e-8)
-    return img
+    return img.astype(np.float32)
 
 
 def run_network(package: ModelPackage, a: np.ndarray, b: np.ndarray, code: np.ndarray) -> np.ndarray:
@@ -117,6 +125,9 @@ def fuse_images(a, b, package: ModelPackage, key=None) -> FusionResult:
     if a.shape != b.shape[:2]:
         raise AMIFError(f"The images differ in size ({a.shape[1]}x{a.shape[0]} vs {b.shape[1]}x{b.shape[0]}).")
     code, status = code_for(package, key)
+    if min(a.shape) < MIN_SIDE:
+        raise AMIFError(f"The images are {a.shape[1]}x{a.shape[0]} pixels; "
+                        f"fusion needs at least {MIN_SIDE}x{MIN_SIDE}.")
     ycc = rgb_to_ycbcr(b[..., :3]) if b.ndim == 3 else None
     by = ycc[..., 0] if ycc is not None else b
     y = run_network(package, a[None], by[None], code)[0]
@@ -140,6 +151,9 @@ def _check_volume(img, name: str):
         raise AMIFError(f"{name} is a {img.GetDimension()}D image; a 3D volume is needed.")
     if img.GetNumberOfComponentsPerPixel() not in (1, 3):
         raise AMIFError(f"{name} has {img.GetNumberOfComponentsPerPixel()} components; grey or RGB is needed.")
+    kind = img.GetPixelIDTypeAsString()
+    if "complex" in kind or "label" in kind:
+        raise AMIFError(f"{name} has {kind} voxels; grey or RGB intensities are needed.")
 
 
 def _bounds(img) -> tuple[np.ndarray, np.ndarray]:
@@ -267,11 +281,15 @@ def fuse_volumes(
     window_a = window_a or robust_window(va)
     if not colour:
         window_b = window_b or robust_window(vb)
-    if window_a[1] <= window_a[0] or (window_b and window_b[1] <= window_b[0]):
-        raise AMIFError("An intensity window must have its upper value above its lower value.")
+    for window in (window_a, window_b) if window_b else (window_a,):
+        if not (np.isfinite(window).all() and window[1] > window[0]):
+            raise AMIFError("An intensity window must be two finite values, the upper above the lower.")
     out = np.empty(va.shape + ((3,) if colour else ()), np.float32)  # A's layout
     da, db, dout = to_display(va), to_display(vb), to_display(out)
     n, h, w = da.shape[:3]
+    if min(h, w) < MIN_SIDE:
+        raise AMIFError(f"The first volume's axial slices are {w}x{h} voxels; fusion needs at least "
+                        f"{MIN_SIDE}x{MIN_SIDE} (a single sagittal or coronal slice cannot be fused).")
     batch = max(1, min(batch, batch * 256 * 256 // (h * w)))  # fewer slices per call when they are large
     for start in range(0, n, batch):
         if cancel and cancel():

@@ -110,11 +110,11 @@ def load_key(path: str | os.PathLike) -> KeyFile:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise AMIFError(f"Key file {name} does not exist.") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: undecodable bytes, or a NUL in the path
         raise AMIFError(f"Key file {name} cannot be read: {e.__class__.__name__}.") from None
     try:
         d = json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # bad JSON, an integer of thousands of digits, deep nesting
         raise AMIFError(f"Key file {name} is not valid JSON (damaged or not a key file).") from None
     if not isinstance(d, dict) or d.get("format") != KEY_FORMAT:
         raise AMIFError(f"{name} is not an AMIF key file (format is not '{KEY_FORMAT}').")
@@ -124,6 +124,10 @@ def load_key(path: str | os.PathLike) -> KeyFile:
     for k, v in fields.items():
         if not isinstance(v, str):
             raise AMIFError(f"Key file {name} lacks the text field '{k}'.")
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate escape such as "\ud800"
+            raise AMIFError(f"Key file {name}: the field '{k}' is not valid text.") from None
     try:
         secret = base64.b64decode(fields["secret"], validate=True)
     except ValueError:

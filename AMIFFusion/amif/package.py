@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .errors import AMIFError
 from .identifier import check_text
+from .keys import CODE_BITS
 
 PACKAGE_FORMAT = "amif-model"
 PACKAGE_VERSION = 1
@@ -98,7 +100,7 @@ def read_manifest(path) -> tuple[dict, Path]:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise AMIFError(f"Model package manifest {name} does not exist.") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad bytes or JSON; Recursion: deep nesting
         raise AMIFError(f"Model manifest {name} is not readable JSON ({e.__class__.__name__}).") from None
     if not isinstance(manifest, dict) or manifest.get("format") != PACKAGE_FORMAT:
         raise AMIFError(f"{name} is not an AMIF model manifest.")
@@ -111,6 +113,15 @@ def read_manifest(path) -> tuple[dict, Path]:
             raise AMIFError(f"Model manifest {name} lacks the text field '{k}'.")
     if not isinstance(manifest.get("architecture"), dict):
         raise AMIFError(f"Model manifest {name} lacks its architecture.")
+    verify = manifest.get("verify", {})
+    threshold = verify.get("threshold", DEFAULT_THRESHOLD) if isinstance(verify, dict) else None
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise AMIFError(f"Model manifest {name}: 'verify' must hold a finite number 'threshold'.")
+    if not manifest.get("twin"):
+        try:
+            check_text(manifest["identifier"])
+        except AMIFError as e:
+            raise AMIFError(f"Model manifest {name}: {e}") from None
     weights = manifest_path.parent / manifest["weights"]
     if weights.parent != manifest_path.parent or "/" in manifest["weights"] or "\\" in manifest["weights"]:
         raise AMIFError(f"Model manifest {name} names weights outside its folder.")
@@ -126,7 +137,7 @@ def load_package(path) -> ModelPackage:
     from .network import AMIFNet, NetConfig
 
     manifest, weights = read_manifest(path)
-    if not weights.exists():
+    if not weights.is_file():
         raise AMIFError(f"The weights file {weights.name} named by the model manifest is missing.")
     if sha256_file(weights) != manifest["weights_sha256"]:
         raise AMIFError(
@@ -140,8 +151,34 @@ def load_package(path) -> ModelPackage:
     arch = manifest["architecture"]
     if arch.get("name") != "AMIFNet":
         raise AMIFError(f"Unknown architecture {arch.get('name')!r} in {weights.name}'s manifest.")
+    for f in fields(NetConfig):
+        v = arch.get(f.name, f.default)
+        if isinstance(f.default, int) and (type(v) is not int or v < 1):
+            need = "a positive integer"
+        elif isinstance(f.default, float) and (type(v) not in (int, float) or not math.isfinite(v)):
+            need = "a finite number"
+        else:
+            continue
+        raise AMIFError(f"Model manifest {package_paths(path)[0].name}: architecture field '{f.name}' "
+                        f"must be {need}, not {v!r:.40}.")
+    misfit = f"The weights in {weights.name} do not fit the architecture in the manifest"
+    try:  # shapes first, on the meta device (no memory), so huge sizes in a manifest allocate nothing
+        cfg = NetConfig.from_dict(arch)
+        with torch.device("meta"):
+            expected = AMIFNet(cfg).state_dict()
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise AMIFError(f"{misfit}: {str(e).strip().splitlines()[0]}") from None
+    for k in sorted(expected.keys() | state.keys()):
+        if k not in state or k not in expected:
+            raise AMIFError(f"{misfit}: tensor '{k}' is {'missing' if k not in state else 'unexpected'}.")
+        t, want = state[k], expected[k]
+        if t.shape != want.shape or t.dtype != want.dtype:
+            raise AMIFError(f"{misfit}: tensor '{k}' is {t.dtype} {tuple(t.shape)}, "
+                            f"the architecture needs {want.dtype} {tuple(want.shape)}.")
+    if cfg.key_bits != CODE_BITS:
+        raise AMIFError(f"The model in {weights.name} takes {cfg.key_bits}-value codes; AMIF keys give {CODE_BITS}.")
     try:
-        net = AMIFNet(NetConfig.from_dict(arch))
+        net = AMIFNet(cfg)
         net.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, ValueError) as e:
         raise AMIFError(f"The weights in {weights.name} do not fit the architecture in the manifest: {e}") from None

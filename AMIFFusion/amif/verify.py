@@ -37,15 +37,25 @@ def identifier_scores(images: np.ndarray, identifier: str) -> np.ndarray:
     """Scores of a stack of grey images in [0, 1], shape (n, h, w) -> (n,)."""
     import torch
 
-    from .losses import contrast_colour, gaussian_blur
-
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 3 or min(images.shape[1:]) < 16:
         raise AMIFError("verify needs 2D images of at least 16 x 16 pixels.")
     n, h, w = images.shape
-    scale = min(h, w) / 256
     x = torch.from_numpy(np.nan_to_num(images))[:, None]
     m = torch.from_numpy(identifier_mask(identifier, h, w))[None, None]
+    return score_tensor(x, m).numpy()
+
+
+def score_tensor(x, mask):
+    """The score as a (differentiable) torch function: images x of shape (n, 1, h, w) in [0, 1] and
+    the identifier's mask of shape (1, 1, h, w) -> scores (n,). `identifier_scores` is this on numpy."""
+    import torch
+
+    from .losses import contrast_colour, gaussian_blur
+
+    h, w = x.shape[-2:]
+    scale = min(h, w) / 256
+    m = mask.to(x)
     sigma = max(1.0, 2.0 * scale)
     detail = x - gaussian_blur(x, sigma)
     pattern = m - gaussian_blur(m, sigma)
@@ -55,7 +65,7 @@ def identifier_scores(images: np.ndarray, identifier: str) -> np.ndarray:
     p = (pattern * region).flatten(1)
     num = (d * sign.flatten(1) * p).sum(1)
     den = torch.sqrt((d * d).sum(1) * (p * p).sum(1)).clamp_min(1e-12)
-    return (num / den).numpy()
+    return num / den
 
 
 def verify_image(image: np.ndarray, identifier: str, threshold: float) -> Verdict:

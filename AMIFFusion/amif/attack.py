@@ -1,0 +1,1018 @@
+"""`amif attack`: attacks on a model package's protection, measured on a folder of registered pairs.
+
+Every attack runs against one protected model package on the pairs of one split (MRI and the
+luminance of CT/PET/SPECT, as the network sees them). The owner's key gives the keyed reference
+outputs only: no attack uses it. For every setting the report gives the fraction of attacked
+outputs that `verify` still flags, PSNR and SSIM of the attacked output to the keyed output (what
+the attacker gains; PSNR on [0, 1] images, capped at 100 dB; SSIM with a Gaussian window, sigma
+1.5, as in training) and the attacker's cost (images, steps, seconds).
+
+Families (names for `--attacks`):
+
+* ``wrong-keys``: random codes, near-miss codes (1-32 flipped bits of the owner's code), codes of
+  other model ids (fresh secrets, and the owner's own secret bound to other ids), structured codes
+  (all +1, all -1, the owner's code negated), the zero code (no key) and, as the reference, the
+  owner's code. Each code is tried on one pair, cycling through the pairs; the key-free encoder
+  runs once per pair and the codes go through the decoder in batches. Target: 100% flagged
+  (owner's code: at most 1%).
+* ``classical``: image processing applied to the unkeyed (zero-code) outputs, each with a parameter
+  sweep: Gaussian blur, median filter, JPEG, Gaussian noise, down/up-scaling, cropping and
+  rescaling, histogram equalization, and inpainting over the identifier's exact mask. Target: the
+  attack leaves >= 95% flagged, or its output is further from the keyed output (lower PSNR) than
+  the unkeyed output it started from.
+* ``surgery`` (white-box): every module and every parameter tensor or buffer in turn is zeroed,
+  replaced by Gaussian noise with its own mean and std, or bypassed where a bypass means
+  something (identity convolutions, the memory's read set to one, its grid to its channel means,
+  the decoder's memory inputs cut); the edited network runs without a key.
+* ``forging`` (white-box): Adam on a continuous 256-value code (random +-1 start, restarts) that
+  minimizes the fusion loss of the outputs, and in a second variant the fusion loss plus the
+  detector's mean score; the network's weights are frozen.
+
+Success of an attacker's code or edit: on at least half of the attacked images the output is
+unflagged by `verify` *and* at keyed quality, PSNR to the keyed output >= `quality_db` (30 dB by
+default). Surgery's target: no edit succeeds; forging's: under 5% of restarts succeed within the
+step budget (1,000 steps by default).
+
+Planned families (listed in the report as not run yet): learned removal, distillation, white-box
+fine-tuning. Each will be a function (Target, AttackOptions, progress) -> AttackResult registered
+in ATTACKS, like the four above.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shlex
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .data import PAIR_TYPES
+from .errors import AMIFError
+
+KINDS = tuple(PAIR_TYPES.values())
+PSNR_CAP = 100.0
+SUCCESS_SHARE = 0.5  # an attack succeeds when at least this share of its images is unmarked at keyed quality
+
+
+@dataclass
+class AttackOptions:
+    random_codes: int = 10_000
+    near_miss_codes: int = 1_000
+    near_miss_max_bits: int = 32
+    foreign_codes: int = 1_000
+    code_batch: int = 16
+    quality_db: float = 30.0
+    forge_steps: int = 1_000
+    forge_restarts: int = 4
+    forge_images: int = 4
+    forge_lr: float = 0.05
+    forge_detector: float = 1.0  # weight of the detector score in the second forging variant (0: fusion loss only)
+    seed: int = 0
+    device: str = "cpu"
+
+    def check(self) -> AttackOptions:
+        """Clear errors for counts out of range (named as the command line's options)."""
+        flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
+        for name in ("random_codes", "near_miss_codes", "foreign_codes", "forge_steps"):
+            if getattr(self, name) < 0:
+                raise AMIFError(f"{flag(name)} must be 0 or more.")
+        for name in ("code_batch", "forge_images", "forge_restarts"):
+            if getattr(self, name) < 1:
+                raise AMIFError(f"{flag(name)} must be 1 or more.")
+        if not 1 <= self.near_miss_max_bits <= 256:
+            raise AMIFError("--near-miss-max-bits must be between 1 and 256.")
+        if not self.forge_lr > 0 or self.forge_detector < 0:
+            raise AMIFError("--forge-lr must be above 0 and --forge-detector 0 or more.")
+        return self
+
+
+@dataclass
+class AttackResult:
+    name: str
+    title: str
+    target: str  # the goal, in words
+    met: bool
+    summary: str  # one line for the summary table
+    columns: list
+    rows: list  # formatted cells, one list per row
+    data: list  # the numbers behind the rows (for the JSON)
+    notes: list = field(default_factory=list)
+    seconds: float = 0.0
+    figure: list = field(default_factory=list)  # rows of (label, (h, w) float image) for --figures
+
+
+# ----------------------------------------------------------------- the attacked model and data
+
+
+class Target:
+    """The attacked package and its owner's code, the pairs (n, h, w) float32 in [0, 1], and the
+    keyed (owner's code) and unkeyed (zero code) outputs."""
+
+    def __init__(self, package, code: np.ndarray, a: np.ndarray, b: np.ndarray, kinds=None, names=None,
+                 device: str = "cpu"):
+        import torch
+
+        self.package, self.code = package, np.asarray(code, np.float32)
+        self.a, self.b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        if self.a.ndim != 3 or self.a.shape != self.b.shape or min(self.a.shape[1:]) < 16:
+            raise AMIFError(f"Attacks need stacks of equal-size images of at least 16 x 16; got {self.a.shape} "
+                            f"and {self.b.shape}.")
+        n = len(self.a)
+        self.kinds = list(kinds) if kinds is not None else ["?"] * n
+        self.names = list(names) if names is not None else [str(i) for i in range(n)]
+        self.device = torch.device(device)
+        self.net = package.net if self.device.type == "cpu" else _frozen_copy(package.net, self.device)
+        self.identifier, self.threshold = package.identifier, package.threshold
+        self.keyed = self.run(self.code)
+        self.unkeyed = self.run(np.zeros_like(self.code))
+
+    @property
+    def n(self) -> int:
+        return len(self.a)
+
+    @property
+    def shape(self) -> tuple:
+        return self.a.shape[1:]
+
+    def tensor(self, x: np.ndarray):
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(x, np.float32))[:, None].to(self.device)
+
+    def mask(self):
+        """The identifier's mask as a (1, 1, h, w) tensor on the device."""
+        import torch
+
+        from .identifier import identifier_mask
+
+        return torch.from_numpy(identifier_mask(self.identifier, *self.shape))[None, None].to(self.device)
+
+    def run(self, code: np.ndarray, params: dict | None = None, batch: int = 8) -> np.ndarray:
+        """Outputs (n, h, w) for one code on every image; `params` replaces parameters or buffers by name."""
+        import torch
+
+        out = []
+        c = torch.from_numpy(np.asarray(code, np.float32)).to(self.device)
+        with torch.inference_mode():
+            for i in range(0, self.n, batch):
+                a, b = self.tensor(self.a[i : i + batch]), self.tensor(self.b[i : i + batch])
+                if params:
+                    y = torch.func.functional_call(self.net, params, (a, b, c))
+                else:
+                    y = self.net(a, b, c)
+                out.append(y[:, 0].float().cpu().numpy())
+        return np.concatenate(out)
+
+    def subset(self, idx) -> Target:
+        idx = list(idx)
+        t = object.__new__(Target)
+        t.__dict__.update(self.__dict__)
+        for k in ("a", "b", "keyed", "unkeyed"):
+            setattr(t, k, getattr(self, k)[idx])
+        t.kinds, t.names = [self.kinds[i] for i in idx], [self.names[i] for i in idx]
+        return t
+
+
+def _frozen_copy(net, device):
+    import copy
+
+    return copy.deepcopy(net).to(device).requires_grad_(False).eval()
+
+
+# ----------------------------------------------------------------- measures
+
+
+def psnr(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """PSNR in dB of images (n, h, w) in [0, 1] to references of the same shape, per image (capped)."""
+    mse = ((np.asarray(x, np.float64) - np.asarray(ref, np.float64)) ** 2).reshape(len(x), -1).mean(1)
+    return np.minimum(10 * np.log10(1 / np.maximum(mse, 1e-30)), PSNR_CAP)
+
+
+def ssim(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Mean SSIM per image (amif.losses.ssim: Gaussian window, sigma 1.5, data range 1)."""
+    import torch
+
+    from .losses import ssim as ssim_t
+
+    with torch.inference_mode():
+        t = lambda v: torch.from_numpy(np.ascontiguousarray(v, np.float32))[:, None]  # noqa: E731
+        return ssim_t(t(x), t(ref)).double().numpy()
+
+
+def scores(target: Target, images: np.ndarray) -> np.ndarray:
+    from .verify import identifier_scores
+
+    return identifier_scores(np.clip(images, 0, 1), target.identifier)
+
+
+@dataclass
+class Measure:
+    """verify scores, PSNR and SSIM to the keyed output, per image."""
+
+    scores: np.ndarray
+    psnr: np.ndarray
+    ssim: np.ndarray
+    threshold: float
+    quality_db: float
+
+    @classmethod
+    def of(cls, target: Target, images: np.ndarray, ref: np.ndarray | None = None, quality_db: float = 30.0):
+        ref = target.keyed if ref is None else ref
+        return cls(scores(target, images), psnr(images, ref), ssim(images, ref), target.threshold, quality_db)
+
+    @property
+    def flagged(self) -> float:
+        return float(np.mean(self.scores >= self.threshold))
+
+    @property
+    def broken(self) -> float:
+        """Share of images unflagged and at keyed quality."""
+        return float(np.mean((self.scores < self.threshold) & (self.psnr >= self.quality_db)))
+
+    def summary(self) -> dict:
+        return {"n": int(len(self.scores)), "flagged": self.flagged, "broken": self.broken,
+                "score_min": float(self.scores.min()), "score_median": float(np.median(self.scores)),
+                "psnr_mean": float(self.psnr.mean()), "psnr_max": float(self.psnr.max()),
+                "ssim_mean": float(self.ssim.mean()), "ssim_max": float(self.ssim.max())}
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _db(x: float) -> str:
+    return "inf" if x >= PSNR_CAP else f"{x:.1f}"
+
+
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def _bar(total: int, desc: str, progress: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="it", disable=not progress, leave=False)
+
+
+# ----------------------------------------------------------------- wrong keys
+
+
+def code_trials(target: Target, codes: np.ndarray, batch: int = 16, quality_db: float = 30.0,
+                on_batch: Callable[[int], None] | None = None) -> Measure:
+    """Code j runs on pair j % n (cycling through the pairs); the key-free encoder runs once per pair
+    and the decoder takes `batch` codes at a time. Returns the measure of the len(codes) outputs."""
+    import torch
+
+    from .verify import score_tensor
+
+    codes = np.asarray(codes, np.float32).reshape(-1, target.code.size)
+    out = {k: np.zeros(len(codes)) for k in ("s", "p", "q")}
+    mask = target.mask()
+    net = target.net
+    with torch.inference_mode():
+        for i in range(target.n):
+            idx = np.arange(i, len(codes), target.n)
+            if not len(idx):
+                continue
+            enc = net.encode(target.tensor(target.a[i : i + 1]), target.tensor(target.b[i : i + 1]))
+            ref = target.keyed[i : i + 1]
+            for s in range(0, len(idx), batch):
+                j = idx[s : s + batch]
+                y = net.decode(enc, torch.from_numpy(codes[j]).to(target.device))
+                out["s"][j] = score_tensor(y, mask).float().cpu().numpy()
+                y = y[:, 0].float().cpu().numpy()
+                out["p"][j] = psnr(y, np.repeat(ref, len(j), 0))
+                out["q"][j] = ssim(y, np.repeat(ref, len(j), 0))
+                if on_batch:
+                    on_batch(len(j))
+    return Measure(out["s"], out["p"], out["q"], target.threshold, quality_db)
+
+
+@dataclass
+class CodeGroup:
+    label: str
+    codes: np.ndarray  # (k, 256)
+    goal: str  # "100%" flagged, or "<= 1%" for the owner's code
+    parent: str | None = None  # a slice of the group with this label (measured there), rows `rows` of it
+    rows: np.ndarray | None = None
+
+
+def wrong_codes(target: Target, opts: AttackOptions) -> list[CodeGroup]:
+    """Every group of wrong codes, and the owner's code as the reference (last)."""
+    from .keys import code_from_secret, generate_key
+
+    rng = np.random.default_rng([opts.seed, 1])
+    code, bits = target.code, target.code.size
+    model_id = target.package.model_id
+    groups = []
+    rand = rng.choice(np.float32([-1, 1]), size=(opts.random_codes, bits))
+    rand[(rand == code).all(1), 0] *= -1  # never the owner's code by chance
+    if opts.random_codes:
+        groups.append(CodeGroup(f"random codes ({opts.random_codes:,})", rand, "100%"))
+    if opts.near_miss_codes:
+        near = np.repeat(code[None], opts.near_miss_codes, 0)
+        flips = 1 + np.arange(opts.near_miss_codes) % opts.near_miss_max_bits
+        for i, k in enumerate(flips):
+            near[i, rng.choice(bits, k, replace=False)] *= -1
+        parent = f"near-miss codes, 1-{opts.near_miss_max_bits} bits ({opts.near_miss_codes:,})"
+        groups.append(CodeGroup(parent, near, "100%"))
+        lo = 1
+        for hi in (1, 4, 8, 16, 32, 64, 128, 256):
+            sel = np.flatnonzero((flips >= lo) & (flips <= hi))
+            if len(sel):
+                span = "1 bit" if hi == 1 else f"{lo}-{min(hi, opts.near_miss_max_bits)} bits"
+                groups.append(CodeGroup(f"near-miss, {span} ({len(sel):,})", near[sel], "100%", parent, sel))
+            lo = hi + 1
+            if lo > opts.near_miss_max_bits:
+                break
+    if opts.foreign_codes:
+        fresh = np.stack([generate_key(f"{model_id}-other-{i:05d}", "attacker", rng.bytes(32)).code()
+                          for i in range(opts.foreign_codes)])
+        groups.append(CodeGroup(f"other model ids, fresh secrets ({opts.foreign_codes:,})", fresh, "100%"))
+        secret = getattr(target, "owner_secret", None)
+        if secret is not None:
+            k = min(opts.foreign_codes, 100)
+            same = np.stack([code_from_secret(secret, f"{model_id}-other-{i:05d}") for i in range(k)])
+            groups.append(CodeGroup(f"other model ids, the owner's secret ({k:,})", same, "100%"))
+    groups.append(CodeGroup("structured: all +1, all -1, owner's code negated (3)",
+                            np.stack([np.ones(bits), -np.ones(bits), -code]).astype(np.float32), "100%"))
+    groups.append(CodeGroup(f"zero code = no key ({target.n})", np.zeros((target.n, bits), np.float32), "100%"))
+    groups.append(CodeGroup(f"owner's key, reference ({target.n})", np.repeat(code[None], target.n, 0), "<= 1%"))
+    return groups
+
+
+def wrong_keys(target: Target, opts: AttackOptions, progress: bool = True) -> AttackResult:
+    t0 = time.perf_counter()
+    groups = wrong_codes(target, opts)
+    rows, data, met, measured = [], [], True, {}
+    with _bar(sum(len(g.codes) for g in groups if g.parent is None), "wrong keys", progress) as bar:
+        for g in groups:
+            t1 = time.perf_counter()
+            if g.parent:  # a slice of a measured group
+                m = measured[g.parent]
+                m = Measure(m.scores[g.rows], m.psnr[g.rows], m.ssim[g.rows], m.threshold, m.quality_db)
+            else:
+                m = measured[g.label] = code_trials(target, g.codes, opts.code_batch, opts.quality_db, bar.update)
+            secs = time.perf_counter() - t1
+            keyed_row = g.goal == "<= 1%"
+            ok = m.flagged <= 0.01 if keyed_row else m.flagged == 1.0
+            met &= ok
+            s = m.summary()
+            images = min(target.n, len(g.codes))
+            rows.append([("&nbsp;&nbsp;" if g.parent else "") + g.label, str(s["n"]), _pct(s["flagged"]),
+                         f"{s['score_min']:.3f}", f"{s['score_median']:.3f}",
+                         "—" if keyed_row else f"{_db(s['psnr_mean'])} / {_db(s['psnr_max'])}",
+                         "—" if keyed_row else f"{s['ssim_mean']:.3f} / {s['ssim_max']:.3f}",
+                         _pct(s["broken"]), g.goal, _yes(ok),
+                         "(above)" if g.parent else f"{images} / {len(g.codes):,} / {secs:.1f}"])
+            data.append({"codes": g.label, "part_of": g.parent, **s, "target": g.goal, "met": ok,
+                         "images": images, "steps": len(g.codes), "seconds": secs})
+    wrong = [d for d in data if d["target"] == "100%" and not d["part_of"]]
+    worst = min(wrong, key=lambda d: d["flagged"])
+    summary = (f"{sum(d['steps'] for d in wrong):,} wrong codes; lowest flagged share {_pct(worst['flagged'])} "
+               f"({worst['codes']}); keyed outputs flagged {_pct(data[-1]['flagged'])}")
+    return AttackResult(
+        "wrong-keys", "Wrong keys at scale", "100% of wrong, near-miss, foreign, structured and zero codes flagged; "
+        "<= 1% of keyed outputs flagged", met, summary,
+        ["codes", "outputs", "flagged", "min score", "median score", "PSNR to keyed, mean / max (dB)",
+         "SSIM to keyed, mean / max", "unmarked at keyed quality", "target flagged", "met",
+         "cost: images / codes / s"], rows, data,
+        [f"Each code runs on one pair, cycling through the {target.n} pairs; score threshold "
+         f"{target.threshold:.3f}. Near-miss codes flip 1 + (i mod {opts.near_miss_max_bits}) random bits of the "
+         "owner's code; the indented rows split them by the number of flipped bits. 'Other model ids, the owner's "
+         "secret': the owner's secret derived for other model ids (HKDF binds a code to its model id)."],
+        time.perf_counter() - t0, _code_figure(target, groups))
+
+
+def _code_figure(target: Target, groups: list[CodeGroup]) -> list:
+    """First image: keyed, zero code, and the first code of each wrong-code group."""
+    import torch
+
+    rows = [("keyed", target.keyed[0]), ("zero code", target.unkeyed[0])]
+    with torch.inference_mode():
+        enc = target.net.encode(target.tensor(target.a[:1]), target.tensor(target.b[:1]))
+        for g in groups:
+            if g.parent or g.label.startswith(("zero", "owner")) or not len(g.codes):
+                continue
+            y = target.net.decode(enc, torch.from_numpy(g.codes[:1]).to(target.device))
+            rows.append((g.label.split(" (")[0].split(",")[0], y[0, 0].float().cpu().numpy()))
+    return [rows]
+
+
+# ----------------------------------------------------------------- classical removal
+
+
+def _u8(x: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
+
+
+def _pil_map(images: np.ndarray, fn) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(fn(Image.fromarray(_u8(x))), np.float32) / 255 for x in images])
+
+
+def gaussian_blur(images: np.ndarray, sigma: float) -> np.ndarray:
+    import torch
+
+    from .losses import gaussian_blur as blur
+
+    with torch.inference_mode():
+        return blur(torch.from_numpy(np.asarray(images, np.float32))[:, None], sigma)[:, 0].numpy()
+
+
+def median_filter(images: np.ndarray, size: int) -> np.ndarray:
+    from PIL import ImageFilter
+
+    return _pil_map(images, lambda im: im.filter(ImageFilter.MedianFilter(size)))
+
+
+def jpeg(images: np.ndarray, quality: int) -> np.ndarray:
+    from PIL import Image
+
+    def once(im):
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=quality)
+        buf.seek(0)
+        with Image.open(buf) as out:
+            return out.convert("L")
+
+    return _pil_map(images, once)
+
+
+def gaussian_noise(images: np.ndarray, sd255: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(images + rng.normal(0, sd255 / 255, images.shape), 0, 1).astype(np.float32)
+
+
+def down_up(images: np.ndarray, factor: float) -> np.ndarray:
+    from PIL import Image
+
+    def once(im):
+        w, h = im.size
+        small = im.resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.BICUBIC)
+        return small.resize((w, h), Image.BICUBIC)
+
+    return _pil_map(images, once)
+
+
+def crop_rescale(images: np.ndarray, keep: float) -> np.ndarray:
+    """The central `keep` share of each side, scaled back to the full size (bicubic)."""
+    from PIL import Image
+
+    def once(im):
+        w, h = im.size
+        cw, ch = max(1, round(w * keep)), max(1, round(h * keep))
+        x0, y0 = (w - cw) // 2, (h - ch) // 2
+        return im.crop((x0, y0, x0 + cw, y0 + ch)).resize((w, h), Image.BICUBIC)
+
+    return _pil_map(images, once)
+
+
+def equalize(images: np.ndarray, _=None) -> np.ndarray:
+    from PIL import ImageOps
+
+    return _pil_map(images, ImageOps.equalize)
+
+
+def inpaint(images: np.ndarray, mask: np.ndarray, iterations: int = 300) -> np.ndarray:
+    """Fill the pixels where `mask` (h, w) is true from their surroundings: a normalized Gaussian
+    convolution of the known pixels, refined by Jacobi iterations of Laplace's equation (harmonic fill)."""
+    import torch
+    import torch.nn.functional as F
+
+    from .losses import gaussian_blur as blur
+
+    with torch.inference_mode():
+        x = torch.from_numpy(np.asarray(images, np.float32))[:, None]
+        m = torch.from_numpy(np.asarray(mask, bool))[None, None]
+        known = (~m).float()
+        y = torch.where(m, blur(x * known, 4.0) / blur(known, 4.0).clamp_min(1e-6), x)
+        k = torch.tensor([[0.0, 0.25, 0.0], [0.25, 0.0, 0.25], [0.0, 0.25, 0.0]])[None, None]
+        for _ in range(iterations):
+            y = torch.where(m, F.conv2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), k), x)
+        return y[:, 0].numpy()
+
+
+def identifier_region(identifier: str, h: int, w: int, dilate: int = 0) -> np.ndarray:
+    """The pixels the identifier's strokes touch (exactly, from `identifier_mask`), dilated by `dilate` px."""
+    import torch
+    import torch.nn.functional as F
+
+    from .identifier import identifier_mask
+
+    m = torch.from_numpy(identifier_mask(identifier, h, w) > 0.02)[None, None].float()
+    if dilate:
+        m = F.max_pool2d(m, 2 * dilate + 1, 1, dilate)
+    return m[0, 0].numpy() > 0
+
+
+# (label, short label for figures, setting label, settings, function(images, setting, target, seed))
+CLASSICAL = [
+    ("Gaussian blur", "blur", "sigma {} px", (0.5, 1.0, 1.5, 2.0, 3.0), lambda x, p, t, s: gaussian_blur(x, p)),
+    ("median filter", "median", "{0}x{0}", (3, 5, 7), lambda x, p, t, s: median_filter(x, p)),
+    ("JPEG", "JPEG", "quality {}", (90, 70, 50, 30), lambda x, p, t, s: jpeg(x, p)),
+    ("Gaussian noise", "noise", "sd {}/255", (2, 5, 10, 20), lambda x, p, t, s: gaussian_noise(x, p, s)),
+    ("down/up-scaling", "rescale", "x{}", (0.75, 0.5, 0.25), lambda x, p, t, s: down_up(x, p)),
+    ("crop and rescale", "crop", "keep {:.0%}", (0.9, 0.75, 0.5), lambda x, p, t, s: crop_rescale(x, p)),
+    ("histogram equalization", "equalize", "global", (None,), lambda x, p, t, s: equalize(x)),
+    ("inpainting over the exact mask", "inpaint", "mask dilated {} px", (0, 1, 2, 3),
+     lambda x, p, t, s: inpaint(x, identifier_region(t.identifier, *t.shape, p))),
+]
+
+
+def classical_removal(target: Target, opts: AttackOptions, progress: bool = True) -> AttackResult:
+    t0 = time.perf_counter()
+    before = Measure.of(target, target.unkeyed, quality_db=opts.quality_db)
+    rows, data, met, figure = [], [], True, [("keyed", target.keyed[0]), ("unkeyed", target.unkeyed[0])]
+    total = sum(len(c[3]) for c in CLASSICAL)
+    with _bar(total, "classical", progress) as bar:
+        for label, short, plabel, params, fn in CLASSICAL:
+            for p in params:
+                t1 = time.perf_counter()
+                seed = opts.seed * 7919 + len(data)
+                out = fn(target.unkeyed, p, target, seed)
+                secs = time.perf_counter() - t1
+                after = Measure.of(target, out, quality_db=opts.quality_db)
+                own = psnr(fn(target.keyed, p, target, seed), target.keyed)  # the transform's cost on a clean image
+                ok = bool(after.flagged >= 0.95 or after.psnr.mean() < before.psnr.mean())
+                met &= ok
+                setting = plabel.format(p)
+                rows.append([label, setting, f"{_pct(before.flagged)} → {_pct(after.flagged)}",
+                             f"{_db(before.psnr.mean())} → {_db(after.psnr.mean())}",
+                             f"{after.psnr.mean() - before.psnr.mean():+.1f}",
+                             f"{before.ssim.mean():.3f} → {after.ssim.mean():.3f}", _db(own.mean()),
+                             _pct(after.broken), _yes(ok), f"{target.n} / 1 / {secs:.2f}"])
+                data.append({"attack": label, "setting": setting, "flagged_before": before.flagged,
+                             "flagged_after": after.flagged, "psnr_before": float(before.psnr.mean()),
+                             "psnr_after": float(after.psnr.mean()), "ssim_before": float(before.ssim.mean()),
+                             "ssim_after": float(after.ssim.mean()), "psnr_same_on_keyed": float(own.mean()),
+                             "broken": after.broken, "met": ok, "images": target.n, "steps": 1, "seconds": secs})
+                if p == params[-1]:
+                    figure.append((f"{short} {'' if p is None else p}".strip(), out[0]))
+                bar.update(1)
+    failed = [f"{d['attack']} ({d['setting']})" for d in data if not d["met"]]
+    summary = (f"{len(data) - len(failed)}/{len(data)} settings meet the target"
+               + (f"; not met: {', '.join(failed)}" if failed else ""))
+    return AttackResult(
+        "classical", "Classical removal on unkeyed outputs",
+        ">= 95% still flagged, or PSNR to the keyed output lower after the attack than before", met, summary,
+        ["attack", "setting", "flagged before → after", "PSNR to keyed before → after (dB)", "gain (dB)",
+         "SSIM to keyed before → after", "same transform on keyed: PSNR (dB)", "unmarked at keyed quality", "met",
+         "cost: images / steps / s"], rows, data,
+        ["Each transform is applied to the unkeyed (zero-code) outputs, saved as 8-bit where the tool needs it. "
+         "'Same transform on keyed' is the PSNR of the transformed keyed output to the keyed output: what the "
+         "transform costs a clean image. Inpainting knows the identifier's mask exactly (amif.identifier) and fills "
+         "it harmonically from its surroundings."],
+        time.perf_counter() - t0, [figure])
+
+
+# ----------------------------------------------------------------- white-box surgery
+
+
+def _bypass(net, name: str, state: dict) -> tuple[str, dict] | None:
+    """A meaningful bypass of a module or tensor, as replacement tensors; None where there is none
+    (or where it is the same edit as zeroing)."""
+    import torch
+    from torch import nn
+
+    m = net.cfg.mem_channels
+    mods = dict(net.named_modules())
+
+    def cut(conv):  # the decoder stage's memory input channels set to zero
+        w = state[f"{conv}.weight"].clone()
+        w[:, -m:] = 0
+        return {f"{conv}.weight": w}
+
+    if name == "memory":
+        return "read = 1", {"memory.spatial": torch.ones_like(state["memory.spatial"]),
+                            "memory.slot_values": torch.zeros_like(state["memory.slot_values"])}
+    if name == "memory.spatial":
+        s = state[name]
+        return "grid = channel mean", {name: s.mean(dim=(2, 3), keepdim=True).expand_as(s).clone()}
+    if name == "decoder":
+        return "memory inputs cut", {k: v for d in ("d3", "d2", "d1") for k, v in cut(f"decoder.{d}").items()}
+    if name in ("decoder.d3", "decoder.d2", "decoder.d1") or name in ("decoder.d3.weight", "decoder.d2.weight",
+                                                                      "decoder.d1.weight"):
+        return "memory input cut", cut(name.removesuffix(".weight"))
+    mod = mods.get(name)
+    if isinstance(mod, nn.Conv2d) and mod.in_channels == mod.out_channels and mod.groups == 1:
+        w = torch.zeros_like(state[f"{name}.weight"])
+        nn.init.dirac_(w)
+        edit = {f"{name}.weight": w}
+        if f"{name}.bias" in state:
+            edit[f"{name}.bias"] = torch.zeros_like(state[f"{name}.bias"])
+        return "identity", edit
+    return None
+
+
+def surgery_targets(net, max_depth: int | None = None, tensors: bool = True) -> list[tuple[str, str, list]]:
+    """(name, kind, tensor names): every module with parameters (to `max_depth` dots), then every
+    parameter tensor and buffer."""
+    out = []
+    for name, mod in net.named_modules():
+        if not name or (max_depth is not None and name.count(".") > max_depth):
+            continue
+        names = [f"{name}.{n}" for n, _ in mod.named_parameters()]
+        if names:
+            out.append((name, "module", names))
+    if tensors:
+        out += [(n, "parameter", [n]) for n, _ in net.named_parameters()]
+        out += [(n, "buffer", [n]) for n, _ in net.named_buffers()]
+    return out
+
+
+def surgery_edit(net, target_names: list, edit: str, state: dict, gen, name: str = "") -> tuple[str, dict] | None:
+    """Replacement tensors for one edit ('zero', 'random' or 'bypass') of the named tensors."""
+    import torch
+
+    if edit == "zero":
+        return "zero", {n: torch.zeros_like(state[n]) for n in target_names}
+    if edit == "random":
+        out = {}
+        for n in target_names:
+            t = state[n].detach().float()
+            sd = float(t.std()) if t.numel() > 1 else 0.0
+            out[n] = (t.mean() + sd * torch.randn(t.shape, generator=gen)).to(state[n])
+        return "random", out
+    if edit == "bypass":
+        return _bypass(net, name, state)
+    raise AMIFError(f"Unknown surgery edit {edit!r}.")
+
+
+def run_edit(target: Target, replacements: dict, quality_db: float = 30.0) -> tuple[Measure, np.ndarray]:
+    """The edited network run without a key on every image."""
+    params = {k: v.to(target.device) for k, v in replacements.items()}
+    out = target.run(np.zeros_like(target.code), params)
+    return Measure.of(target, out, quality_db=quality_db), out
+
+
+def surgery(target: Target, opts: AttackOptions, progress: bool = True, edits=("zero", "random", "bypass"),
+            max_depth: int | None = None, tensors: bool = True) -> AttackResult:
+    import torch
+
+    t0 = time.perf_counter()
+    net = target.net
+    state = {k: v.detach().cpu() for k, v in {**dict(net.named_parameters()), **dict(net.named_buffers())}.items()}
+    gen = torch.Generator().manual_seed(opts.seed)
+    targets = surgery_targets(net, max_depth, tensors)
+    rows, data, best = [], [], []
+    with _bar(len(targets) * len(edits), "surgery", progress) as bar:
+        for name, kind, names in targets:
+            size = sum(state[n].numel() for n in names)
+            cells, worst = [], None
+            for edit in edits:
+                e = surgery_edit(net, names, edit, state, gen, name)
+                bar.update(1)
+                if e is None:
+                    cells.append("—")
+                    continue
+                label, repl = e
+                t1 = time.perf_counter()
+                m, out = run_edit(target, repl, opts.quality_db)
+                secs = time.perf_counter() - t1
+                cells.append(f"{_pct(m.flagged)} · {_db(m.psnr.mean())} dB · {m.ssim.mean():.3f}"
+                             + (f" ({label})" if edit == "bypass" else ""))
+                d = {"target": name, "kind": kind, "size": size, "edit": edit, "how": label, **m.summary(),
+                     "met": m.broken < SUCCESS_SHARE, "images": target.n, "steps": 1, "seconds": secs}
+                data.append(d)
+                best.append((m.broken, m.flagged == 0, m.psnr.mean(), f"{name} {label}", out[0]))
+                if worst is None or m.broken > worst["broken"]:
+                    worst = d
+            rows.append([f"`{name}`", kind, f"{size:,}", *cells,
+                         _pct(worst["broken"]) + (f" ({worst['edit']})" if worst["broken"] else "")])
+    broken = [d for d in data if d["broken"] >= SUCCESS_SHARE]
+    unflagged = [d for d in data if d["flagged"] == 0]
+    top = max(unflagged, key=lambda d: d["psnr_mean"], default=None)
+    summary = (f"{len(data)} edits; {len(broken)} give unmarked outputs at keyed quality (>= {opts.quality_db:g} dB) "
+               f"on >= {SUCCESS_SHARE:.0%} of images"
+               + (f": {', '.join(d['target'] + ' ' + d['how'] for d in broken[:5])}" if broken else "")
+               + (f"; best fully unflagged edit: `{top['target']}` {top['how']} at {_db(top['psnr_mean'])} dB"
+                  if top else "; no edit leaves every image unflagged"))
+    best.sort(key=lambda r: (r[0], r[1], r[2]), reverse=True)
+    figure = [[("keyed", target.keyed[0]), ("unkeyed", target.unkeyed[0])]
+              + [(lbl[:28], img) for *_, lbl, img in best[:6]]]
+    return AttackResult(
+        "surgery", "White-box surgery (single edits, no key)",
+        f"no single edit gives an unmarked output at keyed quality (PSNR >= {opts.quality_db:g} dB to keyed) "
+        f"on >= {SUCCESS_SHARE:.0%} of the images", not broken, summary,
+        ["edited", "type", "values", "zero: flagged · PSNR · SSIM", "random: flagged · PSNR · SSIM",
+         "bypass: flagged · PSNR · SSIM", "unmarked at keyed quality (worst edit)"], rows, data,
+        [f"Each edit changes one module's parameters or one tensor and runs the network with the zero code on the "
+         f"{target.n} images; PSNR and SSIM are to the keyed output (means over images). Random: i.i.d. Gaussian "
+         "with the tensor's own mean and std (a single value keeps its value). Bypass: identity kernel for "
+         "convolutions with as many inputs as outputs; the memory's read set to 1 (grid 1, slot values 0); the grid "
+         "set to its channel means (no layout); the decoder's memory input channels cut. Zeroing the gate, a FiLM "
+         "layer or the slots is already their bypass. Cost of each edit: one forward pass per image."],
+        time.perf_counter() - t0, figure)
+
+
+# ----------------------------------------------------------------- white-box key forging
+
+
+def _forge_images(target: Target, k: int) -> list[int]:
+    """k pair indices, round-robin over the pair types."""
+    by_kind = [[i for i in range(target.n) if target.kinds[i] == kind] for kind in dict.fromkeys(target.kinds)]
+    order = [i for group in zip(*[g + [None] * (target.n - len(g)) for g in by_kind]) for i in group if i is not None]
+    return order[: max(1, min(k, target.n))]
+
+
+def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> AttackResult:
+    import torch
+
+    from .losses import fusion_loss
+    from .verify import score_tensor
+
+    opts.check()
+    t0 = time.perf_counter()
+    idx = _forge_images(target, opts.forge_images)
+    sub = target.subset(idx)
+    net = _frozen_copy(target.package.net, target.device)
+    a, b = sub.tensor(sub.a), sub.tensor(sub.b)
+    keyed = sub.tensor(sub.keyed)
+    mask = sub.mask()
+    thr = target.threshold
+    with torch.no_grad():
+        enc = net.encode(a, b)
+    variants = [("fusion loss", 0.0)]
+    if opts.forge_detector > 0:
+        variants.append((f"fusion loss + {opts.forge_detector:g} x detector score", opts.forge_detector))
+    rows, data, figure = [], [], [("keyed", sub.keyed[0]), ("unkeyed", sub.unkeyed[0])]
+    with _bar(len(variants) * opts.forge_restarts * opts.forge_steps, "forging", progress) as bar:
+        for label, weight in variants:
+            t1 = time.perf_counter()
+            runs = []
+            for r in range(opts.forge_restarts):
+                gen = torch.Generator().manual_seed(opts.seed * 1000 + r)
+                code = (torch.randint(0, 2, (target.code.size,), generator=gen) * 2 - 1).float()
+                code = code.to(target.device).requires_grad_()
+                adam = torch.optim.Adam([code], lr=opts.forge_lr)
+                run = {"restart": r, "success_step": None, "best_broken": 0.0, "best_psnr_unflagged": None}
+                for step in range(opts.forge_steps + 1):
+                    y = net.decode(enc, code.unsqueeze(0).expand(len(idx), -1))
+                    s = score_tensor(y, mask)
+                    with torch.no_grad():
+                        mse = ((y - keyed) ** 2).flatten(1).mean(1)
+                        p = (10 * torch.log10(1 / mse.clamp_min(1e-10))).clamp(max=PSNR_CAP)
+                        clean = s < thr
+                        broken = float((clean & (p >= opts.quality_db)).float().mean())
+                        run["best_broken"] = max(run["best_broken"], broken)
+                        if clean.any():
+                            pu = float(p[clean].max())
+                            run["best_psnr_unflagged"] = max(run["best_psnr_unflagged"] or -1.0, pu)
+                    if broken >= SUCCESS_SHARE:
+                        run["success_step"] = step
+                        break
+                    if step == opts.forge_steps:
+                        break
+                    loss = fusion_loss(y, a, b)[0] + weight * s.mean()
+                    adam.zero_grad(set_to_none=True)
+                    loss.backward()
+                    adam.step()
+                    bar.update(1)
+                with torch.no_grad():
+                    final = y.detach()[:, 0].float().cpu().numpy()
+                    signed = net.decode(enc, torch.sign(code.detach()).unsqueeze(0).expand(len(idx), -1))
+                    signed = signed[:, 0].float().cpu().numpy()
+                fm, sm = Measure.of(sub, final, quality_db=opts.quality_db), Measure.of(sub, signed,
+                                                                                         quality_db=opts.quality_db)
+                everywhere = Measure.of(target, target.run(code.detach().cpu().numpy()), quality_db=opts.quality_db)
+                run.update(steps=step, final=fm.summary(), sign=sm.summary(), all_pairs=everywhere.summary(),
+                           code_norm=float(code.detach().norm()), images=len(idx))
+                runs.append(run)
+                if r == 0:
+                    figure.append((label.split(" x ")[0][:24], final[0]))
+            secs = time.perf_counter() - t1
+            wins = [x["success_step"] for x in runs if x["success_step"] is not None]
+            rate = len(wins) / max(1, len(runs))
+            ok = rate < 0.05
+            best_p = [x["best_psnr_unflagged"] for x in runs if x["best_psnr_unflagged"] is not None]
+            fin = {k: float(np.mean([x["final"][k] for x in runs])) for k in ("flagged", "psnr_mean", "ssim_mean")}
+            sig = {k: float(np.mean([x["sign"][k] for x in runs])) for k in ("flagged", "psnr_mean")}
+            every = {k: float(np.mean([x["all_pairs"][k] for x in runs])) for k in ("flagged", "psnr_mean", "broken")}
+            rows.append([label, f"{len(wins)}/{len(runs)} ({_pct(rate)})",
+                         ", ".join(str(w) for w in wins) or "—", str(opts.forge_steps),
+                         _pct(max(x["best_broken"] for x in runs)),
+                         _db(max(best_p)) if best_p else "—",
+                         f"{_pct(fin['flagged'])} · {_db(fin['psnr_mean'])} dB · {fin['ssim_mean']:.3f}",
+                         f"{_pct(sig['flagged'])} · {_db(sig['psnr_mean'])} dB",
+                         f"{_pct(every['flagged'])} · {_db(every['psnr_mean'])} dB · {_pct(every['broken'])}",
+                         _yes(ok), f"{len(idx)} / {sum(x['steps'] for x in runs):,} / {secs:.1f}"])
+            data.append({"variant": label, "detector_weight": weight, "restarts": len(runs), "successes": len(wins),
+                         "success_rate": rate, "steps_to_success": wins, "step_budget": opts.forge_steps,
+                         "runs": runs, "met": ok, "images": len(idx), "steps": sum(x["steps"] for x in runs),
+                         "seconds": secs})
+    met = all(d["met"] for d in data)
+    summary = "; ".join(f"{d['variant']}: {d['successes']}/{d['restarts']} restarts succeed within "
+                        f"{d['step_budget']:,} steps" for d in data)
+    return AttackResult(
+        "forging", "White-box key forging", f"< 5% of restarts succeed within {opts.forge_steps:,} steps", met, summary,
+        ["objective", "successes", "steps to success", "step budget", "best share unmarked at keyed quality",
+         "best PSNR of an unflagged output (dB)", "final code: flagged · PSNR · SSIM",
+         "sign(final code): flagged · PSNR", f"final code on all {target.n} pairs: flagged · PSNR · unmarked at "
+         "keyed quality", "met", "cost: images / steps / s"], rows, data,
+        [f"Adam (lr {opts.forge_lr:g}) on a continuous 256-value code, {opts.forge_restarts} restarts from random "
+         f"+-1 codes, weights frozen, on {len(idx)} pairs (round-robin over pair types: "
+         f"{', '.join(sub.kinds)}). A restart succeeds at the first step where at least {SUCCESS_SHARE:.0%} of "
+         f"its images are unflagged with PSNR >= {opts.quality_db:g} dB to the keyed output; the attacker never sees "
+         "the keyed output (it is used to score only). The detector score is `verify`'s score, differentiable. "
+         "'sign(final code)' runs the nearest valid +-1 code; 'on all pairs' runs the final code on every attacked "
+         "pair, the ones it was not optimized on included (means over restarts)."],
+        time.perf_counter() - t0, [figure])
+
+
+# ----------------------------------------------------------------- registry and report
+
+
+@dataclass(frozen=True)
+class Attack:
+    name: str
+    title: str
+    run: Callable | None  # (Target, AttackOptions, progress) -> AttackResult; None: planned
+
+
+ATTACKS = {a.name: a for a in (
+    Attack("wrong-keys", "Wrong keys at scale", wrong_keys),
+    Attack("classical", "Classical removal on unkeyed outputs", classical_removal),
+    Attack("surgery", "White-box surgery", surgery),
+    Attack("forging", "White-box key forging", key_forging),
+    Attack("learned-removal", "Learned removal (U-Net remover trained on N leaked (unkeyed, keyed) pairs)", None),
+    Attack("distillation", "Distillation (student trained on (inputs, unkeyed outputs))", None),
+    Attack("fine-tuning", "White-box fine-tuning (released weights fine-tuned with the fusion loss)", None),
+)}
+IMPLEMENTED = tuple(n for n, a in ATTACKS.items() if a.run)
+
+
+def parse_attacks(spec) -> list[str]:
+    """'a,b' or a list of names -> the selected implemented attacks in canonical order (all when empty)."""
+    if spec is None or spec == "" or spec == []:
+        return list(IMPLEMENTED)
+    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec)]
+    names = [s for s in names if s]
+    if not names:
+        raise AMIFError("No attack named; choose from: " + ", ".join(IMPLEMENTED) + ".")
+    for s in names:
+        if s not in ATTACKS:
+            raise AMIFError(f"Unknown attack {s!r}; choose from: {', '.join(IMPLEMENTED)}.")
+        if ATTACKS[s].run is None:
+            raise AMIFError(f"The attack {s!r} is not implemented yet; implemented: {', '.join(IMPLEMENTED)}.")
+    return [n for n in IMPLEMENTED if n in names]
+
+
+def load_target(model=None, key=None, data=None, split: str = "test", limit: int | None = None,
+                device: str = "cpu") -> tuple[Target, dict]:
+    """The attacked package (default: the bundled one, with its public key), its owner's key and the pairs."""
+    from .data import default_data_dir, list_pairs, load_pairs
+    from .keys import load_key
+    from .package import bundled_key_path, bundled_model_path, load_package
+
+    model_path = Path(model) if model else bundled_model_path()
+    pkg = load_package(model_path)
+    if pkg.manifest.get("twin"):
+        raise AMIFError(f"Model '{pkg.model_id}' is an unprotected twin: there is no protection to attack.")
+    if key is None:
+        if model_path.resolve() != bundled_model_path().resolve():
+            raise AMIFError("amif attack needs the model owner's key (-k KEY.amifkey) for the keyed reference outputs.")
+        key = bundled_key_path()
+    k = load_key(key)
+    if (k.model_id, k.key_id) != (pkg.model_id, pkg.key_id):
+        raise AMIFError(f"The key {Path(key).name} (model '{k.model_id}', key {k.key_id}) is not the owner's key of "
+                        f"model '{pkg.model_id}' (key {pkg.key_id}).")
+    data = Path(data) if data else default_data_dir()
+    pairs = list_pairs(data, split)
+    if limit:
+        pairs = [p for kind in KINDS for p in [q for q in pairs if q.kind == kind][:limit]]
+    try:
+        a8, b8 = load_pairs(pairs)
+    except ValueError:
+        raise AMIFError(f"The pairs under {data} differ in size; attacks need pairs of one size.") from None
+    t = Target(pkg, k.code(), a8.astype(np.float32) / 255, b8.astype(np.float32) / 255,
+               [p.kind for p in pairs], [p.name for p in pairs], device)
+    t.owner_secret = k.secret  # for the owner's-secret-under-other-ids codes only; never written anywhere
+    info = {"model_path": str(model_path), "key_path": str(key), "key_id": k.key_id, "data": str(data),
+            "split": split, "pairs": len(pairs), "limit": limit}
+    return t, info
+
+
+def command_line(info: dict, attacks: list, out, opts: AttackOptions, figures: bool) -> str:
+    """The `amif attack` command that reproduces a run (options at their defaults left out)."""
+    args = ["amif", "attack", "-m", info["model_path"], "-k", info["key_path"], "--data", info["data"],
+            "--split", info["split"]]
+    if info.get("limit"):
+        args += ["--limit", str(info["limit"])]
+    if list(attacks) != list(IMPLEMENTED):
+        args += ["--attacks", ",".join(attacks)]
+    defaults = AttackOptions()
+    for f, v in asdict(opts).items():
+        if v != getattr(defaults, f):
+            args += [f"--{f.replace('_', '-')}", str(v)]
+    args += ["-o", str(out)]
+    if figures:
+        args.append("--figures")
+    return shlex.join(args)
+
+
+def run_attacks(target: Target, attacks=None, opts: AttackOptions | None = None,
+                progress: bool = True) -> list[AttackResult]:
+    opts = (opts or AttackOptions()).check()
+    return [ATTACKS[name].run(target, opts, progress) for name in parse_attacks(attacks)]
+
+
+def attack(model=None, key=None, data=None, split: str = "test", limit: int | None = None, attacks=None,
+           out="amif-attack.md", opts: AttackOptions | None = None, figures: bool = False,
+           progress: bool = True) -> Path:
+    """Run the selected attacks and write the Markdown report (+ `<report>.json`, + figures with
+    `figures`); returns the report's path."""
+    opts = (opts or AttackOptions()).check()
+    names = parse_attacks(attacks)  # a bad name or option fails before anything loads
+    out = Path(out)
+    if not out.parent.exists():
+        raise AMIFError(f"The report's folder {out.parent} does not exist.")
+    target, info = load_target(model, key, data, split, limit, opts.device)
+    t0 = time.perf_counter()
+    results = run_attacks(target, names, opts, progress)
+    info["seconds"] = time.perf_counter() - t0
+    info["command"] = command_line(info, names, out, opts, figures)
+    write_json(out.with_suffix(".json"), target, info, opts, results)
+    return write_report(out, target, info, opts, results, figures)
+
+
+def _header(target: Target, info: dict, opts: AttackOptions) -> list[str]:
+    pkg = target.package
+    steps = pkg.manifest.get("training", {}).get("steps", "?")
+    counts = ", ".join(f"{k} {target.kinds.count(k)}" for k in dict.fromkeys(target.kinds))
+    ref = Measure.of(target, target.unkeyed, quality_db=opts.quality_db)
+    keyed_flagged = float(np.mean(scores(target, target.keyed) >= target.threshold))
+    return [
+        "# AMIF attack report", "",
+        f"* Model `{pkg.model_id}` (`{Path(info['model_path']).name}`, {steps} training steps), identifier "
+        f"`{pkg.identifier}`, verify threshold {target.threshold:.3f}.",
+        f"* Owner's key {info['key_id']}: used for the keyed reference outputs only, never by an attack.",
+        f"* Data: `{info['data']}`, split **{info['split']}**, {target.n} pairs ({counts}), "
+        f"{target.shape[1]}x{target.shape[0]}; MRI and the luminance of CT/PET/SPECT, as the network sees them.",
+        f"* Command: `{info['command']}`",
+        f"* Reference: keyed outputs flagged {_pct(keyed_flagged)}; unkeyed (zero-code) outputs flagged "
+        f"{_pct(ref.flagged)}, PSNR to keyed {_db(ref.psnr.mean())} dB, SSIM {ref.ssim.mean():.3f}.",
+        f"* Keyed quality: PSNR >= {opts.quality_db:g} dB to the keyed output. An attacker's code or edit "
+        f"*succeeds* when at least {SUCCESS_SHARE:.0%} of its images are unflagged at keyed quality. PSNR on [0, 1] "
+        f"images (capped at {PSNR_CAP:g} dB, shown as inf); SSIM: Gaussian window, sigma 1.5.",
+        f"* Run time {info.get('seconds', 0):.0f} s on {opts.device}.", ""]
+
+
+def write_report(out: Path, target: Target, info: dict, opts: AttackOptions, results: list[AttackResult],
+                 figures: bool = False) -> Path:
+    out = Path(out)
+    lines = _header(target, info, opts)
+    lines += ["## Summary", "", "| attack | target | result | met |", "|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r.title} | {r.target} | {r.summary} | {_yes(r.met)} |")
+    lines.append("")
+    fig_dir = out.with_name(out.stem + "-figures")
+    for r in results:
+        lines += [f"## {r.title}", "", f"Target: {r.target}. Met: {_yes(r.met)}. ({r.seconds:.1f} s)", "",
+                  "| " + " | ".join(r.columns) + " |", "|---" * len(r.columns) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in r.rows]
+        lines.append("")
+        lines += [*r.notes, ""]
+        if figures and r.figure:
+            from .evaluate import tile
+
+            fig_dir.mkdir(parents=True, exist_ok=True)
+            grid = [[(label, _u8(img)) for label, img in row] for row in r.figure]
+            tile(grid).save(fig_dir / f"{r.name}.png")
+            lines += [f"![{r.title}: first attacked pair]({fig_dir.name}/{r.name}.png)", ""]
+    ran = {r.name for r in results}
+    lines += ["## Not run", ""]
+    for name, a in ATTACKS.items():
+        if name not in ran:
+            lines.append(f"* {a.title}: " + ("not run yet (planned)." if a.run is None else "not selected."))
+    lines.append("")
+    if figures:
+        lines += ["Figures show attacked outputs of the evaluated pairs: figures of Harvard-derived images are "
+                  "research-use only and must not be committed.", ""]
+    out.write_text("\n".join(lines), encoding="utf-8")
+    return out
+
+
+def write_json(path: Path, target: Target, info: dict, opts: AttackOptions, results: list[AttackResult]) -> None:
+    doc = {"model_id": target.package.model_id, "key_id": info["key_id"], "identifier": target.identifier,
+           "threshold": target.threshold, "data": info["data"], "split": info["split"], "pairs": target.n,
+           "command": info["command"], "options": asdict(opts), "success_share": SUCCESS_SHARE,
+           "attacks": {r.name: {"title": r.title, "target": r.target, "met": r.met, "summary": r.summary,
+                                "seconds": r.seconds, "rows": r.data} for r in results},
+           "not_run": [n for n in ATTACKS if n not in {r.name for r in results}]}
+    Path(path).write_text(json.dumps(doc, indent=1, default=_json_value), encoding="utf-8")
+
+
+def _json_value(v):
+    if isinstance(v, np.bool_):
+        return bool(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, (np.floating, np.ndarray)):
+        return v.tolist()
+    raise TypeError(f"not JSON serializable: {type(v).__name__}")

@@ -1,0 +1,329 @@
+"""`amif attack`: the attack families' numbers, on a model made to mark and on the tiny package."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_evaluate import _synthetic_pairs
+from torch import nn
+
+from amif import attack as atk
+from amif.attack import AttackOptions, Target
+from amif.cli import main
+from amif.data import list_pairs, load_pairs
+from amif.errors import AMIFError
+from amif.identifier import identifier_mask
+from amif.keys import generate_key, load_key, save_key
+from amif.network import AMIFNet, NetConfig
+from amif.package import ModelPackage
+
+IDENT = "TEST · MARK"
+SMALL = dict(random_codes=24, near_miss_codes=32, foreign_codes=4, forge_steps=12, forge_restarts=2, forge_images=2)
+
+
+class MarkingNet(AMIFNet):
+    """A model made to mark (a test double, not how AMIFNet works): FiLM off, so the fused image does
+    not depend on the code, darkened to 0.4 so that bright strokes read clearly, plus the identifier's
+    strokes times the parameter `mark_gain` for every code but the owner's. `weak`: the strokes also
+    fade as the code's mean rises, so a forger can follow the gradient out of the mark."""
+
+    def __init__(self, owner_code, weak=False):
+        torch.manual_seed(0)
+        super().__init__(NetConfig(c1=4, c2=8, c3=8, mem_channels=4, mem_size=32, key_features=64, key_hidden=16))
+        with torch.no_grad():
+            self.key.mlp[2].weight.zero_()
+            self.key.mlp[2].bias.zero_()
+        self.mark_gain = nn.Parameter(torch.ones(()))
+        self.register_buffer("owner", torch.as_tensor(owner_code, dtype=torch.float32))
+        self.weak = weak
+
+    def decode(self, enc, code):
+        y = 0.4 * super().decode(enc, code)
+        code = code.reshape(-1, code.shape[-1])
+        code = code.expand(y.shape[0], -1) if code.shape[0] == 1 else code
+        gain = self.mark_gain * ((code - self.owner).abs().amax(1) > 1e-6).to(y)
+        if self.weak:
+            gain = gain * (1 - 4 * code.mean(1)).clamp(0, 1)
+        mask = torch.from_numpy(identifier_mask(IDENT, *y.shape[-2:])).to(y)
+        return y + 0.3 * gain[:, None, None, None] * mask
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    return _synthetic_pairs(tmp_path_factory.mktemp("pairs"))
+
+
+def _target(tiny_package, pairs, weak=False) -> Target:
+    _, key_path, _ = tiny_package
+    key = load_key(key_path)
+    manifest = {"model_id": key.model_id, "key_id": key.key_id, "identifier": IDENT, "verify": {"threshold": 0.12}}
+    pkg = ModelPackage(manifest, MarkingNet(key.code(), weak).eval())
+    ps = list_pairs(pairs, "test")
+    a, b = load_pairs(ps)
+    t = Target(pkg, key.code(), a / 255, b / 255, [p.kind for p in ps], [p.name for p in ps])
+    t.owner_secret = key.secret
+    return t
+
+
+@pytest.fixture(scope="module")
+def marking(tiny_package, pairs):
+    return _target(tiny_package, pairs)
+
+
+def _row(result, **match):
+    rows = [d for d in result.data if all(d.get(k) == v for k, v in match.items())]
+    assert len(rows) == 1, (match, [d.get("codes") or d.get("target") for d in result.data])
+    return rows[0]
+
+
+# ----------------------------------------------------------------- transforms
+
+
+def test_classical_transforms_cost_a_clean_image_quality():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:64, 0:64]
+    x = (0.5 + 0.3 * np.sin(xx / 3) * np.cos(yy / 5) + 0.05 * rng.standard_normal((64, 64))).clip(0, 1)[None]
+    x = x.astype(np.float32)
+    p = lambda y: float(atk.psnr(y, x)[0])  # noqa: E731
+    blur = [p(atk.gaussian_blur(x, s)) for s in (0.5, 1.0, 2.0, 3.0)]
+    assert blur == sorted(blur, reverse=True) and blur[0] < atk.PSNR_CAP
+    assert p(atk.jpeg(x, 30)) < p(atk.jpeg(x, 90)) < 60
+    assert p(atk.median_filter(x, 7)) < p(atk.median_filter(x, 3)) < 60
+    assert p(atk.gaussian_noise(x, 20)) < p(atk.gaussian_noise(x, 2)) < 60
+    assert p(atk.down_up(x, 0.25)) < p(atk.down_up(x, 0.75)) < 60
+    assert p(atk.crop_rescale(x, 0.5)) < p(atk.crop_rescale(x, 0.9)) < 60
+    assert p(atk.equalize(x)) < 40
+    for fn, arg in ((atk.jpeg, 50), (atk.median_filter, 5), (atk.down_up, 0.5), (atk.crop_rescale, 0.75)):
+        assert fn(x, arg).shape == x.shape and fn(x, arg).dtype == np.float32
+    # inpainting leaves known pixels alone and fills a smooth (linear) image almost exactly
+    ramp = np.tile(np.linspace(0.1, 0.9, 64, dtype=np.float32), (64, 1))[None]
+    mask = atk.identifier_region(IDENT, 64, 64, dilate=1)
+    assert 0.05 < mask.mean() < 0.5 and atk.identifier_region(IDENT, 64, 64).sum() < mask.sum()
+    damaged = np.where(mask, 1.0, ramp).astype(np.float32)
+    filled = atk.inpaint(damaged, mask)
+    assert np.array_equal(filled[0][~mask], ramp[0][~mask])
+    assert np.abs(filled - ramp).max() < 0.01 and p(damaged) < 15
+
+
+def test_measures():
+    x = np.full((2, 32, 32), 0.5, np.float32)
+    assert np.allclose(atk.psnr(x, x), atk.PSNR_CAP) and np.allclose(atk.ssim(x, x), 1)
+    y = x + np.float32(0.1)
+    assert np.allclose(atk.psnr(y, x), 20.0, atol=1e-4) and (atk.ssim(y, x) < 1).all()
+
+
+# ----------------------------------------------------------------- wrong keys
+
+
+def test_wrong_keys_flag_every_code_on_a_marking_model(marking):
+    opts = AttackOptions(**SMALL)
+    r = atk.wrong_keys(marking, opts, progress=False)
+    assert r.met, r.summary
+    rnd = _row(r, codes="random codes (24)")
+    assert rnd["n"] == 24 and rnd["flagged"] == 1.0 and rnd["psnr_mean"] < 30 and rnd["broken"] == 0
+    near = [d for d in r.data if d["part_of"] and d["part_of"].startswith("near-miss codes")]
+    assert sum(d["n"] for d in near) == 32 and near[0]["codes"] == "near-miss, 1 bit (1)"
+    assert near[-1]["codes"] == "near-miss, 17-32 bits (16)" and all(d["flagged"] == 1.0 for d in near)
+    assert _row(r, codes="zero code = no key (6)")["flagged"] == 1.0
+    assert _row(r, codes="other model ids, fresh secrets (4)")["flagged"] == 1.0
+    assert _row(r, codes="other model ids, the owner's secret (4)")["flagged"] == 1.0
+    keyed = _row(r, codes="owner's key, reference (6)")
+    assert keyed["flagged"] == 0.0 and keyed["psnr_mean"] == atk.PSNR_CAP and keyed["met"]
+    # the batched decoder (many codes per pair) gives what a plain forward pass gives
+    m = atk.code_trials(marking, np.zeros((marking.n, 256), np.float32), batch=4)
+    assert np.allclose(m.scores, atk.scores(marking, marking.unkeyed), atol=1e-5)
+    assert np.allclose(m.psnr, atk.psnr(marking.unkeyed, marking.keyed), atol=1e-3)
+
+
+def test_wrong_keys_fail_on_a_model_that_does_not_mark(tiny_package, pairs):
+    from amif.attack import load_target
+
+    _, key, d = tiny_package
+    t, info = load_target(d / "tiny", key, pairs, "test", limit=1)
+    assert t.n == 3 and info["pairs"] == 3
+    r = atk.wrong_keys(t, AttackOptions(random_codes=6, near_miss_codes=4, foreign_codes=2), progress=False)
+    assert not r.met and _row(r, codes="zero code = no key (3)")["flagged"] < 1.0
+
+
+# ----------------------------------------------------------------- classical removal
+
+
+def test_classical_removal_on_a_marking_model(marking):
+    r = atk.classical_removal(marking, AttackOptions(), progress=False)
+    assert len(r.data) == sum(len(c[3]) for c in atk.CLASSICAL) == len(r.rows)
+    assert {d["attack"] for d in r.data} == {c[0] for c in atk.CLASSICAL}
+    for d in r.data:
+        assert d["flagged_before"] == 1.0 and d["met"] == (d["flagged_after"] >= 0.95
+                                                           or d["psnr_after"] < d["psnr_before"])
+    # noise only costs quality; blurring the clean output costs it more the stronger it is
+    noise = [d for d in r.data if d["attack"] == "Gaussian noise"]
+    assert all(d["flagged_after"] == 1.0 and d["psnr_after"] < d["psnr_before"] for d in noise)
+    blur = [d["psnr_same_on_keyed"] for d in r.data if d["attack"] == "Gaussian blur"]
+    assert blur == sorted(blur, reverse=True)
+    # knowing the mask exactly, inpainting removes these plain strokes and gains quality: target not met
+    inp = _row(r, attack="inpainting over the exact mask", setting="mask dilated 1 px")
+    assert inp["flagged_after"] == 0.0 and inp["psnr_after"] > inp["psnr_before"] + 10 and not inp["met"]
+    assert not r.met and "inpainting over the exact mask (mask dilated 1 px)" in r.summary
+
+
+# ----------------------------------------------------------------- surgery
+
+
+def test_surgery_covers_every_module_and_tensor_and_finds_the_weak_one(marking):
+    net = marking.net
+    targets = atk.surgery_targets(net)
+    names = [t[0] for t in targets]
+    modules = [n for n, m in net.named_modules() if n and any(True for _ in m.parameters())]
+    assert names == modules + [n for n, _ in net.named_parameters()] + [n for n, _ in net.named_buffers()]
+    sub = marking.subset([0, 3])
+    r = atk.surgery(sub, AttackOptions(), progress=False)
+    assert len(r.rows) == len(targets)
+    zero = _row(r, target="mark_gain", edit="zero")
+    assert zero["flagged"] == 0.0 and zero["psnr_mean"] == atk.PSNR_CAP and zero["broken"] == 1.0
+    assert _row(r, target="mark_gain", edit="random")["flagged"] == 1.0  # one value keeps its value
+    assert _row(r, target="decoder.head", edit="zero")["broken"] == 0.0
+    bypass = {d["target"]: d["how"] for d in r.data if d["edit"] == "bypass"}
+    assert bypass["memory"] == "read = 1" and bypass["memory.spatial"] == "grid = channel mean"
+    assert bypass["decoder.d1"] == bypass["decoder.d1.weight"] == "memory input cut"
+    assert bypass["encoder.e2b"] == "identity" and "encoder.e2a" not in bypass
+    assert not r.met and "mark_gain zero" in r.summary
+
+
+def test_bypass_edits_do_what_they_say(marking):
+    net = marking.net
+    state = {k: v.detach() for k, v in [*net.named_parameters(), *net.named_buffers()]}
+    _, edit = atk.surgery_edit(net, [], "bypass", state, None, "encoder.e2b")
+    x = torch.randn(1, 8, 6, 6)
+    assert torch.allclose(nn.functional.conv2d(x, edit["encoder.e2b.weight"], edit["encoder.e2b.bias"], padding=1), x)
+    _, edit = atk.surgery_edit(net, [], "bypass", state, None, "decoder.d1")
+    w = edit["decoder.d1.weight"]
+    assert (w[:, -net.cfg.mem_channels :] == 0).all() and torch.equal(w[:, :4], state["decoder.d1.weight"][:, :4])
+    gen = torch.Generator().manual_seed(0)
+    _, edit = atk.surgery_edit(net, ["memory.spatial"], "random", state, gen)
+    s, r = state["memory.spatial"], edit["memory.spatial"]
+    assert abs(float(r.mean() - s.mean())) < 0.05 and abs(float(r.std() / s.std()) - 1) < 0.1
+    with pytest.raises(AMIFError, match="Unknown surgery edit"):
+        atk.surgery_edit(net, [], "melt", state, gen)
+
+
+# ----------------------------------------------------------------- key forging
+
+
+def test_forging_fails_on_a_gradient_free_mark_and_succeeds_on_a_weak_one(tiny_package, pairs, marking):
+    opts = AttackOptions(**{**SMALL, "forge_detector": 0.0})
+    r = atk.key_forging(marking, opts, progress=False)
+    (d,) = r.data
+    assert r.met and d["successes"] == 0 and d["steps_to_success"] == [] and d["steps"] == 2 * 12
+    assert all(run["final"]["flagged"] == 1.0 for run in d["runs"])
+    weak = _target(tiny_package, pairs, weak=True)
+    r = atk.key_forging(weak, opts, progress=False)
+    (d,) = r.data
+    assert not r.met and d["successes"] == 2 and d["success_rate"] == 1.0
+    assert all(1 <= s <= 12 for s in d["steps_to_success"]) and d["steps"] == sum(d["steps_to_success"])
+    assert all(run["final"]["flagged"] <= 0.5 for run in d["runs"])
+    assert all(run["all_pairs"]["n"] == weak.n for run in d["runs"])
+    assert "2/2 restarts succeed within 12 steps" in r.summary
+    # the detector variant is a second row
+    r = atk.key_forging(weak, AttackOptions(**{**SMALL, "forge_steps": 2, "forge_restarts": 1}), progress=False)
+    assert [d["detector_weight"] for d in r.data] == [0.0, 1.0] and len(r.rows) == 2
+
+
+# ----------------------------------------------------------------- selection, CLI and report
+
+
+def test_parse_attacks():
+    assert atk.parse_attacks(None) == list(atk.IMPLEMENTED) == ["wrong-keys", "classical", "surgery", "forging"]
+    assert atk.parse_attacks("forging, wrong-keys") == ["wrong-keys", "forging"]
+    with pytest.raises(AMIFError, match=r"Unknown attack 'blurr'; choose from: wrong-keys, classical"):
+        atk.parse_attacks("classical,blurr")
+    with pytest.raises(AMIFError, match="'distillation' is not implemented yet"):
+        atk.parse_attacks(["distillation"])
+    with pytest.raises(AMIFError, match="No attack named"):
+        atk.parse_attacks(" , ")
+
+
+def _tables(text):
+    """{section heading: [first cell of each table row]}"""
+    out = {}
+    for part in text.split("\n## ")[1:]:
+        head, *lines = part.splitlines()
+        rows = [ln for ln in lines if ln.startswith("| ") and not ln.startswith("|---")][1:]
+        out[head] = [r.split(" | ")[0][2:] for r in rows]
+    return out
+
+
+def test_attack_cli_report(tiny_package, pairs, tmp_path, capsys):
+    _, key, d = tiny_package
+    out = tmp_path / "rep.md"
+    argv = ["attack", "-m", str(d / "tiny"), "-k", str(key), "--data", str(pairs), "-o", str(out), "-q",
+            "--random-codes", "12", "--near-miss-codes", "8", "--near-miss-max-bits", "4", "--foreign-codes", "2",
+            "--forge-steps", "3", "--forge-restarts", "1", "--figures"]
+    assert main(argv) == 0
+    assert "wrote" in capsys.readouterr().out
+    text = out.read_text()
+    tables = _tables(text)
+    assert list(tables) == ["Summary", "Wrong keys at scale", "Classical removal on unkeyed outputs",
+                            "White-box surgery (single edits, no key)", "White-box key forging", "Not run"]
+    assert tables["Summary"] == [tables_name for tables_name in list(tables)[1:5]]
+    assert tables["Wrong keys at scale"] == [
+        "random codes (12)", "near-miss codes, 1-4 bits (8)", "&nbsp;&nbsp;near-miss, 1 bit (2)",
+        "&nbsp;&nbsp;near-miss, 2-4 bits (6)", "other model ids, fresh secrets (2)",
+        "other model ids, the owner's secret (2)", "structured: all +1, all -1, owner's code negated (3)",
+        "zero code = no key (6)", "owner's key, reference (6)"]
+    assert len(tables["Classical removal on unkeyed outputs"]) == 27
+    assert "`memory.spatial`" in tables["White-box surgery (single edits, no key)"]
+    assert tables["White-box key forging"] == ["fusion loss", "fusion loss + 1 x detector score"]
+    assert "Distillation (student trained on (inputs, unkeyed outputs)): not run yet (planned)." in text
+    assert "* Data: `" in text and "6 pairs (CT 2, PET 2, SPECT 2), 64x64" in text
+    assert (f"* Command: `amif attack -m {d / 'tiny'} -k {key} --data {pairs} --split test --random-codes 12 "
+            f"--near-miss-codes 8 --near-miss-max-bits 4 --foreign-codes 2 --forge-steps 3 --forge-restarts 1 "
+            f"-o {out} --figures`") in text
+    for name in atk.IMPLEMENTED:
+        with Image.open(tmp_path / "rep-figures" / f"{name}.png") as im:
+            assert im.size[1] == 64 + 14 and im.size[0] >= 3 * 64
+        assert f"(rep-figures/{name}.png)" in text
+    doc = json.loads(out.with_suffix(".json").read_text())
+    assert list(doc["attacks"]) == list(atk.IMPLEMENTED) and doc["not_run"] == ["learned-removal", "distillation",
+                                                                                 "fine-tuning"]
+    assert doc["options"]["random_codes"] == 12 and doc["pairs"] == 6
+    assert len(doc["attacks"]["classical"]["rows"]) == 27
+    assert all(isinstance(r["met"], bool) for a in doc["attacks"].values() for r in a["rows"])
+    assert all(isinstance(a["met"], bool) for a in doc["attacks"].values())
+    secret = json.loads(key.read_text())["secret"]
+    assert secret not in text and secret not in out.with_suffix(".json").read_text()
+
+
+def test_attack_cli_selection_and_errors(tiny_package, pairs, tmp_path, capsys):
+    _, key, d = tiny_package
+    out = tmp_path / "sel.md"
+    base = ["attack", "-m", str(d / "tiny"), "-k", str(key), "--data", str(pairs), "-q", "--limit", "1"]
+    assert main([*base, "--attacks", "classical", "-o", str(out)]) == 0
+    text = out.read_text()
+    assert list(_tables(text)) == ["Summary", "Classical removal on unkeyed outputs", "Not run"]
+    assert "* Wrong keys at scale: not selected." in text and "* White-box surgery: not selected." in text
+    assert "--limit 1 --attacks classical" in text and "3 pairs (CT 1, PET 1, SPECT 1)" in text
+    assert not (tmp_path / "sel-figures").exists()
+    capsys.readouterr()
+    none = ["--random-codes", "0", "--near-miss-codes", "0", "--foreign-codes", "0"]
+    assert main([*base, "--attacks", "wrong-keys", *none, "-o", str(out)]) == 0
+    assert _tables(out.read_text())["Wrong keys at scale"] == [
+        "structured: all +1, all -1, owner's code negated (3)", "zero code = no key (3)", "owner's key, reference (3)"]
+    capsys.readouterr()
+
+    def fails(argv, message):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("amif: error: ") and message in err and len(err.strip().splitlines()) == 1
+
+    fails([*base, "--attacks", "wrong-keys,jpeg", "-o", str(tmp_path / "x.md")], "Unknown attack 'jpeg'")
+    fails([*base, "--attacks", "fine-tuning", "-o", str(tmp_path / "x.md")], "not implemented yet")
+    fails(["attack", "-m", str(d / "tiny"), "--data", str(pairs), "-o", str(tmp_path / "x.md")],
+          "needs the model owner's key")
+    save_key(generate_key("test-model", "Someone"), tmp_path / "other.amifkey")
+    fails([*base[:4], str(tmp_path / "other.amifkey"), *base[5:], "-o", str(tmp_path / "x.md")],
+          "is not the owner's key of model 'test-model'")
+    fails([*base, "--forge-images", "0", "-o", str(tmp_path / "x.md")], "--forge-images must be 1 or more")
+    fails([*base, "-o", str(tmp_path / "missing" / "x.md")], "does not exist")
+    assert not (tmp_path / "x.md").exists()
