@@ -31,7 +31,7 @@ from amif.package import bundled_key_path, bundled_model_path, load_package  # n
 
 OUT = ROOT / "Resources" / "evaluation"
 TWINS = sorted((ROOT / "Resources" / "Twins").glob("*.json"))
-PLOT_ROWS = ("AMIF keyed", "AMIF unkeyed", "twins (mean)", "mean", "laplacian")
+PLOT_ROWS = ("AMIF keyed", "AMIF unkeyed", "twins (mean)", "mean", "Laplacian")
 SAMPLE_SLICES = (0.45, 0.55)  # fractions of the sample's axial extent
 
 

@@ -254,7 +254,7 @@ def fuse_volumes(
     key=None,
     window_a: tuple[float, float] | None = None,
     window_b: tuple[float, float] | None = None,
-    batch: int = 8,
+    batch: int = 2,  # measured fastest per slice on 2 CPU threads (tools/benchmark.py)
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> VolumeResult:
