@@ -171,7 +171,8 @@ def main() -> None:
         "# AMIF evaluation: the bundled model", "",
         f"Model `{pkg.model_id}` ({steps} training steps, batch {pkg.manifest['training']['batch']}); "
         f"unprotected twins: {twin_steps}. Harvard Whole Brain Atlas **test** split; only aggregate figures "
-        "are published (the images are research-use only).", "",
+        "are published (the images are research-use only). The twins see the same data, crops, batch size, "
+        "learning rates and step count, with the zero code and the fusion loss only.", "",
         "Regenerate (about 10 minutes on 2 cores, needs `../shared/data/harvard`): `python tools/make_report.py`", "",
         "## Targets", "", *targets(agg, bench), "",
         "![Ratio of each method's mean metric to the max rule's, per pair type](ratios.png)", "",
