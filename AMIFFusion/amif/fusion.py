@@ -211,9 +211,10 @@ def display_array(img) -> np.ndarray:
     in which fuse_volumes writes the identifier); colour images give their luminance."""
     import SimpleITK as sitk
 
+    arr = sitk.GetArrayViewFromImage(img)
     if img.GetDimension() == 3:
-        img = sitk.DICOMOrient(img, DISPLAY_ORIENTATION)
-    arr = sitk.GetArrayFromImage(img).astype(np.float32)
+        arr = display_view(img)(arr)
+    arr = arr.astype(np.float32)
     if img.GetNumberOfComponentsPerPixel() > 1:
         arr = rgb_to_ycbcr(arr[..., :3])[..., 0]
     return arr
