@@ -181,7 +181,7 @@ def load_package(path) -> ModelPackage:
         net = AMIFNet(cfg)
         net.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, ValueError) as e:
-        raise AMIFError(f"The weights in {weights.name} do not fit the architecture in the manifest: {e}") from None
+        raise AMIFError(f"{misfit}: {e}") from None
     if any(not torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
         raise AMIFError(f"The weights in {weights.name} contain NaN or Inf values.")
     net.eval()
