@@ -20,6 +20,7 @@ from amif.network import AMIFNet, NetConfig
 from amif.package import ModelPackage
 
 IDENT = "TEST · MARK"
+FOUR = ["wrong-keys", "classical", "surgery", "forging"]  # the attacks that need no attacker's pairs
 SMALL = dict(random_codes=24, near_miss_codes=32, foreign_codes=4, forge_steps=12, forge_restarts=2, forge_images=2)
 
 
@@ -234,12 +235,12 @@ def test_forging_fails_on_a_gradient_free_mark_and_succeeds_on_a_weak_one(tiny_p
 
 
 def test_parse_attacks():
-    assert atk.parse_attacks(None) == list(atk.IMPLEMENTED) == ["wrong-keys", "classical", "surgery", "forging"]
+    assert atk.parse_attacks(None) == list(atk.IMPLEMENTED) == [
+        "wrong-keys", "classical", "surgery", "forging", "learned-removal", "distillation", "fine-tuning"]
     assert atk.parse_attacks("forging, wrong-keys") == ["wrong-keys", "forging"]
+    assert atk.parse_attacks(["fine-tuning", "distillation"]) == ["distillation", "fine-tuning"]
     with pytest.raises(AMIFError, match=r"Unknown attack 'blurr'; choose from: wrong-keys, classical"):
         atk.parse_attacks("classical,blurr")
-    with pytest.raises(AMIFError, match="'distillation' is not implemented yet"):
-        atk.parse_attacks(["distillation"])
     with pytest.raises(AMIFError, match="No attack named"):
         atk.parse_attacks(" , ")
 
@@ -259,7 +260,7 @@ def test_attack_cli_report(tiny_package, pairs, tmp_path, capsys):
     out = tmp_path / "rep.md"
     argv = ["attack", "-m", str(d / "tiny"), "-k", str(key), "--data", str(pairs), "-o", str(out), "-q",
             "--random-codes", "12", "--near-miss-codes", "8", "--near-miss-max-bits", "4", "--foreign-codes", "2",
-            "--forge-steps", "3", "--forge-restarts", "1", "--figures"]
+            "--forge-steps", "3", "--forge-restarts", "1", "--attacks", ",".join(FOUR), "--figures"]
     assert main(argv) == 0
     assert "wrote" in capsys.readouterr().out
     text = out.read_text()
@@ -275,18 +276,17 @@ def test_attack_cli_report(tiny_package, pairs, tmp_path, capsys):
     assert len(tables["Classical removal on unkeyed outputs"]) == 27
     assert "`memory.spatial`" in tables["White-box surgery (single edits, no key)"]
     assert tables["White-box key forging"] == ["fusion loss", "fusion loss + 1 x detector score"]
-    assert "Distillation (student trained on (inputs, unkeyed outputs)): not run yet (planned)." in text
+    assert "* Distillation (students trained on the unkeyed outputs): not selected." in text
     assert "* Data: `" in text and "6 pairs (CT 2, PET 2, SPECT 2), 64x64" in text
-    assert (f"* Command: `amif attack -m {d / 'tiny'} -k {key} --data {pairs} --split test --random-codes 12 "
-            f"--near-miss-codes 8 --near-miss-max-bits 4 --foreign-codes 2 --forge-steps 3 --forge-restarts 1 "
-            f"-o {out} --figures`") in text
-    for name in atk.IMPLEMENTED:
+    assert (f"* Command: `amif attack -m {d / 'tiny'} -k {key} --data {pairs} --split test --attacks "
+            f"{','.join(FOUR)} --random-codes 12 --near-miss-codes 8 --near-miss-max-bits 4 --foreign-codes 2 "
+            f"--forge-steps 3 --forge-restarts 1 -o {out} --figures`") in text
+    for name in FOUR:
         with Image.open(tmp_path / "rep-figures" / f"{name}.png") as im:
             assert im.size[1] == 64 + 14 and im.size[0] >= 3 * 64
         assert f"(rep-figures/{name}.png)" in text
     doc = json.loads(out.with_suffix(".json").read_text())
-    assert list(doc["attacks"]) == list(atk.IMPLEMENTED) and doc["not_run"] == ["learned-removal", "distillation",
-                                                                                 "fine-tuning"]
+    assert list(doc["attacks"]) == FOUR and doc["not_run"] == list(atk.LEARNED)
     assert doc["options"]["random_codes"] == 12 and doc["pairs"] == 6
     assert len(doc["attacks"]["classical"]["rows"]) == 27
     assert all(isinstance(r["met"], bool) for a in doc["attacks"].values() for r in a["rows"])
@@ -318,7 +318,8 @@ def test_attack_cli_selection_and_errors(tiny_package, pairs, tmp_path, capsys):
         assert err.startswith("amif: error: ") and message in err and len(err.strip().splitlines()) == 1
 
     fails([*base, "--attacks", "wrong-keys,jpeg", "-o", str(tmp_path / "x.md")], "Unknown attack 'jpeg'")
-    fails([*base, "--attacks", "fine-tuning", "-o", str(tmp_path / "x.md")], "not implemented yet")
+    fails([*base, "--attacks", "fine-tuning", "-o", str(tmp_path / "x.md")],
+          "The learned attacks train on the attacker")
     fails(["attack", "-m", str(d / "tiny"), "--data", str(pairs), "-o", str(tmp_path / "x.md")],
           "needs the model owner's key")
     save_key(generate_key("test-model", "Someone"), tmp_path / "other.amifkey")

@@ -105,3 +105,33 @@ def test_twin_trains_without_key_or_identifier(tmp_path):
     assert _run_twin(pkg, a, a[::-1].copy()).shape == (40, 48)
     with pytest.raises(AMIFError, match="unprotected twin"):
         fuse_images(a, a, pkg)
+
+
+def test_forger_pool_descends_the_fusion_loss_and_restarts():
+    import torch
+
+    from amif.losses import fusion_loss
+    from amif.network import AMIFNet
+    from amif.train import ForgePool
+
+    torch.manual_seed(0)
+    net = AMIFNet(TINY).eval()
+    a, b = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    pool, rng = ForgePool(2, TINY.key_bits, TrainConfig(forge_restart=0.0)), np.random.default_rng(0)
+    start = pool.start(rng)
+    assert set(np.unique(start.numpy())) == {-1.0, 1.0}
+    losses = []
+    for _ in range(40):
+        code = pool.start(rng).requires_grad_()
+        loss = fusion_loss(net(a, b, code), a, b)[0]
+        losses.append(loss.item())
+        pool.update(torch.autograd.grad(loss, code)[0])
+    assert losses[-1] < losses[0] - 1e-3  # the forger improves its own outputs, as `amif attack` forging does
+    assert torch.equal(pool.age, torch.full((2,), 40.0))
+    assert not torch.equal(pool.codes.abs(), torch.ones_like(pool.codes))  # continuous now
+    saved = pool.tensors()
+    pool.restart = 1.0  # every forger restarts: fresh +-1 codes, moments cleared
+    fresh = pool.start(rng)
+    assert set(np.unique(fresh.numpy())) == {-1.0, 1.0} and pool.m.abs().sum() == 0 and pool.age.sum() == 0
+    pool.load(saved)
+    assert torch.equal(pool.codes, saved["forge.codes"]) and torch.equal(pool.age, saved["forge.age"])

@@ -33,9 +33,13 @@ unflagged by `verify` *and* at keyed quality, PSNR to the keyed output >= `quali
 default). Surgery's target: no edit succeeds; forging's: under 5% of restarts succeed within the
 step budget (1,000 steps by default).
 
-Planned families (listed in the report as not run yet): learned removal, distillation, white-box
-fine-tuning. Each will be a function (Target, AttackOptions, progress) -> AttackResult registered
-in ATTACKS, like the four above.
+* ``learned-removal``, ``distillation``, ``fine-tuning``: networks trained on the attacker's own
+  pairs (the data folder's train split); see `amif.attack_learned`.
+
+Each family is a function (Target, AttackOptions, progress) -> AttackResult registered in ATTACKS.
+Figures (`--figures`) show the first attacked pair, or with `--figures-on-sample` the bundled
+sample put through the same transforms, edits, codes and trained networks, so that a report on
+restricted data can publish its figures.
 """
 
 from __future__ import annotations
@@ -71,6 +75,11 @@ class AttackOptions:
     forge_images: int = 4
     forge_lr: float = 0.05
     forge_detector: float = 1.0  # weight of the detector score in the second forging variant (0: fusion loss only)
+    learn_images: str = "10,100,all"  # attacker's pairs for the remover and fine-tuning ('all': the train split)
+    learn_steps: int = 1_000  # Adam steps of each remover, student and fine-tuning run
+    learn_batch: int = 8
+    learn_crop: int = 128
+    learn_lr: float = 1e-3
     seed: int = 0
     device: str = "cpu"
 
@@ -87,6 +96,12 @@ class AttackOptions:
             raise AMIFError("--near-miss-max-bits must be between 1 and 256.")
         if not self.forge_lr > 0 or self.forge_detector < 0:
             raise AMIFError("--forge-lr must be above 0 and --forge-detector 0 or more.")
+        if self.learn_steps < 1 or self.learn_batch < 1 or self.learn_crop < 16 or not self.learn_lr > 0:
+            raise AMIFError("--learn-steps and --learn-batch must be 1 or more, --learn-crop 16 or more and "
+                            "--learn-lr above 0.")
+        from .attack_learned import image_counts
+
+        image_counts(self.learn_images, 1)
         return self
 
 
@@ -110,10 +125,12 @@ class AttackResult:
 
 class Target:
     """The attacked package and its owner's code, the pairs (n, h, w) float32 in [0, 1], and the
-    keyed (owner's code) and unkeyed (zero code) outputs."""
+    keyed (owner's code) and unkeyed (zero code) outputs. `pool`: the attacker's own pairs (a, b) for
+    the learned attacks (the train split); `show`: one pair (a, b) of the same size that the figures
+    show instead of the first attacked pair (so a report on restricted data can publish figures)."""
 
     def __init__(self, package, code: np.ndarray, a: np.ndarray, b: np.ndarray, kinds=None, names=None,
-                 device: str = "cpu"):
+                 device: str = "cpu", pool=None, show=None):
         import torch
 
         self.package, self.code = package, np.asarray(code, np.float32)
@@ -129,6 +146,12 @@ class Target:
         self.identifier, self.threshold = package.identifier, package.threshold
         self.keyed = self.run(self.code)
         self.unkeyed = self.run(np.zeros_like(self.code))
+        self.pool = None if pool is None else tuple(np.asarray(x, np.float32) for x in pool)
+        if self.pool is not None and (self.pool[0].ndim != 3 or self.pool[0].shape != self.pool[1].shape):
+            raise AMIFError(f"The attacker's pairs must be two equal stacks of images; got {self.pool[0].shape} "
+                            f"and {self.pool[1].shape}.")
+        self.show = None if show is None else tuple(np.asarray(x, np.float32).reshape(1, *self.shape) for x in show)
+        self._figure = None
 
     @property
     def n(self) -> int:
@@ -153,19 +176,35 @@ class Target:
 
     def run(self, code: np.ndarray, params: dict | None = None, batch: int = 8) -> np.ndarray:
         """Outputs (n, h, w) for one code on every image; `params` replaces parameters or buffers by name."""
+        return self.outputs(self.a, self.b, code, params=params, batch=batch)
+
+    def outputs(self, a: np.ndarray, b: np.ndarray, code: np.ndarray | None = None, net=None,
+                params: dict | None = None, batch: int = 8) -> np.ndarray:
+        """Outputs (n, h, w) of `net` (default: the attacked one) on pairs (n, h, w) under one code
+        (default: the zero code, no key)."""
         import torch
 
+        net = net or self.net
         out = []
-        c = torch.from_numpy(np.asarray(code, np.float32)).to(self.device)
+        c = torch.zeros(self.code.size) if code is None else torch.from_numpy(np.asarray(code, np.float32))
+        c = c.to(self.device)
         with torch.inference_mode():
-            for i in range(0, self.n, batch):
-                a, b = self.tensor(self.a[i : i + batch]), self.tensor(self.b[i : i + batch])
-                if params:
-                    y = torch.func.functional_call(self.net, params, (a, b, c))
-                else:
-                    y = self.net(a, b, c)
-                out.append(y[:, 0].float().cpu().numpy())
+            for i in range(0, len(a), batch):
+                x, y = self.tensor(a[i : i + batch]), self.tensor(b[i : i + batch])
+                f = torch.func.functional_call(net, params, (x, y, c)) if params else net(x, y, c)
+                out.append(f[:, 0].float().cpu().numpy())
         return np.concatenate(out)
+
+    def figure_target(self) -> Target:
+        """The one-pair target the figures show: the `show` pair, else the first attacked pair."""
+        if self._figure is None:
+            if self.show is None:
+                self._figure = self.subset([0])
+            else:
+                t = Target(self.package, self.code, *self.show, ["shown"], ["shown"], str(self.device))
+                t.net = self.net
+                self._figure = t
+        return self._figure
 
     def subset(self, idx) -> Target:
         idx = list(idx)
@@ -174,6 +213,7 @@ class Target:
         for k in ("a", "b", "keyed", "unkeyed"):
             setattr(t, k, getattr(self, k)[idx])
         t.kinds, t.names = [self.kinds[i] for i in idx], [self.names[i] for i in idx]
+        t._figure = self._figure
         return t
 
 
@@ -389,9 +429,10 @@ def wrong_keys(target: Target, opts: AttackOptions, progress: bool = True) -> At
 
 
 def _code_figure(target: Target, groups: list[CodeGroup]) -> list:
-    """First image: keyed, zero code, and the first code of each wrong-code group."""
+    """The figure's pair: keyed, zero code, and the first code of each wrong-code group."""
     import torch
 
+    target = target.figure_target()
     rows = [("keyed", target.keyed[0]), ("zero code", target.unkeyed[0])]
     with torch.inference_mode():
         enc = target.net.encode(target.tensor(target.a[:1]), target.tensor(target.b[:1]))
@@ -528,7 +569,8 @@ CLASSICAL = [
 def classical_removal(target: Target, opts: AttackOptions, progress: bool = True) -> AttackResult:
     t0 = time.perf_counter()
     before = Measure.of(target, target.unkeyed, quality_db=opts.quality_db)
-    rows, data, met, figure = [], [], True, [("keyed", target.keyed[0]), ("unkeyed", target.unkeyed[0])]
+    fig = target.figure_target()
+    rows, data, met, figure = [], [], True, [("keyed", fig.keyed[0]), ("unkeyed", fig.unkeyed[0])]
     total = sum(len(c[3]) for c in CLASSICAL)
     with _bar(total, "classical", progress) as bar:
         for label, short, plabel, params, fn in CLASSICAL:
@@ -553,7 +595,7 @@ def classical_removal(target: Target, opts: AttackOptions, progress: bool = True
                              "ssim_after": float(after.ssim.mean()), "psnr_same_on_keyed": float(own.mean()),
                              "broken": after.broken, "met": ok, "images": target.n, "steps": 1, "seconds": secs})
                 if p == params[-1]:
-                    figure.append((f"{short} {'' if p is None else p}".strip(), out[0]))
+                    figure.append((f"{short} {'' if p is None else p}".strip(), fn(fig.unkeyed, p, fig, seed)[0]))
                 bar.update(1)
     failed = [f"{d['attack']} ({d['setting']})" for d in data if not d["met"]]
     summary = (f"{len(data) - len(failed)}/{len(data)} settings meet the target"
@@ -680,7 +722,7 @@ def surgery(target: Target, opts: AttackOptions, progress: bool = True, edits=("
                 d = {"target": name, "kind": kind, "size": size, "edit": edit, "how": label, **m.summary(),
                      "met": m.broken < SUCCESS_SHARE, "images": target.n, "steps": 1, "seconds": secs}
                 data.append(d)
-                best.append((m.broken, m.flagged == 0, m.psnr.mean(), f"{name} {label}", out[0]))
+                best.append((m.broken, m.flagged == 0, m.psnr.mean(), f"{name} {label}", repl))
                 if worst is None or m.broken > worst["broken"]:
                     worst = d
             rows.append([f"`{name}`", kind, f"{size:,}", *cells,
@@ -694,8 +736,9 @@ def surgery(target: Target, opts: AttackOptions, progress: bool = True, edits=("
                + (f"; best fully unflagged edit: `{top['target']}` {top['how']} at {_db(top['psnr_mean'])} dB"
                   if top else "; no edit leaves every image unflagged"))
     best.sort(key=lambda r: (r[0], r[1], r[2]), reverse=True)
-    figure = [[("keyed", target.keyed[0]), ("unkeyed", target.unkeyed[0])]
-              + [(lbl[:28], img) for *_, lbl, img in best[:6]]]
+    fig = target.figure_target()
+    figure = [[("keyed", fig.keyed[0]), ("unkeyed", fig.unkeyed[0])]
+              + [(lbl[:28], run_edit(fig, repl)[1][0]) for *_, lbl, repl in best[:6]]]
     return AttackResult(
         "surgery", "White-box surgery (single edits, no key)",
         f"no single edit gives an unmarked output at keyed quality (PSNR >= {opts.quality_db:g} dB to keyed) "
@@ -741,7 +784,8 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
     variants = [("fusion loss", 0.0)]
     if opts.forge_detector > 0:
         variants.append((f"fusion loss + {opts.forge_detector:g} x detector score", opts.forge_detector))
-    rows, data, figure = [], [], [("keyed", sub.keyed[0]), ("unkeyed", sub.unkeyed[0])]
+    fig = target.figure_target()
+    rows, data, figure = [], [], [("keyed", fig.keyed[0]), ("unkeyed", fig.unkeyed[0])]
     with _bar(len(variants) * opts.forge_restarts * opts.forge_steps, "forging", progress) as bar:
         for label, weight in variants:
             t1 = time.perf_counter()
@@ -785,7 +829,7 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
                            code_norm=float(code.detach().norm()), images=len(idx))
                 runs.append(run)
                 if r == 0:
-                    figure.append((label.split(" x ")[0][:24], final[0]))
+                    figure.append((label.split(" x ")[0][:24], fig.run(code.detach().cpu().numpy())[0]))
             secs = time.perf_counter() - t1
             wins = [x["success_step"] for x in runs if x["success_step"] is not None]
             rate = len(wins) / max(1, len(runs))
@@ -828,11 +872,23 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
 # ----------------------------------------------------------------- registry and report
 
 
+def _learned(name: str) -> Callable:
+    """An attack of amif.attack_learned, imported when it runs."""
+
+    def run(target: Target, opts: AttackOptions, progress: bool = True) -> AttackResult:
+        from . import attack_learned
+
+        return getattr(attack_learned, name)(target, opts, progress)
+
+    run.__name__ = name
+    return run
+
+
 @dataclass(frozen=True)
 class Attack:
     name: str
     title: str
-    run: Callable | None  # (Target, AttackOptions, progress) -> AttackResult; None: planned
+    run: Callable  # (Target, AttackOptions, progress) -> AttackResult
 
 
 ATTACKS = {a.name: a for a in (
@@ -840,11 +896,12 @@ ATTACKS = {a.name: a for a in (
     Attack("classical", "Classical removal on unkeyed outputs", classical_removal),
     Attack("surgery", "White-box surgery", surgery),
     Attack("forging", "White-box key forging", key_forging),
-    Attack("learned-removal", "Learned removal (U-Net remover trained on N leaked (unkeyed, keyed) pairs)", None),
-    Attack("distillation", "Distillation (student trained on (inputs, unkeyed outputs))", None),
-    Attack("fine-tuning", "White-box fine-tuning (released weights fine-tuned with the fusion loss)", None),
+    Attack("learned-removal", "Learned removal (U-Net remover on N leaked output pairs)", _learned("learned_removal")),
+    Attack("distillation", "Distillation (students trained on the unkeyed outputs)", _learned("distillation")),
+    Attack("fine-tuning", "White-box fine-tuning (released weights, fusion loss, no key)", _learned("fine_tuning")),
 )}
-IMPLEMENTED = tuple(n for n, a in ATTACKS.items() if a.run)
+LEARNED = ("learned-removal", "distillation", "fine-tuning")  # need the attacker's own pairs (Target.pool)
+IMPLEMENTED = tuple(ATTACKS)
 
 
 def parse_attacks(spec) -> list[str]:
@@ -858,14 +915,34 @@ def parse_attacks(spec) -> list[str]:
     for s in names:
         if s not in ATTACKS:
             raise AMIFError(f"Unknown attack {s!r}; choose from: {', '.join(IMPLEMENTED)}.")
-        if ATTACKS[s].run is None:
-            raise AMIFError(f"The attack {s!r} is not implemented yet; implemented: {', '.join(IMPLEMENTED)}.")
     return [n for n in IMPLEMENTED if n in names]
 
 
+def sample_show_pair(shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """The bundled sample's MRI and PET (resampled onto the MRI) at the demo's axial slice, windowed to
+    [0, 1] and resized to `shape`: a pair that figures may show whatever data was attacked."""
+    import SimpleITK as sitk
+    import torch
+    import torch.nn.functional as F
+
+    from .fusion import display_array, resample_onto, robust_window
+
+    res = Path(__file__).resolve().parent.parent / "Resources" / "SampleData"
+    mri = sitk.ReadImage(str(res / "AMIFSample-MRI.nrrd"), sitk.sitkFloat32)
+    pet = resample_onto(sitk.ReadImage(str(res / "AMIFSample-PET.nrrd"), sitk.sitkFloat32), mri)
+    out = []
+    for img in (mri, pet):
+        vol = display_array(img)
+        lo, hi = robust_window(vol)
+        x = torch.from_numpy(np.clip((vol[int(vol.shape[0] * 0.55)] - lo) / (hi - lo), 0, 1).astype(np.float32))
+        out.append(F.interpolate(x[None, None], size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy())
+    return out[0], out[1]
+
+
 def load_target(model=None, key=None, data=None, split: str = "test", limit: int | None = None,
-                device: str = "cpu") -> tuple[Target, dict]:
-    """The attacked package (default: the bundled one, with its public key), its owner's key and the pairs."""
+                device: str = "cpu", pool: bool = False, show_sample: bool = False) -> tuple[Target, dict]:
+    """The attacked package (default: the bundled one, with its public key), its owner's key and the pairs;
+    with `pool`, the attacker's pairs (the train split); with `show_sample`, figures show the bundled sample."""
     from .data import default_data_dir, list_pairs, load_pairs
     from .keys import load_key
     from .package import bundled_key_path, bundled_model_path, load_package
@@ -890,11 +967,27 @@ def load_target(model=None, key=None, data=None, split: str = "test", limit: int
         a8, b8 = load_pairs(pairs)
     except ValueError:
         raise AMIFError(f"The pairs under {data} differ in size; attacks need pairs of one size.") from None
+    pool_ab = None
+    if pool:
+        try:
+            own = list_pairs(data, "train")
+        except AMIFError as e:
+            raise AMIFError(f"The learned attacks train on the attacker's own pairs, the train split: {e}") from None
+        try:
+            pa8, pb8 = load_pairs(own)
+        except ValueError:
+            raise AMIFError(f"The train pairs under {data} differ in size; learned attacks need one size.") from None
+        if pa8.shape[1:] != a8.shape[1:]:
+            raise AMIFError(f"The train pairs ({pa8.shape[2]}x{pa8.shape[1]}) and the attacked pairs "
+                            f"({a8.shape[2]}x{a8.shape[1]}) differ in size.")
+        pool_ab = (pa8.astype(np.float32) / 255, pb8.astype(np.float32) / 255)
+    show = sample_show_pair(a8.shape[1:]) if show_sample else None
     t = Target(pkg, k.code(), a8.astype(np.float32) / 255, b8.astype(np.float32) / 255,
-               [p.kind for p in pairs], [p.name for p in pairs], device)
+               [p.kind for p in pairs], [p.name for p in pairs], device, pool_ab, show)
     t.owner_secret = k.secret  # for the owner's-secret-under-other-ids codes only; never written anywhere
     info = {"model_path": str(model_path), "key_path": str(key), "key_id": k.key_id, "data": str(data),
-            "split": split, "pairs": len(pairs), "limit": limit}
+            "split": split, "pairs": len(pairs), "limit": limit, "attacker_pairs": len(pool_ab[0]) if pool else 0,
+            "show_sample": show_sample}
     return t, info
 
 
@@ -913,6 +1006,8 @@ def command_line(info: dict, attacks: list, out, opts: AttackOptions, figures: b
     args += ["-o", str(out)]
     if figures:
         args.append("--figures")
+    if info.get("show_sample"):
+        args.append("--figures-on-sample")
     return shlex.join(args)
 
 
@@ -924,15 +1019,17 @@ def run_attacks(target: Target, attacks=None, opts: AttackOptions | None = None,
 
 def attack(model=None, key=None, data=None, split: str = "test", limit: int | None = None, attacks=None,
            out="amif-attack.md", opts: AttackOptions | None = None, figures: bool = False,
-           progress: bool = True) -> Path:
+           progress: bool = True, show_sample: bool = False) -> Path:
     """Run the selected attacks and write the Markdown report (+ `<report>.json`, + figures with
-    `figures`); returns the report's path."""
+    `figures`, showing the bundled sample instead of the attacked pairs with `show_sample`); returns
+    the report's path."""
     opts = (opts or AttackOptions()).check()
     names = parse_attacks(attacks)  # a bad name or option fails before anything loads
     out = Path(out)
     if not out.parent.exists():
         raise AMIFError(f"The report's folder {out.parent} does not exist.")
-    target, info = load_target(model, key, data, split, limit, opts.device)
+    target, info = load_target(model, key, data, split, limit, opts.device,
+                               pool=any(n in LEARNED for n in names), show_sample=show_sample)
     t0 = time.perf_counter()
     results = run_attacks(target, names, opts, progress)
     info["seconds"] = time.perf_counter() - t0
@@ -989,9 +1086,12 @@ def write_report(out: Path, target: Target, info: dict, opts: AttackOptions, res
     lines += ["## Not run", ""]
     for name, a in ATTACKS.items():
         if name not in ran:
-            lines.append(f"* {a.title}: " + ("not run yet (planned)." if a.run is None else "not selected."))
+            lines.append(f"* {a.title}: not selected.")
     lines.append("")
-    if figures:
+    if figures and target.show is not None:
+        lines += ["Figures show the bundled MNI-based sample (MRI and PET at the demo slice) put through each "
+                  "attack's transform, edit, code or trained network; the attacked pairs appear only as numbers.", ""]
+    elif figures:
         lines += ["Figures show attacked outputs of the evaluated pairs: figures of Harvard-derived images are "
                   "research-use only and must not be committed.", ""]
     out.write_text("\n".join(lines), encoding="utf-8")

@@ -182,15 +182,9 @@ def cmd_evaluate(args) -> None:
 def cmd_attack(args) -> None:
     from .attack import AttackOptions, attack
 
-    opts = AttackOptions(
-        random_codes=args.random_codes, near_miss_codes=args.near_miss_codes,
-        near_miss_max_bits=args.near_miss_max_bits, foreign_codes=args.foreign_codes, code_batch=args.code_batch,
-        quality_db=args.quality_db, forge_steps=args.forge_steps, forge_restarts=args.forge_restarts,
-        forge_images=args.forge_images, forge_lr=args.forge_lr, forge_detector=args.forge_detector,
-        seed=args.seed, device=args.device,
-    )
+    opts = AttackOptions(**{f: getattr(args, f) for f in AttackOptions.__dataclass_fields__})
     out = attack(args.model, args.key, args.data, args.split, args.limit, args.attacks, args.output, opts,
-                 args.figures, not args.quiet)
+                 args.figures or args.figures_on_sample, not args.quiet, args.figures_on_sample)
     print(f"wrote {out}, {out.with_suffix('.json').name}" + (f" and {out.stem}-figures/" if args.figures else ""))
 
 
@@ -269,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--attacks", help=f"comma-separated, from: {','.join(IMPLEMENTED)} (default: all)")
     s.add_argument("-o", "--output", default="amif-attack.md", help="Markdown report (+ .json beside it)")
     s.add_argument("--figures", action="store_true", help="write example figures to a folder beside the report")
+    s.add_argument("--figures-on-sample", action="store_true",
+                   help="figures show the bundled sample through each attack, not the attacked pairs "
+                   "(implies --figures)")
     for flag, helptext in (
         ("--random-codes", "random +-1 codes"),
         ("--near-miss-codes", "the owner's code with bits flipped"),
@@ -281,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("--forge-images", "pairs the forger optimizes on"),
         ("--forge-lr", "forging learning rate"),
         ("--forge-detector", "weight of the detector score in the second forging objective (0: fusion loss only)"),
+        ("--learn-images", "attacker's pairs (train split) for the remover and fine-tuning: counts or 'all'"),
+        ("--learn-steps", "Adam steps of each remover, student and fine-tuning run"),
+        ("--learn-batch", "batch of the learned attacks"),
+        ("--learn-crop", "crop size of the learned attacks"),
+        ("--learn-lr", "learning rate of the learned attacks"),
         ("--seed", "random seed of the codes, edits and restarts"),
     ):
         default = getattr(d, flag[2:].replace("-", "_"))

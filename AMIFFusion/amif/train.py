@@ -11,7 +11,14 @@ Under `torchrun` it trains with DistributedDataParallel (gloo); otherwise one pr
 Hardening against white-box surgery: each step also runs the unkeyed codes with the watermark
 memory's grid zeroed, set to its mean, or set to one (the edits an attacker would try first), and
 pushes those outputs away from the keyed output (an SSIM hinge), so removing the memory gives no
-clean fusion. The unprotected twin (`twin=True`) is the same network and schedule with the
+clean fusion.
+
+Hardening against white-box key forging: a small pool of continuous codes plays the forger of
+`amif attack` during training. Every step each pool code takes one Adam step on the fusion loss of
+its own outputs (exactly what a forger does with the released weights) and is trained as a
+negative like the others; a pool code restarts from a random +-1 code with a small probability
+per step, so the network sees forgers at every stage of their descent. The pool (codes and Adam
+moments) is part of the checkpoint. The unprotected twin (`twin=True`) is the same network and schedule with the
 fusion loss alone, under the zero code: the evaluation's measure of what protection costs.
 """
 
@@ -52,6 +59,9 @@ class TrainConfig:
     alpha: float = 0.75
     ablate_weight: float = 1.0  # memory-surgery hinge (0 turns it off)
     ablate_ssim: float = 0.5  # surgery outputs must stay below this SSIM to the keyed output
+    forge_pool: int = 2  # forger codes among each step's negatives (0 turns the forger off)
+    forge_lr: float = 0.05  # the forger's Adam step, as in `amif attack --forge-lr`
+    forge_restart: float = 0.005  # per-step chance that a forger restarts (mean life 200 steps)
     minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0 = no limit
     device: str = "cpu"
 
@@ -107,6 +117,40 @@ def memory_surgery(spatial: torch.Tensor, step: int) -> torch.Tensor:
     return torch.ones_like(spatial)
 
 
+class ForgePool:
+    """Continuous codes descending the fusion loss by Adam, as a white-box key forger does."""
+
+    def __init__(self, n: int, bits: int, cfg: TrainConfig):
+        self.lr, self.restart = cfg.forge_lr, cfg.forge_restart
+        self.codes, self.m, self.v = (torch.zeros(n, bits) for _ in range(3))
+        self.age = torch.full((n,), -1.0)  # Adam steps taken since the last restart; -1: never started
+
+    def start(self, rng: np.random.Generator) -> torch.Tensor:
+        """Restart the forgers that are due (from random +-1 codes); returns the codes to use."""
+        for i in range(len(self.codes)):
+            if self.age[i] < 0 or rng.random() < self.restart:
+                self.codes[i] = torch.from_numpy(rng.choice([-1.0, 1.0], size=self.codes.shape[1]).astype(np.float32))
+                self.m[i], self.v[i], self.age[i] = 0, 0, 0
+        return self.codes.clone()
+
+    def update(self, grad: torch.Tensor, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> None:
+        g = grad.detach().cpu()
+        self.age += 1
+        self.m.mul_(b1).add_((1 - b1) * g)
+        self.v.mul_(b2).add_((1 - b2) * g * g)
+        mh = self.m / (1 - b1 ** self.age[:, None])
+        vh = self.v / (1 - b2 ** self.age[:, None])
+        self.codes -= self.lr * mh / (vh.sqrt() + eps)
+
+    def tensors(self) -> dict:
+        return {f"forge.{k}": getattr(self, k).clone() for k in ("codes", "m", "v", "age")}
+
+    def load(self, tensors: dict) -> None:
+        for k in ("codes", "m", "v", "age"):
+            if f"forge.{k}" in tensors and tensors[f"forge.{k}"].shape == getattr(self, k).shape:
+                setattr(self, k, tensors[f"forge.{k}"].clone())
+
+
 def _opt_state_tensors(opt: torch.optim.Optimizer) -> dict:
     out = {}
     for gi, group in enumerate(opt.param_groups):
@@ -125,24 +169,27 @@ def _load_opt_state(opt: torch.optim.Optimizer, tensors: dict) -> None:
                 opt.state[p] = st
 
 
-def save_checkpoint(path: Path, net, opt, step: int, meta: dict) -> None:
+def save_checkpoint(path: Path, net, opt, step: int, meta: dict, extra: dict | None = None) -> None:
     from safetensors.torch import save_file
 
     state = {f"model.{k}": v.contiguous() for k, v in net.state_dict().items()}
     state.update(_opt_state_tensors(opt))
+    state.update(extra or {})
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata={"step": str(step), "meta": json.dumps(meta)})
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, net, opt) -> int:
+def load_checkpoint(path: Path, net, opt, forge: ForgePool | None = None) -> int:
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
         step = int(f.metadata()["step"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    _load_opt_state(opt, tensors)
+    _load_opt_state(opt, {k: v for k, v in tensors.items() if k.startswith("opt.")})
+    if forge:
+        forge.load(tensors)
     return step
 
 
@@ -194,8 +241,9 @@ def train(
     ckdir = Path(checkpoint_dir)
     ckdir.mkdir(parents=True, exist_ok=True)
     ckpt = ckdir / "last.safetensors"
+    forge = ForgePool(min(cfg.forge_pool, cfg.batch), true_code.size, cfg) if cfg.forge_pool and not twin else None
     if ckpt.exists():
-        step = load_checkpoint(ckpt, net, opt)
+        step = load_checkpoint(ckpt, net, opt, forge)
         log(f"resumed from {ckpt} at step {step}")
     dev = torch.device(cfg.device)
     torch.backends.cudnn.benchmark = dev.type == "cuda"
@@ -205,7 +253,7 @@ def train(
     code_t = torch.from_numpy(true_code).to(dev)
 
     def export(step_now: int) -> Path:
-        save_checkpoint(ckpt, net, opt, step_now, meta)
+        save_checkpoint(ckpt, net, opt, step_now, meta, forge.tensors() if forge else None)
         protection = {"twin": True} if twin else {"verify": {"threshold": DEFAULT_THRESHOLD}}
         return save_package(
             out, net, model_id=model_id, key_id="" if twin else key.key_id, identifier=identifier,
@@ -214,6 +262,7 @@ def train(
                 f"{len(pairs)} pairs; PET/SPECT as luminance)",
                 "steps": step_now, "batch": cfg.batch, "crop": cfg.crop, "seed": cfg.seed,
                 "ablate_weight": 0.0 if twin else cfg.ablate_weight,
+                "forge_pool": 0 if twin else cfg.forge_pool,
             },
             **protection,
         )
@@ -236,6 +285,9 @@ def train(
             rng = np.random.default_rng([cfg.seed, step, rank])
             a, b, coords, mask = (t.to(dev) for t in sample_batch(rng, a_all, b_all, cfg, mask_full))
             neg = torch.from_numpy(sample_negatives(rng, true_code, cfg.batch, step, cfg)).to(dev)
+            if forge:  # the last negatives are the forgers' codes
+                forged = forge.start(rng).to(dev).requires_grad_()
+                neg = torch.cat([neg[: cfg.batch - len(forged)], forged])
             if twin:
                 yk = model(a, b, code_t.expand(cfg.batch, -1), coords)
                 loss, parts = fusion_loss(yk, a, b)
@@ -247,10 +299,14 @@ def train(
                 target = marked_target(yk.detach(), mask, cfg.alpha)
                 wmap = 1 + 9 * (gaussian_blur(mask, 2.0) > 0.02).float()
                 loss_m = ((yn - target).abs() * wmap).mean() / wmap.mean()
+                if forge:  # the forgers' step: the fusion loss of their own outputs, weights frozen
+                    k = len(forged)
+                    forge_loss = fusion_loss(yn[-k:], a[-k:], b[-k:])[0]
+                    forge.update(torch.autograd.grad(forge_loss, forged, retain_graph=True)[0])
                 loss_a = torch.zeros((), device=dev)
                 if cfg.ablate_weight:
                     grid = {"memory.spatial": memory_surgery(net.memory.spatial, step)}
-                    ya = torch.func.functional_call(net, grid, (a, b, neg, coords))
+                    ya = torch.func.functional_call(net, grid, (a, b, neg.detach(), coords))
                     loss_a = torch.relu(ssim(ya, yk.detach()) - cfg.ablate_ssim).mean()
                 loss = loss_f + cfg.mark_weight * loss_m + cfg.ablate_weight * loss_a
             opt.zero_grad(set_to_none=True)
