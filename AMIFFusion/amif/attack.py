@@ -213,7 +213,6 @@ class Target:
         for k in ("a", "b", "keyed", "unkeyed"):
             setattr(t, k, getattr(self, k)[idx])
         t.kinds, t.names = [self.kinds[i] for i in idx], [self.names[i] for i in idx]
-        t._figure = self._figure
         return t
 
 
