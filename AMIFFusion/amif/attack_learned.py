@@ -148,6 +148,17 @@ def _subset(n_pool: int, n: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(n_pool)[:n])
 
 
+def _released_outputs(target, idx: np.ndarray, keyed: bool = False) -> np.ndarray:
+    """The released model's outputs on the attacker's pairs `idx` (no key, or the owner's code for the
+    leaked keyed outputs); kept on the target, so the remover and the students share one run."""
+    cache = target.__dict__.setdefault("_released_outputs", {})
+    k = (keyed, idx.tobytes())
+    if k not in cache:
+        a, b = target.pool
+        cache[k] = target.outputs(a[idx], b[idx], target.code if keyed else None)
+    return cache[k]
+
+
 def _row_measure(m) -> list[str]:
     from .attack import _db, _pct
 
@@ -162,7 +173,7 @@ def learned_removal(target, opts, progress: bool = True):
     counts = image_counts(opts.learn_images, len(pa))
     rng_idx = _subset(len(pa), max(counts), opts.seed)
     leak_a, leak_b = pa[rng_idx], pb[rng_idx]
-    leak_unkeyed, leak_keyed = target.outputs(leak_a, leak_b), target.outputs(leak_a, leak_b, target.code)
+    leak_unkeyed, leak_keyed = _released_outputs(target, rng_idx), _released_outputs(target, rng_idx, keyed=True)
     before = Measure.of(target, target.unkeyed, quality_db=opts.quality_db)
     fig = target.figure_target()
     rows, data, figure = [], [], [("keyed", fig.keyed[0]), ("unkeyed", fig.unkeyed[0])]
@@ -207,7 +218,7 @@ def distillation(target, opts, progress: bool = True):
     n = max(image_counts(opts.learn_images, len(pa)))
     idx = _subset(len(pa), n, opts.seed)
     sa, sb = pa[idx], pb[idx]
-    teacher = target.outputs(sa, sb)
+    teacher = _released_outputs(target, idx)
     fig = target.figure_target()
     rows, data, figure = [], [], [("keyed", fig.keyed[0]), ("unkeyed", fig.unkeyed[0])]
     mean_in = lambda a, b: (a + b) / 2  # noqa: E731  (channel 0: the residual's base)
@@ -250,7 +261,7 @@ def _eval_steps(total: int) -> list[int]:
 
 
 def _tune(net, pa, pb, idx, opts, seed, evaluate, bar) -> tuple[list, float]:
-    """Fusion-loss training of `net` under the zero code on crops of pairs `idx`; `evaluate(step)` at the
+    """Fusion-loss training of `net` under the zero code on crops of pairs `idx`; `evaluate(net, step)` at the
     evaluation steps. Returns the evaluations and the training seconds (evaluation excluded)."""
     from .losses import fusion_loss
     from .train import TrainConfig, sample_batch
