@@ -328,3 +328,26 @@ def test_attack_cli_selection_and_errors(tiny_package, pairs, tmp_path, capsys):
     fails([*base, "--forge-images", "0", "-o", str(tmp_path / "x.md")], "--forge-images must be 1 or more")
     fails([*base, "-o", str(tmp_path / "missing" / "x.md")], "does not exist")
     assert not (tmp_path / "x.md").exists()
+
+
+def test_attack_groups_in_processes_give_the_same_report(tiny_package, pairs, tmp_path):
+    _, key, d = tiny_package
+    opts = AttackOptions(random_codes=6, near_miss_codes=4, near_miss_max_bits=2, foreign_codes=1)
+    kw = dict(model=d / "tiny", key=key, data=pairs, limit=1, attacks="wrong-keys,classical", opts=opts, progress=False)
+
+    def same(x, y) -> bool:  # equal up to float rounding (one thread vs several); wall times aside
+        if isinstance(x, dict):
+            return x.keys() == y.keys() and all(k == "seconds" or same(x[k], y[k]) for k in x)
+        if isinstance(x, list):
+            return len(x) == len(y) and all(map(same, x, y))
+        return x == pytest.approx(y, rel=1e-5, abs=1e-6) if isinstance(x, float) else x == y
+
+    one = atk.attack(out=tmp_path / "one.md", **kw)
+    two = atk.attack(out=tmp_path / "two.md", groups=[["classical"], ["wrong-keys"]], **kw)
+    a, b = (json.loads(p.with_suffix(".json").read_text()) for p in (one, two))
+    assert list(b["attacks"]) == ["wrong-keys", "classical"] and same(a["attacks"], b["attacks"])
+    b["attacks"]["classical"]["rows"][3]["psnr_after"] += 0.01
+    assert not same(a["attacks"], b["attacks"])
+    with pytest.raises(AMIFError, match="must cover the selected attacks"):
+        atk.attack(out=tmp_path / "bad.md", groups=[["classical"]], **kw)
+    assert not (tmp_path / "bad.md").exists()

@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 
+from amif.baselines import max_fusion
 from amif.metrics import (
     NAMES,
     all_metrics,
     average_gradient,
     entropy,
-    max_rule,
     mutual_information,
     psnr,
     qabf,
@@ -139,12 +139,31 @@ def test_sums_are_symmetric_in_the_sources():
 
 def test_all_metrics_order_and_values():
     a, b = _image(0), _image(1).T
-    f = max_rule(a, b)
+    f = max_fusion(a, b)
     m = all_metrics(a, b, f)
     assert tuple(m) == NAMES == ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM", "PSNR")
     assert m["EN"] == entropy(f) and m["VIF"] == vif(a, b, f) and m["Qabf"] == qabf(a, b, f)
     assert all(np.isfinite(v) for v in m.values())
 
 
-def test_max_rule():
-    assert (max_rule(np.array([1, 5]), np.array([3, 2])) == [3, 5]).all()
+def test_training_vif_matches_the_metric_and_its_hinge_stops_at_the_max_rule():
+    import torch
+
+    from amif.losses import fusion_loss, gaussian_blur, vif
+    from amif.metrics import _vifp
+
+    rng = np.random.default_rng(3)
+    a = gaussian_blur(torch.from_numpy(rng.random((1, 1, 96, 80))), 2.0)
+    a = (a - a.min()) / (a.max() - a.min())
+    a[..., :30, :30] = 0  # a flat patch: the metric's special cases
+    for f in (a, 0.7 * a + 0.2 * torch.from_numpy(rng.random(a.shape)), a.flip(-1), torch.full_like(a, 0.5)):
+        f = f.clone()
+        f[..., :20, :20] = 0
+        assert abs(vif(a, f).item() - _vifp(a[0, 0].numpy() * 255, f[0, 0].numpy() * 255)) < 1e-9
+    b = torch.from_numpy(rng.random(a.shape))
+    m = torch.maximum(a, b).requires_grad_()
+    _, parts = fusion_loss(m, a, b, w_vif=1.0)
+    assert parts["vif"] == 0.0  # no shortfall against the max rule: the hinge is off
+    y = m + 0.1 * torch.from_numpy(rng.standard_normal(a.shape))  # noise: fidelity below the max rule's
+    loss, parts = fusion_loss(y, a, b, w_vif=1.0)
+    assert parts["vif"] > 0.02 and loss.item() > fusion_loss(y, a, b)[0].item()

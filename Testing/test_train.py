@@ -8,15 +8,18 @@ from amif.train import TrainConfig, sample_negatives, train
 TINY = NetConfig(c1=4, c2=8, c3=8, mem_channels=4, mem_size=16, key_features=32, key_hidden=8)
 
 
-def _fake_pairs(root, n=3):
+def _fake_pairs(root, n=3, blocks=1):
+    """Random images; with blocks > 1, piecewise constant in blocks x blocks squares (structure
+    that the fusion metrics see, unlike pixel noise)."""
     rng = np.random.default_rng(0)
     for folder, kind in (("CT-MRI", "CT"), ("PET-MRI", "PET")):
         for mod in ("MRI", kind):
             d = root / folder / "train" / mod
             d.mkdir(parents=True)
             for i in range(n):
-                shape = (64, 64, 3) if mod == "PET" else (64, 64)
-                Image.fromarray((rng.random(shape) * 255).astype(np.uint8)).save(d / f"{i}.png")
+                shape = (64 // blocks, 64 // blocks, 3) if mod == "PET" else (64 // blocks, 64 // blocks)
+                img = rng.random(shape).repeat(blocks, 0).repeat(blocks, 1)
+                Image.fromarray((img * 255).astype(np.uint8)).save(d / f"{i}.png")
 
 
 def test_train_writes_package_and_resumes_deterministically(tiny_package, tmp_path):
@@ -78,8 +81,8 @@ def test_surgery_loss_changes_training(tiny_package, tmp_path):
         cfg = TrainConfig(steps=2, batch=2, crop=32, ablate_weight=w, ablate_ssim=-1.0)
         train(key, tmp_path / f"w{w}" / "m", checkpoint_dir=tmp_path / f"w{w}" / "ck", cfg=cfg, **kw)
         nets[w] = load_package(tmp_path / f"w{w}" / "m").net.state_dict()
-        rows = (tmp_path / f"w{w}" / "ck" / "metrics.csv").read_text().splitlines()[1:]
-        ablate = [float(r.split(",")[6]) for r in rows]
+        rows = [r.split(",") for r in (tmp_path / f"w{w}" / "ck" / "metrics.csv").read_text().splitlines()]
+        ablate = [float(r[rows[0].index("ablate")]) for r in rows[1:]]
         assert all(a > 0 for a in ablate) if w else all(a == 0 for a in ablate)
     assert any(not np.allclose(nets[0.0][n].numpy(), nets[1.0][n].numpy()) for n in nets[0.0])
 
@@ -99,8 +102,9 @@ def test_twin_trains_without_key_or_identifier(tmp_path):
     m = pkg.manifest
     assert m["twin"] is True and m["key_id"] == "" and m["identifier"] == "" and m["model_id"] == "twin"
     assert m["training"]["ablate_weight"] == 0.0 and "verify" not in m
-    mark = [float(r.split(",")[5]) for r in (tmp_path / "ck" / "metrics.csv").read_text().splitlines()[1:]]
-    assert mark == [0.0, 0.0]
+    rows = [r.split(",") for r in (tmp_path / "ck" / "metrics.csv").read_text().splitlines()]
+    mark = rows[0].index("mark")
+    assert [float(r[mark]) for r in rows[1:]] == [0.0, 0.0]
     a = np.random.default_rng(0).random((40, 48)).astype(np.float32)
     assert _run_twin(pkg, a, a[::-1].copy()).shape == (40, 48)
     with pytest.raises(AMIFError, match="unprotected twin"):
@@ -135,3 +139,26 @@ def test_forger_pool_descends_the_fusion_loss_and_restarts():
     assert set(np.unique(fresh.numpy())) == {-1.0, 1.0} and pool.m.abs().sum() == 0 and pool.age.sum() == 0
     pool.load(saved)
     assert torch.equal(pool.codes, saved["forge.codes"]) and torch.equal(pool.age, saved["forge.age"])
+
+
+def test_vif_term_changes_training_and_is_recorded(tmp_path):
+    import pytest
+
+    from amif.errors import AMIFError
+
+    _fake_pairs(tmp_path / "data", blocks=8)
+    kw = dict(identifier="", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None, twin=True)
+    outs = {}
+    for w in (0.0, 1.0):
+        cfg = TrainConfig(steps=3, batch=2, crop=48, vif_weight=w)
+        out = train(None, tmp_path / f"w{w}" / "twin", checkpoint_dir=tmp_path / f"ck{w}", cfg=cfg, **kw)
+        outs[w] = load_package(out)
+        rows = [r.split(",") for r in (tmp_path / f"ck{w}" / "metrics.csv").read_text().splitlines()]
+        vif = [float(r[rows[0].index("vif")]) for r in rows[1:]]
+        assert len(vif) == 3 and (w > 0 or vif == [0.0, 0.0, 0.0])
+        assert outs[w].manifest["training"]["vif_weight"] == w
+    sa, sb = outs[0.0].net.state_dict(), outs[1.0].net.state_dict()  # same seed: only the VIF term differs
+    assert any(not np.allclose(sa[k].numpy(), sb[k].numpy()) for k in sa)
+    with pytest.raises(AMIFError, match="crop of at least 48"):
+        train(None, tmp_path / "small" / "twin", checkpoint_dir=tmp_path / "cks",
+              cfg=TrainConfig(steps=1, batch=2, crop=32, vif_weight=1.0), **kw)

@@ -4,7 +4,8 @@ Prints, and writes as Markdown (+ a keyed/unkeyed figure) to --out:
   * verify flag rates: 1,000 random codes, 256 near-miss codes (1-16 flipped bits), no key,
     keyed outputs, and the source images;
   * per modality: Qabf, VIF, EN, SF of keyed outputs against the element-wise max rule on the
-    same images (ratio keyed / max).
+    same images (ratio keyed / max), computed by `amif evaluate` so they match the evaluation report;
+  * single-module surgery (each module zeroed, no key).
 
     python tools/evaluate_engine.py [-m MODEL] [--data ../shared/data/harvard] [--out Resources/engine-eval]
 """
@@ -12,7 +13,9 @@ Prints, and writes as Markdown (+ a keyed/unkeyed figure) to --out:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +25,8 @@ sys.path.insert(0, str(ROOT / "AMIFFusion"))
 
 from amif.attack import Target, code_trials, run_edit, surgery_edit, surgery_targets  # noqa: E402
 from amif.data import default_data_dir, list_pairs, load_pairs  # noqa: E402
+from amif.evaluate import evaluate  # noqa: E402
 from amif.keys import load_key  # noqa: E402
-from amif.metrics import METRICS, max_rule  # noqa: E402
 from amif.package import bundled_key_path, bundled_model_path, load_package  # noqa: E402
 from amif.verify import identifier_scores  # noqa: E402
 
@@ -86,14 +89,16 @@ def main() -> None:
                             ("no key (zero code)", s_none, "100%"), ("keyed (owner's key)", s_key, "<= 1%"),
                             ("source images (MRI and other)", s_src, "<= 1%")]:
         lines.append(f"| {name} | {len(s)} | {100 * np.mean(s >= thr):.1f}% | {np.median(s):.3f} | {target} |")
-    lines += ["", "| modality | metric | keyed AMIF | max rule | ratio | target |", "|---|---|---|---|---|---|"]
-    targets = {"Qabf": ">= 0.97", "VIF": ">= 0.97", "EN": "> 1", "SF": "> 1"}
-    kinds = np.array([p.kind for p in pairs])
+    lines += ["", "Keyed outputs against the element-wise max rule, as in the evaluation report (`amif evaluate`: "
+              "the fused luminance, PET/SPECT chroma restored, scored on grey 0-255):", "",
+              "| modality | metric | keyed AMIF | max rule | ratio | target |", "|---|---|---|---|---|---|"]
+    targets = {"EN": "> 1", "SF": "> 1", "Qabf": ">= 0.97", "VIF": ">= 0.97"}
+    with tempfile.TemporaryDirectory() as tmp:
+        report = evaluate([args.model], args.data, "test", [args.key], out=Path(tmp) / "eval.md", figures=False)
+        doc = json.loads(report.with_suffix(".json").read_text())
     for kind in ("CT", "PET", "SPECT"):
-        sel = np.where(kinds == kind)[0]
-        for m, fn in METRICS.items():
-            am = np.mean([fn(a8[i], b8[i], np.round(keyed[i] * 255)) for i in sel])
-            mx = np.mean([fn(a8[i], b8[i], max_rule(a8[i], b8[i])) for i in sel])
+        for m in targets:
+            am, mx = (doc["rows"][row][kind]["mean"][doc["metrics"].index(m)] for row in ("AMIF keyed", "max"))
             lines.append(f"| {kind} | {m} | {am:.4f} | {mx:.4f} | {am / mx:.3f} | {targets[m]} |")
     lines += ["", "Single-module surgery (white-box): each module's parameters zeroed in turn, no key, "
               "first 24 test pairs (mean PSNR over images). A clean result would be: not flagged and PSNR to the "
@@ -104,8 +109,9 @@ def main() -> None:
     from PIL import Image
 
     rows = []
+    kinds = [p.kind for p in pairs]
     for kind in ("CT", "PET", "SPECT"):
-        i = int(np.where(kinds == kind)[0][0])
+        i = kinds.index(kind)
         rows.append(np.concatenate([a[i], b[i], keyed[i], nokey[i]], axis=1))
     fig = Path(args.figure)
     fig.parent.mkdir(parents=True, exist_ok=True)

@@ -14,23 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import sys
-import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "AMIFFusion"))
 
-from amif.attack import (  # noqa: E402
-    IMPLEMENTED,
-    AttackOptions,
-    command_line,
-    load_target,
-    write_json,
-    write_report,
-)
+from amif.attack import AttackOptions, attack  # noqa: E402
 from amif.data import default_data_dir  # noqa: E402
 
 OUT = ROOT / "Resources" / "attack"
@@ -114,19 +104,8 @@ def curves(doc: dict, path: Path) -> bool:
     return True
 
 
+# two processes, one core each: the groups take about the same time at the defaults
 GROUPS = (("wrong-keys", "classical", "surgery"), ("forging", "learned-removal", "distillation", "fine-tuning"))
-
-
-def _run_group(group, args, opts, progress):
-    """One process's share of the attacks (the two groups take about the same time on one core each)."""
-    import torch
-
-    from amif.attack import LEARNED, load_target, run_attacks
-
-    torch.set_num_threads(1)
-    target, _ = load_target(data=args.data, limit=args.limit, pool=any(n in LEARNED for n in group),
-                            show_sample=True)
-    return run_attacks(target, group, opts, progress)
 
 
 def main(argv=None) -> int:
@@ -145,17 +124,7 @@ def main(argv=None) -> int:
     opts = AttackOptions(forge_steps=args.forge_steps, forge_restarts=args.forge_restarts,
                          forge_images=args.forge_images, learn_steps=args.learn_steps,
                          learn_batch=args.learn_batch).check()
-    t0 = time.perf_counter()
-    with ProcessPoolExecutor(len(GROUPS), mp_context=multiprocessing.get_context("spawn")) as pool:
-        jobs = [pool.submit(_run_group, g, args, opts, i == 0) for i, g in enumerate(GROUPS)]
-        results = [r for j in jobs for r in j.result()]
-    target, info = load_target(data=args.data, limit=args.limit, show_sample=True)
-    info["seconds"] = time.perf_counter() - t0
-    names = [r.name for r in results]
-    info["command"] = command_line(info, names, report, opts, True)
-    results.sort(key=lambda r: IMPLEMENTED.index(r.name))
-    write_json(report.with_suffix(".json"), target, info, opts, results)
-    write_report(report, target, info, opts, results, figures=True)
+    attack(data=args.data, limit=args.limit, out=report, opts=opts, figures=True, show_sample=True, groups=GROUPS)
 
     def portable(t: str) -> str:  # no paths of this machine in published files
         return t.replace(str(args.data), "../shared/data/harvard").replace(str(ROOT) + "/", "")

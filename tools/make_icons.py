@@ -31,20 +31,9 @@ def icon(size=128) -> Image.Image:
 
 
 def thumbnail() -> Image.Image:
-    import SimpleITK as sitk
+    from amif.sample import sample_slices
 
-    import amif.fusion as f
-
-    sample = ROOT / "AMIFFusion" / "Resources" / "SampleData"
-    mri_img = sitk.ReadImage(str(sample / "AMIFSample-MRI.nrrd"))
-    mri = f.display_array(mri_img)
-    pet = f.display_array(f.resample_onto(sitk.ReadImage(str(sample / "AMIFSample-PET.nrrd")), mri_img))
-    k = int(mri.shape[0] * 0.55)
-    tiles = []
-    for v in (mri, pet):
-        lo, hi = f.robust_window(v)
-        tiles.append(np.clip((v[k] - lo) / (hi - lo), 0, 1))
-    arr = (np.concatenate(tiles, axis=1) * 255).astype(np.uint8)
+    arr = (np.concatenate(sample_slices(), axis=1) * 255).astype(np.uint8)
     img = Image.fromarray(arr).convert("RGB")
     return img.resize((256, round(256 * img.height / img.width)), Image.LANCZOS)
 

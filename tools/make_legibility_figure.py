@@ -21,11 +21,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "AMIFFusion"))
 
-from amif.fusion import display_array, fuse_images, resample_onto, robust_window  # noqa: E402
+from amif.fusion import fuse_images  # noqa: E402
 from amif.package import bundled_key_path, bundled_model_path, load_package  # noqa: E402
-
-SAMPLE = ROOT / "AMIFFusion" / "Resources" / "SampleData"
-DEPTH = 0.55  # which axial slice, as a fraction of the volume's extent
+from amif.sample import sample_volumes, unit_slice  # noqa: E402
 
 
 def colour_map(x: np.ndarray, stops) -> np.ndarray:
@@ -42,17 +40,9 @@ def simulated_pairs(seed: int = 3) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     import SimpleITK as sitk
 
     rng = np.random.default_rng(seed)
-    mri_img = sitk.ReadImage(str(SAMPLE / "AMIFSample-MRI.nrrd"), sitk.sitkFloat32)
-    pet_img = resample_onto(sitk.ReadImage(str(SAMPLE / "AMIFSample-PET.nrrd"), sitk.sitkFloat32), mri_img)
+    mri_img, pet_img = sample_volumes()
     spect_img = sitk.SmoothingRecursiveGaussian(pet_img, 4.0)
-    k = int(DEPTH * mri_img.GetSize()[2])
-
-    def unit(img) -> np.ndarray:
-        vol = display_array(img)
-        lo, hi = robust_window(vol)
-        return np.clip((vol[k] - lo) / (hi - lo), 0, 1)
-
-    mri = unit(mri_img)
+    mri = unit_slice(mri_img)
     brain = mri > 0.05
     dilate = sitk.BinaryDilateImageFilter()
     dilate.SetKernelRadius(5)
@@ -64,8 +54,8 @@ def simulated_pairs(seed: int = 3) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     ct_img = sitk.SmoothingRecursiveGaussian(sitk.GetImageFromArray(np.clip(ct, 0, 1).astype(np.float32)), 0.7)
     return mri, {
         "CT-like": np.clip(sitk.GetArrayFromImage(ct_img), 0, 1),
-        "PET-like": colour_map(unit(pet_img), HOT),
-        "SPECT-like": colour_map(unit(spect_img), RAINBOW),
+        "PET-like": colour_map(unit_slice(pet_img), HOT),
+        "SPECT-like": colour_map(unit_slice(spect_img), RAINBOW),
     }
 
 

@@ -37,22 +37,15 @@ SAMPLE_SLICES = (0.45, 0.55)  # fractions of the sample's axial extent
 
 def sample_pairs(folder: Path) -> Path:
     """Axial slices of the bundled sample as a PET-MRI/test pair folder (8-bit PNGs)."""
-    import SimpleITK as sitk
     from PIL import Image
 
-    from amif.fusion import display_array, resample_onto, robust_window
+    from amif.sample import sample_volumes, unit_slice
 
-    sample = ROOT / "AMIFFusion" / "Resources" / "SampleData"
-    mri = sitk.ReadImage(str(sample / "AMIFSample-MRI.nrrd"))
-    pet = resample_onto(sitk.ReadImage(str(sample / "AMIFSample-PET.nrrd")), mri)  # the PET grid is coarser
-    for name, img in (("MRI", mri), ("PET", pet)):
-        vol = display_array(img)
-        lo, hi = robust_window(vol)
+    for name, img in zip(("MRI", "PET"), sample_volumes()):
         d = folder / "PET-MRI" / "test" / name
         d.mkdir(parents=True)
         for i, f in enumerate(SAMPLE_SLICES):
-            sl = np.clip((vol[int(f * vol.shape[0])] - lo) / (hi - lo), 0, 1)
-            Image.fromarray(np.round(sl * 255).astype(np.uint8)).save(d / f"slice{i}.png")
+            Image.fromarray(np.round(unit_slice(img, f) * 255).astype(np.uint8)).save(d / f"slice{i}.png")
     return folder
 
 

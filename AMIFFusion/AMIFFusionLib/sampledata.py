@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from amif.sample import FILES
+
 CATEGORY = "AMIF"
 SAMPLE_NAME = "AMIFSample"
-FILES = ("AMIFSample-MRI.nrrd", "AMIFSample-PET.nrrd")
 THUMBNAIL = "AMIFSample.png"
 
 

@@ -918,22 +918,16 @@ def parse_attacks(spec) -> list[str]:
 
 
 def sample_show_pair(shape: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """The bundled sample's MRI and PET (resampled onto the MRI) at the demo's axial slice, windowed to
-    [0, 1] and resized to `shape`: a pair that figures may show whatever data was attacked."""
-    import SimpleITK as sitk
+    """The bundled sample's MRI and PET at the demo's axial slice (amif.sample.sample_slices), resized
+    to `shape`: a pair that figures may show whatever data was attacked."""
     import torch
     import torch.nn.functional as F
 
-    from .fusion import display_array, resample_onto, robust_window
+    from .sample import sample_slices
 
-    res = Path(__file__).resolve().parent.parent / "Resources" / "SampleData"
-    mri = sitk.ReadImage(str(res / "AMIFSample-MRI.nrrd"), sitk.sitkFloat32)
-    pet = resample_onto(sitk.ReadImage(str(res / "AMIFSample-PET.nrrd"), sitk.sitkFloat32), mri)
     out = []
-    for img in (mri, pet):
-        vol = display_array(img)
-        lo, hi = robust_window(vol)
-        x = torch.from_numpy(np.clip((vol[int(vol.shape[0] * 0.55)] - lo) / (hi - lo), 0, 1).astype(np.float32))
+    for sl in sample_slices():
+        x = torch.from_numpy(sl.astype(np.float32))
         out.append(F.interpolate(x[None, None], size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy())
     return out[0], out[1]
 
@@ -1016,21 +1010,44 @@ def run_attacks(target: Target, attacks=None, opts: AttackOptions | None = None,
     return [ATTACKS[name].run(target, opts, progress) for name in parse_attacks(attacks)]
 
 
+def _run_group(names, target_args, show_sample, opts, progress) -> list[AttackResult]:
+    """One worker process's attacks, on its own copy of the target, one CPU thread."""
+    import torch
+
+    torch.set_num_threads(1)
+    target, _ = load_target(*target_args, pool=any(n in LEARNED for n in names), show_sample=show_sample)
+    return run_attacks(target, names, opts, progress)
+
+
 def attack(model=None, key=None, data=None, split: str = "test", limit: int | None = None, attacks=None,
            out="amif-attack.md", opts: AttackOptions | None = None, figures: bool = False,
-           progress: bool = True, show_sample: bool = False) -> Path:
+           progress: bool = True, show_sample: bool = False, groups=None) -> Path:
     """Run the selected attacks and write the Markdown report (+ `<report>.json`, + figures with
     `figures`, showing the bundled sample instead of the attacked pairs with `show_sample`); returns
-    the report's path."""
+    the report's path. `groups` (lists of attack names covering the selection) run in parallel
+    processes, one CPU thread each; the report is the same as from one process."""
     opts = (opts or AttackOptions()).check()
     names = parse_attacks(attacks)  # a bad name or option fails before anything loads
+    groups = [parse_attacks(g) for g in groups or ()]
+    if groups and sorted(n for g in groups for n in g) != sorted(names):
+        raise AMIFError("The attack groups must cover the selected attacks, each once.")
     out = Path(out)
     if not out.parent.exists():
         raise AMIFError(f"The report's folder {out.parent} does not exist.")
     target, info = load_target(model, key, data, split, limit, opts.device,
-                               pool=any(n in LEARNED for n in names), show_sample=show_sample)
+                               pool=not groups and any(n in LEARNED for n in names), show_sample=show_sample)
     t0 = time.perf_counter()
-    results = run_attacks(target, names, opts, progress)
+    if groups:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        target_args = (model, key, data, split, limit, opts.device)
+        with ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("spawn")) as pool:
+            jobs = [pool.submit(_run_group, g, target_args, show_sample, opts, progress and i == 0)
+                    for i, g in enumerate(groups)]
+            results = sorted((r for j in jobs for r in j.result()), key=lambda r: names.index(r.name))
+    else:
+        results = run_attacks(target, names, opts, progress)
     info["seconds"] = time.perf_counter() - t0
     info["command"] = command_line(info, names, out, opts, figures)
     write_json(out.with_suffix(".json"), target, info, opts, results)

@@ -101,22 +101,19 @@ def cmd_demo(args) -> None:
     """Fuse the bundled sample with and without the demo key; write both and a side-by-side PNG."""
     import SimpleITK as sitk
 
+    from .fusion import display_array
     from .package import bundled_key_path
+    from .sample import SHOW_DEPTH, sample_paths, sample_slices
 
-    res = Path(__file__).resolve().parent.parent / "Resources" / "SampleData"
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    a, b = res / "AMIFSample-MRI.nrrd", res / "AMIFSample-PET.nrrd"
+    a, b = sample_paths()
     keyed = fuse_files(a, b, out / "fused-keyed.nrrd", args.model, bundled_key_path(), not args.quiet)
     unkeyed = fuse_files(a, b, out / "fused-unkeyed.nrrd", args.model, None, not args.quiet)
-    from .fusion import display_array, resample_onto, robust_window
-
-    mri_img = _read_volume(str(a))
-    mri, pet = display_array(mri_img), display_array(resample_onto(_read_volume(str(b)), mri_img))
-    k = int(mri.shape[0] * 0.55)
-    rows = [np.clip((v[k] - lo) / (hi - lo), 0, 1) for v in (mri, pet) for lo, hi in [robust_window(v)]]
+    rows = list(sample_slices())
     for name in ("fused-keyed.nrrd", "fused-unkeyed.nrrd"):
-        rows.append(display_array(sitk.ReadImage(str(out / name)))[k])
+        fused = display_array(sitk.ReadImage(str(out / name)))
+        rows.append(fused[int(SHOW_DEPTH * fused.shape[0])])
     side = np.concatenate(rows, axis=1)
     _write_2d(out / "demo-side-by-side.png", side, {"AMIF_panels": "MRI | PET | keyed (demo key) | no key"})
     print(f"keyed:   watermark {keyed['AMIF_watermark']} (score {keyed['AMIF_score']})")
@@ -166,7 +163,7 @@ def cmd_train(args) -> None:
     if not args.twin and not (args.key and args.identifier):
         raise AMIFError("amif train needs --key and --identifier (or --twin for the unprotected twin).")
     cfg = TrainConfig(steps=args.steps, batch=args.batch, seed=args.seed, save_every=args.save_every,
-                      minutes=args.minutes, device=args.device)
+                      minutes=args.minutes, device=args.device, vif_weight=args.vif_weight)
     train(args.key, args.output, args.identifier, data_dir=args.data, checkpoint_dir=args.checkpoints,
           init=args.init, cfg=cfg, twin=args.twin)
 
@@ -234,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=int, default=8)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--save-every", type=int, default=250)
+    s.add_argument("--vif-weight", type=float, default=0.0,
+                   help="weight of the VIF (information fidelity) term in the fusion loss")
     s.add_argument("--minutes", type=float, default=0, help="stop with a checkpoint after this wall time")
     s.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     s.set_defaults(func=cmd_train)

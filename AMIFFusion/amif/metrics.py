@@ -236,11 +236,3 @@ def all_metrics(a, b, f) -> dict[str, float]:
     a, b, f = to_grey(a), to_grey(b), to_grey(f)
     return {name: ALL[name](a, b, f) for name in NAMES}
 
-
-def max_rule(a, b) -> np.ndarray:
-    """Element-wise max baseline (kept here for tools/evaluate_engine.py; see amif.baselines)."""
-    return np.maximum(_f(a), _f(b))
-
-
-# The engine issue's acceptance subset (tools/evaluate_engine.py).
-METRICS = {k: ALL[k] for k in ("EN", "SF", "Qabf", "VIF")}

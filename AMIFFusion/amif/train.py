@@ -18,7 +18,11 @@ Hardening against white-box key forging: a small pool of continuous codes plays 
 its own outputs (exactly what a forger does with the released weights) and is trained as a
 negative like the others; a pool code restarts from a random +-1 code with a small probability
 per step, so the network sees forgers at every stage of their descent. The pool (codes and Adam
-moments) is part of the checkpoint. The unprotected twin (`twin=True`) is the same network and schedule with the
+moments) is part of the checkpoint.
+
+With `vif_weight`, the fusion loss also carries a VIF hinge: the shortfall of the keyed output's
+pixel-domain VIF to both sources against the element-wise max rule's on the same crop
+(losses.fusion_loss). The twin trains with the same loss. The unprotected twin (`twin=True`) is the same network and schedule with the
 fusion loss alone, under the zero code: the evaluation's measure of what protection costs.
 """
 
@@ -62,6 +66,7 @@ class TrainConfig:
     forge_pool: int = 2  # forger codes among each step's negatives (0 turns the forger off)
     forge_lr: float = 0.05  # the forger's Adam step, as in `amif attack --forge-lr`
     forge_restart: float = 0.005  # per-step chance that a forger restarts (mean life 200 steps)
+    vif_weight: float = 0.0  # weight of the VIF term in the fusion loss (losses.fusion_loss w_vif)
     minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0 = no limit
     device: str = "cpu"
 
@@ -209,6 +214,8 @@ def train(
     """Train (or resume) under the key at `key_path`; with `twin`, the unprotected twin (no key
     needed: `key_path` may be None and `identifier` is ignored). Returns the package path."""
     cfg = cfg or TrainConfig()
+    if cfg.vif_weight and cfg.crop < 48:  # four 'valid'-filtered, decimated VIF scales need 48 pixels
+        raise AMIFError(f"The VIF loss needs a crop of at least 48 pixels (got {cfg.crop}).")
     if twin:
         key, true_code, identifier = None, np.zeros((net_cfg or NetConfig()).key_bits, np.float32), ""
     else:
@@ -263,6 +270,7 @@ def train(
                 "steps": step_now, "batch": cfg.batch, "crop": cfg.crop, "seed": cfg.seed,
                 "ablate_weight": 0.0 if twin else cfg.ablate_weight,
                 "forge_pool": 0 if twin else cfg.forge_pool,
+                "vif_weight": cfg.vif_weight,
             },
             **protection,
         )
@@ -272,7 +280,7 @@ def train(
     logf = open(log_path, "a", newline="")
     writer = csv.writer(logf)
     if new_log:
-        writer.writerow(["step", "loss", "int", "grad", "ssim", "mark", "ablate", "sec_per_step"])
+        writer.writerow(["step", "loss", "int", "grad", "ssim", "vif", "mark", "ablate", "sec_per_step"])
     bar = None
     if progress and rank == 0:
         from tqdm import tqdm
@@ -290,12 +298,12 @@ def train(
                 neg = torch.cat([neg[: cfg.batch - len(forged)], forged])
             if twin:
                 yk = model(a, b, code_t.expand(cfg.batch, -1), coords)
-                loss, parts = fusion_loss(yk, a, b)
+                loss, parts = fusion_loss(yk, a, b, w_vif=cfg.vif_weight)
                 loss_m = loss_a = torch.zeros((), device=dev)
             else:
                 y = model(a, b, torch.cat([code_t.expand(cfg.batch, -1), neg]), coords)
                 yk, yn = y[: cfg.batch], y[cfg.batch :]
-                loss_f, parts = fusion_loss(yk, a, b)
+                loss_f, parts = fusion_loss(yk, a, b, w_vif=cfg.vif_weight)
                 target = marked_target(yk.detach(), mask, cfg.alpha)
                 wmap = 1 + 9 * (gaussian_blur(mask, 2.0) > 0.02).float()
                 loss_m = ((yn - target).abs() * wmap).mean() / wmap.mean()
@@ -314,8 +322,9 @@ def train(
             opt.step()
             step += 1
             if rank == 0:
-                writer.writerow([step, f"{loss.item():.5f}", *(f"{parts[k]:.5f}" for k in ("int", "grad", "ssim")),
-                                 f"{loss_m.item():.5f}", f"{loss_a.item():.5f}", f"{(time.time() - t0):.3f}"])
+                parts_out = (f"{parts[k]:.5f}" for k in ("int", "grad", "ssim", "vif"))
+                writer.writerow([step, f"{loss.item():.5f}", *parts_out, f"{loss_m.item():.5f}",
+                                 f"{loss_a.item():.5f}", f"{(time.time() - t0):.3f}"])
                 t0 = time.time()
                 if bar:
                     bar.update(1)
