@@ -74,9 +74,10 @@ def vif(ref: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
 
 def fusion_loss(y, a, b, w_grad: float = 1.0, w_ssim: float = 0.5, w_vif: float = 0.0) -> tuple[torch.Tensor, dict]:
     """Intensity towards max(a, b), gradient towards the larger source gradient, SSIM to both;
-    with `w_vif`, also the shortfall of VIF(a, y) + VIF(b, y) against the max rule's on the same
-    crop. A hinge: VIF rewards contrast gain without bound (g > 1 in its distortion model), and an
-    unbounded VIF term trades edges and SCD for it within a few hundred steps."""
+    with `w_vif`, also the shortfall of VIF(a, y) and of VIF(b, y) against the max rule's on the same
+    crop, each source on its own (a surplus on one does not pay for a shortfall on the other). A
+    hinge: VIF rewards contrast gain without bound (g > 1 in its distortion model), and an unbounded
+    VIF term trades edges and SCD for it within a few hundred steps."""
     m = torch.maximum(a, b)
     l_int = (y - m).abs().mean()
     l_grad = (sobel(y) - torch.maximum(sobel(a), sobel(b))).abs().mean()
@@ -85,8 +86,8 @@ def fusion_loss(y, a, b, w_grad: float = 1.0, w_ssim: float = 0.5, w_vif: float 
     parts = {"int": l_int.item(), "grad": l_grad.item(), "ssim": l_ssim.item(), "vif": 0.0}
     if w_vif:
         with torch.no_grad():
-            ref = vif(a, m) + vif(b, m)
-        l_vif = torch.relu(ref - vif(a, y) - vif(b, y)).mean()
+            ref_a, ref_b = vif(a, m), vif(b, m)
+        l_vif = (torch.relu(ref_a - vif(a, y)) + torch.relu(ref_b - vif(b, y))).mean()
         loss = loss + w_vif * l_vif
         parts["vif"] = l_vif.item()
     return loss, parts

@@ -21,7 +21,7 @@ per step, so the network sees forgers at every stage of their descent. The pool 
 moments) is part of the checkpoint.
 
 With `vif_weight`, the fusion loss also carries a VIF hinge: the shortfall of the keyed output's
-pixel-domain VIF to both sources against the element-wise max rule's on the same crop
+pixel-domain VIF to each source against the element-wise max rule's on the same crop
 (losses.fusion_loss). The twin trains with the same loss. The unprotected twin (`twin=True`) is the same network and schedule with the
 fusion loss alone, under the zero code: the evaluation's measure of what protection costs.
 """
