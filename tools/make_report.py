@@ -165,7 +165,9 @@ def main() -> None:
         f"Model `{pkg.model_id}` ({steps} training steps, batch {pkg.manifest['training']['batch']}); "
         f"unprotected twins: {twin_steps}. Harvard Whole Brain Atlas **test** split; only aggregate figures "
         "are published (the images are research-use only). The twins see the same data, crops, batch size, "
-        "learning rates and step count, with the zero code and the fusion loss only.", "",
+        "learning rates and step count, with the zero code and the fusion loss only"
+        f" (VIF-hinge weight of the last training run: model {pkg.manifest['training'].get('vif_weight', 0)}, twins "
+        f"{', '.join(str(v.get('vif_weight', 0)) for v in agg['twins'].values()) or '-'}).", "",
         "Regenerate (about 10 minutes on 2 cores, needs `../shared/data/harvard`): `python tools/make_report.py`", "",
         "## Targets", "", *targets(agg, bench), "",
         "![Ratio of each method's mean metric to the max rule's, per pair type](ratios.png)", "",

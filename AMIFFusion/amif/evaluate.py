@@ -157,6 +157,11 @@ def evaluate(models=(None,), data=None, split: str = "test", keys=(), twins=(), 
                          examples if figures else None, data, split, pairs)
 
 
+def _training(pkg) -> dict:
+    t = pkg.manifest.get("training", {})
+    return {"steps": t.get("steps"), "vif_weight": t.get("vif_weight", 0.0)}
+
+
 def _write_json(path: Path, pkgs, twin_pkgs, twin_names, rows, scores, data, split) -> None:
     """Aggregates only (means and sds over images per pair type), for plots and target checks."""
     import json
@@ -165,9 +170,8 @@ def _write_json(path: Path, pkgs, twin_pkgs, twin_names, rows, scores, data, spl
                  for k, v in scores[r].items() if v} for r in rows}
     path.write_text(json.dumps({
         "data": str(data), "split": split, "metrics": list(NAMES), "win_metrics": list(WIN_METRICS),
-        "models": [{"model_id": p.model_id, "steps": p.manifest.get("training", {}).get("steps")} for p in pkgs],
-        "twins": {n: {"model_id": t.model_id, "steps": t.manifest.get("training", {}).get("steps")}
-                  for n, t in zip(twin_names, twin_pkgs)},
+        "models": [{"model_id": p.model_id, **_training(p)} for p in pkgs],
+        "twins": {n: {"model_id": t.model_id, **_training(t)} for n, t in zip(twin_names, twin_pkgs)},
         "rows": table,
     }, indent=1), encoding="utf-8")
 

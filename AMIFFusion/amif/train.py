@@ -22,8 +22,10 @@ moments) is part of the checkpoint.
 
 With `vif_weight`, the fusion loss also carries a VIF hinge: the shortfall of the keyed output's
 pixel-domain VIF to each source against the element-wise max rule's on the same crop
-(losses.fusion_loss). The twin trains with the same loss. The unprotected twin (`twin=True`) is the same network and schedule with the
-fusion loss alone, under the zero code: the evaluation's measure of what protection costs.
+(losses.fusion_loss).
+
+The unprotected twin (`twin=True`) is the same network and schedule with the fusion loss alone
+(VIF hinge included), under the zero code: the evaluation's measure of what protection costs.
 """
 
 from __future__ import annotations
