@@ -1,12 +1,12 @@
 """Publish the attack report of the bundled model under Resources/attack/.
 
-    python tools/make_attack_report.py [--data ../shared/data/harvard] [--limit 8] [--forge-steps 1000]
+    python tools/make_attack_report.py [--data ../shared/data/harvard] [--limit 6] [--forge-steps 1000]
 
 Runs every `amif attack` family on the Harvard test split (the learned attacks train on its train
 split), with figures that show the bundled MNI-based sample put through each attack (the Harvard
 images are research-use only; only aggregates of them are published), then adds the threat model
 and success curves (curves.png: learned removal against leaked pairs N; fine-tuning and training
-from scratch against steps) to Resources/attack/report.md. The defaults take about 35 minutes on
+from scratch against steps) to Resources/attack/report.md. The defaults take about 40 minutes on
 2 CPU cores (two processes); the exact `amif attack` command is written into the report.
 """
 
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=default_data_dir())
     p.add_argument("--limit", type=int, default=6, help="attacked test pairs per pair type")
-    p.add_argument("--forge-steps", type=int, default=500)
+    p.add_argument("--forge-steps", type=int, default=1000)
     p.add_argument("--forge-restarts", type=int, default=2)
     p.add_argument("--forge-images", type=int, default=2)
     p.add_argument("--learn-steps", type=int, default=300)

@@ -147,7 +147,9 @@ def main() -> None:
         evaluate([model], sample_pairs(tmp / "sample"), "test", [key], twins[:1], tmp / "sample.md",
                  progress=False)
         shutil.copy(tmp / "sample-figures" / "PET.png", OUT / "sample.png")
-        shutil.copy(harvard.with_suffix(".json"), OUT / "harvard-test.json")
+        doc = json.loads(harvard.with_suffix(".json").read_text())
+        doc["data"] = "../shared/data/harvard"  # no paths of this machine in published files
+        (OUT / "harvard-test.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
         tables = harvard.read_text(encoding="utf-8").replace(str(Path(args.data)), "../shared/data/harvard")
         bench = None
         if not args.skip_benchmark:
