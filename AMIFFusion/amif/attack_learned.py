@@ -200,7 +200,7 @@ def learned_removal(target, opts, progress: bool = True):
         "removal)", met, summary,
         ["leaked pairs N", "flagged", "PSNR · SSIM to keyed", "unmarked at keyed quality", "gain (dB)", "met",
          "cost: images / steps / s"], rows, data,
-        [f"The remover (a {sum(p.numel() for p in UNet(3).parameters()):,}-parameter U-Net, input: unkeyed output "
+        [f"The remover (a {sum(p.numel() for p in remover.parameters()):,}-parameter U-Net, input: unkeyed output "
          "and both sources; residual over the unkeyed output) is trained with L1 to the keyed output on N "
          f"(unkeyed, keyed) pairs of the train split, {opts.learn_steps:,} Adam steps (lr {opts.learn_lr:g}, batch "
          f"{opts.learn_batch}, {opts.learn_crop}-pixel crops), then run on the unkeyed outputs of the attacked "
