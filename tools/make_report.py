@@ -131,6 +131,11 @@ def targets(agg: dict, bench: dict | None) -> list[str]:
     return lines
 
 
+def hinges(training: dict) -> str:
+    """The fusion-loss hinge weights a package was last trained with: VIF / SD / SCD."""
+    return " / ".join(str(training.get(f"{k}_weight", 0)) for k in ("vif", "sd", "scd"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(default_data_dir()))
@@ -168,8 +173,8 @@ def main() -> None:
         f"unprotected twins: {twin_steps}. Harvard Whole Brain Atlas **test** split; only aggregate figures "
         "are published (the images are research-use only). The twins see the same data, crops, batch size, "
         "learning rates and step count, with the zero code and the fusion loss only"
-        f" (VIF-hinge weight of the last training run: model {pkg.manifest['training'].get('vif_weight', 0)}, twins "
-        f"{', '.join(str(v.get('vif_weight', 0)) for v in agg['twins'].values()) or '-'}).", "",
+        f" (hinge weights of the last training run, VIF / SD / SCD: model {hinges(pkg.manifest['training'])},"
+        f" twins {', '.join(hinges(v) for v in agg['twins'].values()) or '-'}).", "",
         "Regenerate (about 10 minutes on 2 cores, needs `../shared/data/harvard`): `python tools/make_report.py`", "",
         "## Targets", "", *targets(agg, bench), "",
         "![Ratio of each method's mean metric to the max rule's, per pair type](ratios.png)", "",

@@ -159,7 +159,7 @@ def evaluate(models=(None,), data=None, split: str = "test", keys=(), twins=(), 
 
 def _training(pkg) -> dict:
     t = pkg.manifest.get("training", {})
-    return {"steps": t.get("steps"), "vif_weight": t.get("vif_weight", 0.0)}
+    return {"steps": t.get("steps"), **{f"{k}_weight": t.get(f"{k}_weight", 0.0) for k in ("vif", "sd", "scd")}}
 
 
 def _write_json(path: Path, pkgs, twin_pkgs, twin_names, rows, scores, data, split) -> None:

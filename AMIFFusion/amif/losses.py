@@ -72,24 +72,49 @@ def vif(ref: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, num / den.clamp_min(eps), torch.ones_like(num))
 
 
-def fusion_loss(y, a, b, w_grad: float = 1.0, w_ssim: float = 0.5, w_vif: float = 0.0) -> tuple[torch.Tensor, dict]:
+def _corr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    x = x.flatten(1) - x.flatten(1).mean(1, keepdim=True)
+    y = y.flatten(1) - y.flatten(1).mean(1, keepdim=True)
+    return (x * y).sum(1) / ((x * x).sum(1) * (y * y).sum(1)).clamp_min(1e-12).sqrt()
+
+
+def scd(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """`amif.metrics.scd` per image, shape (n,): corr(A, F - B) + corr(B, F - A), differentiable."""
+    return _corr(f - b, a) + _corr(f - a, b)
+
+
+SD_MARGIN = 1.01  # the SD hinge's floor: 1% above the max rule's (a floor at parity lands at parity)
+
+
+def fusion_loss(y, a, b, w_grad: float = 1.0, w_ssim: float = 0.5, w_vif: float = 0.0, w_sd: float = 0.0,
+                w_scd: float = 0.0) -> tuple[torch.Tensor, dict]:
     """Intensity towards max(a, b), gradient towards the larger source gradient, SSIM to both;
     with `w_vif`, also the shortfall of VIF(a, y) and of VIF(b, y) against the max rule's on the same
     crop, each source on its own (a surplus on one does not pay for a shortfall on the other). A
     hinge: VIF rewards contrast gain without bound (g > 1 in its distortion model), and an unbounded
-    VIF term trades edges and SCD for it within a few hundred steps."""
+    VIF term trades edges and SCD for it within a few hundred steps. With `w_sd` and `w_scd`, the same
+    kind of hinge on the crop's SD (relative, floor SD_MARGIN x the max rule's) and on its SCD."""
     m = torch.maximum(a, b)
     l_int = (y - m).abs().mean()
     l_grad = (sobel(y) - torch.maximum(sobel(a), sobel(b))).abs().mean()
     l_ssim = (2 - ssim(y, a) - ssim(y, b)).mean()
     loss = l_int + w_grad * l_grad + w_ssim * l_ssim
-    parts = {"int": l_int.item(), "grad": l_grad.item(), "ssim": l_ssim.item(), "vif": 0.0}
+    parts = {"int": l_int.item(), "grad": l_grad.item(), "ssim": l_ssim.item(), "vif": 0.0, "sd": 0.0, "scd": 0.0}
     if w_vif:
         with torch.no_grad():
             ref_a, ref_b = vif(a, m), vif(b, m)
         l_vif = (torch.relu(ref_a - vif(a, y)) + torch.relu(ref_b - vif(b, y))).mean()
         loss = loss + w_vif * l_vif
         parts["vif"] = l_vif.item()
+    if w_sd:
+        sd_y, sd_m = y.flatten(1).std(1, correction=0), m.flatten(1).std(1, correction=0).detach()
+        l_sd = (torch.relu(SD_MARGIN * sd_m - sd_y) / sd_m.clamp_min(0.01)).mean()  # 0 on a flat crop
+        loss = loss + w_sd * l_sd
+        parts["sd"] = l_sd.item()
+    if w_scd:
+        l_scd = torch.relu(scd(a, b, m).detach() - scd(a, b, y)).mean()
+        loss = loss + w_scd * l_scd
+        parts["scd"] = l_scd.item()
     return loss, parts
 
 

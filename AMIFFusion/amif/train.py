@@ -22,7 +22,7 @@ moments) is part of the checkpoint.
 
 With `vif_weight`, the fusion loss also carries a VIF hinge: the shortfall of the keyed output's
 pixel-domain VIF to each source against the element-wise max rule's on the same crop
-(losses.fusion_loss).
+(losses.fusion_loss); with `sd_weight` and `scd_weight`, the same kind of hinge on SD and SCD.
 
 The unprotected twin (`twin=True`) is the same network and schedule with the fusion loss alone
 (VIF hinge included), under the zero code: the evaluation's measure of what protection costs.
@@ -69,6 +69,8 @@ class TrainConfig:
     forge_lr: float = 0.05  # the forger's Adam step, as in `amif attack --forge-lr`
     forge_restart: float = 0.005  # per-step chance that a forger restarts (mean life 200 steps)
     vif_weight: float = 0.0  # weight of the VIF term in the fusion loss (losses.fusion_loss w_vif)
+    sd_weight: float = 0.0  # weight of the SD hinge against the max rule (losses.fusion_loss w_sd)
+    scd_weight: float = 0.0  # weight of the SCD hinge against the max rule (w_scd)
     minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0 = no limit
     device: str = "cpu"
 
@@ -273,6 +275,8 @@ def train(
                 "ablate_weight": 0.0 if twin else cfg.ablate_weight,
                 "forge_pool": 0 if twin else cfg.forge_pool,
                 "vif_weight": cfg.vif_weight,
+                "sd_weight": cfg.sd_weight,
+                "scd_weight": cfg.scd_weight,
             },
             **protection,
         )
@@ -282,7 +286,7 @@ def train(
     logf = open(log_path, "a", newline="")
     writer = csv.writer(logf)
     if new_log:
-        writer.writerow(["step", "loss", "int", "grad", "ssim", "vif", "mark", "ablate", "sec_per_step"])
+        writer.writerow(["step", "loss", "int", "grad", "ssim", "vif", "sd", "scd", "mark", "ablate", "sec_per_step"])
     bar = None
     if progress and rank == 0:
         from tqdm import tqdm
@@ -300,12 +304,14 @@ def train(
                 neg = torch.cat([neg[: cfg.batch - len(forged)], forged])
             if twin:
                 yk = model(a, b, code_t.expand(cfg.batch, -1), coords)
-                loss, parts = fusion_loss(yk, a, b, w_vif=cfg.vif_weight)
+                loss, parts = fusion_loss(yk, a, b, w_vif=cfg.vif_weight, w_sd=cfg.sd_weight,
+                                      w_scd=cfg.scd_weight)
                 loss_m = loss_a = torch.zeros((), device=dev)
             else:
                 y = model(a, b, torch.cat([code_t.expand(cfg.batch, -1), neg]), coords)
                 yk, yn = y[: cfg.batch], y[cfg.batch :]
-                loss_f, parts = fusion_loss(yk, a, b, w_vif=cfg.vif_weight)
+                loss_f, parts = fusion_loss(yk, a, b, w_vif=cfg.vif_weight, w_sd=cfg.sd_weight,
+                                      w_scd=cfg.scd_weight)
                 target = marked_target(yk.detach(), mask, cfg.alpha)
                 wmap = 1 + 9 * (gaussian_blur(mask, 2.0) > 0.02).float()
                 loss_m = ((yn - target).abs() * wmap).mean() / wmap.mean()
@@ -324,7 +330,7 @@ def train(
             opt.step()
             step += 1
             if rank == 0:
-                parts_out = (f"{parts[k]:.5f}" for k in ("int", "grad", "ssim", "vif"))
+                parts_out = (f"{parts[k]:.5f}" for k in ("int", "grad", "ssim", "vif", "sd", "scd"))
                 writer.writerow([step, f"{loss.item():.5f}", *parts_out, f"{loss_m.item():.5f}",
                                  f"{loss_a.item():.5f}", f"{(time.time() - t0):.3f}"])
                 t0 = time.time()
