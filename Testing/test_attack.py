@@ -235,7 +235,7 @@ def test_forging_fails_on_a_gradient_free_mark_and_succeeds_on_a_weak_one(tiny_p
 
 
 def test_parse_attacks():
-    assert atk.parse_attacks(None) == list(atk.IMPLEMENTED) == [
+    assert atk.parse_attacks(None) == list(atk.ATTACKS) == [
         "wrong-keys", "classical", "surgery", "forging", "learned-removal", "distillation", "fine-tuning"]
     assert atk.parse_attacks("forging, wrong-keys") == ["wrong-keys", "forging"]
     assert atk.parse_attacks(["fine-tuning", "distillation"]) == ["distillation", "fine-tuning"]

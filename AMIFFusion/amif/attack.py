@@ -900,21 +900,20 @@ ATTACKS = {a.name: a for a in (
     Attack("fine-tuning", "White-box fine-tuning (released weights, fusion loss, no key)", _learned("fine_tuning")),
 )}
 LEARNED = ("learned-removal", "distillation", "fine-tuning")  # need the attacker's own pairs (Target.pool)
-IMPLEMENTED = tuple(ATTACKS)
 
 
 def parse_attacks(spec) -> list[str]:
-    """'a,b' or a list of names -> the selected implemented attacks in canonical order (all when empty)."""
+    """'a,b' or a list of names -> the selected attacks in canonical order (all when empty)."""
     if spec is None or spec == "" or spec == []:
-        return list(IMPLEMENTED)
+        return list(ATTACKS)
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec)]
     names = [s for s in names if s]
     if not names:
-        raise AMIFError("No attack named; choose from: " + ", ".join(IMPLEMENTED) + ".")
+        raise AMIFError("No attack named; choose from: " + ", ".join(ATTACKS) + ".")
     for s in names:
         if s not in ATTACKS:
-            raise AMIFError(f"Unknown attack {s!r}; choose from: {', '.join(IMPLEMENTED)}.")
-    return [n for n in IMPLEMENTED if n in names]
+            raise AMIFError(f"Unknown attack {s!r}; choose from: {', '.join(ATTACKS)}.")
+    return [n for n in ATTACKS if n in names]
 
 
 def sample_show_pair(shape: tuple) -> tuple[np.ndarray, np.ndarray]:
@@ -990,7 +989,7 @@ def command_line(info: dict, attacks: list, out, opts: AttackOptions, figures: b
             "--split", info["split"]]
     if info.get("limit"):
         args += ["--limit", str(info["limit"])]
-    if list(attacks) != list(IMPLEMENTED):
+    if list(attacks) != list(ATTACKS):
         args += ["--attacks", ",".join(attacks)]
     defaults = AttackOptions()
     for f, v in asdict(opts).items():

@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_evaluate)
 
-    from .attack import IMPLEMENTED, AttackOptions
+    from .attack import ATTACKS, AttackOptions
 
     d = AttackOptions()
     s = sub.add_parser("attack", help="attack a model package's protection on registered pairs (Markdown report)")
@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="folder of registered pairs (default ../shared/data/harvard)")
     s.add_argument("--split", default="test")
     s.add_argument("--limit", type=int, help="at most N pairs per pair type")
-    s.add_argument("--attacks", help=f"comma-separated, from: {','.join(IMPLEMENTED)} (default: all)")
+    s.add_argument("--attacks", help=f"comma-separated, from: {','.join(ATTACKS)} (default: all)")
     s.add_argument("-o", "--output", default="amif-attack.md", help="Markdown report (+ .json beside it)")
     s.add_argument("--figures", action="store_true", help="write example figures to a folder beside the report")
     s.add_argument("--figures-on-sample", action="store_true",
