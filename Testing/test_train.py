@@ -163,3 +163,23 @@ def test_fusion_hinge_changes_training_and_is_recorded(tmp_path, term, active):
         with pytest.raises(AMIFError, match="crop of at least 48"):
             train(None, tmp_path / "small" / "twin", checkpoint_dir=tmp_path / "cks",
                   cfg=TrainConfig(steps=1, batch=2, crop=32, vif_weight=1.0), **kw)
+
+
+def test_a_log_from_an_older_version_is_rewritten_under_the_current_columns(tmp_path):
+    import csv
+
+    from amif.train import LOG_COLUMNS, open_log
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("step,loss,int,grad,ssim,mark,ablate,sec_per_step\n1,0.5,0.1,0.2,0.3,0.04,0,1.5\n")
+    with open_log(path, LOG_COLUMNS) as f:
+        csv.writer(f).writerow(range(len(LOG_COLUMNS)))
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == LOG_COLUMNS and len(rows) == 2
+    assert rows[0]["mark"] == "0.04" and rows[0]["vif"] == "" and rows[0]["sec_per_step"] == "1.5"
+    assert rows[1]["sec_per_step"] == str(len(LOG_COLUMNS) - 1)
+    with open_log(path, LOG_COLUMNS):  # already current: left as it is
+        pass
+    assert len(path.read_text().splitlines()) == 3

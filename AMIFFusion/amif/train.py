@@ -202,6 +202,26 @@ def load_checkpoint(path: Path, net, opt, forge: ForgePool | None = None) -> int
     return step
 
 
+LOG_COLUMNS = ["step", "loss", "int", "grad", "ssim", "vif", "sd", "scd", "mark", "ablate", "sec_per_step"]
+
+
+def open_log(path: Path, columns: list[str]):
+    """metrics.csv for appending; a log from an older version (other columns) is first rewritten
+    under `columns`, its rows matched by column name (a column it lacks is left empty)."""
+    if path.exists():
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows, old = list(reader), reader.fieldnames
+        if old != columns:
+            with open(path, "w", newline="") as f:
+                w = csv.DictWriter(f, columns, restval="", extrasaction="ignore")
+                w.writeheader()
+                w.writerows(rows)
+    else:
+        path.write_text(",".join(columns) + "\n")
+    return open(path, "a", newline="")
+
+
 def train(
     key_path,
     out,
@@ -281,12 +301,8 @@ def train(
             **protection,
         )
 
-    log_path = ckdir / "metrics.csv"
-    new_log = not log_path.exists()
-    logf = open(log_path, "a", newline="")
+    logf = open_log(ckdir / "metrics.csv", LOG_COLUMNS)
     writer = csv.writer(logf)
-    if new_log:
-        writer.writerow(["step", "loss", "int", "grad", "ssim", "vif", "sd", "scd", "mark", "ablate", "sec_per_step"])
     bar = None
     if progress and rank == 0:
         from tqdm import tqdm
