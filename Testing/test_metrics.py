@@ -169,12 +169,13 @@ def test_training_vif_matches_the_metric_and_its_hinge_stops_at_the_max_rule():
     assert parts["vif"] > 0.02 and loss.item() > fusion_loss(y, a, b)[0].item()
 
 
-def test_training_sd_and_scd_hinges_follow_the_metrics_and_stop_above_the_max_rule():
+def test_training_sd_sf_and_scd_hinges_follow_the_metrics_and_stop_above_the_max_rule():
     import torch
 
-    from amif.losses import SD_MARGIN, fusion_loss, gaussian_blur
+    from amif.losses import MARGIN, fusion_loss, gaussian_blur
     from amif.losses import scd as scd_t
-    from amif.metrics import scd
+    from amif.losses import sf as sf_t
+    from amif.metrics import scd, spatial_frequency
 
     rng = np.random.default_rng(4)
     a = gaussian_blur(torch.from_numpy(rng.random((2, 1, 64, 72))), 1.5)
@@ -182,17 +183,23 @@ def test_training_sd_and_scd_hinges_follow_the_metrics_and_stop_above_the_max_ru
     b = torch.from_numpy(rng.random(a.shape)) ** 2
     m = torch.maximum(a, b)
     for f in (m, 0.8 * a + 0.1, gaussian_blur(m, 1.0)):
-        got = scd_t(a, b, f).numpy()
-        want = [scd(*(t[i, 0].numpy() * 255 for t in (a, b, f))) for i in range(2)]
-        assert np.allclose(got, want, rtol=1e-9, atol=1e-9)
-    _, parts = fusion_loss(m, a, b, w_sd=1.0, w_scd=1.0)
-    assert parts["scd"] == 0.0 and parts["sd"] == pytest.approx(SD_MARGIN - 1)  # the floor lies above the rule
-    contrast = (m - m.mean((2, 3), keepdim=True)) * (SD_MARGIN + 0.01) + m.mean((2, 3), keepdim=True)
-    assert fusion_loss(contrast, a, b, w_sd=1.0)[1]["sd"] == 0.0  # above the floor: the hinge is off
+        for i in range(2):
+            A, B, Fi = (t[i, 0].numpy() * 255 for t in (a, b, f))
+            assert scd_t(a, b, f)[i].item() == pytest.approx(scd(A, B, Fi), abs=1e-9)
+            assert sf_t(f)[i].item() * 255 == pytest.approx(spatial_frequency(Fi), rel=1e-9)
+    hinges = dict(w_sd=1.0, w_sf=1.0, w_scd=1.0)
+    _, parts = fusion_loss(m, a, b, **hinges)
+    assert parts["scd"] == 0.0  # the floors of SD and SF lie MARGIN above the rule, SCD's at it
+    assert parts["sd"] == pytest.approx(MARGIN - 1) and parts["sf"] == pytest.approx(MARGIN - 1)
+    contrast = (m - m.mean((2, 3), keepdim=True)) * (MARGIN + 0.01) + m.mean((2, 3), keepdim=True)
+    _, parts = fusion_loss(contrast, a, b, **hinges)
+    assert parts["sd"] == 0.0 and parts["sf"] == 0.0  # above the floor: the hinges are off
     flat = torch.zeros_like(a)
-    assert fusion_loss(flat + 1e-4 * torch.rand_like(a), flat, flat, w_sd=1.0, w_scd=1.0)[1]["sd"] == 0.0
-    y = (0.5 * m + 0.25).requires_grad_()  # half the contrast, and a worse SCD
-    loss, parts = fusion_loss(y, a, b, w_sd=1.0, w_scd=1.0)
-    assert parts["sd"] > 0.4 and parts["scd"] > 0.1 and loss.item() > fusion_loss(y, a, b)[0].item()
+    _, parts = fusion_loss(flat + 1e-4 * torch.rand_like(a), flat, flat, **hinges)
+    assert parts["sd"] == 0.0 and parts["sf"] == 0.0  # a flat crop asks for no contrast
+    y = (0.5 * m + 0.25).requires_grad_()  # half the contrast and edges, and a worse SCD
+    loss, parts = fusion_loss(y, a, b, **hinges)
+    assert parts["sd"] > 0.4 and parts["sf"] > 0.4 and parts["scd"] > 0.1
+    assert loss.item() > fusion_loss(y, a, b)[0].item()
     loss.backward()
     assert y.grad.abs().sum() > 0

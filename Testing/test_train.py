@@ -142,7 +142,7 @@ def test_forger_pool_descends_the_fusion_loss_and_restarts():
 
 # On these blocky random pairs the untrained net's SCD is already above the max rule's: the SCD hinge
 # stays at 0 (checked), so only its logging and manifest entry are tested here (its gradient: test_metrics).
-@pytest.mark.parametrize("term,active", [("vif", True), ("sd", True), ("scd", False)])
+@pytest.mark.parametrize("term,active", [("vif", True), ("sd", True), ("sf", True), ("scd", False)])
 def test_fusion_hinge_changes_training_and_is_recorded(tmp_path, term, active):
     from amif.errors import AMIFError
 

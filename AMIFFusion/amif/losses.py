@@ -83,23 +83,37 @@ def scd(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     return _corr(f - b, a) + _corr(f - a, b)
 
 
-SD_MARGIN = 1.01  # the SD hinge's floor: 1% above the max rule's (a floor at parity lands at parity)
+def sf(x: torch.Tensor) -> torch.Tensor:
+    """`amif.metrics.spatial_frequency` per image, shape (n,), differentiable."""
+    rf = (x[..., :, 1:] - x[..., :, :-1]).pow(2).flatten(1).mean(1)
+    cf = (x[..., 1:, :] - x[..., :-1, :]).pow(2).flatten(1).mean(1)
+    return (rf + cf + 1e-12).sqrt()
+
+
+MARGIN = 1.01  # the SD and SF hinges' floor: 1% above the max rule's (a floor at parity lands at parity)
+
+
+def _relative_hinge(value: torch.Tensor, rule: torch.Tensor) -> torch.Tensor:
+    """Shortfall of `value` below MARGIN x the max rule's, relative to it; 0 on a flat crop."""
+    rule = rule.detach()
+    return (torch.relu(MARGIN * rule - value) / rule.clamp_min(0.01)).mean()
 
 
 def fusion_loss(y, a, b, w_grad: float = 1.0, w_ssim: float = 0.5, w_vif: float = 0.0, w_sd: float = 0.0,
-                w_scd: float = 0.0) -> tuple[torch.Tensor, dict]:
+                w_scd: float = 0.0, w_sf: float = 0.0) -> tuple[torch.Tensor, dict]:
     """Intensity towards max(a, b), gradient towards the larger source gradient, SSIM to both;
     with `w_vif`, also the shortfall of VIF(a, y) and of VIF(b, y) against the max rule's on the same
     crop, each source on its own (a surplus on one does not pay for a shortfall on the other). A
     hinge: VIF rewards contrast gain without bound (g > 1 in its distortion model), and an unbounded
-    VIF term trades edges and SCD for it within a few hundred steps. With `w_sd` and `w_scd`, the same
-    kind of hinge on the crop's SD (relative, floor SD_MARGIN x the max rule's) and on its SCD."""
+    VIF term trades edges and SCD for it within a few hundred steps. With `w_sd`, `w_sf` and `w_scd`,
+    the same kind of hinge on the crop's SD and SF (relative, floor MARGIN x the max rule's) and SCD."""
     m = torch.maximum(a, b)
     l_int = (y - m).abs().mean()
     l_grad = (sobel(y) - torch.maximum(sobel(a), sobel(b))).abs().mean()
     l_ssim = (2 - ssim(y, a) - ssim(y, b)).mean()
     loss = l_int + w_grad * l_grad + w_ssim * l_ssim
-    parts = {"int": l_int.item(), "grad": l_grad.item(), "ssim": l_ssim.item(), "vif": 0.0, "sd": 0.0, "scd": 0.0}
+    parts = {"int": l_int.item(), "grad": l_grad.item(), "ssim": l_ssim.item(),
+             **dict.fromkeys(("vif", "sd", "scd", "sf"), 0.0)}
     if w_vif:
         with torch.no_grad():
             ref_a, ref_b = vif(a, m), vif(b, m)
@@ -107,10 +121,13 @@ def fusion_loss(y, a, b, w_grad: float = 1.0, w_ssim: float = 0.5, w_vif: float 
         loss = loss + w_vif * l_vif
         parts["vif"] = l_vif.item()
     if w_sd:
-        sd_y, sd_m = y.flatten(1).std(1, correction=0), m.flatten(1).std(1, correction=0).detach()
-        l_sd = (torch.relu(SD_MARGIN * sd_m - sd_y) / sd_m.clamp_min(0.01)).mean()  # 0 on a flat crop
+        l_sd = _relative_hinge(y.flatten(1).std(1, correction=0), m.flatten(1).std(1, correction=0))
         loss = loss + w_sd * l_sd
         parts["sd"] = l_sd.item()
+    if w_sf:
+        l_sf = _relative_hinge(sf(y), sf(m))
+        loss = loss + w_sf * l_sf
+        parts["sf"] = l_sf.item()
     if w_scd:
         l_scd = torch.relu(scd(a, b, m).detach() - scd(a, b, y)).mean()
         loss = loss + w_scd * l_scd

@@ -22,7 +22,7 @@ moments) is part of the checkpoint.
 
 With `vif_weight`, the fusion loss also carries a VIF hinge: the shortfall of the keyed output's
 pixel-domain VIF to each source against the element-wise max rule's on the same crop
-(losses.fusion_loss); with `sd_weight` and `scd_weight`, the same kind of hinge on SD and SCD.
+(losses.fusion_loss); with `sd_weight`, `sf_weight` and `scd_weight`, the same kind of hinge on SD, SF and SCD.
 
 The unprotected twin (`twin=True`) is the same network and schedule with the fusion loss alone
 (VIF hinge included), under the zero code: the evaluation's measure of what protection costs.
@@ -71,6 +71,7 @@ class TrainConfig:
     vif_weight: float = 0.0  # weight of the VIF term in the fusion loss (losses.fusion_loss w_vif)
     sd_weight: float = 0.0  # weight of the SD hinge against the max rule (losses.fusion_loss w_sd)
     scd_weight: float = 0.0  # weight of the SCD hinge against the max rule (w_scd)
+    sf_weight: float = 0.0  # weight of the SF hinge against the max rule (w_sf)
     minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0 = no limit
     device: str = "cpu"
 
@@ -202,7 +203,7 @@ def load_checkpoint(path: Path, net, opt, forge: ForgePool | None = None) -> int
     return step
 
 
-LOG_COLUMNS = ["step", "loss", "int", "grad", "ssim", "vif", "sd", "scd", "mark", "ablate", "sec_per_step"]
+LOG_COLUMNS = ["step", "loss", "int", "grad", "ssim", "vif", "sd", "scd", "sf", "mark", "ablate", "sec_per_step"]
 
 
 def open_log(path: Path, columns: list[str]):
@@ -297,6 +298,7 @@ def train(
                 "vif_weight": cfg.vif_weight,
                 "sd_weight": cfg.sd_weight,
                 "scd_weight": cfg.scd_weight,
+                "sf_weight": cfg.sf_weight,
             },
             **protection,
         )
@@ -321,13 +323,13 @@ def train(
             if twin:
                 yk = model(a, b, code_t.expand(cfg.batch, -1), coords)
                 loss, parts = fusion_loss(yk, a, b, w_vif=cfg.vif_weight, w_sd=cfg.sd_weight,
-                                      w_scd=cfg.scd_weight)
+                                      w_scd=cfg.scd_weight, w_sf=cfg.sf_weight)
                 loss_m = loss_a = torch.zeros((), device=dev)
             else:
                 y = model(a, b, torch.cat([code_t.expand(cfg.batch, -1), neg]), coords)
                 yk, yn = y[: cfg.batch], y[cfg.batch :]
                 loss_f, parts = fusion_loss(yk, a, b, w_vif=cfg.vif_weight, w_sd=cfg.sd_weight,
-                                      w_scd=cfg.scd_weight)
+                                      w_scd=cfg.scd_weight, w_sf=cfg.sf_weight)
                 target = marked_target(yk.detach(), mask, cfg.alpha)
                 wmap = 1 + 9 * (gaussian_blur(mask, 2.0) > 0.02).float()
                 loss_m = ((yn - target).abs() * wmap).mean() / wmap.mean()
@@ -346,7 +348,7 @@ def train(
             opt.step()
             step += 1
             if rank == 0:
-                parts_out = (f"{parts[k]:.5f}" for k in ("int", "grad", "ssim", "vif", "sd", "scd"))
+                parts_out = (f"{parts[k]:.5f}" for k in ("int", "grad", "ssim", "vif", "sd", "scd", "sf"))
                 writer.writerow([step, f"{loss.item():.5f}", *parts_out, f"{loss_m.item():.5f}",
                                  f"{loss_a.item():.5f}", f"{(time.time() - t0):.3f}"])
                 t0 = time.time()
