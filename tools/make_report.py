@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT / "AMIFFusion"))
 
 from amif.data import default_data_dir  # noqa: E402
 from amif.evaluate import KINDS, evaluate  # noqa: E402
+from amif.losses import HINGES  # noqa: E402
 from amif.package import bundled_key_path, bundled_model_path, load_package  # noqa: E402
 
 OUT = ROOT / "Resources" / "evaluation"
@@ -132,8 +133,8 @@ def targets(agg: dict, bench: dict | None) -> list[str]:
 
 
 def hinges(training: dict) -> str:
-    """The fusion-loss hinge weights a package was last trained with: VIF / SD / SCD."""
-    return " / ".join(str(training.get(f"{k}_weight", 0)) for k in ("vif", "sd", "scd"))
+    """The fusion-loss hinge weights a package was last trained with, in amif.losses.HINGES order."""
+    return " / ".join(str(training.get(f"{k}_weight", 0)) for k in HINGES)
 
 
 def main() -> None:
@@ -173,7 +174,8 @@ def main() -> None:
         f"unprotected twins: {twin_steps}. Harvard Whole Brain Atlas **test** split; only aggregate figures "
         "are published (the images are research-use only). The twins see the same data, crops, batch size, "
         "learning rates and step count, with the zero code and the fusion loss only"
-        f" (hinge weights of the last training run, VIF / SD / SCD: model {hinges(pkg.manifest['training'])},"
+        f" (hinge weights of the last training run, {' / '.join(h.upper() for h in HINGES)}:"
+        f" model {hinges(pkg.manifest['training'])},"
         f" twins {', '.join(hinges(v) for v in agg['twins'].values()) or '-'}).", "",
         "Regenerate (about 10 minutes on 2 cores, needs `../shared/data/harvard`): `python tools/make_report.py`", "",
         "## Targets", "", *targets(agg, bench), "",

@@ -158,8 +158,10 @@ def evaluate(models=(None,), data=None, split: str = "test", keys=(), twins=(), 
 
 
 def _training(pkg) -> dict:
+    from .losses import HINGES  # torch: imported where a package is at hand anyway
+
     t = pkg.manifest.get("training", {})
-    return {"steps": t.get("steps"), **{f"{k}_weight": t.get(f"{k}_weight", 0.0) for k in ("vif", "sd", "scd")}}
+    return {"steps": t.get("steps"), **{f"{k}_weight": t.get(f"{k}_weight", 0.0) for k in HINGES}}
 
 
 def _write_json(path: Path, pkgs, twin_pkgs, twin_names, rows, scores, data, split) -> None:

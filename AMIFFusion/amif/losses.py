@@ -90,6 +90,7 @@ def sf(x: torch.Tensor) -> torch.Tensor:
     return (rf + cf + 1e-12).sqrt()
 
 
+HINGES = ("vif", "sd", "sf", "scd")  # the optional fusion-loss hinges against the max rule (w_<name>)
 MARGIN = 1.01  # the SD and SF hinges' floor: 1% above the max rule's (a floor at parity lands at parity)
 
 
@@ -113,7 +114,7 @@ def fusion_loss(y, a, b, w_grad: float = 1.0, w_ssim: float = 0.5, w_vif: float 
     l_ssim = (2 - ssim(y, a) - ssim(y, b)).mean()
     loss = l_int + w_grad * l_grad + w_ssim * l_ssim
     parts = {"int": l_int.item(), "grad": l_grad.item(), "ssim": l_ssim.item(),
-             **dict.fromkeys(("vif", "sd", "scd", "sf"), 0.0)}
+             **dict.fromkeys(HINGES, 0.0)}
     if w_vif:
         with torch.no_grad():
             ref_a, ref_b = vif(a, m), vif(b, m)

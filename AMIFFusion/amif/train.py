@@ -25,7 +25,7 @@ pixel-domain VIF to each source against the element-wise max rule's on the same 
 (losses.fusion_loss); with `sd_weight`, `sf_weight` and `scd_weight`, the same kind of hinge on SD, SF and SCD.
 
 The unprotected twin (`twin=True`) is the same network and schedule with the fusion loss alone
-(VIF hinge included), under the zero code: the evaluation's measure of what protection costs.
+(hinges included), under the zero code: the evaluation's measure of what protection costs.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from .data import default_data_dir, list_pairs, load_pairs
 from .errors import AMIFError
 from .identifier import identifier_mask
 from .keys import load_key
-from .losses import fusion_loss, gaussian_blur, marked_target, ssim
+from .losses import HINGES, fusion_loss, gaussian_blur, marked_target, ssim
 from .network import AMIFNet, NetConfig, slice_coords
 from .package import DEFAULT_THRESHOLD, load_package, save_package
 
@@ -203,7 +203,7 @@ def load_checkpoint(path: Path, net, opt, forge: ForgePool | None = None) -> int
     return step
 
 
-LOG_COLUMNS = ["step", "loss", "int", "grad", "ssim", "vif", "sd", "scd", "sf", "mark", "ablate", "sec_per_step"]
+LOG_COLUMNS = ["step", "loss", "int", "grad", "ssim", *HINGES, "mark", "ablate", "sec_per_step"]
 
 
 def open_log(path: Path, columns: list[str]):
@@ -283,6 +283,7 @@ def train(
     model = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
     meta = {"identifier": identifier, "model_id": model_id, "twin": twin, "train": cfg.__dict__}
     code_t = torch.from_numpy(true_code).to(dev)
+    hinge_weights = {f"w_{k}": getattr(cfg, f"{k}_weight") for k in HINGES}
 
     def export(step_now: int) -> Path:
         save_checkpoint(ckpt, net, opt, step_now, meta, forge.tensors() if forge else None)
@@ -295,10 +296,7 @@ def train(
                 "steps": step_now, "batch": cfg.batch, "crop": cfg.crop, "seed": cfg.seed,
                 "ablate_weight": 0.0 if twin else cfg.ablate_weight,
                 "forge_pool": 0 if twin else cfg.forge_pool,
-                "vif_weight": cfg.vif_weight,
-                "sd_weight": cfg.sd_weight,
-                "scd_weight": cfg.scd_weight,
-                "sf_weight": cfg.sf_weight,
+                **{f"{k}_weight": getattr(cfg, f"{k}_weight") for k in HINGES},
             },
             **protection,
         )
@@ -322,14 +320,12 @@ def train(
                 neg = torch.cat([neg[: cfg.batch - len(forged)], forged])
             if twin:
                 yk = model(a, b, code_t.expand(cfg.batch, -1), coords)
-                loss, parts = fusion_loss(yk, a, b, w_vif=cfg.vif_weight, w_sd=cfg.sd_weight,
-                                      w_scd=cfg.scd_weight, w_sf=cfg.sf_weight)
+                loss, parts = fusion_loss(yk, a, b, **hinge_weights)
                 loss_m = loss_a = torch.zeros((), device=dev)
             else:
                 y = model(a, b, torch.cat([code_t.expand(cfg.batch, -1), neg]), coords)
                 yk, yn = y[: cfg.batch], y[cfg.batch :]
-                loss_f, parts = fusion_loss(yk, a, b, w_vif=cfg.vif_weight, w_sd=cfg.sd_weight,
-                                      w_scd=cfg.scd_weight, w_sf=cfg.sf_weight)
+                loss_f, parts = fusion_loss(yk, a, b, **hinge_weights)
                 target = marked_target(yk.detach(), mask, cfg.alpha)
                 wmap = 1 + 9 * (gaussian_blur(mask, 2.0) > 0.02).float()
                 loss_m = ((yn - target).abs() * wmap).mean() / wmap.mean()
@@ -348,7 +344,7 @@ def train(
             opt.step()
             step += 1
             if rank == 0:
-                parts_out = (f"{parts[k]:.5f}" for k in ("int", "grad", "ssim", "vif", "sd", "scd", "sf"))
+                parts_out = (f"{parts[k]:.5f}" for k in ("int", "grad", "ssim", *HINGES))
                 writer.writerow([step, f"{loss.item():.5f}", *parts_out, f"{loss_m.item():.5f}",
                                  f"{loss_a.item():.5f}", f"{(time.time() - t0):.3f}"])
                 t0 = time.time()
