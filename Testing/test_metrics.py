@@ -197,6 +197,12 @@ def test_training_sd_sf_and_scd_hinges_follow_the_metrics_and_stop_above_the_max
     flat = torch.zeros_like(a)
     _, parts = fusion_loss(flat + 1e-4 * torch.rand_like(a), flat, flat, **hinges)
     assert parts["sd"] == 0.0 and parts["sf"] == 0.0  # a flat crop asks for no contrast
+    empty = m.clone()
+    empty[..., :, :36] = 0  # both sources empty on the left
+    a0, b0 = a * (empty > 0), b * (empty > 0)
+    noisy = 0.9 * empty
+    noisy[..., :, :20] = 0.002 * torch.rand_like(noisy[..., :, :20])  # faint noise far from the content
+    assert fusion_loss(noisy, a0, b0, w_sf=1.0)[1]["sf"] == fusion_loss(0.9 * empty, a0, b0, w_sf=1.0)[1]["sf"] > 0
     y = (0.5 * m + 0.25).requires_grad_()  # half the contrast and edges, and a worse SCD
     loss, parts = fusion_loss(y, a, b, **hinges)
     assert parts["sd"] > 0.4 and parts["sf"] > 0.4 and parts["scd"] > 0.1

@@ -92,12 +92,13 @@ def sf(x: torch.Tensor) -> torch.Tensor:
 
 HINGES = ("vif", "sd", "sf", "scd")  # the optional fusion-loss hinges against the max rule (w_<name>)
 MARGIN = 1.01  # the SD and SF hinges' floor: 1% above the max rule's (a floor at parity lands at parity)
+CONTENT = 2 / 255  # the SF hinge looks where the blurred max rule exceeds this (both sources empty elsewhere)
 
 
 def _relative_hinge(value: torch.Tensor, rule: torch.Tensor) -> torch.Tensor:
-    """Shortfall of `value` below MARGIN x the max rule's, relative to it; 0 on a flat crop."""
+    """Shortfall of `value` below MARGIN x the max rule's, relative to it; 0 on a flat crop (rule <= 1e-3)."""
     rule = rule.detach()
-    return (torch.relu(MARGIN * rule - value) / rule.clamp_min(0.01)).mean()
+    return (torch.relu(MARGIN * rule - value) / rule.clamp_min(0.01) * (rule > 1e-3)).mean()
 
 
 def fusion_loss(y, a, b, w_grad: float = 1.0, w_ssim: float = 0.5, w_vif: float = 0.0, w_sd: float = 0.0,
@@ -107,7 +108,8 @@ def fusion_loss(y, a, b, w_grad: float = 1.0, w_ssim: float = 0.5, w_vif: float 
     crop, each source on its own (a surplus on one does not pay for a shortfall on the other). A
     hinge: VIF rewards contrast gain without bound (g > 1 in its distortion model), and an unbounded
     VIF term trades edges and SCD for it within a few hundred steps. With `w_sd`, `w_sf` and `w_scd`,
-    the same kind of hinge on the crop's SD and SF (relative, floor MARGIN x the max rule's) and SCD."""
+    the same kind of hinge on the crop's SD and SF (relative, floor MARGIN x the max rule's; SF over the
+    region with content) and SCD."""
     m = torch.maximum(a, b)
     l_int = (y - m).abs().mean()
     l_grad = (sobel(y) - torch.maximum(sobel(a), sobel(b))).abs().mean()
@@ -126,7 +128,10 @@ def fusion_loss(y, a, b, w_grad: float = 1.0, w_ssim: float = 0.5, w_vif: float 
         loss = loss + w_sd * l_sd
         parts["sd"] = l_sd.item()
     if w_sf:
-        l_sf = _relative_hinge(sf(y), sf(m))
+        # over the content only: measured on the whole crop, the protected net paid the SF floor with
+        # sub-grey-level noise in the empty background, which drives the SSIM metric to 0 there
+        keep = (gaussian_blur(m, 2.0) > CONTENT).to(y.dtype)
+        l_sf = _relative_hinge(sf(y * keep), sf(m * keep))
         loss = loss + w_sf * l_sf
         parts["sf"] = l_sf.item()
     if w_scd:
