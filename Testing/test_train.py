@@ -165,45 +165,6 @@ def test_fusion_hinge_changes_training_and_is_recorded(tmp_path, term, active):
                   cfg=TrainConfig(steps=1, batch=2, crop=32, vif_weight=1.0), **kw)
 
 
-def test_teacher_distils_a_twin_into_the_keyed_output_and_is_recorded(tiny_package, tmp_path):
-    import torch
-
-    from amif.errors import AMIFError
-    from amif.losses import teacher_loss
-
-    _, key, _ = tiny_package
-    _fake_pairs(tmp_path / "data", blocks=8)
-    kw = dict(data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
-    twin = train(None, tmp_path / "t" / "twin", "", checkpoint_dir=tmp_path / "ckt", twin=True,
-                 cfg=TrainConfig(steps=2, batch=2, crop=32, seed=1), **kw)
-    outs = {}
-    for w in (0.0, 5.0):
-        cfg = TrainConfig(steps=3, batch=2, crop=32, teacher_weight=w)
-        out = train(key, tmp_path / f"w{w}" / "m", "TEST · MARK", checkpoint_dir=tmp_path / f"ck{w}", cfg=cfg,
-                    teachers=[twin] if w else [], **kw)
-        outs[w] = load_package(out)
-        rows = [r.split(",") for r in (tmp_path / f"ck{w}" / "metrics.csv").read_text().splitlines()]
-        logged = [float(r[rows[0].index("teacher")]) for r in rows[1:]]
-        assert len(logged) == 3 and (all(v > 0 for v in logged) if w else logged == [0.0] * 3)
-        assert outs[w].manifest["training"]["teacher_weight"] == w
-        assert outs[w].manifest["training"]["teachers"] == (["twin"] if w else [])
-    sa, sb = outs[0.0].net.state_dict(), outs[5.0].net.state_dict()
-    assert any(not np.allclose(sa[k].numpy(), sb[k].numpy()) for k in sa)
-    # the term is 0 on the teacher's own output and its gradient pulls towards it
-    t = torch.rand(1, 1, 16, 16)
-    y = (t + 0.1 * torch.randn_like(t)).requires_grad_()
-    assert teacher_loss(t, t) == 0
-    teacher_loss(y, t).backward()
-    assert teacher_loss(y.detach() - 0.01 * y.grad.sign(), t) < teacher_loss(y.detach(), t)
-    with pytest.raises(AMIFError, match="not an unprotected twin"):  # a protected package is no teacher
-        train(key, tmp_path / "x" / "m", "TEST · MARK", checkpoint_dir=tmp_path / "ckx",
-              cfg=TrainConfig(steps=1, batch=2, crop=32, teacher_weight=1.0), teachers=[out], **kw)
-    with pytest.raises(AMIFError, match="needs at least one teacher"):
-        train(key, tmp_path / "y" / "m", "TEST · MARK", checkpoint_dir=tmp_path / "cky",
-              cfg=TrainConfig(steps=1, batch=2, crop=32, teacher_weight=1.0), **kw)
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
-
-
 def test_a_log_from_an_older_version_is_rewritten_under_the_current_columns(tmp_path):
     import csv
 

@@ -165,9 +165,9 @@ def cmd_train(args) -> None:
     cfg = TrainConfig(steps=args.steps, batch=args.batch, seed=args.seed, save_every=args.save_every,
                       minutes=args.minutes, device=args.device, vif_weight=args.vif_weight,
                       sd_weight=args.sd_weight, scd_weight=args.scd_weight,
-                      sf_weight=args.sf_weight, teacher_weight=args.teacher_weight)
+                      sf_weight=args.sf_weight)
     train(args.key, args.output, args.identifier, data_dir=args.data, checkpoint_dir=args.checkpoints,
-          init=args.init, cfg=cfg, twin=args.twin, teachers=args.teacher or [])
+          init=args.init, cfg=cfg, twin=args.twin)
 
 
 def cmd_evaluate(args) -> None:
@@ -241,10 +241,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the SF (spatial frequency) hinge against the max rule in the fusion loss")
     s.add_argument("--scd-weight", type=float, default=0.0,
                    help="weight of the SCD hinge against the max rule in the fusion loss")
-    s.add_argument("--teacher", action="append",
-                   help="unprotected twin package to distil the keyed output from (repeatable; they take turns)")
-    s.add_argument("--teacher-weight", type=float, default=0.0,
-                   help="weight of the distillation term towards the --teacher outputs")
     s.add_argument("--minutes", type=float, default=0, help="stop with a checkpoint after this wall time")
     s.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     s.set_defaults(func=cmd_train)

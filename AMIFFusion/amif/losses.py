@@ -141,12 +141,6 @@ def fusion_loss(y, a, b, w_grad: float = 1.0, w_ssim: float = 0.5, w_vif: float 
     return loss, parts
 
 
-def teacher_loss(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Distillation towards an unprotected twin's output `t` on the same crop: L1 on intensity and on
-    the Sobel gradient (the twin's edges are what the keyed output lacked: SF, Qabf)."""
-    return (y - t).abs().mean() + (sobel(y) - sobel(t)).abs().mean()
-
-
 def contrast_colour(y: torch.Tensor, sigma: float = 6.0) -> torch.Tensor:
     """Stroke colour chosen by local content: bright on dark surroundings, dark on bright."""
     return torch.sigmoid((0.45 - gaussian_blur(y, sigma)) / 0.05)

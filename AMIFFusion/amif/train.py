@@ -23,9 +23,6 @@ moments) is part of the checkpoint.
 With `vif_weight`, the fusion loss also carries a VIF hinge: the shortfall of the keyed output's
 pixel-domain VIF to each source against the element-wise max rule's on the same crop
 (losses.fusion_loss); with `sd_weight`, `sf_weight` and `scd_weight`, the same kind of hinge on SD, SF and SCD.
-With `teachers` (unprotected twin packages) and `teacher_weight`, the keyed output is also pulled
-towards a twin's output on the same crop (losses.teacher_loss; the teachers take turns by step):
-the owner's own unprotected model shows the protected one what the keyed path can reach.
 
 The unprotected twin (`twin=True`) is the same network and schedule with the fusion loss alone
 (hinges included), under the zero code: the evaluation's measure of what protection costs.
@@ -47,7 +44,7 @@ from .data import default_data_dir, list_pairs, load_pairs
 from .errors import AMIFError
 from .identifier import identifier_mask
 from .keys import load_key
-from .losses import HINGES, fusion_loss, gaussian_blur, marked_target, ssim, teacher_loss
+from .losses import HINGES, fusion_loss, gaussian_blur, marked_target, ssim
 from .network import AMIFNet, NetConfig, slice_coords
 from .package import DEFAULT_THRESHOLD, load_package, save_package
 
@@ -75,7 +72,6 @@ class TrainConfig:
     sd_weight: float = 0.0  # weight of the SD hinge against the max rule (losses.fusion_loss w_sd)
     scd_weight: float = 0.0  # weight of the SCD hinge against the max rule (w_scd)
     sf_weight: float = 0.0  # weight of the SF hinge against the max rule (w_sf)
-    teacher_weight: float = 0.0  # weight of the distillation term towards the teachers (twins)
     minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0 = no limit
     device: str = "cpu"
 
@@ -207,7 +203,7 @@ def load_checkpoint(path: Path, net, opt, forge: ForgePool | None = None) -> int
     return step
 
 
-LOG_COLUMNS = ["step", "loss", "int", "grad", "ssim", *HINGES, "teacher", "mark", "ablate", "sec_per_step"]
+LOG_COLUMNS = ["step", "loss", "int", "grad", "ssim", *HINGES, "mark", "ablate", "sec_per_step"]
 
 
 def open_log(path: Path, columns: list[str]):
@@ -239,18 +235,10 @@ def train(
     progress: bool = True,
     log=print,
     twin: bool = False,
-    teachers=(),
 ) -> Path:
     """Train (or resume) under the key at `key_path`; with `twin`, the unprotected twin (no key
-    needed: `key_path` may be None and `identifier` is ignored); `teachers`: twin package paths for
-    `cfg.teacher_weight`. Returns the package path."""
+    needed: `key_path` may be None and `identifier` is ignored). Returns the package path."""
     cfg = cfg or TrainConfig()
-    if bool(teachers) != bool(cfg.teacher_weight):
-        raise AMIFError("A teacher weight needs at least one teacher package (--teacher), and a teacher a weight.")
-    teacher_pkgs = [load_package(p) for p in teachers]
-    for path, t in zip(teachers, teacher_pkgs):
-        if not t.manifest.get("twin"):
-            raise AMIFError(f"Teacher {path} is not an unprotected twin package (amif train --twin).")
     if cfg.vif_weight and cfg.crop < 48:  # four 'valid'-filtered, decimated VIF scales need 48 pixels
         raise AMIFError(f"The VIF loss needs a crop of at least 48 pixels (got {cfg.crop}).")
     if twin:
@@ -295,7 +283,6 @@ def train(
     model = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
     meta = {"identifier": identifier, "model_id": model_id, "twin": twin, "train": cfg.__dict__}
     code_t = torch.from_numpy(true_code).to(dev)
-    teacher_nets = [t.net.eval().to(dev) for t in teacher_pkgs]
     hinge_weights = {f"w_{k}": getattr(cfg, f"{k}_weight") for k in HINGES}
 
     def export(step_now: int) -> Path:
@@ -310,7 +297,6 @@ def train(
                 "ablate_weight": 0.0 if twin else cfg.ablate_weight,
                 "forge_pool": 0 if twin else cfg.forge_pool,
                 **{f"{k}_weight": getattr(cfg, f"{k}_weight") for k in HINGES},
-                "teacher_weight": cfg.teacher_weight, "teachers": [t.model_id for t in teacher_pkgs],
             },
             **protection,
         )
@@ -332,22 +318,14 @@ def train(
             if forge:  # the last negatives are the forgers' codes
                 forged = forge.start(rng).to(dev).requires_grad_()
                 neg = torch.cat([neg[: cfg.batch - len(forged)], forged])
-            loss_m = loss_a = loss_t = torch.zeros((), device=dev)
             if twin:
                 yk = model(a, b, code_t.expand(cfg.batch, -1), coords)
+                loss, parts = fusion_loss(yk, a, b, **hinge_weights)
+                loss_m = loss_a = torch.zeros((), device=dev)
             else:
                 y = model(a, b, torch.cat([code_t.expand(cfg.batch, -1), neg]), coords)
                 yk, yn = y[: cfg.batch], y[cfg.batch :]
-            loss_f, parts = fusion_loss(yk, a, b, **hinge_weights)
-            if teacher_nets:
-                teacher = teacher_nets[step % len(teacher_nets)]
-                with torch.no_grad():
-                    yt = teacher(a, b, torch.zeros(cfg.batch, teacher.cfg.key_bits, device=dev), coords)
-                loss_t = teacher_loss(yk, yt)
-                loss_f = loss_f + cfg.teacher_weight * loss_t
-            if twin:
-                loss = loss_f
-            else:
+                loss_f, parts = fusion_loss(yk, a, b, **hinge_weights)
                 target = marked_target(yk.detach(), mask, cfg.alpha)
                 wmap = 1 + 9 * (gaussian_blur(mask, 2.0) > 0.02).float()
                 loss_m = ((yn - target).abs() * wmap).mean() / wmap.mean()
@@ -355,6 +333,7 @@ def train(
                     k = len(forged)
                     forge_loss = fusion_loss(yn[-k:], a[-k:], b[-k:])[0]
                     forge.update(torch.autograd.grad(forge_loss, forged, retain_graph=True)[0])
+                loss_a = torch.zeros((), device=dev)
                 if cfg.ablate_weight:
                     grid = {"memory.spatial": memory_surgery(net.memory.spatial, step)}
                     ya = torch.func.functional_call(net, grid, (a, b, neg.detach(), coords))
@@ -366,7 +345,7 @@ def train(
             step += 1
             if rank == 0:
                 parts_out = (f"{parts[k]:.5f}" for k in ("int", "grad", "ssim", *HINGES))
-                writer.writerow([step, f"{loss.item():.5f}", *parts_out, f"{loss_t.item():.5f}", f"{loss_m.item():.5f}",
+                writer.writerow([step, f"{loss.item():.5f}", *parts_out, f"{loss_m.item():.5f}",
                                  f"{loss_a.item():.5f}", f"{(time.time() - t0):.3f}"])
                 t0 = time.time()
                 if bar:
