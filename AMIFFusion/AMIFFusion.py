@@ -33,7 +33,8 @@ network writes a visible copyright <b>identifier</b> into the fused volume.</p>
 <i>key belongs to another model</i> and <i>unreadable key file</i> (both stop the fusion, with the
 reason).</p>
 <p><b>Output states</b> (measured on the fused volume after it runs): <i>clean</i> (no identifier
-found) or <i>marked</i> (the identifier is there), with the detection score and threshold. The
+found), <i>marked</i> (the identifier is there) or, rarely, <i>flagged</i> (the identifier's strokes look
+wiped off), with the detection score and threshold. The
 output volume's attributes hold AMIF.ModelId, AMIF.KeyId, AMIF.KeyState, AMIF.Watermark and
 AMIF.Score; never the key's secret.</p>
 <p>The intensity window of each input is its display window (what you see is what gets fused).
@@ -246,10 +247,13 @@ class AMIFFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if v.marked:
                 text = (f"<b>Output marked:</b> it carries the identifier (score {v.score:.3f}, "
                         f"threshold {v.threshold:.3f}).")
+            elif v.erased:
+                text = (f"<b>Output flagged:</b> the identifier's strokes look wiped off "
+                        f"(erasure ratio {v.erasure:.3f}).")
             else:
                 text = f"<b>Output clean:</b> no identifier found (score {v.score:.3f}, threshold {v.threshold:.3f})."
             self.setState(self.ui.outputStateLabel, f"{text}<br>Written to '{fused.node.GetName()}'.",
-                          ORANGE if v.marked else GREEN)
+                          ORANGE if v.flagged else GREEN)
 
 
 class AMIFFusionLogic(ScriptedLoadableModuleLogic):

@@ -84,10 +84,21 @@ def test_demo_writes_both_states(tmp_path, capsys):
     assert np.abs(sitk.GetArrayFromImage(k) - sitk.GetArrayFromImage(u)).max() > 0.05
     # the bundled model: keyed output clean, no-key output marked (verify exits 1 when marked)
     assert k.GetMetaData("AMIF_watermark") == "clean" and u.GetMetaData("AMIF_watermark") == "marked"
-    for name, code in (("fused-keyed.nrrd", 0), ("fused-unkeyed.nrrd", 1)):
+    # ... and the no-key output with the identifier inpainted away is flagged too: its strokes look wiped
+    from amif.attack import identifier_region, inpaint
+    from amif.package import bundled_model_path, load_package
+
+    arr = sitk.GetArrayFromImage(u).astype(np.float32)
+    wiped = inpaint(arr, identifier_region(load_package(bundled_model_path()).identifier, *arr.shape[1:], 1))
+    img = sitk.GetImageFromArray(wiped)
+    img.CopyInformation(u)
+    sitk.WriteImage(img, str(tmp_path / "wiped.nrrd"))
+    capsys.readouterr()
+    for name, code, state in (("fused-keyed.nrrd", 0, "clean"), ("fused-unkeyed.nrrd", 1, "marked"),
+                              ("wiped.nrrd", 1, "erased")):
         with pytest.raises(SystemExit) as ex:
             main(["verify", str(tmp_path / name)])
-        assert ex.value.code == code
+        assert ex.value.code == code and f": {state} (score" in capsys.readouterr().out
 
 
 def test_harvard_pairs_load():

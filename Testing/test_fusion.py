@@ -126,6 +126,34 @@ def test_verify_tells_marked_from_clean():
     assert not verify_image(marked, "OTHER TEXT · HERE", 0.12).marked
 
 
+def test_verify_flags_the_identifier_wiped_off_but_not_clean_or_blurred_images():
+    from amif.attack import gaussian_blur, identifier_region, inpaint
+    from amif.verify import ERASED, Verdict, erasure_ratios
+
+    ident = "AMIF DEMO · UNLICENSED"
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:256, 0:256] / 256
+    img = (0.5 + 0.3 * np.sin(6 * xx) * np.cos(4 * yy) + 0.05 * rng.standard_normal((256, 256))).astype(np.float32)
+    img = img.clip(0, 1)
+    mask = identifier_mask(ident, 256, 256)
+    marked = marked_target(torch.from_numpy(img)[None, None], torch.from_numpy(mask)[None, None])[0, 0].numpy()
+    wiped = inpaint(marked[None], identifier_region(ident, 256, 256, 1))[0]
+    v = verify_image(wiped, ident, 0.12)
+    assert not v.marked and v.erased and v.flagged and v.state == "erased" and "erasure ratio" in str(v)
+    assert v.erasure < 0.1 * ERASED
+    clean = verify_image(img, ident, 0.12)
+    assert clean.state == "clean" and not clean.flagged and abs(clean.erasure - 1) < 0.2
+    assert verify_image(marked, ident, 0.12).state == "marked" and verify_image(marked, ident, 0.12).erasure > 1
+    # blurring the whole image keeps the ratio; an empty or flat image gives no evidence (ratio 1)
+    ratios = erasure_ratios(np.stack([gaussian_blur(img[None], 1.5)[0], np.zeros_like(img), np.full_like(img, 0.5)]),
+                            ident)
+    assert abs(ratios[0] - 1) < 0.2 and ratios[1] == ratios[2] == 1.0
+    # painting texture back into the strokes defeats the check (documented: README, Security)
+    textured = np.where(identifier_region(ident, 256, 256, 1), wiped + 0.05 * rng.standard_normal(wiped.shape), wiped)
+    assert not verify_image(textured.astype(np.float32), ident, 0.12).flagged
+    assert Verdict(0.5, 0.12, 0.0).state == "marked"  # the identifier itself outranks the erasure check
+
+
 def test_colour_second_volume_keeps_chroma(tiny_package):
     pkg = tiny_package[0]
     a = _vol(size=(24, 20, 3))

@@ -23,12 +23,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "AMIFFusion"))
 
-from amif.attack import Target, code_trials, run_edit, surgery_edit, surgery_targets  # noqa: E402
+from amif.attack import Measure, Target, code_trials, run_edit, surgery_edit, surgery_targets  # noqa: E402
 from amif.data import default_data_dir, list_pairs, load_pairs  # noqa: E402
 from amif.evaluate import evaluate  # noqa: E402
 from amif.keys import load_key  # noqa: E402
 from amif.package import bundled_key_path, bundled_model_path, load_package  # noqa: E402
-from amif.verify import identifier_scores  # noqa: E402
+from amif.verify import ERASED  # noqa: E402
 
 
 def surgery(target: Target):
@@ -65,30 +65,31 @@ def main() -> None:
     pairs = list_pairs(args.data, "test")
     a8, b8 = load_pairs(pairs)
     a, b = a8.astype(np.float32) / 255, b8.astype(np.float32) / 255
-    ident, thr = pkg.identifier, pkg.threshold
+    thr = pkg.threshold
     rng = np.random.default_rng(1234)
     attacked = Target(pkg, code, a, b, [p.kind for p in pairs])
     keyed, nokey = attacked.keyed, attacked.unkeyed
 
-    def flagged_for(codes: np.ndarray) -> np.ndarray:
-        return code_trials(attacked, codes).scores  # one image per code, cycling through the test split
+    def flagged_for(codes: np.ndarray) -> Measure:
+        return code_trials(attacked, codes)  # one image per code, cycling through the test split
 
     rand_codes = rng.choice([-1.0, 1.0], size=(args.random, 256)).astype(np.float32)
     near_codes = np.repeat(code[None], args.near, 0)
     for i in range(args.near):
         near_codes[i, rng.choice(256, 1 + i % 16, replace=False)] *= -1
     s_rand, s_near = flagged_for(rand_codes), flagged_for(near_codes)
-    s_none, s_key = identifier_scores(nokey, ident), identifier_scores(keyed, ident)
-    s_src = np.concatenate([identifier_scores(a, ident), identifier_scores(b, ident)])
+    s_none, s_key = Measure.of(attacked, nokey), Measure.of(attacked, keyed)
+    s_src = Measure.of(attacked, np.concatenate([a, b]), np.concatenate([keyed, keyed]))
 
     lines = ["# Engine acceptance figures", "",
              f"Model `{pkg.model_id}` ({pkg.manifest.get('training', {}).get('steps', '?')} training steps), "
-             f"Harvard **test** split ({len(pairs)} pairs), verify threshold {thr:.3f}.", "",
+             f"Harvard **test** split ({len(pairs)} pairs), verify threshold {thr:.3f}. Flagged: identifier score "
+             f">= threshold, or erasure ratio < {ERASED} (the strokes wiped off; `amif.verify`).", "",
              "| outputs | n | flagged | median score | target |", "|---|---|---|---|---|"]
     for name, s, target in [("random codes", s_rand, "100%"), ("near-miss codes (1-16 bits)", s_near, "100%"),
                             ("no key (zero code)", s_none, "100%"), ("keyed (owner's key)", s_key, "<= 1%"),
                             ("source images (MRI and other)", s_src, "<= 1%")]:
-        lines.append(f"| {name} | {len(s)} | {100 * np.mean(s >= thr):.1f}% | {np.median(s):.3f} | {target} |")
+        lines.append(f"| {name} | {len(s.scores)} | {100 * s.flagged:.1f}% | {np.median(s.scores):.3f} | {target} |")
     lines += ["", "Keyed outputs against the element-wise max rule, as in the evaluation report (`amif evaluate`: "
               "the fused luminance, PET/SPECT chroma restored, scored on grey 0-255):", "",
               "| modality | metric | keyed AMIF | max rule | ratio | target |", "|---|---|---|---|---|---|"]

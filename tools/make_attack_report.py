@@ -72,7 +72,7 @@ def curves(doc: dict, path: Path) -> bool:
         rows = att["learned-removal"]["rows"]
         n = [r["images"] for r in rows]
         axes[i].plot(n, [100 * r["flagged"] for r in rows], "o-", label="flagged")
-        axes[i].plot(n, [100 * r["broken"] for r in rows], "s--", label="unmarked at keyed quality")
+        axes[i].plot(n, [100 * r["broken"] for r in rows], "s--", label="unflagged at keyed quality")
         axes[i].set(xscale="log", xlabel="leaked (unkeyed, keyed) pairs N", ylabel="% of outputs", ylim=(-5, 105),
                     title="Learned removal")
         axes[i].legend(fontsize=8)

@@ -17,7 +17,8 @@ Families (names for `--attacks`):
   (owner's code: at most 1%).
 * ``classical``: image processing applied to the unkeyed (zero-code) outputs, each with a parameter
   sweep: Gaussian blur, median filter, JPEG, Gaussian noise, down/up-scaling, cropping and
-  rescaling, histogram equalization, and inpainting over the identifier's exact mask. Target: the
+  rescaling, histogram equalization, and inpainting over the identifier's exact mask, plainly and
+  with texture painted back into the strokes (an attacker who knows verify's erasure check). Target: the
   attack leaves >= 95% flagged, or its output is further from the keyed output (lower PSNR) than
   the unkeyed output it started from.
 * ``surgery`` (white-box): every module and every parameter tensor or buffer in turn is zeroed,
@@ -59,7 +60,7 @@ from .errors import AMIFError
 
 KINDS = tuple(PAIR_TYPES.values())
 PSNR_CAP = 100.0
-SUCCESS_SHARE = 0.5  # an attack succeeds when at least this share of its images is unmarked at keyed quality
+SUCCESS_SHARE = 0.5  # an attack succeeds when at least this share of its images is unflagged at keyed quality
 
 
 @dataclass
@@ -242,17 +243,20 @@ def ssim(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
         return ssim_t(t(x), t(ref)).double().numpy()
 
 
-def scores(target: Target, images: np.ndarray) -> np.ndarray:
-    from .verify import identifier_scores
+def scores(target: Target, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """verify's identifier scores and erasure ratios of a stack of images."""
+    from .verify import erasure_ratios, identifier_scores
 
-    return identifier_scores(np.clip(images, 0, 1), target.identifier)
+    images = np.clip(images, 0, 1)
+    return identifier_scores(images, target.identifier), erasure_ratios(images, target.identifier)
 
 
 @dataclass
 class Measure:
-    """verify scores, PSNR and SSIM to the keyed output, per image."""
+    """verify scores and erasure ratios, PSNR and SSIM to the keyed output, per image."""
 
     scores: np.ndarray
+    erasure: np.ndarray
     psnr: np.ndarray
     ssim: np.ndarray
     threshold: float
@@ -261,19 +265,35 @@ class Measure:
     @classmethod
     def of(cls, target: Target, images: np.ndarray, ref: np.ndarray | None = None, quality_db: float = 30.0):
         ref = target.keyed if ref is None else ref
-        return cls(scores(target, images), psnr(images, ref), ssim(images, ref), target.threshold, quality_db)
+        return cls(*scores(target, images), psnr(images, ref), ssim(images, ref), target.threshold, quality_db)
+
+    def rows(self, rows) -> Measure:
+        return Measure(self.scores[rows], self.erasure[rows], self.psnr[rows], self.ssim[rows], self.threshold,
+                       self.quality_db)
+
+    @property
+    def flags(self) -> np.ndarray:
+        """Per image: flagged by verify (the identifier there, or its strokes wiped)."""
+        from .verify import ERASED
+
+        return (self.scores >= self.threshold) | (self.erasure < ERASED)
 
     @property
     def flagged(self) -> float:
-        return float(np.mean(self.scores >= self.threshold))
+        return float(np.mean(self.flags))
+
+    @property
+    def erased(self) -> float:
+        """Share of images flagged only by the erasure check."""
+        return float(np.mean(self.flags & (self.scores < self.threshold)))
 
     @property
     def broken(self) -> float:
         """Share of images unflagged and at keyed quality."""
-        return float(np.mean((self.scores < self.threshold) & (self.psnr >= self.quality_db)))
+        return float(np.mean(~self.flags & (self.psnr >= self.quality_db)))
 
     def summary(self) -> dict:
-        return {"n": int(len(self.scores)), "flagged": self.flagged, "broken": self.broken,
+        return {"n": int(len(self.scores)), "flagged": self.flagged, "erased": self.erased, "broken": self.broken,
                 "score_min": float(self.scores.min()), "score_median": float(np.median(self.scores)),
                 "psnr_mean": float(self.psnr.mean()), "psnr_max": float(self.psnr.max()),
                 "ssim_mean": float(self.ssim.mean()), "ssim_max": float(self.ssim.max())}
@@ -306,10 +326,10 @@ def code_trials(target: Target, codes: np.ndarray, batch: int = 16, quality_db: 
     and the decoder takes `batch` codes at a time. Returns the measure of the len(codes) outputs."""
     import torch
 
-    from .verify import score_tensor
+    from .verify import erasure_tensor, score_tensor
 
     codes = np.asarray(codes, np.float32).reshape(-1, target.code.size)
-    out = {k: np.zeros(len(codes)) for k in ("s", "p", "q")}
+    out = {k: np.zeros(len(codes)) for k in ("s", "e", "p", "q")}
     mask = target.mask()
     net = target.net
     with torch.inference_mode():
@@ -323,12 +343,13 @@ def code_trials(target: Target, codes: np.ndarray, batch: int = 16, quality_db: 
                 j = idx[s : s + batch]
                 y = net.decode(enc, torch.from_numpy(codes[j]).to(target.device))
                 out["s"][j] = score_tensor(y, mask).float().cpu().numpy()
+                out["e"][j] = erasure_tensor(y, mask).float().cpu().numpy()
                 y = y[:, 0].float().cpu().numpy()
                 out["p"][j] = psnr(y, np.repeat(ref, len(j), 0))
                 out["q"][j] = ssim(y, np.repeat(ref, len(j), 0))
                 if on_batch:
                     on_batch(len(j))
-    return Measure(out["s"], out["p"], out["q"], target.threshold, quality_db)
+    return Measure(out["s"], out["e"], out["p"], out["q"], target.threshold, quality_db)
 
 
 @dataclass
@@ -393,7 +414,7 @@ def wrong_keys(target: Target, opts: AttackOptions, progress: bool = True) -> At
             t1 = time.perf_counter()
             if g.parent:  # a slice of a measured group
                 m = measured[g.parent]
-                m = Measure(m.scores[g.rows], m.psnr[g.rows], m.ssim[g.rows], m.threshold, m.quality_db)
+                m = m.rows(g.rows)
             else:
                 m = measured[g.label] = code_trials(target, g.codes, opts.code_batch, opts.quality_db, bar.update)
             secs = time.perf_counter() - t1
@@ -418,7 +439,7 @@ def wrong_keys(target: Target, opts: AttackOptions, progress: bool = True) -> At
         "wrong-keys", "Wrong keys at scale", "100% of wrong, near-miss, foreign, structured and zero codes flagged; "
         "<= 1% of keyed outputs flagged", met, summary,
         ["codes", "outputs", "flagged", "min score", "median score", "PSNR to keyed, mean / max (dB)",
-         "SSIM to keyed, mean / max", "unmarked at keyed quality", "target flagged", "met",
+         "SSIM to keyed, mean / max", "unflagged at keyed quality", "target flagged", "met",
          "cost: images / codes / s"], rows, data,
         [f"Each code runs on one pair, cycling through the {target.n} pairs; score threshold "
          f"{target.threshold:.3f}. Near-miss codes flip 1 + (i mod {opts.near_miss_max_bits}) random bits of the "
@@ -551,6 +572,23 @@ def identifier_region(identifier: str, h: int, w: int, dilate: int = 0) -> np.nd
     return m[0, 0].numpy() > 0
 
 
+def inpaint_textured(images: np.ndarray, identifier: str, dilate: int, seed: int = 0) -> np.ndarray:
+    """Inpainting by an attacker who knows verify's erasure check: the filled strokes get white noise
+    back, scaled so that their fine detail matches the rest of the image's (what the check compares)."""
+    h, w = images.shape[1:]
+    scale = min(h, w) / 256
+    mask = identifier_region(identifier, h, w, dilate)
+    rest = ~identifier_region(identifier, h, w, round(4 * scale))
+    filled = inpaint(images, mask)
+    sigma = max(1.0, scale)
+    noise = np.random.default_rng(seed).standard_normal(images.shape).astype(np.float32)
+    detail = np.abs(filled - gaussian_blur(filled, sigma))
+    level = np.array([d[rest & (f > 0.05)].mean() if (rest & (f > 0.05)).any() else 0.0
+                      for d, f in zip(detail, gaussian_blur(filled, 3.0 * scale))])
+    level = level / np.abs(noise - gaussian_blur(noise, sigma)).mean()
+    return np.where(mask, filled + level[:, None, None] * noise, filled).astype(np.float32)
+
+
 # (label, short label for figures, setting label, settings, function(images, setting, target, seed))
 CLASSICAL = [
     ("Gaussian blur", "blur", "sigma {} px", (0.5, 1.0, 1.5, 2.0, 3.0), lambda x, p, t, s: gaussian_blur(x, p)),
@@ -562,6 +600,8 @@ CLASSICAL = [
     ("histogram equalization", "equalize", "global", (None,), lambda x, p, t, s: equalize(x)),
     ("inpainting over the exact mask", "inpaint", "mask dilated {} px", (0, 1, 2, 3),
      lambda x, p, t, s: inpaint(x, identifier_region(t.identifier, *t.shape, p))),
+    ("inpainting + texture painted back (knows the erasure check)", "inpaint+tex", "mask dilated {} px", (1, 2),
+     lambda x, p, t, s: inpaint_textured(x, t.identifier, p, s)),
 ]
 
 
@@ -583,13 +623,15 @@ def classical_removal(target: Target, opts: AttackOptions, progress: bool = True
                 ok = bool(after.flagged >= 0.95 or after.psnr.mean() < before.psnr.mean())
                 met &= ok
                 setting = plabel.format(p)
-                rows.append([label, setting, f"{_pct(before.flagged)} → {_pct(after.flagged)}",
+                erased = f" ({_pct(after.erased)} erased)" if after.erased else ""
+                rows.append([label, setting, f"{_pct(before.flagged)} → {_pct(after.flagged)}{erased}",
                              f"{_db(before.psnr.mean())} → {_db(after.psnr.mean())}",
                              f"{after.psnr.mean() - before.psnr.mean():+.1f}",
                              f"{before.ssim.mean():.3f} → {after.ssim.mean():.3f}", _db(own.mean()),
                              _pct(after.broken), _yes(ok), f"{target.n} / 1 / {secs:.2f}"])
                 data.append({"attack": label, "setting": setting, "flagged_before": before.flagged,
-                             "flagged_after": after.flagged, "psnr_before": float(before.psnr.mean()),
+                             "flagged_after": after.flagged, "erased_after": after.erased,
+                             "psnr_before": float(before.psnr.mean()),
                              "psnr_after": float(after.psnr.mean()), "ssim_before": float(before.ssim.mean()),
                              "ssim_after": float(after.ssim.mean()), "psnr_same_on_keyed": float(own.mean()),
                              "broken": after.broken, "met": ok, "images": target.n, "steps": 1, "seconds": secs})
@@ -603,12 +645,14 @@ def classical_removal(target: Target, opts: AttackOptions, progress: bool = True
         "classical", "Classical removal on unkeyed outputs",
         ">= 95% still flagged, or PSNR to the keyed output lower after the attack than before", met, summary,
         ["attack", "setting", "flagged before → after", "PSNR to keyed before → after (dB)", "gain (dB)",
-         "SSIM to keyed before → after", "same transform on keyed: PSNR (dB)", "unmarked at keyed quality", "met",
+         "SSIM to keyed before → after", "same transform on keyed: PSNR (dB)", "unflagged at keyed quality", "met",
          "cost: images / steps / s"], rows, data,
         ["Each transform is applied to the unkeyed (zero-code) outputs, saved as 8-bit where the tool needs it. "
          "'Same transform on keyed' is the PSNR of the transformed keyed output to the keyed output: what the "
          "transform costs a clean image. Inpainting knows the identifier's mask exactly (amif.identifier) and fills "
-         "it harmonically from its surroundings."],
+         "it harmonically from its surroundings; `verify` flags an output whose strokes are far smoother than their "
+         "surroundings (erasure ratio < 0.4: 'erased' in the table), and the textured variant paints noise back into "
+         "the strokes at the rest of the image's detail level, which that check cannot tell from anatomy."],
         time.perf_counter() - t0, [figure])
 
 
@@ -729,7 +773,7 @@ def surgery(target: Target, opts: AttackOptions, progress: bool = True, edits=("
     broken = [d for d in data if d["broken"] >= SUCCESS_SHARE]
     unflagged = [d for d in data if d["flagged"] == 0]
     top = max(unflagged, key=lambda d: d["psnr_mean"], default=None)
-    summary = (f"{len(data)} edits; {len(broken)} give unmarked outputs at keyed quality (>= {opts.quality_db:g} dB) "
+    summary = (f"{len(data)} edits; {len(broken)} give unflagged outputs at keyed quality (>= {opts.quality_db:g} dB) "
                f"on >= {SUCCESS_SHARE:.0%} of images"
                + (f": {', '.join(d['target'] + ' ' + d['how'] for d in broken[:5])}" if broken else "")
                + (f"; best fully unflagged edit: `{top['target']}` {top['how']} at {_db(top['psnr_mean'])} dB"
@@ -740,10 +784,10 @@ def surgery(target: Target, opts: AttackOptions, progress: bool = True, edits=("
               + [(lbl[:28], run_edit(fig, repl)[1][0]) for *_, lbl, repl in best[:6]]]
     return AttackResult(
         "surgery", "White-box surgery (single edits, no key)",
-        f"no single edit gives an unmarked output at keyed quality (PSNR >= {opts.quality_db:g} dB to keyed) "
+        f"no single edit gives an unflagged output at keyed quality (PSNR >= {opts.quality_db:g} dB to keyed) "
         f"on >= {SUCCESS_SHARE:.0%} of the images", not broken, summary,
         ["edited", "type", "values", "zero: flagged · PSNR · SSIM", "random: flagged · PSNR · SSIM",
-         "bypass: flagged · PSNR · SSIM", "unmarked at keyed quality (worst edit)"], rows, data,
+         "bypass: flagged · PSNR · SSIM", "unflagged at keyed quality (worst edit)"], rows, data,
         [f"Each edit changes one module's parameters or one tensor and runs the network with the zero code on the "
          f"{target.n} images; PSNR and SSIM are to the keyed output (means over images). Random: i.i.d. Gaussian "
          "with the tensor's own mean and std (a single value keeps its value). Bypass: identity kernel for "
@@ -767,7 +811,7 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
     import torch
 
     from .losses import fusion_loss
-    from .verify import score_tensor
+    from .verify import ERASED, erasure_tensor, score_tensor
 
     opts.check()
     t0 = time.perf_counter()
@@ -801,7 +845,7 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
                     with torch.no_grad():
                         mse = ((y - keyed) ** 2).flatten(1).mean(1)
                         p = (10 * torch.log10(1 / mse.clamp_min(1e-10))).clamp(max=PSNR_CAP)
-                        clean = s < thr
+                        clean = (s < thr) & (erasure_tensor(y, mask) >= ERASED)
                         broken = float((clean & (p >= opts.quality_db)).float().mean())
                         run["best_broken"] = max(run["best_broken"], broken)
                         if clean.any():
@@ -854,9 +898,9 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
                         f"{d['step_budget']:,} steps" for d in data)
     return AttackResult(
         "forging", "White-box key forging", f"< 5% of restarts succeed within {opts.forge_steps:,} steps", met, summary,
-        ["objective", "successes", "steps to success", "step budget", "best share unmarked at keyed quality",
+        ["objective", "successes", "steps to success", "step budget", "best share unflagged at keyed quality",
          "best PSNR of an unflagged output (dB)", "final code: flagged · PSNR · SSIM",
-         "sign(final code): flagged · PSNR", f"final code on all {target.n} pairs: flagged · PSNR · unmarked at "
+         "sign(final code): flagged · PSNR", f"final code on all {target.n} pairs: flagged · PSNR · unflagged at "
          "keyed quality", "met", "cost: images / steps / s"], rows, data,
         [f"Adam (lr {opts.forge_lr:g}) on a continuous 256-value code, {opts.forge_restarts} restarts from random "
          f"+-1 codes, weights frozen, on {len(idx)} pairs (round-robin over pair types: "
@@ -1058,7 +1102,7 @@ def _header(target: Target, info: dict, opts: AttackOptions) -> list[str]:
     steps = pkg.manifest.get("training", {}).get("steps", "?")
     counts = ", ".join(f"{k} {target.kinds.count(k)}" for k in dict.fromkeys(target.kinds))
     ref = Measure.of(target, target.unkeyed, quality_db=opts.quality_db)
-    keyed_flagged = float(np.mean(scores(target, target.keyed) >= target.threshold))
+    keyed_flagged = Measure.of(target, target.keyed).flagged
     return [
         "# AMIF attack report", "",
         f"* Model `{pkg.model_id}` (`{Path(info['model_path']).name}`, {steps} training steps), identifier "

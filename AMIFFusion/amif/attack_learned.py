@@ -11,7 +11,7 @@ model's weights are the attacker's (it is openly distributed); the owner's key i
   the attacker's images, then run on the attacked pairs. Target: >= 95% of its outputs flagged.
 * ``fine-tuning``: the released weights trained further with the fusion loss under the zero code
   (no key) on N unlabelled pairs, against the same architecture trained from scratch on the same
-  pairs and steps. Both are scored along the way: where fine-tuning first gives unmarked outputs at
+  pairs and steps. Both are scored along the way: where fine-tuning first gives unflagged outputs at
   keyed quality is the cost of removing the protection; scratch is what the attacker would pay
   without the released weights.
 
@@ -192,13 +192,13 @@ def learned_removal(target, opts, progress: bool = True):
                          "steps": opts.learn_steps, "seconds": secs})
             figure.append((f"remover N={n}", apply(remover, [fig.unkeyed, fig.a, fig.b], opts.device)[0]))
     met = all(d["met"] for d in data)
-    summary = "; ".join(f"N={d['images']}: {_pct(d['flagged'])} flagged, {_pct(d['broken'])} unmarked at keyed "
+    summary = "; ".join(f"N={d['images']}: {_pct(d['flagged'])} flagged, {_pct(d['broken'])} unflagged at keyed "
                         "quality" for d in data)
     return AttackResult(
         "learned-removal", "Learned removal (U-Net remover on N leaked output pairs)",
         ">= 95% still flagged, or PSNR to the keyed output lower than the unkeyed output's (as for classical "
         "removal)", met, summary,
-        ["leaked pairs N", "flagged", "PSNR · SSIM to keyed", "unmarked at keyed quality", "gain (dB)", "met",
+        ["leaked pairs N", "flagged", "PSNR · SSIM to keyed", "unflagged at keyed quality", "gain (dB)", "met",
          "cost: images / steps / s"], rows, data,
         [f"The remover (a {sum(p.numel() for p in remover.parameters()):,}-parameter U-Net, input: unkeyed output "
          "and both sources; residual over the unkeyed output) is trained with L1 to the keyed output on N "
@@ -243,7 +243,7 @@ def distillation(target, opts, progress: bool = True):
     return AttackResult(
         "distillation", "Distillation (students trained on the unkeyed outputs)",
         ">= 95% of the students' outputs flagged", met, summary,
-        ["student", "parameters", "flagged", "PSNR · SSIM to keyed", "unmarked at keyed quality",
+        ["student", "parameters", "flagged", "PSNR · SSIM to keyed", "unflagged at keyed quality",
          "PSNR to the teacher's unkeyed output", "met", "cost: images / steps / s"], rows, data,
         [f"Each student maps the two sources (and their mean, the residual's base) to the released model's unkeyed "
          f"output, L1, on {n} pairs of the train split, {opts.learn_steps:,} Adam steps (lr {opts.learn_lr:g}, "
@@ -338,7 +338,7 @@ def fine_tuning(target, opts, progress: bool = True):
             data.append({"images": n, "steps": opts.learn_steps, "fine_tuned": ft, "scratch": sc, "met": ok,
                          "seconds": ft["seconds"] + sc["seconds"]})
     summary = "; ".join(
-        f"N={d['images']}: " + (f"unmarked at keyed quality after {d['fine_tuned']['success_step']:,} steps"
+        f"N={d['images']}: " + (f"unflagged at keyed quality after {d['fine_tuned']['success_step']:,} steps"
                                 if d["fine_tuned"]["success_step"] is not None
                                 else f"not removed within {d['steps']:,} steps")
         + (f" (scratch: {d['scratch']['success_step']:,})" if d["scratch"]["success_step"] is not None else
@@ -347,7 +347,7 @@ def fine_tuning(target, opts, progress: bool = True):
         "fine-tuning", "White-box fine-tuning (released weights, fusion loss, no key)",
         f"report the cost; met here means not removed within {opts.learn_steps:,} steps", all(d["met"] for d in data),
         summary,
-        ["unlabelled pairs N", "fine-tuned: first step <= 5% flagged", "fine-tuned: first step unmarked at keyed "
+        ["unlabelled pairs N", "fine-tuned: first step <= 5% flagged", "fine-tuned: first step unflagged at keyed "
          "quality", "scratch: first step at keyed quality", "fine-tuned at the end: flagged · PSNR to keyed",
          "scratch at the end: PSNR to keyed", "met", "cost: images / steps / s"], rows, data,
         [f"The attacker trains the released network (every weight) with the fusion loss under the zero code on N "

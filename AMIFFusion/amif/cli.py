@@ -154,7 +154,7 @@ def cmd_verify(args) -> None:
         lo, hi = float(arr.min()), float(arr.max())
         v = verify_volume((arr - lo) / max(hi - lo, 1e-8), pkg.identifier, pkg.threshold)
     print(f"{args.image}: {v}")
-    sys.exit(1 if v.marked else 0)
+    sys.exit(1 if v.flagged else 0)
 
 
 def cmd_train(args) -> None:
@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", nargs="?")
     s.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("verify", help="does an image carry the identifier? (exit 1 if marked)")
+    s = sub.add_parser("verify", help="does an image carry the identifier, or show it wiped off? (exit 1 if so)")
     s.add_argument("image")
     s.add_argument("-m", "--model")
     s.set_defaults(func=cmd_verify)
