@@ -23,7 +23,7 @@ from .errors import AMIFError
 from .identifier import identifier_mask
 
 # erasure ratio below which the strokes count as wiped. Harvard train split, every 12th pair: keyed outputs,
-# sources and keyed outputs after JPEG 30 or equalization >= 0.63; inpainted over the mask dilated 2-20 px <= 0.10
+# sources and keyed outputs after JPEG 30 or equalization >= 0.63; inpainted over the mask dilated 2-20 px <= 0.11
 ERASED = 0.4
 MIN_DETAIL = 1 / 255  # mean fine detail the reference region needs before a ratio means anything (else 1)
 
