@@ -33,7 +33,7 @@ network writes a visible copyright <b>identifier</b> into the fused volume.</p>
 <i>key belongs to another model</i> and <i>unreadable key file</i> (both stop the fusion, with the
 reason).</p>
 <p><b>Output states</b> (measured on the fused volume after it runs): <i>clean</i> (no identifier
-found), <i>marked</i> (the identifier is there) or, rarely, <i>flagged</i> (the identifier's strokes look
+found), <i>marked</i> (the identifier is there) or, rarely, <i>erased</i> (the identifier's strokes look
 wiped off), with the detection score and threshold. The
 output volume's attributes hold AMIF.ModelId, AMIF.KeyId, AMIF.KeyState, AMIF.Watermark and
 AMIF.Score; never the key's secret.</p>
@@ -248,7 +248,7 @@ class AMIFFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 text = (f"<b>Output marked:</b> it carries the identifier (score {v.score:.3f}, "
                         f"threshold {v.threshold:.3f}).")
             elif v.erased:
-                text = (f"<b>Output flagged:</b> the identifier's strokes look wiped off "
+                text = (f"<b>Output erased:</b> the identifier's strokes look wiped off "
                         f"(erasure ratio {v.erasure:.3f}).")
             else:
                 text = f"<b>Output clean:</b> no identifier found (score {v.score:.3f}, threshold {v.threshold:.3f})."

@@ -128,7 +128,7 @@ def test_verify_tells_marked_from_clean():
 
 def test_verify_flags_the_identifier_wiped_off_but_not_clean_or_blurred_images():
     from amif.attack import gaussian_blur, identifier_region, inpaint
-    from amif.verify import ERASED, Verdict, erasure_ratios
+    from amif.verify import ERASED, Verdict, scores_and_erasure
 
     ident = "AMIF DEMO · UNLICENSED"
     rng = np.random.default_rng(1)
@@ -145,8 +145,8 @@ def test_verify_flags_the_identifier_wiped_off_but_not_clean_or_blurred_images()
     assert clean.state == "clean" and not clean.flagged and abs(clean.erasure - 1) < 0.2
     assert verify_image(marked, ident, 0.12).state == "marked" and verify_image(marked, ident, 0.12).erasure > 1
     # blurring the whole image keeps the ratio; an empty or flat image gives no evidence (ratio 1)
-    ratios = erasure_ratios(np.stack([gaussian_blur(img[None], 1.5)[0], np.zeros_like(img), np.full_like(img, 0.5)]),
-                            ident)
+    _, ratios = scores_and_erasure(np.stack([gaussian_blur(img[None], 1.5)[0], np.zeros_like(img),
+                                             np.full_like(img, 0.5)]), ident)
     assert abs(ratios[0] - 1) < 0.2 and ratios[1] == ratios[2] == 1.0
     # painting texture back into the strokes defeats the check (documented: README, Security)
     textured = np.where(identifier_region(ident, 256, 256, 1), wiped + 0.05 * rng.standard_normal(wiped.shape), wiped)

@@ -245,10 +245,9 @@ def ssim(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 def scores(target: Target, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """verify's identifier scores and erasure ratios of a stack of images."""
-    from .verify import erasure_ratios, identifier_scores
+    from .verify import scores_and_erasure
 
-    images = np.clip(images, 0, 1)
-    return identifier_scores(images, target.identifier), erasure_ratios(images, target.identifier)
+    return scores_and_erasure(np.clip(images, 0, 1), target.identifier)
 
 
 @dataclass

@@ -74,14 +74,10 @@ def identifier_scores(images: np.ndarray, identifier: str) -> np.ndarray:
     return score_tensor(*_stack(images, identifier)).numpy()
 
 
-def erasure_ratios(images: np.ndarray, identifier: str) -> np.ndarray:
-    """Erasure ratios of a stack of grey images in [0, 1], shape (n, h, w) -> (n,)."""
-    return erasure_tensor(*_stack(images, identifier)).numpy()
-
-
-def flagged(images: np.ndarray, identifier: str, threshold: float) -> np.ndarray:
-    """Per image of a stack: marked or erased (what `Verdict.flagged` says of one image)."""
-    return (identifier_scores(images, identifier) >= threshold) | (erasure_ratios(images, identifier) < ERASED)
+def scores_and_erasure(images: np.ndarray, identifier: str) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and erasure ratios of a stack of grey images in [0, 1], shape (n, h, w) -> (n,), (n,)."""
+    x, mask = _stack(images, identifier)
+    return score_tensor(x, mask).numpy(), erasure_tensor(x, mask).numpy()
 
 
 def score_tensor(x, mask):
@@ -142,8 +138,8 @@ def verify_image(image: np.ndarray, identifier: str, threshold: float) -> Verdic
         image = luminance(image[..., :3])
     if image.ndim != 2:
         raise AMIFError(f"verify_image needs a 2D image; got shape {image.shape}.")
-    return Verdict(float(identifier_scores(image[None], identifier)[0]), threshold,
-                   float(erasure_ratios(image[None], identifier)[0]))
+    score, erasure = scores_and_erasure(image[None], identifier)
+    return Verdict(float(score[0]), threshold, float(erasure[0]))
 
 
 def verify_volume(volume: np.ndarray, identifier: str, threshold: float, min_content: float = 0.02) -> Verdict:
@@ -155,7 +151,6 @@ def verify_volume(volume: np.ndarray, identifier: str, threshold: float, min_con
     if not keep:
         return Verdict(0.0, threshold)
     step = max(1, 32 * 256 * 256 // (vol.shape[1] * vol.shape[2]))  # 32 slices of 256x256 at a time: memory bounded
-    chunks = [vol[keep[i : i + step]] for i in range(0, len(keep), step)]
-    scores = np.concatenate([identifier_scores(c, identifier) for c in chunks])
-    erasure = np.concatenate([erasure_ratios(c, identifier) for c in chunks])
+    scores, erasure = (np.concatenate(r) for r in zip(*(scores_and_erasure(vol[keep[i : i + step]], identifier)
+                                                       for i in range(0, len(keep), step))))
     return Verdict(float(np.median(scores)), threshold, float(np.median(erasure)))
