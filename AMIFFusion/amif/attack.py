@@ -573,19 +573,22 @@ def identifier_region(identifier: str, h: int, w: int, dilate: int = 0) -> np.nd
 
 def inpaint_textured(images: np.ndarray, identifier: str, dilate: int, seed: int = 0) -> np.ndarray:
     """Inpainting by an attacker who knows verify's erasure check: the filled strokes get white noise
-    back, scaled so that their fine detail matches the rest of the image's (what the check compares)."""
+    back, scaled so that their fine detail matches the check's reference region (verify.erasure_parts)."""
+    import torch
+
+    from .identifier import identifier_mask
+    from .verify import erasure_parts
+
     h, w = images.shape[1:]
-    scale = min(h, w) / 256
-    mask = identifier_region(identifier, h, w, dilate)
-    rest = ~identifier_region(identifier, h, w, round(4 * scale))
-    filled = inpaint(images, mask)
-    sigma = max(1.0, scale)
+    mask = torch.from_numpy(identifier_mask(identifier, h, w))[None, None]
+    region = identifier_region(identifier, h, w, dilate)
+    filled = inpaint(images, region)
     noise = np.random.default_rng(seed).standard_normal(images.shape).astype(np.float32)
-    detail = np.abs(filled - gaussian_blur(filled, sigma))
-    level = np.array([d[rest & (f > 0.05)].mean() if (rest & (f > 0.05)).any() else 0.0
-                      for d, f in zip(detail, gaussian_blur(filled, 3.0 * scale))])
-    level = level / np.abs(noise - gaussian_blur(noise, sigma)).mean()
-    return np.where(mask, filled + level[:, None, None] * noise, filled).astype(np.float32)
+    with torch.inference_mode():
+        d, _, ref = erasure_parts(torch.from_numpy(filled)[:, None], mask)
+        level = ((d * ref).sum(1) / ref.sum(1).clamp_min(1)).numpy()
+        unit = erasure_parts(torch.from_numpy(noise[:1] + 0.5)[:, None], mask)[0].mean().item()  # content everywhere
+    return np.where(region, filled + (level / unit)[:, None, None] * noise, filled).astype(np.float32)
 
 
 # (label, short label for figures, setting label, settings, function(images, setting, target, seed))

@@ -102,11 +102,10 @@ def score_tensor(x, mask):
     return num / den
 
 
-def erasure_tensor(x, mask):
-    """The erasure ratio as a torch function, shapes as in `score_tensor` -> (n,): mean fine detail
-    (|x - blur(x)|) over the strokes' pixels with content, over its mean on the pixels with content
-    more than 4 px (at 256 pixels) from the strokes; 1 (no evidence) where either has under 50
-    pixels or the reference is flat."""
+def erasure_parts(x, mask):
+    """What the erasure ratio compares, shapes as in `score_tensor`: the fine detail |x - blur(x)|
+    and the 0/1 maps of the strokes' pixels with content and of the pixels with content more than
+    4 px (at 256 pixels) from the strokes (the reference), each (n, h * w)."""
     import torch.nn.functional as F
 
     from .losses import gaussian_blur
@@ -118,8 +117,14 @@ def erasure_tensor(x, mask):
     near = F.max_pool2d(strokes, 2 * r + 1, 1, r)
     detail = (x - gaussian_blur(x, max(1.0, scale))).abs()
     content = (gaussian_blur(x, 3.0 * scale) > 0.05).to(x.dtype)
-    inner, ref = (strokes * content).flatten(1), ((1 - near) * content).flatten(1)
-    d = detail.flatten(1)
+    return detail.flatten(1), (strokes * content).flatten(1), ((1 - near) * content).flatten(1)
+
+
+def erasure_tensor(x, mask):
+    """The erasure ratio as a torch function, shapes as in `score_tensor` -> (n,): mean fine detail
+    over the strokes' pixels with content, over its mean on the reference (`erasure_parts`); 1 (no
+    evidence) where either has under 50 pixels or the reference is flat."""
+    d, inner, ref = erasure_parts(x, mask)
     n_in, n_ref = inner.sum(1), ref.sum(1)
     d_in = (d * inner).sum(1) / n_in.clamp_min(1)
     d_ref = (d * ref).sum(1) / n_ref.clamp_min(1)
