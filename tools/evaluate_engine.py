@@ -70,14 +70,11 @@ def main() -> None:
     attacked = Target(pkg, code, a, b, [p.kind for p in pairs])
     keyed, nokey = attacked.keyed, attacked.unkeyed
 
-    def flagged_for(codes: np.ndarray) -> Measure:
-        return code_trials(attacked, codes)  # one image per code, cycling through the test split
-
     rand_codes = rng.choice([-1.0, 1.0], size=(args.random, 256)).astype(np.float32)
     near_codes = np.repeat(code[None], args.near, 0)
     for i in range(args.near):
         near_codes[i, rng.choice(256, 1 + i % 16, replace=False)] *= -1
-    s_rand, s_near = flagged_for(rand_codes), flagged_for(near_codes)
+    s_rand, s_near = code_trials(attacked, rand_codes), code_trials(attacked, near_codes)  # one image per code
     s_none, s_key = Measure.of(attacked, nokey), Measure.of(attacked, keyed)
     s_src = Measure.of(attacked, np.concatenate([a, b]), np.concatenate([keyed, keyed]))
 

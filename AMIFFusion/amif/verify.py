@@ -32,7 +32,7 @@ MIN_DETAIL = 1 / 255  # mean fine detail the reference region needs before a rat
 class Verdict:
     score: float
     threshold: float
-    erasure: float = 1.0  # detail inside the strokes / around them (see the module text)
+    erasure: float = 1.0  # fine detail inside the strokes / elsewhere (see the module text)
 
     @property
     def marked(self) -> bool:
