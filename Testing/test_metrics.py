@@ -191,6 +191,8 @@ def test_training_sd_sf_and_scd_hinges_follow_the_metrics_and_stop_above_the_max
     _, parts = fusion_loss(m, a, b, **hinges)
     assert parts["scd"] == 0.0  # the floors of SD and SF lie MARGIN above the rule, SCD's at it
     assert parts["sd"] == pytest.approx(MARGIN - 1) and parts["sf"] == pytest.approx(MARGIN - 1)
+    _, parts = fusion_loss(m, a, b, **hinges, sf_floor=1.1)
+    assert parts["sf"] == pytest.approx(0.1) and parts["sd"] == pytest.approx(MARGIN - 1)  # sf_floor moves SF's only
     contrast = (m - m.mean((2, 3), keepdim=True)) * (MARGIN + 0.01) + m.mean((2, 3), keepdim=True)
     _, parts = fusion_loss(contrast, a, b, **hinges)
     assert parts["sd"] == 0.0 and parts["sf"] == 0.0  # above the floor: the hinges are off

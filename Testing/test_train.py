@@ -165,6 +165,22 @@ def test_fusion_hinge_changes_training_and_is_recorded(tmp_path, term, active):
                   cfg=TrainConfig(steps=1, batch=2, crop=32, vif_weight=1.0), **kw)
 
 
+def test_sf_floor_reaches_the_sf_hinge_and_is_recorded(tmp_path):
+    _fake_pairs(tmp_path / "data", blocks=8)
+    kw = dict(identifier="", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None, twin=True)
+    logged, nets = {}, {}
+    for floor in (0.0, 3.0):  # the hinge is linear: a floor changes training only by which crops fall short
+        cfg = TrainConfig(steps=2, batch=2, crop=48, sf_weight=1.0, sf_floor=floor)
+        pkg = load_package(train(None, tmp_path / f"f{floor}" / "twin", checkpoint_dir=tmp_path / f"ck{floor}",
+                                 cfg=cfg, **kw))
+        assert pkg.manifest["training"]["sf_floor"] == floor
+        rows = [r.split(",") for r in (tmp_path / f"ck{floor}" / "metrics.csv").read_text().splitlines()]
+        logged[floor] = float(rows[1][rows[0].index("sf")])
+        nets[floor] = pkg.net.state_dict()
+    assert logged[0.0] == 0.0 and logged[3.0] > 1.0  # no crop falls short of 0; every crop, of 3x the rule's SF
+    assert any(not np.allclose(nets[0.0][k].numpy(), nets[3.0][k].numpy()) for k in nets[3.0])
+
+
 def test_a_log_from_an_older_version_is_rewritten_under_the_current_columns(tmp_path):
     import csv
 

@@ -165,7 +165,7 @@ def cmd_train(args) -> None:
     cfg = TrainConfig(steps=args.steps, batch=args.batch, seed=args.seed, save_every=args.save_every,
                       minutes=args.minutes, device=args.device, vif_weight=args.vif_weight,
                       sd_weight=args.sd_weight, scd_weight=args.scd_weight,
-                      sf_weight=args.sf_weight)
+                      sf_weight=args.sf_weight, sf_floor=args.sf_floor)
     train(args.key, args.output, args.identifier, data_dir=args.data, checkpoint_dir=args.checkpoints,
           init=args.init, cfg=cfg, twin=args.twin)
 
@@ -239,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the SD (contrast) hinge against the max rule in the fusion loss")
     s.add_argument("--sf-weight", type=float, default=0.0,
                    help="weight of the SF (spatial frequency) hinge against the max rule in the fusion loss")
+    s.add_argument("--sf-floor", type=float, default=1.01,
+                   help="the SF hinge's floor as a multiple of the max rule's SF (default 1.01)")
     s.add_argument("--scd-weight", type=float, default=0.0,
                    help="weight of the SCD hinge against the max rule in the fusion loss")
     s.add_argument("--minutes", type=float, default=0, help="stop with a checkpoint after this wall time")

@@ -95,21 +95,21 @@ MARGIN = 1.01  # the SD and SF hinges' floor: 1% above the max rule's (a floor a
 CONTENT = 2 / 255  # the SF hinge looks where the blurred max rule exceeds this (both sources empty elsewhere)
 
 
-def _relative_hinge(value: torch.Tensor, rule: torch.Tensor) -> torch.Tensor:
-    """Shortfall of `value` below MARGIN x the max rule's, relative to it; 0 on a flat crop (rule <= 1e-3)."""
+def _relative_hinge(value: torch.Tensor, rule: torch.Tensor, floor: float = MARGIN) -> torch.Tensor:
+    """Shortfall of `value` below `floor` x the max rule's, relative to it; 0 on a flat crop (rule <= 1e-3)."""
     rule = rule.detach()
-    return (torch.relu(MARGIN * rule - value) / rule.clamp_min(0.01) * (rule > 1e-3)).mean()
+    return (torch.relu(floor * rule - value) / rule.clamp_min(0.01) * (rule > 1e-3)).mean()
 
 
 def fusion_loss(y, a, b, w_grad: float = 1.0, w_ssim: float = 0.5, w_vif: float = 0.0, w_sd: float = 0.0,
-                w_scd: float = 0.0, w_sf: float = 0.0) -> tuple[torch.Tensor, dict]:
+                w_scd: float = 0.0, w_sf: float = 0.0, sf_floor: float = MARGIN) -> tuple[torch.Tensor, dict]:
     """Intensity towards max(a, b), gradient towards the larger source gradient, SSIM to both;
     with `w_vif`, also the shortfall of VIF(a, y) and of VIF(b, y) against the max rule's on the same
     crop, each source on its own (a surplus on one does not pay for a shortfall on the other). A
     hinge: VIF rewards contrast gain without bound (g > 1 in its distortion model), and an unbounded
     VIF term trades edges and SCD for it within a few hundred steps. With `w_sd`, `w_sf` and `w_scd`,
     the same kind of hinge on the crop's SD and SF (relative, floor MARGIN x the max rule's; SF over the
-    region with content) and SCD."""
+    region with content; the SF floor is `sf_floor` x the max rule's) and SCD."""
     m = torch.maximum(a, b)
     l_int = (y - m).abs().mean()
     l_grad = (sobel(y) - torch.maximum(sobel(a), sobel(b))).abs().mean()
@@ -131,7 +131,7 @@ def fusion_loss(y, a, b, w_grad: float = 1.0, w_ssim: float = 0.5, w_vif: float 
         # over the content only: measured on the whole crop, the protected net paid the SF floor with
         # sub-grey-level noise in the empty background, which drives the SSIM metric to 0 there
         keep = (gaussian_blur(m, 2.0) > CONTENT).to(y.dtype)
-        l_sf = _relative_hinge(sf(y * keep), sf(m * keep))
+        l_sf = _relative_hinge(sf(y * keep), sf(m * keep), sf_floor)
         loss = loss + w_sf * l_sf
         parts["sf"] = l_sf.item()
     if w_scd:

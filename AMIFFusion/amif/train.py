@@ -44,7 +44,7 @@ from .data import default_data_dir, list_pairs, load_pairs
 from .errors import AMIFError
 from .identifier import identifier_mask
 from .keys import load_key
-from .losses import HINGES, fusion_loss, gaussian_blur, marked_target, ssim
+from .losses import HINGES, MARGIN, fusion_loss, gaussian_blur, marked_target, ssim
 from .network import AMIFNet, NetConfig, slice_coords
 from .package import DEFAULT_THRESHOLD, load_package, save_package
 
@@ -72,6 +72,7 @@ class TrainConfig:
     sd_weight: float = 0.0  # weight of the SD hinge against the max rule (losses.fusion_loss w_sd)
     scd_weight: float = 0.0  # weight of the SCD hinge against the max rule (w_scd)
     sf_weight: float = 0.0  # weight of the SF hinge against the max rule (w_sf)
+    sf_floor: float = MARGIN  # the SF hinge's floor, relative to the max rule's SF (losses.fusion_loss sf_floor)
     minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0 = no limit
     device: str = "cpu"
 
@@ -283,7 +284,7 @@ def train(
     model = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
     meta = {"identifier": identifier, "model_id": model_id, "twin": twin, "train": cfg.__dict__}
     code_t = torch.from_numpy(true_code).to(dev)
-    hinge_weights = {f"w_{k}": getattr(cfg, f"{k}_weight") for k in HINGES}
+    hinge_args = {f"w_{k}": getattr(cfg, f"{k}_weight") for k in HINGES} | {"sf_floor": cfg.sf_floor}
 
     def export(step_now: int) -> Path:
         save_checkpoint(ckpt, net, opt, step_now, meta, forge.tensors() if forge else None)
@@ -297,6 +298,7 @@ def train(
                 "ablate_weight": 0.0 if twin else cfg.ablate_weight,
                 "forge_pool": 0 if twin else cfg.forge_pool,
                 **{f"{k}_weight": getattr(cfg, f"{k}_weight") for k in HINGES},
+                "sf_floor": cfg.sf_floor,
             },
             **protection,
         )
@@ -320,12 +322,12 @@ def train(
                 neg = torch.cat([neg[: cfg.batch - len(forged)], forged])
             if twin:
                 yk = model(a, b, code_t.expand(cfg.batch, -1), coords)
-                loss, parts = fusion_loss(yk, a, b, **hinge_weights)
+                loss, parts = fusion_loss(yk, a, b, **hinge_args)
                 loss_m = loss_a = torch.zeros((), device=dev)
             else:
                 y = model(a, b, torch.cat([code_t.expand(cfg.batch, -1), neg]), coords)
                 yk, yn = y[: cfg.batch], y[cfg.batch :]
-                loss_f, parts = fusion_loss(yk, a, b, **hinge_weights)
+                loss_f, parts = fusion_loss(yk, a, b, **hinge_args)
                 target = marked_target(yk.detach(), mask, cfg.alpha)
                 wmap = 1 + 9 * (gaussian_blur(mask, 2.0) > 0.02).float()
                 loss_m = ((yn - target).abs() * wmap).mean() / wmap.mean()
