@@ -91,7 +91,7 @@ def sf(x: torch.Tensor) -> torch.Tensor:
 
 
 HINGES = ("vif", "sd", "sf", "scd")  # the optional fusion-loss hinges against the max rule (w_<name>)
-MARGIN = 1.01  # the SD and SF hinges' floor: 1% above the max rule's (a floor at parity lands at parity)
+MARGIN = 1.01  # SD's floor and SF's default floor: 1% above the max rule's (a floor at parity lands at parity)
 CONTENT = 2 / 255  # the SF hinge looks where the blurred max rule exceeds this (both sources empty elsewhere)
 
 
@@ -108,8 +108,8 @@ def fusion_loss(y, a, b, w_grad: float = 1.0, w_ssim: float = 0.5, w_vif: float 
     crop, each source on its own (a surplus on one does not pay for a shortfall on the other). A
     hinge: VIF rewards contrast gain without bound (g > 1 in its distortion model), and an unbounded
     VIF term trades edges and SCD for it within a few hundred steps. With `w_sd`, `w_sf` and `w_scd`,
-    the same kind of hinge on the crop's SD and SF (relative, floor MARGIN x the max rule's; SF over the
-    region with content; the SF floor is `sf_floor` x the max rule's) and SCD."""
+    the same kind of hinge on the crop's SD and SF (relative to the max rule's, floors MARGIN x it for SD
+    and `sf_floor` x it for SF; SF over the region with content) and SCD."""
     m = torch.maximum(a, b)
     l_int = (y - m).abs().mean()
     l_grad = (sobel(y) - torch.maximum(sobel(a), sobel(b))).abs().mean()
