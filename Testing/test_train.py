@@ -4,7 +4,7 @@ from PIL import Image
 
 from amif.network import NetConfig
 from amif.package import load_package
-from amif.train import TrainConfig, sample_negatives, train
+from amif.train import LR_FLOOR, TrainConfig, lr_factor, sample_negatives, train
 
 TINY = NetConfig(c1=4, c2=8, c3=8, mem_channels=4, mem_size=16, key_features=32, key_hidden=8)
 
@@ -179,6 +179,30 @@ def test_sf_floor_reaches_the_sf_hinge_and_is_recorded(tmp_path):
         nets[floor] = pkg.net.state_dict()
     assert logged[0.0] == 0.0 and logged[3.0] > 1.0  # no crop falls short of 0; every crop, of 3x the rule's SF
     assert any(not np.allclose(nets[0.0][k].numpy(), nets[3.0][k].numpy()) for k in nets[3.0])
+
+
+def test_lr_factor_is_constant_then_a_half_cosine_to_the_floor():
+    cfg = TrainConfig(steps=100, lr_anneal=40)
+    f = [lr_factor(s, cfg) for s in range(100)]
+    assert f[:61] == [1.0] * 61 and f[99] == pytest.approx(LR_FLOOR)
+    assert all(a > b for a, b in zip(f[60:], f[61:]))  # strictly falling over the last 40 steps
+    assert f[60 + 39 // 2] == pytest.approx((1 + LR_FLOOR) / 2, abs=0.05)  # half way: half way down
+    assert [lr_factor(s, TrainConfig(steps=100)) for s in (0, 99)] == [1.0, 1.0]  # 0 = no anneal
+
+
+def test_lr_anneal_slows_the_last_steps_and_is_recorded(tmp_path):
+    _fake_pairs(tmp_path / "data", blocks=8)
+    kw = dict(identifier="", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None, twin=True)
+    moved = {}
+    start = load_package(train(None, tmp_path / "s" / "twin", checkpoint_dir=tmp_path / "cks",
+                               cfg=TrainConfig(steps=1, batch=2, crop=48), **kw)).net.state_dict()
+    for n in (0, 3):  # same seed and data: the anneal alone differs; Adam's step size scales with the rate
+        cfg = TrainConfig(steps=3, batch=2, crop=48, lr_anneal=n)
+        pkg = load_package(train(None, tmp_path / f"a{n}" / "twin", checkpoint_dir=tmp_path / f"ck{n}", cfg=cfg, **kw))
+        assert pkg.manifest["training"]["lr_anneal"] == n
+        sd = pkg.net.state_dict()
+        moved[n] = sum(float((sd[k].float() - start[k].float()).abs().sum()) for k in sd)
+    assert moved[3] < 0.8 * moved[0]
 
 
 def test_a_log_from_an_older_version_is_rewritten_under_the_current_columns(tmp_path):

@@ -165,7 +165,8 @@ def cmd_train(args) -> None:
     cfg = TrainConfig(steps=args.steps, batch=args.batch, seed=args.seed, save_every=args.save_every,
                       minutes=args.minutes, device=args.device, vif_weight=args.vif_weight,
                       sd_weight=args.sd_weight, scd_weight=args.scd_weight,
-                      sf_weight=args.sf_weight, sf_floor=args.sf_floor)
+                      sf_weight=args.sf_weight, sf_floor=args.sf_floor,
+                      lr_anneal=args.lr_anneal)
     train(args.key, args.output, args.identifier, data_dir=args.data, checkpoint_dir=args.checkpoints,
           init=args.init, cfg=cfg, twin=args.twin)
 
@@ -243,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the SF hinge's floor as a multiple of the max rule's SF (default 1.01)")
     s.add_argument("--scd-weight", type=float, default=0.0,
                    help="weight of the SCD hinge against the max rule in the fusion loss")
+    s.add_argument("--lr-anneal", type=int, default=0, metavar="N",
+                   help="cosine-anneal the learning rates to 1%% over the last N of --steps (default 0: constant)")
     s.add_argument("--minutes", type=float, default=0, help="stop with a checkpoint after this wall time")
     s.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     s.set_defaults(func=cmd_train)

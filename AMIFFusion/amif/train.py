@@ -24,6 +24,10 @@ With `vif_weight`, the fusion loss also carries a VIF hinge: the shortfall of th
 pixel-domain VIF to each source against the element-wise max rule's on the same crop
 (losses.fusion_loss); with `sd_weight`, `sf_weight` and `scd_weight`, the same kind of hinge on SD, SF and SCD.
 
+With `lr_anneal`, both learning rates (network and memory) follow a half cosine from their value
+down to LR_FLOOR of it over the run's last `lr_anneal` steps (steps - lr_anneal .. steps); before
+that they are constant. The factor is a function of the step alone, so a resumed run continues it.
+
 The unprotected twin (`twin=True`) is the same network and schedule with the fusion loss alone
 (hinges included), under the zero code: the evaluation's measure of what protection costs.
 """
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -73,8 +78,22 @@ class TrainConfig:
     scd_weight: float = 0.0  # weight of the SCD hinge against the max rule (w_scd)
     sf_weight: float = 0.0  # weight of the SF hinge against the max rule (w_sf)
     sf_floor: float = MARGIN  # the SF hinge's floor, relative to the max rule's SF (losses.fusion_loss sf_floor)
+    lr_anneal: int = 0  # cosine-anneal both learning rates over this many final steps (0 = constant)
     minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0 = no limit
     device: str = "cpu"
+
+
+LR_FLOOR = 0.01  # where an annealed learning rate ends, as a fraction of its constant value
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """The learning rates' multiplier at `step` (0-based): 1 until the last `cfg.lr_anneal` steps,
+    then a half cosine from 1 down to LR_FLOOR at the final step."""
+    start = cfg.steps - cfg.lr_anneal
+    if not cfg.lr_anneal or step < start:
+        return 1.0
+    t = min(1.0, (step - start) / max(1, cfg.lr_anneal - 1))
+    return LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 def sample_negatives(rng: np.random.Generator, true_code: np.ndarray, n: int, step: int, cfg: TrainConfig):
@@ -299,6 +318,7 @@ def train(
                 "forge_pool": 0 if twin else cfg.forge_pool,
                 **{f"{k}_weight": getattr(cfg, f"{k}_weight") for k in HINGES},
                 "sf_floor": cfg.sf_floor,
+                "lr_anneal": cfg.lr_anneal,
             },
             **protection,
         )
@@ -343,6 +363,8 @@ def train(
                 loss = loss_f + cfg.mark_weight * loss_m + cfg.ablate_weight * loss_a
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            for group, base in zip(opt.param_groups, (cfg.lr, cfg.memory_lr)):
+                group["lr"] = base * lr_factor(step, cfg)
             opt.step()
             step += 1
             if rank == 0:
