@@ -290,6 +290,7 @@ def train(
     mem = [net.memory.spatial]
     rest = [p for p in net.parameters() if p is not net.memory.spatial]
     opt = torch.optim.Adam([{"params": rest, "lr": cfg.lr}, {"params": mem, "lr": cfg.memory_lr}])
+    base_lrs = [g["lr"] for g in opt.param_groups]
     ckdir = Path(checkpoint_dir)
     ckdir.mkdir(parents=True, exist_ok=True)
     ckpt = ckdir / "last.safetensors"
@@ -363,7 +364,7 @@ def train(
                 loss = loss_f + cfg.mark_weight * loss_m + cfg.ablate_weight * loss_a
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            for group, base in zip(opt.param_groups, (cfg.lr, cfg.memory_lr)):
+            for group, base in zip(opt.param_groups, base_lrs):
                 group["lr"] = base * lr_factor(step, cfg)
             opt.step()
             step += 1
