@@ -23,6 +23,12 @@ def _fake_pairs(root, n=3, blocks=1):
                 Image.fromarray((img * 255).astype(np.uint8)).save(d / f"{i}.png")
 
 
+def _blocky_twin_run(tmp_path):
+    """Blocky fake pairs under tmp_path/data; returns train()'s keyword arguments for a tiny, quiet twin run."""
+    _fake_pairs(tmp_path / "data", blocks=8)
+    return dict(identifier="", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None, twin=True)
+
+
 def test_train_writes_package_and_resumes_deterministically(tiny_package, tmp_path):
     _, key, _ = tiny_package
     _fake_pairs(tmp_path / "data")
@@ -146,8 +152,7 @@ def test_forger_pool_descends_the_fusion_loss_and_restarts():
 def test_fusion_hinge_changes_training_and_is_recorded(tmp_path, term, active):
     from amif.errors import AMIFError
 
-    _fake_pairs(tmp_path / "data", blocks=8)
-    kw = dict(identifier="", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None, twin=True)
+    kw = _blocky_twin_run(tmp_path)
     outs = {}
     for w in (0.0, 1.0):
         cfg = TrainConfig(steps=3, batch=2, crop=48, **{f"{term}_weight": w})
@@ -166,8 +171,7 @@ def test_fusion_hinge_changes_training_and_is_recorded(tmp_path, term, active):
 
 
 def test_sf_floor_reaches_the_sf_hinge_and_is_recorded(tmp_path):
-    _fake_pairs(tmp_path / "data", blocks=8)
-    kw = dict(identifier="", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None, twin=True)
+    kw = _blocky_twin_run(tmp_path)
     logged, nets = {}, {}
     for floor in (0.0, 3.0):  # the hinge is linear: a floor changes training only by which crops fall short
         cfg = TrainConfig(steps=2, batch=2, crop=48, sf_weight=1.0, sf_floor=floor)
@@ -191,8 +195,7 @@ def test_lr_factor_is_constant_then_a_half_cosine_to_the_floor():
 
 
 def test_lr_anneal_slows_the_last_steps_and_is_recorded(tmp_path):
-    _fake_pairs(tmp_path / "data", blocks=8)
-    kw = dict(identifier="", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None, twin=True)
+    kw = _blocky_twin_run(tmp_path)
     moved = {}
     start = load_package(train(None, tmp_path / "s" / "twin", checkpoint_dir=tmp_path / "cks",
                                cfg=TrainConfig(steps=1, batch=2, crop=48), **kw)).net.state_dict()
