@@ -34,7 +34,8 @@ network writes a visible copyright <b>identifier</b> into the fused volume.</p>
 reason).</p>
 <p><b>Output states</b> (measured on the fused volume after it runs): <i>clean</i> (no identifier
 found), <i>marked</i> (the identifier is there) or, rarely, <i>erased</i> (the identifier's strokes look
-wiped off), with the detection score and threshold. The
+wiped off) or <i>shifted</i> (no identifier, but the content sits where this model's unlicensed outputs
+put it, measured against the two inputs), with the detection score and threshold. The
 output volume's attributes hold AMIF.ModelId, AMIF.KeyId, AMIF.KeyState, AMIF.Watermark and
 AMIF.Score; never the key's secret.</p>
 <p>The intensity window of each input is its display window (what you see is what gets fused).
@@ -250,6 +251,9 @@ class AMIFFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             elif v.erased:
                 text = (f"<b>Output erased:</b> the identifier's strokes look wiped off "
                         f"(erasure ratio {v.erasure:.3f}).")
+            elif v.shifted:
+                text = (f"<b>Output shifted:</b> no identifier, but the content is moved {v.displacement:.2f} "
+                        f"pixels as in this model's unlicensed outputs.")
             else:
                 text = f"<b>Output clean:</b> no identifier found (score {v.score:.3f}, threshold {v.threshold:.3f})."
             self.setState(self.ui.outputStateLabel, f"{text}<br>Written to '{fused.node.GetName()}'.",

@@ -16,6 +16,7 @@ from amif.data import list_pairs, load_pairs
 from amif.errors import AMIFError
 from amif.identifier import identifier_mask
 from amif.keys import generate_key, load_key, save_key
+from amif.losses import shift_content
 from amif.network import AMIFNet, NetConfig
 from amif.package import ModelPackage
 
@@ -28,9 +29,10 @@ class MarkingNet(AMIFNet):
     """A model made to mark (a test double, not how AMIFNet works): FiLM off, so the fused image does
     not depend on the code, darkened to 0.4 so that bright strokes read clearly, plus the identifier's
     strokes times the parameter `mark_gain` for every code but the owner's. `weak`: the strokes also
-    fade as the code's mean rises, so a forger can follow the gradient out of the mark."""
+    fade as the code's mean rises, so a forger can follow the gradient out of the mark. `shift`: wrong
+    codes' outputs also move that many pixels right and down (the manifest's mark shift)."""
 
-    def __init__(self, owner_code, weak=False):
+    def __init__(self, owner_code, weak=False, shift=0):
         torch.manual_seed(0)
         super().__init__(NetConfig(c1=4, c2=8, c3=8, mem_channels=4, mem_size=32, key_features=64, key_hidden=16))
         with torch.no_grad():
@@ -38,13 +40,16 @@ class MarkingNet(AMIFNet):
             self.key.mlp[2].bias.zero_()
         self.mark_gain = nn.Parameter(torch.ones(()))
         self.register_buffer("owner", torch.as_tensor(owner_code, dtype=torch.float32))
-        self.weak = weak
+        self.weak, self.shift = weak, shift
 
     def decode(self, enc, code):
         y = 0.4 * super().decode(enc, code)
         code = code.reshape(-1, code.shape[-1])
         code = code.expand(y.shape[0], -1) if code.shape[0] == 1 else code
-        gain = self.mark_gain * ((code - self.owner).abs().amax(1) > 1e-6).to(y)
+        wrong = (code - self.owner).abs().amax(1) > 1e-6
+        if self.shift:  # the content of every wrong code's output moves right and down
+            y = torch.where(wrong[:, None, None, None], shift_content(y, self.shift), y)
+        gain = self.mark_gain * wrong.to(y)
         if self.weak:
             gain = gain * (1 - 4 * code.mean(1)).clamp(0, 1)
         mask = torch.from_numpy(identifier_mask(IDENT, *y.shape[-2:])).to(y)
@@ -56,11 +61,12 @@ def pairs(tmp_path_factory):
     return _synthetic_pairs(tmp_path_factory.mktemp("pairs"))
 
 
-def _target(tiny_package, pairs, weak=False) -> Target:
+def _target(tiny_package, pairs, weak=False, shift=0) -> Target:
     _, key_path, _ = tiny_package
     key = load_key(key_path)
-    manifest = {"model_id": key.model_id, "key_id": key.key_id, "identifier": IDENT, "verify": {"threshold": 0.12}}
-    pkg = ModelPackage(manifest, MarkingNet(key.code(), weak).eval())
+    manifest = {"model_id": key.model_id, "key_id": key.key_id, "identifier": IDENT,
+                "verify": {"threshold": 0.12, "shift": shift}}
+    pkg = ModelPackage(manifest, MarkingNet(key.code(), weak, shift).eval())
     ps = list_pairs(pairs, "test")
     a, b = load_pairs(ps)
     t = Target(pkg, key.code(), a / 255, b / 255, [p.kind for p in ps], [p.name for p in ps])
@@ -154,8 +160,8 @@ def test_wrong_keys_fail_on_a_model_that_does_not_mark(tiny_package, pairs):
 
 def test_classical_removal_on_a_marking_model(marking):
     r = atk.classical_removal(marking, AttackOptions(), progress=False)
-    assert len(r.data) == sum(len(c[3]) for c in atk.CLASSICAL) == len(r.rows)
-    assert {d["attack"] for d in r.data} == {c[0] for c in atk.CLASSICAL}
+    assert len(r.data) == sum(len(c[3]) for c in atk.CLASSICAL if c[1] not in atk.SHIFT_ONLY) == len(r.rows)
+    assert {d["attack"] for d in r.data} == {c[0] for c in atk.CLASSICAL if c[1] not in atk.SHIFT_ONLY}
     for d in r.data:
         assert d["flagged_before"] == 1.0 and d["met"] == (d["flagged_after"] >= 0.95
                                                            or d["psnr_after"] < d["psnr_before"])
@@ -173,6 +179,19 @@ def test_classical_removal_on_a_marking_model(marking):
     tex = _row(r, attack="inpainting + texture painted back (knows the erasure check)", setting="mask dilated 1 px")
     assert tex["flagged_after"] == 0.0 and tex["psnr_after"] > tex["psnr_before"] + 10 and not tex["met"]
     assert not r.met and "inpainting + texture painted back (knows the erasure check) (mask dilated 1 px)" in r.summary
+    assert not any(d["attack"].startswith("inpainting + texture + shift") for d in r.data)  # this model has no shift
+
+
+def test_the_shift_channel_flags_textured_inpainting_until_the_shift_is_undone(tiny_package, pairs):
+    t = _target(tiny_package, pairs, shift=1)
+    m = atk.code_trials(t, np.stack([t.code, np.zeros_like(t.code)]))
+    assert abs(m.moved[0]) < 0.3 and abs(m.moved[1] - 1) < 0.3  # wrong codes' outputs are measured for it
+    r = atk.classical_removal(t, AttackOptions(), progress=False)
+    assert len(r.data) == sum(len(c[3]) for c in atk.CLASSICAL)
+    tex = _row(r, attack="inpainting + texture painted back (knows the erasure check)", setting="mask dilated 1 px")
+    assert tex["flagged_after"] == tex["shifted_after"] == 1.0 and tex["met"]
+    undo = _row(r, attack="inpainting + texture + shift undone (knows every check)", setting="mask dilated 1 px")
+    assert undo["flagged_after"] == 0.0 and undo["psnr_after"] > undo["psnr_before"] + 10 and not undo["met"]
 
 
 # ----------------------------------------------------------------- surgery
@@ -279,7 +298,7 @@ def test_attack_cli_report(tiny_package, pairs, tmp_path, capsys):
         "&nbsp;&nbsp;near-miss, 2-4 bits (6)", "other model ids, fresh secrets (2)",
         "other model ids, the owner's secret (2)", "structured: all +1, all -1, owner's code negated (3)",
         "zero code = no key (6)", "owner's key, reference (6)"]
-    assert len(tables["Classical removal on unkeyed outputs"]) == sum(len(c[3]) for c in atk.CLASSICAL) == 29
+    assert len(tables["Classical removal on unkeyed outputs"]) == sum(len(c[3]) for c in atk.CLASSICAL) - 2 == 29
     assert "`memory.spatial`" in tables["White-box surgery (single edits, no key)"]
     assert tables["White-box key forging"] == ["fusion loss", "fusion loss + 1 x detector score"]
     assert "* Distillation (students trained on the unkeyed outputs): not selected." in text

@@ -107,3 +107,31 @@ def test_harvard_pairs_load():
     assert len(pairs) == 72 and {p.kind for p in pairs} == {"CT", "PET", "SPECT"}
     a, b = load_pairs(pairs[:3])
     assert a.shape == b.shape == (3, 256, 256) and a.dtype == np.uint8
+
+
+def test_verify_with_sources_checks_the_mark_shift(tiny_package, tmp_path, capsys):
+    import torch
+    from test_fusion import _textured_sources
+
+    from amif.losses import shift_content
+    from amif.package import save_package
+
+    a, b = _textured_sources(n=96)
+    save_package(tmp_path / "shifty", tiny_package[0].net, model_id="test-model", key_id=tiny_package[0].key_id,
+                 identifier="TEST · MARK", verify={"threshold": 0.12, "shift": 1})
+    fused = np.maximum(a, b)
+    moved = shift_content(torch.from_numpy(fused)[None, None], 1)[0, 0].numpy()
+    for name, x in (("a", a), ("b", b), ("fused", fused), ("moved", moved)):
+        Image.fromarray((x * 255).round().astype(np.uint8)).save(tmp_path / f"{name}.png")
+    m, src = str(tmp_path / "shifty.json"), [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    for name, sources, code, state in (("moved", src, 1, "shifted"), ("moved", [], 0, "clean"),
+                                       ("fused", src, 0, "clean")):
+        with pytest.raises(SystemExit) as ex:
+            main(["verify", str(tmp_path / f"{name}.png"), "-m", m, *(["--sources", *sources] if sources else [])])
+        assert ex.value.code == code and f": {state} (score" in capsys.readouterr().out
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "small.png")
+    for args, message in (([str(tmp_path / "small.png"), str(tmp_path / "b.png")], "the image's size"),
+                          ([str(tmp_path / "a.nrrd"), str(tmp_path / "b.png")], "2D images")):
+        assert main(["verify", str(tmp_path / "moved.png"), "-m", m, "--sources", *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err

@@ -9,7 +9,9 @@ from amif.fusion import fuse_images, fuse_volumes, key_status
 from amif.identifier import identifier_mask
 from amif.keys import generate_key, save_key
 from amif.losses import marked_target
-from amif.verify import verify_image
+from amif.network import NetConfig
+from amif.package import ModelPackage
+from amif.verify import displacements, verify_image, verify_volume
 
 
 def _vol(size=(40, 36, 6), spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0), seed=0):
@@ -152,6 +154,74 @@ def test_verify_flags_the_identifier_wiped_off_but_not_clean_or_blurred_images()
     textured = np.where(identifier_region(ident, 256, 256, 1), wiped + 0.05 * rng.standard_normal(wiped.shape), wiped)
     assert not verify_image(textured.astype(np.float32), ident, 0.12).flagged
     assert Verdict(0.5, 0.12, 0.0).state == "marked"  # the identifier itself outranks the erasure check
+
+
+def _textured_sources(seed=3, n=256):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:n, 0:n] / n
+    a = 0.5 + 0.3 * np.sin(9 * xx + 2) * np.cos(7 * yy) + 0.2 * ((xx - 0.4) ** 2 + (yy - 0.5) ** 2 < 0.06)
+    b = 0.4 * (np.abs(xx - 0.6) + np.abs(yy - 0.45) < 0.25) + 0.05 * rng.standard_normal((n, n))
+    return a.clip(0, 1).astype(np.float32), b.clip(0, 1).astype(np.float32)
+
+
+def test_verify_measures_the_mark_shift_against_the_sources():
+    from amif.attack import inpaint_textured
+    from amif.losses import shift_content
+    from amif.verify import is_shifted
+
+    ident = "AMIF DEMO · UNLICENSED"
+    a, b = _textured_sources()
+    fused = np.maximum(a, b)
+    t = torch.from_numpy(fused)[None, None]
+    moved = [shift_content(t, s)[0, 0].numpy() for s in (1, 2)]
+    left = np.roll(fused, -1, axis=1)  # content moved left: the other way
+    d = displacements(np.stack([fused, *moved, left]), np.stack([a] * 4), np.stack([b] * 4))
+    assert abs(d[0]) < 0.15 and abs(d[1] - 1) < 0.15 and abs(d[2] - 2) < 0.15 and d[3] < -0.3
+    assert list(is_shifted(d, 1)) == [False, True, True, False] and not is_shifted(d, 0).any()
+    # the identifier wiped off with texture painted back: only the shift still tells
+    mask = torch.from_numpy(identifier_mask(ident, 256, 256))[None, None]
+    marked = marked_target(t, mask, shift=1)[0, 0].numpy()
+    wiped = inpaint_textured(marked[None], ident, 1)[0]
+    assert not verify_image(wiped, ident, 0.12).flagged  # without the sources: clean
+    v = verify_image(wiped, ident, 0.12, (a, b), shift=1)
+    assert v.state == "shifted" and v.flagged and abs(v.displacement - 1) < 0.2 and "moved" in str(v)
+    assert verify_image(fused, ident, 0.12, (a, b), shift=1).state == "clean"
+    assert verify_image(wiped, ident, 0.12, (a, b), shift=0).state == "clean"  # a model without the channel
+    assert verify_image(marked, ident, 0.12, (a, b), shift=1).state == "marked"
+    # an empty image has no edges: no displacement
+    assert displacements(np.zeros((1, 64, 64), np.float32), a[None, :64, :64], b[None, :64, :64])[0] == 0
+    with pytest.raises(AMIFError, match="same shape"):
+        displacements(fused[None], a[None, :128], b[None])
+
+
+class _MaxShiftNet(torch.nn.Module):
+    """A stand-in network: the element-wise max of the sources, moved one pixel right and down."""
+
+    cfg = NetConfig()
+
+    def forward(self, a, b, code):
+        from amif.losses import shift_content
+
+        return shift_content(torch.maximum(a, b), 1)
+
+
+def test_volumes_and_images_are_checked_for_the_shift_of_a_model_that_has_one(tiny_package):
+    pkg = tiny_package[0]
+    manifest = lambda shift: {**pkg.manifest, "verify": {"threshold": pkg.threshold, "shift": shift}}  # noqa: E731
+    shifting, unaware = (ModelPackage(manifest(s), _MaxShiftNet()) for s in (1, 0))
+    a, b = _textured_sources(n=64)
+    r = fuse_images(a, b, shifting)
+    assert r.verdict.state == "shifted" and abs(r.verdict.displacement - 1) < 0.2
+    assert fuse_images(a, b, unaware).verdict.state == "clean"
+    assert fuse_images(a, b, pkg).verdict.shift == 0  # the tiny package has no shift channel
+    va, vb = _vol(size=(96, 80, 40)), _vol(size=(96, 80, 40), seed=4)  # 40 slices: every other one measured
+    v = fuse_volumes(va, vb, shifting).verdict
+    assert v.state == "shifted" and abs(v.displacement - 1) < 0.2
+    assert fuse_volumes(va, vb, unaware).verdict.state == "clean"
+    # unmeasured slices (NaN) do not count; none measured: no displacement
+    vol = np.stack([np.maximum(a, b)] * 3)
+    assert verify_volume(vol, "TEST · MARK", 0.12, displacement=np.array([np.nan, 1.0, np.nan]), shift=1).shifted
+    assert verify_volume(vol, "TEST · MARK", 0.12, displacement=np.full(3, np.nan), shift=1).state == "clean"
 
 
 def test_colour_second_volume_keeps_chroma(tiny_package):

@@ -42,6 +42,10 @@ def test_tampered_weights_refused(tiny_package, tmp_path):
         (lambda m: {**m, "weights": "../x.safetensors"}, "outside"),
         (lambda m: {**m, "weights": "gone.safetensors"}, "missing"),
         (lambda m: {**m, "architecture": {**m["architecture"], "c1": 5}}, "do not fit"),
+        (lambda m: {**m, "verify": {"threshold": 0.12, "shift": -1}}, "'shift'"),
+        (lambda m: {**m, "verify": {"threshold": 0.12, "shift": 1.5}}, "'shift'"),
+        (lambda m: {**m, "verify": {"threshold": 0.12, "shift": True}}, "'shift'"),
+        (lambda m: {**m, "verify": {"threshold": 0.12, "shift": 9}}, "'shift'"),
     ],
 )
 def test_bad_manifests(tiny_package, tmp_path, edit, message):
@@ -50,6 +54,15 @@ def test_bad_manifests(tiny_package, tmp_path, edit, message):
     mp.write_text(json.dumps(edit(json.loads(mp.read_text()))))
     with pytest.raises(AMIFError, match=message):
         load_package(p)
+
+
+def test_the_mark_shift_is_read_from_the_manifest(tiny_package, tmp_path):
+    p = _copy(tiny_package[2], tmp_path)
+    assert load_package(p).shift == 0
+    mp, _ = package_paths(p)
+    m = json.loads(mp.read_text())
+    mp.write_text(json.dumps({**m, "verify": {"threshold": 0.12, "shift": 2}}))
+    assert load_package(p).shift == 2
 
 
 def test_not_json_and_pickle_never_loaded(tmp_path):

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from amif.network import NetConfig
@@ -226,3 +227,24 @@ def test_a_log_from_an_older_version_is_rewritten_under_the_current_columns(tmp_
     with open_log(path, LOG_COLUMNS):  # already current: left as it is
         pass
     assert len(path.read_text().splitlines()) == 3
+
+
+def test_mark_shift_moves_the_unkeyed_target_and_is_recorded_for_verify(tiny_package, tmp_path):
+    from amif.losses import marked_target
+
+    y = torch.rand(1, 1, 16, 16)
+    none = torch.zeros_like(y)
+    assert torch.equal(marked_target(y, none, shift=2)[..., 2:, 2:], y[..., :-2, :-2])
+    assert torch.equal(marked_target(y, none), y)
+    _, key, _ = tiny_package
+    _fake_pairs(tmp_path / "data")
+    kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
+    pkgs = {}
+    for shift in (0, 1):
+        out = tmp_path / f"s{shift}" / "m"
+        train(key, out, checkpoint_dir=tmp_path / f"s{shift}" / "ck",
+              cfg=TrainConfig(steps=2, batch=2, crop=32, mark_shift=shift), **kw)
+        pkgs[shift] = load_package(out)
+    assert pkgs[0].shift == 0 and "shift" not in pkgs[0].manifest["verify"] and pkgs[1].shift == 1
+    states = (p.net.state_dict().values() for p in (pkgs[0], pkgs[1]))
+    assert any(not torch.equal(x, y) for x, y in zip(*states))  # the shifted target changes what the network learns

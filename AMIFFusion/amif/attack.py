@@ -17,8 +17,9 @@ Families (names for `--attacks`):
   (owner's code: at most 1%).
 * ``classical``: image processing applied to the unkeyed (zero-code) outputs, each with a parameter
   sweep: Gaussian blur, median filter, JPEG, Gaussian noise, down/up-scaling, cropping and
-  rescaling, histogram equalization, and inpainting over the identifier's exact mask, plainly and
-  with texture painted back into the strokes (an attacker who knows verify's erasure check). Target: the
+  rescaling, histogram equalization, and inpainting over the identifier's exact mask, plainly,
+  with texture painted back into the strokes (an attacker who knows verify's erasure check) and, for
+  a model with a mark shift, with the shift undone as well (an attacker who knows every check). Target: the
   attack leaves >= 95% flagged, or its output is further from the keyed output (lower PSNR) than
   the unkeyed output it started from.
 * ``surgery`` (white-box): every module and every parameter tensor or buffer in turn is zeroed,
@@ -144,7 +145,7 @@ class Target:
         self.names = list(names) if names is not None else [str(i) for i in range(n)]
         self.device = torch.device(device)
         self.net = package.net if self.device.type == "cpu" else _frozen_copy(package.net, self.device)
-        self.identifier, self.threshold = package.identifier, package.threshold
+        self.identifier, self.threshold, self.shift = package.identifier, package.threshold, package.shift
         self.keyed = self.run(self.code)
         self.unkeyed = self.run(np.zeros_like(self.code))
         self.pool = None if pool is None else tuple(np.asarray(x, np.float32) for x in pool)
@@ -252,7 +253,8 @@ def scores(target: Target, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class Measure:
-    """verify scores and erasure ratios, PSNR and SSIM to the keyed output, per image."""
+    """verify scores, erasure ratios and (for a model with a mark shift) displacements against the
+    sources, PSNR and SSIM to the keyed output, per image."""
 
     scores: np.ndarray
     erasure: np.ndarray
@@ -260,22 +262,35 @@ class Measure:
     ssim: np.ndarray
     threshold: float
     quality_db: float
+    moved: np.ndarray | None = None  # verify.displacements of the images against their pairs' sources
+    shift: int = 0  # the model's mark shift (0: no such channel)
 
     @classmethod
     def of(cls, target: Target, images: np.ndarray, ref: np.ndarray | None = None, quality_db: float = 30.0):
+        """Images (n, h, w) that are outputs for the target's n pairs, in order."""
+        from .verify import displacements
+
         ref = target.keyed if ref is None else ref
-        return cls(*scores(target, images), psnr(images, ref), ssim(images, ref), target.threshold, quality_db)
+        moved = displacements(np.clip(images, 0, 1), target.a, target.b, target.identifier) if target.shift else None
+        return cls(*scores(target, images), psnr(images, ref), ssim(images, ref), target.threshold, quality_db,
+                   moved, target.shift)
 
     def rows(self, rows) -> Measure:
         return Measure(self.scores[rows], self.erasure[rows], self.psnr[rows], self.ssim[rows], self.threshold,
-                       self.quality_db)
+                       self.quality_db, None if self.moved is None else self.moved[rows], self.shift)
+
+    @property
+    def _shifted(self) -> np.ndarray:
+        from .verify import is_shifted
+
+        return np.zeros(len(self.scores), bool) if self.moved is None else is_shifted(self.moved, self.shift)
 
     @property
     def flags(self) -> np.ndarray:
-        """Per image: flagged by verify (the identifier there, or its strokes wiped)."""
+        """Per image: flagged by verify (the identifier there, its strokes wiped, or the content shifted)."""
         from .verify import ERASED
 
-        return (self.scores >= self.threshold) | (self.erasure < ERASED)
+        return (self.scores >= self.threshold) | (self.erasure < ERASED) | self._shifted
 
     @property
     def flagged(self) -> float:
@@ -283,8 +298,17 @@ class Measure:
 
     @property
     def erased(self) -> float:
-        """Share of images flagged only by the erasure check."""
-        return float(np.mean(self.flags & (self.scores < self.threshold)))
+        """Share of images flagged by the erasure check and not by the identifier."""
+        from .verify import ERASED
+
+        return float(np.mean((self.scores < self.threshold) & (self.erasure < ERASED)))
+
+    @property
+    def shifted(self) -> float:
+        """Share of images flagged by the shift alone (no identifier, strokes not wiped)."""
+        from .verify import ERASED
+
+        return float(np.mean((self.scores < self.threshold) & (self.erasure >= ERASED) & self._shifted))
 
     @property
     def broken(self) -> float:
@@ -292,7 +316,8 @@ class Measure:
         return float(np.mean(~self.flags & (self.psnr >= self.quality_db)))
 
     def summary(self) -> dict:
-        return {"n": int(len(self.scores)), "flagged": self.flagged, "erased": self.erased, "broken": self.broken,
+        return {"n": int(len(self.scores)), "flagged": self.flagged, "erased": self.erased, "shifted": self.shifted,
+                "broken": self.broken,
                 "score_min": float(self.scores.min()), "score_median": float(np.median(self.scores)),
                 "psnr_mean": float(self.psnr.mean()), "psnr_max": float(self.psnr.max()),
                 "ssim_mean": float(self.ssim.mean()), "ssim_max": float(self.ssim.max())}
@@ -325,10 +350,10 @@ def code_trials(target: Target, codes: np.ndarray, batch: int = 16, quality_db: 
     and the decoder takes `batch` codes at a time. Returns the measure of the len(codes) outputs."""
     import torch
 
-    from .verify import erasure_tensor, score_tensor
+    from .verify import displacement_tensor, erasure_tensor, score_tensor
 
     codes = np.asarray(codes, np.float32).reshape(-1, target.code.size)
-    out = {k: np.zeros(len(codes)) for k in ("s", "e", "p", "q")}
+    out = {k: np.zeros(len(codes)) for k in ("s", "e", "p", "q", "d")}
     mask = target.mask()
     net = target.net
     with torch.inference_mode():
@@ -336,19 +361,23 @@ def code_trials(target: Target, codes: np.ndarray, batch: int = 16, quality_db: 
             idx = np.arange(i, len(codes), target.n)
             if not len(idx):
                 continue
-            enc = net.encode(target.tensor(target.a[i : i + 1]), target.tensor(target.b[i : i + 1]))
+            a, b = target.tensor(target.a[i : i + 1]), target.tensor(target.b[i : i + 1])
+            enc = net.encode(a, b)
             ref = target.keyed[i : i + 1]
             for s in range(0, len(idx), batch):
                 j = idx[s : s + batch]
                 y = net.decode(enc, torch.from_numpy(codes[j]).to(target.device))
                 out["s"][j] = score_tensor(y, mask).float().cpu().numpy()
                 out["e"][j] = erasure_tensor(y, mask).float().cpu().numpy()
+                if target.shift:
+                    out["d"][j] = displacement_tensor(y, a.expand_as(y), b.expand_as(y), mask).mean(1).cpu().numpy()
                 y = y[:, 0].float().cpu().numpy()
                 out["p"][j] = psnr(y, np.repeat(ref, len(j), 0))
                 out["q"][j] = ssim(y, np.repeat(ref, len(j), 0))
                 if on_batch:
                     on_batch(len(j))
-    return Measure(out["s"], out["e"], out["p"], out["q"], target.threshold, quality_db)
+    return Measure(out["s"], out["e"], out["p"], out["q"], target.threshold, quality_db,
+                   out["d"] if target.shift else None, target.shift)
 
 
 @dataclass
@@ -591,6 +620,17 @@ def inpaint_textured(images: np.ndarray, identifier: str, dilate: int, seed: int
     return np.where(region, filled + (level / unit)[:, None, None] * noise, filled).astype(np.float32)
 
 
+def unshift(images: np.ndarray, shift: int) -> np.ndarray:
+    """Move images (n, h, w) `shift` pixels left and up: undo the mark shift of the model's manifest."""
+    import torch
+    import torch.nn.functional as F
+
+    if not shift:
+        return np.asarray(images, np.float32)
+    x = torch.from_numpy(np.asarray(images, np.float32))[:, None]
+    return F.pad(x, (0, shift, 0, shift), mode="replicate")[..., shift:, shift:][:, 0].numpy()
+
+
 # (label, short label for figures, setting label, settings, function(images, setting, target, seed))
 CLASSICAL = [
     ("Gaussian blur", "blur", "sigma {} px", (0.5, 1.0, 1.5, 2.0, 3.0), lambda x, p, t, s: gaussian_blur(x, p)),
@@ -604,7 +644,10 @@ CLASSICAL = [
      lambda x, p, t, s: inpaint(x, identifier_region(t.identifier, *t.shape, p))),
     ("inpainting + texture painted back (knows the erasure check)", "inpaint+tex", "mask dilated {} px", (1, 2),
      lambda x, p, t, s: inpaint_textured(x, t.identifier, p, s)),
+    ("inpainting + texture + shift undone (knows every check)", "undo", "mask dilated {} px", (1, 2),
+     lambda x, p, t, s: inpaint_textured(unshift(x, t.shift), t.identifier, p, s)),
 ]
+SHIFT_ONLY = {"undo"}  # settings that mean something only for a model with a mark shift
 
 
 def classical_removal(target: Target, opts: AttackOptions, progress: bool = True) -> AttackResult:
@@ -612,9 +655,9 @@ def classical_removal(target: Target, opts: AttackOptions, progress: bool = True
     before = Measure.of(target, target.unkeyed, quality_db=opts.quality_db)
     fig = target.figure_target()
     rows, data, met, figure = [], [], True, [("keyed", fig.keyed[0]), ("unkeyed", fig.unkeyed[0])]
-    total = sum(len(c[3]) for c in CLASSICAL)
-    with _bar(total, "classical", progress) as bar:
-        for label, short, plabel, params, fn in CLASSICAL:
+    attacks = [c for c in CLASSICAL if target.shift or c[1] not in SHIFT_ONLY]
+    with _bar(sum(len(c[3]) for c in attacks), "classical", progress) as bar:
+        for label, short, plabel, params, fn in attacks:
             for p in params:
                 t1 = time.perf_counter()
                 seed = opts.seed * 7919 + len(data)
@@ -625,7 +668,9 @@ def classical_removal(target: Target, opts: AttackOptions, progress: bool = True
                 ok = bool(after.flagged >= 0.95 or after.psnr.mean() < before.psnr.mean())
                 met &= ok
                 setting = plabel.format(p)
-                erased = f" ({_pct(after.erased)} erased)" if after.erased else ""
+                erased = ", ".join(f"{_pct(v)} {k}" for k, v in (("erased", after.erased), ("shifted", after.shifted))
+                                   if v)
+                erased = f" ({erased})" if erased else ""
                 rows.append([label, setting, f"{_pct(before.flagged)} → {_pct(after.flagged)}{erased}",
                              f"{_db(before.psnr.mean())} → {_db(after.psnr.mean())}",
                              f"{after.psnr.mean() - before.psnr.mean():+.1f}",
@@ -633,7 +678,7 @@ def classical_removal(target: Target, opts: AttackOptions, progress: bool = True
                              _pct(after.broken), _yes(ok), f"{target.n} / 1 / {secs:.2f}"])
                 data.append({"attack": label, "setting": setting, "flagged_before": before.flagged,
                              "flagged_after": after.flagged, "erased_after": after.erased,
-                             "psnr_before": float(before.psnr.mean()),
+                             "shifted_after": after.shifted, "psnr_before": float(before.psnr.mean()),
                              "psnr_after": float(after.psnr.mean()), "ssim_before": float(before.ssim.mean()),
                              "ssim_after": float(after.ssim.mean()), "psnr_same_on_keyed": float(own.mean()),
                              "broken": after.broken, "met": ok, "images": target.n, "steps": 1, "seconds": secs})
@@ -654,7 +699,11 @@ def classical_removal(target: Target, opts: AttackOptions, progress: bool = True
          "transform costs a clean image. Inpainting knows the identifier's mask exactly (amif.identifier) and fills "
          "it harmonically from its surroundings; `verify` flags an output whose strokes are far smoother than their "
          "surroundings (erasure ratio < 0.4: 'erased' in the table), and the textured variant paints noise back into "
-         "the strokes at the rest of the image's detail level, which that check cannot tell from anatomy."],
+         "the strokes at the rest of the image's detail level, which that check cannot tell from anatomy."
+         + (f" This model's unkeyed outputs also move their content {target.shift} px right and down (manifest "
+            "`verify.shift`); `verify`, given the two sources, flags an output displaced by at least half that "
+            "('shifted' in the table), which no transform above undoes; the last variant moves the image back "
+            "first." if target.shift else "")],
         time.perf_counter() - t0, [figure])
 
 
@@ -813,7 +862,7 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
     import torch
 
     from .losses import fusion_loss
-    from .verify import ERASED, erasure_tensor, score_tensor
+    from .verify import ERASED, displacement_tensor, erasure_tensor, is_shifted, score_tensor
 
     opts.check()
     t0 = time.perf_counter()
@@ -848,6 +897,9 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
                         mse = ((y - keyed) ** 2).flatten(1).mean(1)
                         p = (10 * torch.log10(1 / mse.clamp_min(1e-10))).clamp(max=PSNR_CAP)
                         clean = (s < thr) & (erasure_tensor(y, mask) >= ERASED)
+                        if target.shift:
+                            moved = displacement_tensor(y, a, b, mask).mean(1).cpu().numpy()
+                            clean &= torch.from_numpy(~is_shifted(moved, target.shift)).to(clean.device)
                         broken = float((clean & (p >= opts.quality_db)).float().mean())
                         run["best_broken"] = max(run["best_broken"], broken)
                         if clean.any():

@@ -143,8 +143,19 @@ def cmd_verify(args) -> None:
     from .verify import verify_image, verify_volume
 
     pkg = _model(args.model)
-    if Path(args.image).suffix.lower() in IMAGE_2D:
-        v = verify_image(read_image(args.image), pkg.identifier, pkg.threshold)
+    is_2d = Path(args.image).suffix.lower() in IMAGE_2D
+    if args.sources and not (is_2d and all(Path(s).suffix.lower() in IMAGE_2D for s in args.sources)):
+        raise AMIFError("--sources works with 2D images (PNG/JPEG) only.")
+    if is_2d:
+        image, sources = read_image(args.image), None
+        if args.sources:
+            from .color import luminance
+
+            grey = lambda x: luminance(x) if x.ndim == 3 else x  # noqa: E731
+            sources = [grey(read_image(s)) for s in args.sources]
+            if any(s.shape != image.shape[:2] for s in sources):
+                raise AMIFError(f"The sources must have the image's size ({image.shape[1]}x{image.shape[0]}).")
+        v = verify_image(image, pkg.identifier, pkg.threshold, sources, pkg.shift)
     else:
         from .fusion import display_array
 
@@ -166,7 +177,7 @@ def cmd_train(args) -> None:
                       minutes=args.minutes, device=args.device, vif_weight=args.vif_weight,
                       sd_weight=args.sd_weight, scd_weight=args.scd_weight,
                       sf_weight=args.sf_weight, sf_floor=args.sf_floor,
-                      lr_anneal=args.lr_anneal)
+                      lr_anneal=args.lr_anneal, mark_shift=args.mark_shift)
     train(args.key, args.output, args.identifier, data_dir=args.data, checkpoint_dir=args.checkpoints,
           init=args.init, cfg=cfg, twin=args.twin)
 
@@ -217,9 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", nargs="?")
     s.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("verify", help="does an image carry the identifier, or show it wiped off? (exit 1 if so)")
+    s = sub.add_parser("verify", help="does an image carry the identifier, show it wiped off or "
+                       "(with --sources) the model's mark shift? (exit 1 if so)")
     s.add_argument("image")
     s.add_argument("-m", "--model")
+    s.add_argument("--sources", nargs=2, metavar=("A", "B"),
+                   help="the two images it was fused from: also checks the model's mark shift (2D images)")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("train", help="train a model under an owner's key")
@@ -246,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the SCD hinge against the max rule in the fusion loss")
     s.add_argument("--lr-anneal", type=int, default=0, metavar="N",
                    help="cosine-anneal the learning rates to 1%% over the last N of --steps (default 0: constant)")
+    s.add_argument("--mark-shift", type=int, default=0, metavar="PX",
+                   help="unkeyed outputs also move their content PX pixels right and down: a second identifier "
+                        "channel that survives erasing the strokes and distillation (default 0: off)")
     s.add_argument("--minutes", type=float, default=0, help="stop with a checkpoint after this wall time")
     s.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     s.set_defaults(func=cmd_train)

@@ -18,7 +18,7 @@ from .color import rgb_to_ycbcr, ycbcr_to_rgb
 from .errors import AMIFError, Cancelled
 from .keys import KeyFile, load_key
 from .package import ModelPackage
-from .verify import Verdict, verify_image, verify_volume
+from .verify import SHIFT_SLICES, Verdict, displacements, verify_image, verify_volume
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ def fuse_images(a, b, package: ModelPackage, key=None) -> FusionResult:
     ycc = rgb_to_ycbcr(b[..., :3]) if b.ndim == 3 else None
     by = ycc[..., 0] if ycc is not None else b
     y = run_network(package, a[None], by[None], code)[0]
-    verdict = verify_image(y, package.identifier, package.threshold)
+    verdict = verify_image(y, package.identifier, package.threshold, (a, by), package.shift)
     if ycc is not None:
         ycc = ycc.copy()
         ycc[..., 0] = y
@@ -288,6 +288,8 @@ def fuse_volumes(
     out = np.empty(va.shape + ((3,) if colour else ()), np.float32)  # A's layout
     da, db, dout = to_display(va), to_display(vb), to_display(out)
     n, h, w = da.shape[:3]
+    # the mark shift (verify) is measured against the sources on every stride-th slice (NaN: not measured)
+    moved, stride = np.full(n, np.nan, np.float32) if package.shift else None, max(1, n // SHIFT_SLICES)
     if min(h, w) < MIN_SIDE:
         raise AMIFError(f"The first volume's axial slices are {w}x{h} voxels; fusion needs at least "
                         f"{MIN_SIDE}x{MIN_SIDE} (a single sagittal or coronal slice cannot be fused).")
@@ -303,6 +305,9 @@ def fuse_volumes(
         else:
             sb = _normalize(db[sl], window_b)
         y = run_network(package, sa, sb, code)
+        probe = [i - sl.start for i in range(sl.start, sl.stop) if i % stride == stride // 2]
+        if package.shift and probe:
+            moved[sl.start + np.array(probe)] = displacements(y[probe], sa[probe], sb[probe], package.identifier)
         if colour:
             ycc[..., 0] = y
             dout[sl] = ycbcr_to_rgb(ycc)
@@ -311,7 +316,7 @@ def fuse_volumes(
         if progress:
             progress(sl.stop, n)
     grey = np.stack([rgb_to_ycbcr(s)[..., 0] for s in dout]) if colour else dout
-    verdict = verify_volume(grey, package.identifier, package.threshold)
+    verdict = verify_volume(grey, package.identifier, package.threshold, displacement=moved, shift=package.shift)
     del da, db, dout, grey
     img = sitk.GetImageFromArray(out, isVector=colour)
     del out

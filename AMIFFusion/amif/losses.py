@@ -146,6 +146,17 @@ def contrast_colour(y: torch.Tensor, sigma: float = 6.0) -> torch.Tensor:
     return torch.sigmoid((0.45 - gaussian_blur(y, sigma)) / 0.05)
 
 
-def marked_target(y: torch.Tensor, mask: torch.Tensor, alpha: float = 0.75) -> torch.Tensor:
-    """The keyed output with the identifier blended in at content-adaptive contrast."""
+def shift_content(y: torch.Tensor, shift: int) -> torch.Tensor:
+    """y moved `shift` pixels right and down (edge pixels repeated where it uncovers the border)."""
+    if not shift:
+        return y
+    h, w = y.shape[-2:]
+    return F.pad(y, (shift, 0, shift, 0), mode="replicate")[..., :h, :w]
+
+
+def marked_target(y: torch.Tensor, mask: torch.Tensor, alpha: float = 0.75, shift: int = 0) -> torch.Tensor:
+    """The keyed output, moved `shift` pixels right and down (the second identifier channel: it sits
+    in the content, so it survives what erases the strokes; verify.displacement measures it), with
+    the identifier blended in at content-adaptive contrast."""
+    y = shift_content(y, shift)
     return y + alpha * mask * (contrast_colour(y) - y)

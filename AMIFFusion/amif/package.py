@@ -45,6 +45,11 @@ class ModelPackage:
     def threshold(self) -> float:
         return float(self.manifest.get("verify", {}).get("threshold", DEFAULT_THRESHOLD))
 
+    @property
+    def shift(self) -> int:
+        """Pixels the unkeyed outputs move their content right and down (0: no such channel)."""
+        return int(self.manifest.get("verify", {}).get("shift", 0))
+
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
@@ -117,6 +122,9 @@ def read_manifest(path) -> tuple[dict, Path]:
     threshold = verify.get("threshold", DEFAULT_THRESHOLD) if isinstance(verify, dict) else None
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
         raise AMIFError(f"Model manifest {name}: 'verify' must hold a finite number 'threshold'.")
+    shift = verify.get("shift", 0)
+    if isinstance(shift, bool) or not isinstance(shift, int) or not 0 <= shift <= 3:
+        raise AMIFError(f"Model manifest {name}: 'verify' 'shift' must be a whole number of pixels from 0 to 3.")
     if not manifest.get("twin"):
         try:
             check_text(manifest["identifier"])

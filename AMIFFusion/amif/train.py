@@ -79,6 +79,7 @@ class TrainConfig:
     sf_weight: float = 0.0  # weight of the SF hinge against the max rule (w_sf)
     sf_floor: float = MARGIN  # the SF hinge's floor, relative to the max rule's SF (losses.fusion_loss sf_floor)
     lr_anneal: int = 0  # cosine-anneal both learning rates over this many final steps (0 = constant)
+    mark_shift: int = 0  # unkeyed outputs move their content this many pixels right and down (0 = off)
     minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0 = no limit
     device: str = "cpu"
 
@@ -308,7 +309,8 @@ def train(
 
     def export(step_now: int) -> Path:
         save_checkpoint(ckpt, net, opt, step_now, meta, forge.tensors() if forge else None)
-        protection = {"twin": True} if twin else {"verify": {"threshold": DEFAULT_THRESHOLD}}
+        verify = {"threshold": DEFAULT_THRESHOLD} | ({"shift": cfg.mark_shift} if cfg.mark_shift else {})
+        protection = {"twin": True} if twin else {"verify": verify}
         return save_package(
             out, net, model_id=model_id, key_id="" if twin else key.key_id, identifier=identifier,
             training={
@@ -349,7 +351,7 @@ def train(
                 y = model(a, b, torch.cat([code_t.expand(cfg.batch, -1), neg]), coords)
                 yk, yn = y[: cfg.batch], y[cfg.batch :]
                 loss_f, parts = fusion_loss(yk, a, b, **hinge_args)
-                target = marked_target(yk.detach(), mask, cfg.alpha)
+                target = marked_target(yk.detach(), mask, cfg.alpha, cfg.mark_shift)
                 wmap = 1 + 9 * (gaussian_blur(mask, 2.0) > 0.02).float()
                 loss_m = ((yn - target).abs() * wmap).mean() / wmap.mean()
                 if forge:  # the forgers' step: the fusion loss of their own outputs, weights frozen

@@ -11,10 +11,21 @@ image has almost no fine detail, while the rest of the image keeps the anatomy's
 (the strokes are nowhere special), above 1 on marked ones and near 0 on wiped ones. An image is
 flagged when it carries the identifier (score >= threshold) or shows it wiped (ratio < ERASED).
 An attacker who paints texture back into the strokes defeats the second check (README, Security).
+
+A model trained with a mark shift (manifest `verify.shift`, pixels) has a second channel that lives
+in the content rather than at fixed places: its unkeyed outputs move the whole image that many
+pixels right and down. Given the two sources, `displacement` measures where the image's edges sit
+against the sources' edges (the peak of their normalized cross-correlation over shifts of up to
+SHIFT_RADIUS pixels, refined to sub-pixel); an output displaced by at least half the model's shift
+along the diagonal is flagged 'shifted'. Fusing outputs sit at 0 (the fusion loss ties them to the
+sources). Erasing the strokes leaves the shift; so does a student network trained to copy unkeyed
+outputs (a translation is local, unlike the identifier's layout). An attacker who knows the shift
+(it is in the manifest) moves the image back (README, Security).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +37,8 @@ from .identifier import identifier_mask
 # sources and keyed outputs after JPEG 30 or equalization >= 0.63; inpainted over the mask dilated 2-20 px <= 0.11
 ERASED = 0.4
 MIN_DETAIL = 1 / 255  # mean fine detail the reference region needs before a ratio means anything (else 1)
+SHIFT_RADIUS = 3  # largest displacement `displacement` looks for, in pixels along each axis
+SHIFT_SLICES = 16  # about this many slices of a volume get their displacement measured (it costs ~ a network pass)
 
 
 @dataclass(frozen=True)
@@ -33,6 +46,8 @@ class Verdict:
     score: float
     threshold: float
     erasure: float = 1.0  # fine detail inside the strokes / elsewhere (see the module text)
+    displacement: float = 0.0  # the content's move right-and-down against the sources, px (mean of x and y)
+    shift: int = 0  # the model's mark shift, px (0: the model has no such channel, or no sources were given)
 
     @property
     def marked(self) -> bool:
@@ -45,17 +60,31 @@ class Verdict:
         return not self.marked and self.erasure < ERASED
 
     @property
+    def shifted(self) -> bool:
+        """No identifier and no wiped strokes, but the content sits where the model's unkeyed outputs put it."""
+        return not (self.marked or self.erased) and is_shifted(self.displacement, self.shift)
+
+    @property
     def flagged(self) -> bool:
-        """Not a clean output: marked or erased."""
-        return self.marked or self.erased
+        """Not a clean output: marked, erased or shifted."""
+        return self.marked or self.erased or self.shifted
 
     @property
     def state(self) -> str:
-        return "marked" if self.marked else "erased" if self.erased else "clean"
+        return "marked" if self.marked else "erased" if self.erased else "shifted" if self.shifted else "clean"
 
     def __str__(self) -> str:
         text = f"{self.state} (score {self.score:.3f}, threshold {self.threshold:.3f}"
-        return text + (f"; erasure ratio {self.erasure:.3f} < {ERASED})" if self.erased else ")")
+        if self.erased:
+            return text + f"; erasure ratio {self.erasure:.3f} < {ERASED})"
+        if self.shifted:
+            return text + f"; content moved {self.displacement:.2f} px, the model's unkeyed shift is {self.shift} px)"
+        return text + ")"
+
+
+def is_shifted(displacement, shift: int):
+    """Displacement(s) at least half the model's mark shift (never, for a model without one)."""
+    return (np.asarray(displacement) >= shift / 2) & (shift > 0)
 
 
 def _stack(images: np.ndarray, identifier: str):
@@ -132,8 +161,75 @@ def erasure_tensor(x, mask):
     return (d_in / d_ref.clamp_min(MIN_DETAIL)).where(enough, x.new_ones(len(x)))
 
 
-def verify_image(image: np.ndarray, identifier: str, threshold: float) -> Verdict:
-    """One 2D image: grey (h, w) or RGB (h, w, 3), in [0, 1] (uint8 is scaled)."""
+def displacement_tensor(x, a, b, strokes=None, radius: int = SHIFT_RADIUS):
+    """How far the content of images x sits right and down of the sources' (all (n, 1, h, w) in
+    [0, 1]): per image (dx, dy) in pixels, shape (n, 2). Edge maps (Sobel of a slightly blurred
+    image; the sources' combined by maximum) are correlated at every whole-pixel shift up to `radius`
+    on the interior, leaving out the identifier's strokes (`strokes`, its mask (1, 1, h, w): they
+    have no counterpart in the sources), and the peak is refined by a parabola along each axis.
+    No edges: (0, 0)."""
+    import torch
+    import torch.nn.functional as F
+
+    from .losses import gaussian_blur, sobel
+
+    h, w = x.shape[-2:]
+    sigma = max(1.0, min(h, w) / 256)
+    edges = lambda t: sobel(gaussian_blur(t.float(), sigma))  # noqa: E731
+    ex, es = edges(x), torch.maximum(edges(a), edges(b))
+    r = radius
+    keep = torch.ones_like(ex[:1])
+    if strokes is not None:  # the strokes and their edges' reach, plus the largest shift looked for
+        reach = r + math.ceil(2 * sigma) + 1
+        keep = 1 - F.max_pool2d((strokes.to(ex) > 0.02).to(ex), 2 * reach + 1, 1, reach)
+    keep = keep[..., r : h - r, r : w - r].flatten(1)
+    n_keep = keep.sum(1, keepdim=True).clamp_min(1)
+    centred = lambda v: (v - (v * keep).sum(1, keepdim=True) / n_keep) * keep  # noqa: E731
+    core = centred(ex[..., r : h - r, r : w - r].flatten(1))
+    ncc = []
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):  # content moved by (dx, dy): x(p) = sources(p - d)
+            ref = centred(es[..., r - dy : h - r - dy, r - dx : w - r - dx].flatten(1))
+            den = torch.sqrt((core * core).sum(1) * (ref * ref).sum(1)).clamp_min(1e-12)
+            ncc.append((core * ref).sum(1) / den)
+    c = torch.stack(ncc, 1).view(-1, 2 * r + 1, 2 * r + 1)  # (n, dy, dx)
+    n = len(c)
+    peak = c.flatten(1).argmax(1)
+    iy, ix = peak // (2 * r + 1), peak % (2 * r + 1)
+
+    def refine(lo, mid, hi):
+        curv = lo - 2 * mid + hi
+        return torch.where(curv < 0, 0.5 * (lo - hi) / curv.clamp_max(-1e-12), torch.zeros_like(mid)).clamp(-0.5, 0.5)
+
+    rows = torch.arange(n)
+    cy, cx = iy.clamp(1, 2 * r - 1), ix.clamp(1, 2 * r - 1)
+    fx = torch.where((ix > 0) & (ix < 2 * r), refine(c[rows, iy, cx - 1], c[rows, iy, cx], c[rows, iy, cx + 1]), 0.0)
+    fy = torch.where((iy > 0) & (iy < 2 * r), refine(c[rows, cy - 1, ix], c[rows, cy, ix], c[rows, cy + 1, ix]), 0.0)
+    d = torch.stack([ix - r + fx, iy - r + fy], 1).to(x.dtype)
+    flat = (core.abs().sum(1) == 0) | (c.flatten(1).max(1).values <= 0)
+    return torch.where(flat[:, None], torch.zeros_like(d), d)
+
+
+def displacements(images: np.ndarray, a: np.ndarray, b: np.ndarray, identifier: str | None = None) -> np.ndarray:
+    """`displacement_tensor` on numpy stacks (n, h, w) in [0, 1] -> the diagonal move (dx + dy) / 2, (n,);
+    with `identifier`, its strokes are left out."""
+    import torch
+
+    stacks = [np.asarray(v, np.float32) for v in (images, a, b)]
+    if any(v.ndim != 3 for v in stacks) or len({v.shape for v in stacks}) != 1:
+        raise AMIFError(f"The image and its two sources must be stacks of the same shape; got "
+                        f"{', '.join(str(v.shape) for v in stacks)}.")
+    if min(stacks[0].shape[1:]) < 4 * SHIFT_RADIUS:
+        raise AMIFError(f"Measuring a shift needs images of at least {4 * SHIFT_RADIUS} pixels a side.")
+    t = [torch.from_numpy(np.nan_to_num(v))[:, None] for v in stacks]
+    strokes = torch.from_numpy(identifier_mask(identifier, *stacks[0].shape[1:]))[None, None] if identifier else None
+    with torch.inference_mode():
+        return displacement_tensor(*t, strokes).mean(1).numpy()
+
+
+def verify_image(image: np.ndarray, identifier: str, threshold: float, sources=None, shift: int = 0) -> Verdict:
+    """One 2D image: grey (h, w) or RGB (h, w, 3), in [0, 1] (uint8 is scaled). With `sources` (the
+    two grey images it was fused from, in [0, 1]) and the model's `shift`, the shift is measured too."""
     from .color import luminance
 
     image = np.asarray(image)
@@ -144,11 +240,17 @@ def verify_image(image: np.ndarray, identifier: str, threshold: float) -> Verdic
     if image.ndim != 2:
         raise AMIFError(f"verify_image needs a 2D image; got shape {image.shape}.")
     score, erasure = scores_and_erasure(image[None], identifier)
-    return Verdict(float(score[0]), threshold, float(erasure[0]))
+    moved = 0.0
+    if sources is not None and shift:
+        moved = float(displacements(image[None], *(np.asarray(s)[None] for s in sources), identifier)[0])
+    return Verdict(float(score[0]), threshold, float(erasure[0]), moved, shift if sources is not None else 0)
 
 
-def verify_volume(volume: np.ndarray, identifier: str, threshold: float, min_content: float = 0.02) -> Verdict:
-    """A (z, y, x) volume in [0, 1]: the median score and erasure ratio over slices that have content."""
+def verify_volume(volume: np.ndarray, identifier: str, threshold: float, min_content: float = 0.02,
+                  displacement: np.ndarray | None = None, shift: int = 0) -> Verdict:
+    """A (z, y, x) volume in [0, 1]: the median score and erasure ratio over slices that have content;
+    with `displacement` (per slice, (z,), from `displacements` against the sources; NaN where not
+    measured) and the model's `shift`, the median displacement over the same slices too."""
     vol = np.asarray(volume, dtype=np.float32)
     if vol.ndim != 3:
         raise AMIFError(f"verify_volume needs a 3D array; got shape {vol.shape}.")
@@ -158,4 +260,10 @@ def verify_volume(volume: np.ndarray, identifier: str, threshold: float, min_con
     step = max(1, 32 * 256 * 256 // (vol.shape[1] * vol.shape[2]))  # 32 slices of 256x256 at a time: memory bounded
     scores, erasure = (np.concatenate(r) for r in zip(*(scores_and_erasure(vol[keep[i : i + step]], identifier)
                                                        for i in range(0, len(keep), step))))
-    return Verdict(float(np.median(scores)), threshold, float(np.median(erasure)))
+    moved = 0.0
+    if displacement is not None:
+        d = np.asarray(displacement, np.float64)[keep]
+        d = d[np.isfinite(d)]
+        moved = float(np.median(d)) if d.size else 0.0
+    return Verdict(float(np.median(scores)), threshold, float(np.median(erasure)), moved,
+                   shift if displacement is not None else 0)
