@@ -61,12 +61,11 @@ def pairs(tmp_path_factory):
     return _synthetic_pairs(tmp_path_factory.mktemp("pairs"))
 
 
-def _target(tiny_package, pairs, weak=False, shift=0) -> Target:
+def _target(tiny_package, pairs, weak=False) -> Target:
     _, key_path, _ = tiny_package
     key = load_key(key_path)
-    manifest = {"model_id": key.model_id, "key_id": key.key_id, "identifier": IDENT,
-                "verify": {"threshold": 0.12, "shift": shift}}
-    pkg = ModelPackage(manifest, MarkingNet(key.code(), weak, shift).eval())
+    manifest = {"model_id": key.model_id, "key_id": key.key_id, "identifier": IDENT, "verify": {"threshold": 0.12}}
+    pkg = ModelPackage(manifest, MarkingNet(key.code(), weak).eval())
     ps = list_pairs(pairs, "test")
     a, b = load_pairs(ps)
     t = Target(pkg, key.code(), a / 255, b / 255, [p.kind for p in ps], [p.name for p in ps])
@@ -182,8 +181,14 @@ def test_classical_removal_on_a_marking_model(marking):
     assert not any(d["attack"].startswith("inpainting + texture + shift") for d in r.data)  # this model has no shift
 
 
-def test_the_shift_channel_flags_textured_inpainting_until_the_shift_is_undone(tiny_package, pairs):
-    t = _target(tiny_package, pairs, shift=1)
+def test_the_shift_channel_flags_textured_inpainting_until_the_shift_is_undone(tiny_package):
+    from test_fusion import _textured_sources
+
+    key = load_key(tiny_package[1])
+    manifest = {"model_id": key.model_id, "key_id": key.key_id, "identifier": IDENT,
+                "verify": {"threshold": 0.12, "shift": 1}}
+    a, b = (np.stack(v) for v in zip(*(_textured_sources(seed=s, n=128) for s in range(4))))
+    t = Target(ModelPackage(manifest, MarkingNet(key.code(), shift=1).eval()), key.code(), a, b)
     m = atk.code_trials(t, np.stack([t.code, np.zeros_like(t.code)]))
     assert abs(m.moved[0]) < 0.3 and abs(m.moved[1] - 1) < 0.3  # wrong codes' outputs are measured for it
     r = atk.classical_removal(t, AttackOptions(), progress=False)

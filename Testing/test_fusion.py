@@ -188,6 +188,13 @@ def test_verify_measures_the_mark_shift_against_the_sources():
     assert verify_image(fused, ident, 0.12, (a, b), shift=1).state == "clean"
     assert verify_image(wiped, ident, 0.12, (a, b), shift=0).state == "clean"  # a model without the channel
     assert verify_image(marked, ident, 0.12, (a, b), shift=1).state == "marked"
+    # sources that are not quite registered: an image is measured against the reference it matches best,
+    # so a source itself sits at 0, and a fusion of them moved by 1 px is still found
+    b_off = np.roll(b, (2, 2), axis=(0, 1))
+    both = np.maximum(a, b_off)
+    d = displacements(np.stack([b_off, both, np.roll(both, (1, 1), axis=(0, 1))]), np.stack([a] * 3),
+                      np.stack([b_off] * 3))
+    assert abs(d[0]) < 0.05 and abs(d[1]) < 0.15 and abs(d[2] - 1) < 0.15
     # an empty image has no edges: no displacement
     assert displacements(np.zeros((1, 64, 64), np.float32), a[None, :64, :64], b[None, :64, :64])[0] == 0
     with pytest.raises(AMIFError, match="same shape"):

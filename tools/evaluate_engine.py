@@ -76,12 +76,15 @@ def main() -> None:
         near_codes[i, rng.choice(256, 1 + i % 16, replace=False)] *= -1
     s_rand, s_near = code_trials(attacked, rand_codes), code_trials(attacked, near_codes)  # one image per code
     s_none, s_key = Measure.of(attacked, nokey), Measure.of(attacked, keyed)
-    s_src = Measure.of(attacked, np.concatenate([a, b]), np.concatenate([keyed, keyed]))
+    both = attacked.subset([*range(len(pairs))] * 2)  # each source image checked against its own pair
+    s_src = Measure.of(both, np.concatenate([a, b]), np.concatenate([keyed, keyed]))
 
     lines = ["# Engine acceptance figures", "",
              f"Model `{pkg.model_id}` ({pkg.manifest.get('training', {}).get('steps', '?')} training steps), "
              f"Harvard **test** split ({len(pairs)} pairs), verify threshold {thr:.3f}. Flagged: identifier score "
-             f">= threshold, or erasure ratio < {ERASED} (the strokes wiped off; `amif.verify`).", "",
+             f">= threshold, or erasure ratio < {ERASED} (the strokes wiped off"
+             + (f"), or the content moved by at least half the mark shift ({pkg.shift} px) against the pair's "
+                "sources (" if pkg.shift else "; ") + "`amif.verify`).", "",
              "| outputs | n | flagged | median score | target |", "|---|---|---|---|---|"]
     for name, s, target in [("random codes", s_rand, "100%"), ("near-miss codes (1-16 bits)", s_near, "100%"),
                             ("no key (zero code)", s_none, "100%"), ("keyed (owner's key)", s_key, "<= 1%"),

@@ -350,7 +350,7 @@ def code_trials(target: Target, codes: np.ndarray, batch: int = 16, quality_db: 
     and the decoder takes `batch` codes at a time. Returns the measure of the len(codes) outputs."""
     import torch
 
-    from .verify import displacement_tensor, erasure_tensor, score_tensor
+    from .verify import diagonal_move, erasure_tensor, score_tensor
 
     codes = np.asarray(codes, np.float32).reshape(-1, target.code.size)
     out = {k: np.zeros(len(codes)) for k in ("s", "e", "p", "q", "d")}
@@ -370,7 +370,7 @@ def code_trials(target: Target, codes: np.ndarray, batch: int = 16, quality_db: 
                 out["s"][j] = score_tensor(y, mask).float().cpu().numpy()
                 out["e"][j] = erasure_tensor(y, mask).float().cpu().numpy()
                 if target.shift:
-                    out["d"][j] = displacement_tensor(y, a.expand_as(y), b.expand_as(y), mask).mean(1).cpu().numpy()
+                    out["d"][j] = diagonal_move(y, a.expand_as(y), b.expand_as(y), mask).cpu().numpy()
                 y = y[:, 0].float().cpu().numpy()
                 out["p"][j] = psnr(y, np.repeat(ref, len(j), 0))
                 out["q"][j] = ssim(y, np.repeat(ref, len(j), 0))
@@ -862,7 +862,7 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
     import torch
 
     from .losses import fusion_loss
-    from .verify import ERASED, displacement_tensor, erasure_tensor, is_shifted, score_tensor
+    from .verify import ERASED, diagonal_move, erasure_tensor, is_shifted, score_tensor
 
     opts.check()
     t0 = time.perf_counter()
@@ -898,7 +898,7 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
                         p = (10 * torch.log10(1 / mse.clamp_min(1e-10))).clamp(max=PSNR_CAP)
                         clean = (s < thr) & (erasure_tensor(y, mask) >= ERASED)
                         if target.shift:
-                            moved = displacement_tensor(y, a, b, mask).mean(1).cpu().numpy()
+                            moved = diagonal_move(y, a, b, mask).cpu().numpy()
                             clean &= torch.from_numpy(~is_shifted(moved, target.shift)).to(clean.device)
                         broken = float((clean & (p >= opts.quality_db)).float().mean())
                         run["best_broken"] = max(run["best_broken"], broken)

@@ -15,12 +15,15 @@ An attacker who paints texture back into the strokes defeats the second check (R
 A model trained with a mark shift (manifest `verify.shift`, pixels) has a second channel that lives
 in the content rather than at fixed places: its unkeyed outputs move the whole image that many
 pixels right and down. Given the two sources, `displacement` measures where the image's edges sit
-against the sources' edges (the peak of their normalized cross-correlation over shifts of up to
-SHIFT_RADIUS pixels, refined to sub-pixel); an output displaced by at least half the model's shift
-along the diagonal is flagged 'shifted'. Fusing outputs sit at 0 (the fusion loss ties them to the
-sources). Erasing the strokes leaves the shift; so does a student network trained to copy unkeyed
-outputs (a translation is local, unlike the identifier's layout). An attacker who knows the shift
-(it is in the manifest) moves the image back (README, Security).
+against the edges of each source and of both combined (the peak of their normalized cross-correlation
+over shifts of up to SHIFT_RADIUS pixels, refined to sub-pixel); an output moved by at least half the
+model's shift right and down, against the reference it matches best, is flagged 'shifted' (against
+the combined edges alone, 16 of the 738 train-split CT/PET/SPECT images, compared with their own
+pairs, sat 0.5-2 px off: the two modalities' edges do not always coincide).
+Fusing outputs sit at 0 (the fusion loss ties them to the sources). Erasing the strokes leaves the
+shift; so does a student network trained to copy unkeyed outputs (a translation is local, unlike the
+identifier's layout). An attacker who knows the shift (it is in the manifest) moves the image back
+(README, Security).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ class Verdict:
     score: float
     threshold: float
     erasure: float = 1.0  # fine detail inside the strokes / elsewhere (see the module text)
-    displacement: float = 0.0  # the content's move right-and-down against the sources, px (mean of x and y)
+    displacement: float = 0.0  # the content's move right and down against the sources, px (min of the two)
     shift: int = 0  # the model's mark shift, px (0: the model has no such channel, or no sources were given)
 
     @property
@@ -163,11 +166,11 @@ def erasure_tensor(x, mask):
 
 def displacement_tensor(x, a, b, strokes=None, radius: int = SHIFT_RADIUS):
     """How far the content of images x sits right and down of the sources' (all (n, 1, h, w) in
-    [0, 1]): per image (dx, dy) in pixels, shape (n, 2). Edge maps (Sobel of a slightly blurred
-    image; the sources' combined by maximum) are correlated at every whole-pixel shift up to `radius`
-    on the interior, leaving out the identifier's strokes (`strokes`, its mask (1, 1, h, w): they
-    have no counterpart in the sources), and the peak is refined by a parabola along each axis.
-    No edges: (0, 0)."""
+    [0, 1]): per image (dx, dy) in pixels against the reference its edges match best -- the sources'
+    edges combined by maximum, A's or B's -- shape (n, 2). Edge maps (Sobel of a slightly blurred
+    image) are correlated at every whole-pixel shift up to `radius` on the interior, leaving out the
+    identifier's strokes (`strokes`, its mask (1, 1, h, w): they have no counterpart in the sources),
+    and the peak is refined by a parabola along each axis. No edges: (0, 0)."""
     import torch
     import torch.nn.functional as F
 
@@ -176,7 +179,7 @@ def displacement_tensor(x, a, b, strokes=None, radius: int = SHIFT_RADIUS):
     h, w = x.shape[-2:]
     sigma = max(1.0, min(h, w) / 256)
     edges = lambda t: sobel(gaussian_blur(t.float(), sigma))  # noqa: E731
-    ex, es = edges(x), torch.maximum(edges(a), edges(b))
+    ex, ea, eb = edges(x), edges(a), edges(b)
     r = radius
     keep = torch.ones_like(ex[:1])
     if strokes is not None:  # the strokes and their edges' reach, plus the largest shift looked for
@@ -186,14 +189,25 @@ def displacement_tensor(x, a, b, strokes=None, radius: int = SHIFT_RADIUS):
     n_keep = keep.sum(1, keepdim=True).clamp_min(1)
     centred = lambda v: (v - (v * keep).sum(1, keepdim=True) / n_keep) * keep  # noqa: E731
     core = centred(ex[..., r : h - r, r : w - r].flatten(1))
+    peaks = [_ncc_peak(core, es, centred, r) for es in (torch.maximum(ea, eb), ea, eb)]
+    d, best = torch.stack([p[0] for p in peaks], 1), torch.stack([p[1] for p in peaks], 1).argmax(1)
+    return d[torch.arange(len(d)), best].to(x.dtype)
+
+
+def _ncc_peak(core, es, centred, r: int):
+    """(dx, dy) of the peak of the normalized cross-correlation of `core` (the image's centred interior
+    edges, (n, pixels)) with reference edges `es` (n, 1, h, w) moved by up to r pixels ((0, 0) if flat),
+    and the peak's value, shapes (n, 2) and (n,)."""
+    import torch
+
+    h, w = es.shape[-2:]
     ncc = []
     for dy in range(-r, r + 1):
-        for dx in range(-r, r + 1):  # content moved by (dx, dy): x(p) = sources(p - d)
+        for dx in range(-r, r + 1):  # content moved by (dx, dy): x(p) = reference(p - d)
             ref = centred(es[..., r - dy : h - r - dy, r - dx : w - r - dx].flatten(1))
             den = torch.sqrt((core * core).sum(1) * (ref * ref).sum(1)).clamp_min(1e-12)
             ncc.append((core * ref).sum(1) / den)
     c = torch.stack(ncc, 1).view(-1, 2 * r + 1, 2 * r + 1)  # (n, dy, dx)
-    n = len(c)
     peak = c.flatten(1).argmax(1)
     iy, ix = peak // (2 * r + 1), peak % (2 * r + 1)
 
@@ -201,18 +215,24 @@ def displacement_tensor(x, a, b, strokes=None, radius: int = SHIFT_RADIUS):
         curv = lo - 2 * mid + hi
         return torch.where(curv < 0, 0.5 * (lo - hi) / curv.clamp_max(-1e-12), torch.zeros_like(mid)).clamp(-0.5, 0.5)
 
-    rows = torch.arange(n)
+    rows = torch.arange(len(c))
     cy, cx = iy.clamp(1, 2 * r - 1), ix.clamp(1, 2 * r - 1)
     fx = torch.where((ix > 0) & (ix < 2 * r), refine(c[rows, iy, cx - 1], c[rows, iy, cx], c[rows, iy, cx + 1]), 0.0)
     fy = torch.where((iy > 0) & (iy < 2 * r), refine(c[rows, cy - 1, ix], c[rows, cy, ix], c[rows, cy + 1, ix]), 0.0)
-    d = torch.stack([ix - r + fx, iy - r + fy], 1).to(x.dtype)
-    flat = (core.abs().sum(1) == 0) | (c.flatten(1).max(1).values <= 0)
-    return torch.where(flat[:, None], torch.zeros_like(d), d)
+    d = torch.stack([ix - r + fx, iy - r + fy], 1)
+    top = c.flatten(1).max(1).values
+    flat = (core.abs().sum(1) == 0) | (top <= 0)
+    return torch.where(flat[:, None], torch.zeros_like(d), d), top
+
+
+def diagonal_move(x, a, b, strokes=None):
+    """The content's move right and down that both axes agree on: min(dx, dy) of `displacement_tensor`,
+    (n,). An image equal to one of its sources gets 0 (it matches that source best)."""
+    return displacement_tensor(x, a, b, strokes).amin(1)
 
 
 def displacements(images: np.ndarray, a: np.ndarray, b: np.ndarray, identifier: str | None = None) -> np.ndarray:
-    """`displacement_tensor` on numpy stacks (n, h, w) in [0, 1] -> the diagonal move (dx + dy) / 2, (n,);
-    with `identifier`, its strokes are left out."""
+    """`diagonal_move` on numpy stacks (n, h, w) in [0, 1] -> (n,); with `identifier`, its strokes are left out."""
     import torch
 
     stacks = [np.asarray(v, np.float32) for v in (images, a, b)]
@@ -224,7 +244,7 @@ def displacements(images: np.ndarray, a: np.ndarray, b: np.ndarray, identifier: 
     t = [torch.from_numpy(np.nan_to_num(v))[:, None] for v in stacks]
     strokes = torch.from_numpy(identifier_mask(identifier, *stacks[0].shape[1:]))[None, None] if identifier else None
     with torch.inference_mode():
-        return displacement_tensor(*t, strokes).mean(1).numpy()
+        return diagonal_move(*t, strokes).numpy()
 
 
 def verify_image(image: np.ndarray, identifier: str, threshold: float, sources=None, shift: int = 0) -> Verdict:
