@@ -28,8 +28,7 @@ OUT = ROOT / "Resources" / "attack"
 WHAT = {  # what each attack family stands for in the threat model
     "wrong-keys": "runs the package with any code they can guess or derive, or with no key",
     "classical": "post-processes unkeyed outputs with image processing (blur, JPEG, noise, rescaling, "
-                 "cropping, equalization, inpainting over the exact identifier mask, with texture painted back, "
-                 "with the mark shift undone)",
+                 "cropping, equalization, inpainting over the exact identifier mask)",
     "surgery": "edits one module or tensor of the released weights (zero, randomize, bypass)",
     "forging": "optimizes a continuous code against the released weights",
     "learned-removal": "trains a remover on leaked (unkeyed, keyed) output pairs",
@@ -50,11 +49,9 @@ def threat_model(doc: dict) -> str:
         "**Measured to stop** (target met at the scale of this run) an attacker who:", "", *(held or ["* (none)"]), "",
         "**Measured not to stop** an attacker who:", "", *(broke or ["* (none)"]), "",
         "**Not covered by these numbers:** attackers with the owner's key or its secret; combinations of "
-        "attacks (for a model with a mark shift, a student distilled from unkeyed outputs whose shift the "
-        "attacker undid first would not carry it: the shift is in the manifest); other architectures for the "
-        "remover and the students; budgets above the counts in the command (the issue's full scale is 10,000 "
-        "random codes, 1,000-step forging, and training runs longer than the CPU allowed here where the tables "
-        "say so).", ""])
+        "attacks; other architectures for the remover and the students; budgets above the counts in the "
+        "command (the issue's full scale is 10,000 random codes, 1,000-step forging, and training runs longer "
+        "than the CPU allowed here where the tables say so).", ""])
 
 
 def curves(doc: dict, path: Path) -> bool:
