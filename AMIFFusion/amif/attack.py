@@ -668,10 +668,9 @@ def classical_removal(target: Target, opts: AttackOptions, progress: bool = True
                 ok = bool(after.flagged >= 0.95 or after.psnr.mean() < before.psnr.mean())
                 met &= ok
                 setting = plabel.format(p)
-                erased = ", ".join(f"{_pct(v)} {k}" for k, v in (("erased", after.erased), ("shifted", after.shifted))
-                                   if v)
-                erased = f" ({erased})" if erased else ""
-                rows.append([label, setting, f"{_pct(before.flagged)} → {_pct(after.flagged)}{erased}",
+                by = ", ".join(f"{_pct(v)} {k}" for k, v in (("erased", after.erased), ("shifted", after.shifted)) if v)
+                by = f" ({by})" if by else ""  # which check alone flags them
+                rows.append([label, setting, f"{_pct(before.flagged)} → {_pct(after.flagged)}{by}",
                              f"{_db(before.psnr.mean())} → {_db(after.psnr.mean())}",
                              f"{after.psnr.mean() - before.psnr.mean():+.1f}",
                              f"{before.ssim.mean():.3f} → {after.ssim.mean():.3f}", _db(own.mean()),
