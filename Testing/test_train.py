@@ -3,6 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
+from amif.errors import AMIFError
 from amif.network import NetConfig
 from amif.package import load_package
 from amif.train import LR_FLOOR, TrainConfig, lr_factor, sample_negatives, train
@@ -230,12 +231,15 @@ def test_a_log_from_an_older_version_is_rewritten_under_the_current_columns(tmp_
 
 
 def test_mark_shift_moves_the_unkeyed_target_and_is_recorded_for_verify(tiny_package, tmp_path):
-    from amif.losses import marked_target
+    from amif.losses import marked_target, shift_content
 
     y = torch.rand(1, 1, 16, 16)
     none = torch.zeros_like(y)
     assert torch.equal(marked_target(y, none, shift=2)[..., 2:, 2:], y[..., :-2, :-2])
     assert torch.equal(marked_target(y, none), y)
+    assert torch.equal(shift_content(shift_content(y, 1), -1)[..., :-1, :-1], y[..., :-1, :-1])  # moved back
+    with pytest.raises(AMIFError, match="mark shift"):
+        train(None, tmp_path / "x", "", cfg=TrainConfig(mark_shift=4), twin=True)
     _, key, _ = tiny_package
     _fake_pairs(tmp_path / "data")
     kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)

@@ -623,12 +623,10 @@ def inpaint_textured(images: np.ndarray, identifier: str, dilate: int, seed: int
 def unshift(images: np.ndarray, shift: int) -> np.ndarray:
     """Move images (n, h, w) `shift` pixels left and up: undo the mark shift of the model's manifest."""
     import torch
-    import torch.nn.functional as F
 
-    if not shift:
-        return np.asarray(images, np.float32)
-    x = torch.from_numpy(np.asarray(images, np.float32))[:, None]
-    return F.pad(x, (0, shift, 0, shift), mode="replicate")[..., shift:, shift:][:, 0].numpy()
+    from .losses import shift_content
+
+    return shift_content(torch.from_numpy(np.asarray(images, np.float32))[:, None], -shift)[:, 0].numpy()
 
 
 # (label, short label for figures, setting label, settings, function(images, setting, target, seed))

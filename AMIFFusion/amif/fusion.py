@@ -305,8 +305,8 @@ def fuse_volumes(
         else:
             sb = _normalize(db[sl], window_b)
         y = run_network(package, sa, sb, code)
-        probe = [i - sl.start for i in range(sl.start, sl.stop) if i % stride == stride // 2]
-        if package.shift and probe:
+        probe = [i - sl.start for i in range(sl.start, sl.stop) if i % stride == stride // 2] if package.shift else []
+        if probe:
             moved[sl.start + np.array(probe)] = displacements(y[probe], sa[probe], sb[probe], package.identifier)
         if colour:
             ycc[..., 0] = y

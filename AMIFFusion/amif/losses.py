@@ -147,11 +147,14 @@ def contrast_colour(y: torch.Tensor, sigma: float = 6.0) -> torch.Tensor:
 
 
 def shift_content(y: torch.Tensor, shift: int) -> torch.Tensor:
-    """y moved `shift` pixels right and down (edge pixels repeated where it uncovers the border)."""
+    """y moved `shift` pixels right and down, or left and up where negative (edge pixels repeated
+    where it uncovers the border)."""
     if not shift:
         return y
     h, w = y.shape[-2:]
-    return F.pad(y, (shift, 0, shift, 0), mode="replicate")[..., :h, :w]
+    if shift > 0:
+        return F.pad(y, (shift, 0, shift, 0), mode="replicate")[..., :h, :w]
+    return F.pad(y, (0, -shift, 0, -shift), mode="replicate")[..., -shift:, -shift:]
 
 
 def marked_target(y: torch.Tensor, mask: torch.Tensor, alpha: float = 0.75, shift: int = 0) -> torch.Tensor:

@@ -262,6 +262,8 @@ def train(
     cfg = cfg or TrainConfig()
     if cfg.vif_weight and cfg.crop < 48:  # four 'valid'-filtered, decimated VIF scales need 48 pixels
         raise AMIFError(f"The VIF loss needs a crop of at least 48 pixels (got {cfg.crop}).")
+    if not 0 <= cfg.mark_shift <= 3:  # what a manifest may hold (package.read_manifest)
+        raise AMIFError(f"The mark shift must be 0 to 3 pixels (got {cfg.mark_shift}).")
     if twin:
         key, true_code, identifier = None, np.zeros((net_cfg or NetConfig()).key_bits, np.float32), ""
     else:
