@@ -151,8 +151,7 @@ def cmd_verify(args) -> None:
         if args.sources:
             from .color import luminance
 
-            grey = lambda x: luminance(x) if x.ndim == 3 else x  # noqa: E731
-            sources = [grey(read_image(s)) for s in args.sources]
+            sources = [luminance(read_image(s)) for s in args.sources]
             if any(s.shape != image.shape[:2] for s in sources):
                 raise AMIFError(f"The sources must have the image's size ({image.shape[1]}x{image.shape[0]}).")
         v = verify_image(image, pkg.identifier, pkg.threshold, sources, pkg.shift)
