@@ -14,7 +14,7 @@ An attacker who paints texture back into the strokes defeats the second check (R
 
 A model trained with a mark shift (manifest `verify.shift`, pixels) has a second channel that lives
 in the content rather than at fixed places: its unkeyed outputs move the whole image that many
-pixels right and down. Given the two sources, `displacement` measures where the image's edges sit
+pixels right and down. Given the two sources, `displacements` measures where the image's edges sit
 against the edges of each source and of both combined (the peak of their normalized cross-correlation
 over shifts of up to SHIFT_RADIUS pixels, refined to sub-pixel); an output moved by at least half the
 model's shift right and down, against the reference it matches best, is flagged 'shifted' (against
@@ -208,7 +208,7 @@ def _ncc_peak(core, es, centred, r: int):
             den = torch.sqrt((core * core).sum(1) * (ref * ref).sum(1)).clamp_min(1e-12)
             ncc.append((core * ref).sum(1) / den)
     c = torch.stack(ncc, 1).view(-1, 2 * r + 1, 2 * r + 1)  # (n, dy, dx)
-    peak = c.flatten(1).argmax(1)
+    top, peak = c.flatten(1).max(1)
     iy, ix = peak // (2 * r + 1), peak % (2 * r + 1)
 
     def refine(lo, mid, hi):
@@ -220,7 +220,6 @@ def _ncc_peak(core, es, centred, r: int):
     fx = torch.where((ix > 0) & (ix < 2 * r), refine(c[rows, iy, cx - 1], c[rows, iy, cx], c[rows, iy, cx + 1]), 0.0)
     fy = torch.where((iy > 0) & (iy < 2 * r), refine(c[rows, cy - 1, ix], c[rows, cy, ix], c[rows, cy + 1, ix]), 0.0)
     d = torch.stack([ix - r + fx, iy - r + fy], 1)
-    top = c.flatten(1).max(1).values
     flat = (core.abs().sum(1) == 0) | (top <= 0)
     return torch.where(flat[:, None], torch.zeros_like(d), d), top
 
