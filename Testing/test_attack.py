@@ -1,6 +1,8 @@
 """`amif attack`: the attack families' numbers, on a model made to mark and on the tiny package."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +21,8 @@ from amif.keys import generate_key, load_key, save_key
 from amif.losses import shift_content
 from amif.network import AMIFNet, NetConfig
 from amif.package import ModelPackage
+
+ROOT = Path(__file__).resolve().parents[1]
 
 IDENT = "TEST · MARK"
 FOUR = ["wrong-keys", "classical", "surgery", "forging"]  # the attacks that need no attacker's pairs
@@ -317,7 +321,7 @@ def test_attack_cli_report(tiny_package, pairs, tmp_path, capsys):
         assert f"(rep-figures/{name}.png)" in text
     doc = json.loads(out.with_suffix(".json").read_text())
     assert list(doc["attacks"]) == FOUR and doc["not_run"] == list(atk.LEARNED)
-    assert doc["options"]["random_codes"] == 12 and doc["pairs"] == 6
+    assert doc["options"]["random_codes"] == 12 and doc["pairs"] == 6 and doc["shift"] == 0
     assert len(doc["attacks"]["classical"]["rows"]) == 29
     assert all(isinstance(r["met"], bool) for a in doc["attacks"].values() for r in a["rows"])
     assert all(isinstance(a["met"], bool) for a in doc["attacks"].values())
@@ -381,3 +385,19 @@ def test_attack_groups_in_processes_give_the_same_report(tiny_package, pairs, tm
     with pytest.raises(AMIFError, match="must cover the selected attacks"):
         atk.attack(out=tmp_path / "bad.md", groups=[["classical"]], **kw)
     assert not (tmp_path / "bad.md").exists()
+
+
+def test_the_published_threat_model_names_the_shift_attacker_only_for_a_shift_model():
+    spec = importlib.util.spec_from_file_location("make_attack_report", ROOT / "tools" / "make_attack_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    doc = {"attacks": {"classical": {"title": "Classical", "met": True, "summary": "s"},
+                       "distillation": {"title": "Distillation", "met": False, "summary": "0% flagged"}}}
+    plain = report.threat_model(doc)
+    assert "moving the image back" not in plain and "moves unkeyed outputs back" not in plain
+    assert "* distils a student network from unkeyed outputs (Distillation: 0% flagged)" in plain
+    moved = report.threat_model({**doc, "shift": 2})
+    held = moved.split("**Measured not to stop**")[0]
+    assert "equalization, inpainting over the exact identifier mask, and moving the image back by the manifest's " \
+           "2 px shift) (Classical)" in held
+    assert "combinations of attacks; an attacker who moves unkeyed outputs back before distilling" in moved

@@ -39,9 +39,13 @@ WHAT = {  # what each attack family stands for in the threat model
 
 def threat_model(doc: dict) -> str:
     """Which attackers the measured numbers stop and which they do not, from the report's own 'met'."""
-    att = doc["attacks"]
-    held = [f"* {WHAT[k]} ({att[k]['title']})" for k in WHAT if k in att and att[k]["met"]]
-    broke = [f"* {WHAT[k]} ({att[k]['title']}: {att[k]['summary']})" for k in WHAT if k in att and not att[k]["met"]]
+    att, shift = doc["attacks"], doc.get("shift", 0)
+    what = dict(WHAT)
+    if shift:  # a model whose unkeyed outputs also move: classical removal includes moving them back
+        what["classical"] = what["classical"][:-1] + f", and moving the image back by the manifest's {shift} px shift)"
+    held = [f"* {what[k]} ({att[k]['title']})" for k in what if k in att and att[k]["met"]]
+    broke = [f"* {what[k]} ({att[k]['title']}: {att[k]['summary']})" for k in what if k in att and not att[k]["met"]]
+    undo = " an attacker who moves unkeyed outputs back before distilling or training a remover;" if shift else ""
     return "\n".join([
         "## Threat model: what these numbers support", "",
         "Attacker: anyone holding the released package (weights and manifest) but not the owner's key file. "
@@ -49,7 +53,7 @@ def threat_model(doc: dict) -> str:
         "**Measured to stop** (target met at the scale of this run) an attacker who:", "", *(held or ["* (none)"]), "",
         "**Measured not to stop** an attacker who:", "", *(broke or ["* (none)"]), "",
         "**Not covered by these numbers:** attackers with the owner's key or its secret; combinations of "
-        "attacks; other architectures for the remover and the students; budgets above the counts in the "
+        f"attacks;{undo} other architectures for the remover and the students; budgets above the counts in the "
         "command (the issue's full scale is 10,000 random codes, 1,000-step forging, and training runs longer "
         "than the CPU allowed here where the tables say so).", ""])
 

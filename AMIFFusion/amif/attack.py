@@ -1210,7 +1210,8 @@ def write_report(out: Path, target: Target, info: dict, opts: AttackOptions, res
 
 def write_json(path: Path, target: Target, info: dict, opts: AttackOptions, results: list[AttackResult]) -> None:
     doc = {"model_id": target.package.model_id, "key_id": info["key_id"], "identifier": target.identifier,
-           "threshold": target.threshold, "data": info["data"], "split": info["split"], "pairs": target.n,
+           "threshold": target.threshold, "shift": target.shift, "data": info["data"], "split": info["split"],
+           "pairs": target.n,
            "command": info["command"], "options": asdict(opts), "success_share": SUCCESS_SHARE,
            "attacks": {r.name: {"title": r.title, "target": r.target, "met": r.met, "summary": r.summary,
                                 "seconds": r.seconds, "rows": r.data} for r in results},
