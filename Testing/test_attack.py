@@ -182,7 +182,20 @@ def test_classical_removal_on_a_marking_model(marking):
     tex = _row(r, attack="inpainting + texture painted back (knows the erasure check)", setting="mask dilated 1 px")
     assert tex["flagged_after"] == 0.0 and tex["psnr_after"] > tex["psnr_before"] + 10 and not tex["met"]
     assert not r.met and "inpainting + texture painted back (knows the erasure check) (mask dilated 1 px)" in r.summary
+    # filling the strokes with the sources' max rule leaves neither strokes nor a wiped region to flag
+    fill = _row(r, attack="strokes filled from the sources' max rule (has the sources)", setting="mask dilated 1 px")
+    assert fill["flagged_after"] == 0.0 and fill["met"] == (fill["psnr_after"] < fill["psnr_before"])
+    assert "the sources' max rule alone, no model at all, is" in r.notes[0]
     assert not any(d["attack"].startswith("inpainting + texture + shift") for d in r.data)  # this model has no shift
+
+
+def test_filling_from_the_sources_changes_only_the_dilated_strokes(marking):
+    t = marking.subset([0, 1])
+    out = atk.fill_from_sources(t.unkeyed, t, 1)
+    region = atk.identifier_region(t.identifier, *t.shape, 1)
+    assert region.any() and (~region).any() and region.sum() > atk.identifier_region(t.identifier, *t.shape).sum()
+    np.testing.assert_array_equal(out[:, ~region], t.unkeyed[:, ~region])
+    np.testing.assert_array_equal(out[:, region], np.maximum(t.a, t.b)[:, region])
 
 
 def test_the_shift_channel_flags_textured_inpainting_until_the_shift_is_undone(tiny_package):
@@ -307,7 +320,7 @@ def test_attack_cli_report(tiny_package, pairs, tmp_path, capsys):
         "&nbsp;&nbsp;near-miss, 2-4 bits (6)", "other model ids, fresh secrets (2)",
         "other model ids, the owner's secret (2)", "structured: all +1, all -1, owner's code negated (3)",
         "zero code = no key (6)", "owner's key, reference (6)"]
-    assert len(tables["Classical removal on unkeyed outputs"]) == sum(len(c[3]) for c in atk.CLASSICAL) - 2 == 29
+    assert len(tables["Classical removal on unkeyed outputs"]) == sum(len(c[3]) for c in atk.CLASSICAL) - 2 == 31
     assert "`memory.spatial`" in tables["White-box surgery (single edits, no key)"]
     assert tables["White-box key forging"] == ["fusion loss", "fusion loss + 1 x detector score"]
     assert "* Distillation (students trained on the unkeyed outputs): not selected." in text
@@ -322,7 +335,7 @@ def test_attack_cli_report(tiny_package, pairs, tmp_path, capsys):
     doc = json.loads(out.with_suffix(".json").read_text())
     assert list(doc["attacks"]) == FOUR and doc["not_run"] == list(atk.LEARNED)
     assert doc["options"]["random_codes"] == 12 and doc["pairs"] == 6 and doc["shift"] == 0
-    assert len(doc["attacks"]["classical"]["rows"]) == 29
+    assert len(doc["attacks"]["classical"]["rows"]) == 31
     assert all(isinstance(r["met"], bool) for a in doc["attacks"].values() for r in a["rows"])
     assert all(isinstance(a["met"], bool) for a in doc["attacks"].values())
     secret = json.loads(key.read_text())["secret"]

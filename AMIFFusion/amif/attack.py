@@ -620,6 +620,13 @@ def inpaint_textured(images: np.ndarray, identifier: str, dilate: int, seed: int
     return np.where(region, filled + (level / unit)[:, None, None] * noise, filled).astype(np.float32)
 
 
+def fill_from_sources(images: np.ndarray, target, dilate: int) -> np.ndarray:
+    """An attacker who has the two sources (every user of the model does) fills the identifier's region,
+    dilated by `dilate` px, with the max rule of the sources: real anatomy where the strokes were."""
+    region = identifier_region(target.identifier, *target.shape, dilate)
+    return np.where(region, np.maximum(target.a, target.b), images).astype(np.float32)
+
+
 def unshift(images: np.ndarray, shift: int) -> np.ndarray:
     """Move images (n, h, w) `shift` pixels left and up: undo the mark shift of the model's manifest."""
     import torch
@@ -642,6 +649,8 @@ CLASSICAL = [
      lambda x, p, t, s: inpaint(x, identifier_region(t.identifier, *t.shape, p))),
     ("inpainting + texture painted back (knows the erasure check)", "inpaint+tex", "mask dilated {} px", (1, 2),
      lambda x, p, t, s: inpaint_textured(x, t.identifier, p, s)),
+    ("strokes filled from the sources' max rule (has the sources)", "fill", "mask dilated {} px", (1, 2),
+     lambda x, p, t, s: fill_from_sources(x, t, p)),
     ("inpainting + texture + shift undone (knows every check)", "undo", "mask dilated {} px", (1, 2),
      lambda x, p, t, s: inpaint_textured(unshift(x, t.shift), t.identifier, p, s)),
 ]
@@ -685,6 +694,7 @@ def classical_removal(target: Target, opts: AttackOptions, progress: bool = True
     failed = [f"{d['attack']} ({d['setting']})" for d in data if not d["met"]]
     summary = (f"{len(data) - len(failed)}/{len(data)} settings meet the target"
                + (f"; not met: {', '.join(failed)}" if failed else ""))
+    no_model = psnr(np.maximum(target.a, target.b), target.keyed)  # what an attacker gets without the model
     return AttackResult(
         "classical", "Classical removal on unkeyed outputs",
         ">= 95% still flagged, or PSNR to the keyed output lower after the attack than before", met, summary,
@@ -700,7 +710,10 @@ def classical_removal(target: Target, opts: AttackOptions, progress: bool = True
          + (f" This model's unkeyed outputs also move their content {target.shift} px right and down (manifest "
             "`verify.shift`); `verify`, given the two sources, flags an output displaced by at least half that "
             "('shifted' in the table), which no transform above undoes; the last variant moves the image back "
-            "first." if target.shift else "")],
+            "first." if target.shift else "")
+         + f" For scale: the sources' max rule alone, no model at all, is {_db(no_model.mean())} dB to the keyed "
+           f"output ({_pct((no_model >= opts.quality_db).mean())} of images at keyed quality, "
+           f">= {opts.quality_db:g} dB); filling the strokes from it needs only the sources, which every user has."],
         time.perf_counter() - t0, [figure])
 
 
