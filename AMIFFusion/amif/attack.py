@@ -56,6 +56,7 @@ from typing import Callable
 
 import numpy as np
 
+from .baselines import max_fusion
 from .data import PAIR_TYPES
 from .errors import AMIFError
 
@@ -624,7 +625,7 @@ def fill_from_sources(images: np.ndarray, target, dilate: int) -> np.ndarray:
     """An attacker who has the two sources (every user of the model does) fills the identifier's region,
     dilated by `dilate` px, with the max rule of the sources: real anatomy where the strokes were."""
     region = identifier_region(target.identifier, *target.shape, dilate)
-    return np.where(region, np.maximum(target.a, target.b), images).astype(np.float32)
+    return np.where(region, max_fusion(target.a, target.b), images).astype(np.float32)
 
 
 def unshift(images: np.ndarray, shift: int) -> np.ndarray:
@@ -694,7 +695,7 @@ def classical_removal(target: Target, opts: AttackOptions, progress: bool = True
     failed = [f"{d['attack']} ({d['setting']})" for d in data if not d["met"]]
     summary = (f"{len(data) - len(failed)}/{len(data)} settings meet the target"
                + (f"; not met: {', '.join(failed)}" if failed else ""))
-    no_model = psnr(np.maximum(target.a, target.b), target.keyed)  # what an attacker gets without the model
+    no_model = psnr(max_fusion(target.a, target.b), target.keyed)  # what an attacker gets without the model
     return AttackResult(
         "classical", "Classical removal on unkeyed outputs",
         ">= 95% still flagged, or PSNR to the keyed output lower after the attack than before", met, summary,
