@@ -18,7 +18,8 @@ Families (names for `--attacks`):
 * ``classical``: image processing applied to the unkeyed (zero-code) outputs, each with a parameter
   sweep: Gaussian blur, median filter, JPEG, Gaussian noise, down/up-scaling, cropping and
   rescaling, histogram equalization, and inpainting over the identifier's exact mask, plainly,
-  with texture painted back into the strokes (an attacker who knows verify's erasure check) and, for
+  with texture painted back into the strokes (an attacker who knows verify's erasure check), with the
+  strokes filled from the sources' max rule (an attacker who has the sources: every user) and, for
   a model with a mark shift, with the shift undone as well (an attacker who knows every check). Target: the
   attack leaves >= 95% flagged, or its output is further from the keyed output (lower PSNR) than
   the unkeyed output it started from.
