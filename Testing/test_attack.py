@@ -264,6 +264,7 @@ def test_forging_fails_on_a_gradient_free_mark_and_succeeds_on_a_weak_one(tiny_p
     r = atk.key_forging(marking, opts, progress=False)
     (d,) = r.data
     assert r.met and d["successes"] == 0 and d["steps_to_success"] == [] and d["steps"] == 2 * 12
+    assert d["rate_upper_95"] == pytest.approx(1 - 0.05 ** 0.5) and "(rate at most 77.6%)" in r.summary
     assert all(run["final"]["flagged"] == 1.0 for run in d["runs"])
     weak = _target(tiny_package, pairs, weak=True)
     r = atk.key_forging(weak, opts, progress=False)
@@ -272,13 +273,30 @@ def test_forging_fails_on_a_gradient_free_mark_and_succeeds_on_a_weak_one(tiny_p
     assert all(1 <= s <= 12 for s in d["steps_to_success"]) and d["steps"] == sum(d["steps_to_success"])
     assert all(run["final"]["flagged"] <= 0.5 for run in d["runs"])
     assert all(run["all_pairs"]["n"] == weak.n for run in d["runs"])
-    assert "2/2 restarts succeed within 12 steps" in r.summary
+    assert "2/2 restarts succeed within 12 steps (rate at most 100.0%)" in r.summary
+    assert d["rate_upper_95"] == 1.0 and r.rows[0][1].startswith("2/2 (100.0%; at most 100.0%)")
     # the detector variant is a second row
     r = atk.key_forging(weak, AttackOptions(**{**SMALL, "forge_steps": 2, "forge_restarts": 1}), progress=False)
     assert [d["detector_weight"] for d in r.data] == [0.0, 1.0] and len(r.rows) == 2
 
 
 # ----------------------------------------------------------------- selection, CLI and report
+
+
+def test_rate_upper_is_the_one_sided_clopper_pearson_bound():
+    from math import comb
+
+    for n in (1, 2, 6, 59):  # no success: closed form 1 - 0.05**(1/n)
+        assert atk.rate_upper(0, n) == pytest.approx(1 - 0.05 ** (1 / n), abs=1e-9)
+    assert atk.rate_upper(0, 59) < 0.05 < atk.rate_upper(0, 58)
+    for k, n in ((1, 10), (3, 20), (5, 6)):  # the binomial tail at the bound is exactly 5%
+        p = atk.rate_upper(k, n)
+        assert k / n < p < 1
+        assert sum(comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k + 1)) == pytest.approx(0.05, abs=1e-9)
+    assert atk.rate_upper(1, 10) == pytest.approx(0.3942, abs=1e-4)  # published tables: 0.394
+    assert atk.rate_upper(4, 4) == 1.0 and atk.rate_upper(1, 10) < atk.rate_upper(2, 10) < atk.rate_upper(2, 5)
+    with pytest.raises(ValueError):
+        atk.rate_upper(3, 2)
 
 
 def test_parse_attacks():
@@ -412,5 +430,5 @@ def test_the_published_threat_model_names_the_shift_attacker_only_for_a_shift_mo
     moved = report.threat_model({**doc, "shift": 2})
     held = moved.split("**Measured not to stop**")[0]
     assert "equalization, inpainting over the exact identifier mask, and moving the image back by the manifest's " \
-           "2 px shift) (Classical)" in held
+           "2 px shift) (Classical: s)" in held
     assert "combinations of attacks; an attacker who moves unkeyed outputs back before distilling" in moved

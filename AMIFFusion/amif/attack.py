@@ -34,7 +34,8 @@ Families (names for `--attacks`):
 Success of an attacker's code or edit: on at least half of the attacked images the output is
 unflagged by `verify` *and* at keyed quality, PSNR to the keyed output >= `quality_db` (30 dB by
 default). Surgery's target: no edit succeeds; forging's: under 5% of restarts succeed within the
-step budget (1,000 steps by default).
+step budget (1,000 steps by default), reported with the 95% upper bound on the rate that the
+number of restarts supports.
 
 * ``learned-removal``, ``distillation``, ``fine-tuning``: networks trained on the attacker's own
   pairs (the data folder's train split); see `amif.attack_learned`.
@@ -335,6 +336,27 @@ def _db(x: float) -> str:
 
 def _yes(ok: bool) -> str:
     return "yes" if ok else "**no**"
+
+
+def rate_upper(successes: int, trials: int, confidence: float = 0.95) -> float:
+    """One-sided Clopper-Pearson upper bound on a success rate seen as successes/trials: the largest
+    rate under which so few successes still have probability 1 - confidence. With none in n trials
+    it is 1 - (1 - confidence)**(1/n): 59 restarts without a success are needed to show below 5%."""
+    from math import comb
+
+    if not 0 <= successes <= trials or trials < 1:
+        raise ValueError(f"{successes} successes in {trials} trials")
+    if successes == trials:
+        return 1.0
+
+    def tail(p):  # P(X <= successes) for X ~ Binomial(trials, p), falls as p rises
+        return sum(comb(trials, i) * p**i * (1 - p) ** (trials - i) for i in range(successes + 1))
+
+    lo, hi = successes / trials, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if tail(mid) > 1 - confidence else (lo, mid)
+    return hi
 
 
 def _bar(total: int, desc: str, progress: bool):
@@ -942,12 +964,13 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
             secs = time.perf_counter() - t1
             wins = [x["success_step"] for x in runs if x["success_step"] is not None]
             rate = len(wins) / max(1, len(runs))
+            upper = rate_upper(len(wins), len(runs))
             ok = rate < 0.05
             best_p = [x["best_psnr_unflagged"] for x in runs if x["best_psnr_unflagged"] is not None]
             fin = {k: float(np.mean([x["final"][k] for x in runs])) for k in ("flagged", "psnr_mean", "ssim_mean")}
             sig = {k: float(np.mean([x["sign"][k] for x in runs])) for k in ("flagged", "psnr_mean")}
             every = {k: float(np.mean([x["all_pairs"][k] for x in runs])) for k in ("flagged", "psnr_mean", "broken")}
-            rows.append([label, f"{len(wins)}/{len(runs)} ({_pct(rate)})",
+            rows.append([label, f"{len(wins)}/{len(runs)} ({_pct(rate)}; at most {_pct(upper)})",
                          ", ".join(str(w) for w in wins) or "—", str(opts.forge_steps),
                          _pct(max(x["best_broken"] for x in runs)),
                          _db(max(best_p)) if best_p else "—",
@@ -956,15 +979,17 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
                          f"{_pct(every['flagged'])} · {_db(every['psnr_mean'])} dB · {_pct(every['broken'])}",
                          _yes(ok), f"{len(idx)} / {sum(x['steps'] for x in runs):,} / {secs:.1f}"])
             data.append({"variant": label, "detector_weight": weight, "restarts": len(runs), "successes": len(wins),
-                         "success_rate": rate, "steps_to_success": wins, "step_budget": opts.forge_steps,
+                         "success_rate": rate, "rate_upper_95": upper, "steps_to_success": wins,
+                         "step_budget": opts.forge_steps,
                          "runs": runs, "met": ok, "images": len(idx), "steps": sum(x["steps"] for x in runs),
                          "seconds": secs})
     met = all(d["met"] for d in data)
     summary = "; ".join(f"{d['variant']}: {d['successes']}/{d['restarts']} restarts succeed within "
-                        f"{d['step_budget']:,} steps" for d in data)
+                        f"{d['step_budget']:,} steps (rate at most {_pct(d['rate_upper_95'])})" for d in data)
     return AttackResult(
         "forging", "White-box key forging", f"< 5% of restarts succeed within {opts.forge_steps:,} steps", met, summary,
-        ["objective", "successes", "steps to success", "step budget", "best share unflagged at keyed quality",
+        ["objective", "successes (rate; 95% upper bound)", "steps to success", "step budget",
+         "best share unflagged at keyed quality",
          "best PSNR of an unflagged output (dB)", "final code: flagged · PSNR · SSIM",
          "sign(final code): flagged · PSNR", f"final code on all {target.n} pairs: flagged · PSNR · unflagged at "
          "keyed quality", "met", "cost: images / steps / s"], rows, data,
@@ -974,7 +999,9 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
          f"its images are unflagged with PSNR >= {opts.quality_db:g} dB to the keyed output; the attacker never sees "
          "the keyed output (it is used to score only). The detector score is `verify`'s score, differentiable. "
          "'sign(final code)' runs the nearest valid +-1 code; 'on all pairs' runs the final code on every attacked "
-         "pair, the ones it was not optimized on included (means over restarts)."],
+         "pair, the ones it was not optimized on included (means over restarts). 'At most' is the one-sided 95% "
+         "Clopper-Pearson upper bound on the success rate: few restarts cannot show a low rate (with no success, "
+         "59 restarts are needed to show below 5%)."],
         time.perf_counter() - t0, [figure])
 
 
