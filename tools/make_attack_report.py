@@ -44,8 +44,9 @@ def threat_model(doc: dict) -> str:
     what = dict(WHAT)
     if shift:  # a model whose unkeyed outputs also move: classical removal includes moving them back
         what["classical"] = what["classical"][:-1] + f", and moving the image back by the manifest's {shift} px shift)"
-    held = [f"* {what[k]} ({att[k]['title']}: {att[k]['summary']})" for k in what if k in att and att[k]["met"]]
-    broke = [f"* {what[k]} ({att[k]['title']}: {att[k]['summary']})" for k in what if k in att and not att[k]["met"]]
+    lines = {k: f"* {what[k]} ({att[k]['title']}: {att[k]['summary']})" for k in what if k in att}
+    held = [line for k, line in lines.items() if att[k]["met"]]
+    broke = [line for k, line in lines.items() if not att[k]["met"]]
     undo = " an attacker who moves unkeyed outputs back before distilling or training a remover;" if shift else ""
     return "\n".join([
         "## Threat model: what these numbers support", "",
@@ -110,8 +111,8 @@ def curves(doc: dict, path: Path) -> bool:
     return True
 
 
-# two processes, one core each: the groups take about the same time at the defaults (measured on
-# 2 cores: wrong keys 20 min, classical 3, surgery 4, fine-tuning 7, learned removal 4, distillation 2 |
+# two processes, one core each; forging, the longest at the defaults, runs alone (measured on 2 cores:
+# wrong keys 20 min, classical 3, surgery 4, fine-tuning 7, learned removal 4, distillation 2 |
 # forging 55: about 4.6 min per restart and objective, 6 restarts x 2 objectives)
 GROUPS = (("wrong-keys", "classical", "surgery", "fine-tuning", "learned-removal", "distillation"), ("forging",))
 
