@@ -299,6 +299,58 @@ def test_rate_upper_is_the_one_sided_clopper_pearson_bound():
         atk.rate_upper(3, 2)
 
 
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _forging_json(target, path, **options) -> Path:
+    """One `amif attack --attacks forging` JSON document, as the CLI writes it (data path and output inside)."""
+    opts = AttackOptions(**{**SMALL, "forge_detector": 0.0, **options})
+    result = atk.key_forging(target, opts, progress=False)
+    command = f"amif attack -m m.json --data /machine/data --attacks forging --seed {opts.seed} -o /machine/o.md"
+    info = {"key_id": "k", "data": "/machine/data", "split": "test", "command": command}
+    atk.write_json(path, target, info, opts, [result])
+    return path
+
+
+def test_forging_runs_pool_each_restart_once(tiny_package, pairs, marking, tmp_path, capsys):
+    weak = _target(tiny_package, pairs, weak=True)
+    runs = [_forging_json(marking, tmp_path / "s1.json", seed=1),  # 2 restarts, none succeeds
+            _forging_json(weak, tmp_path / "s0.json", seed=0),  # 2 restarts that succeed
+            _forging_json(weak, tmp_path / "s0-more.json", seed=0, forge_restarts=3),  # restarts 0, 1 again + 2
+            _forging_json(marking, tmp_path / "det.json", seed=2, forge_detector=1.0, forge_restarts=1)]
+    docs = [json.loads(p.read_text()) for p in runs]
+    outcome = {(d["options"]["seed"], r["restart"]): r["success_step"] is not None
+               for d in docs[:3] for r in d["attacks"]["forging"]["rows"][0]["runs"]}
+    assert len(outcome) == 5 and 0 < sum(outcome.values()) < 5
+    rows = atk.pool_forging(docs + docs[:1])  # a run given twice counts once
+    fusion, detector = ({r["detector_weight"]: r for r in rows}[w] for w in (0.0, 1.0))
+    assert fusion["restarts"] == 6 and fusion["seeds"] == [0, 1, 2]  # the detector run's fusion-loss restart too
+    wins = sum(outcome.values()) + docs[3]["attacks"]["forging"]["rows"][0]["successes"]
+    assert fusion["successes"] == wins and fusion["rate_upper_95"] == atk.rate_upper(wins, 6)
+    assert len(fusion["steps_to_success"]) == wins and detector["restarts"] == 1 and detector["seeds"] == [2]
+    lrs = atk.pool_forging([*docs[:1], json.loads(_forging_json(marking, tmp_path / "lr.json", seed=1, forge_lr=0.2)
+                                                  .read_text())])
+    assert [(r["forge_lr"], r["restarts"]) for r in lrs] == [(0.05, 2), (0.2, 2)]  # other rates are other rows
+
+    tool = _tool("pool_forging")
+    out = tmp_path / "pooled" / "forging.md"
+    assert tool.main([*map(str, runs), "-o", str(out)]) == 0
+    text = out.read_text()
+    assert f"| fusion loss | 0.05 | 6 | {wins}/6 (" in text and "/machine" not in text
+    assert "`amif attack -m m.json --attacks forging --seed 0`" in text and text.count("`amif attack") == 4
+    assert json.loads(out.with_suffix(".json").read_text())["pooled"] == json.loads(json.dumps(rows))
+    capsys.readouterr()
+    other = _forging_json(marking, tmp_path / "steps.json", forge_steps=5)
+    assert tool.main([str(runs[0]), str(other), "-o", str(tmp_path / "bad.md")]) == 2
+    assert "cannot be pooled" in capsys.readouterr().err and not (tmp_path / "bad.md").exists()
+    with pytest.raises(AMIFError, match="None of these attack reports ran forging"):
+        atk.pool_forging([{"attacks": {"classical": {}}}])
+
+
 def test_parse_attacks():
     assert atk.parse_attacks(None) == list(atk.ATTACKS) == [
         "wrong-keys", "classical", "surgery", "forging", "learned-removal", "distillation", "fine-tuning"]
@@ -419,9 +471,7 @@ def test_attack_groups_in_processes_give_the_same_report(tiny_package, pairs, tm
 
 
 def test_the_published_threat_model_names_the_shift_attacker_only_for_a_shift_model():
-    spec = importlib.util.spec_from_file_location("make_attack_report", ROOT / "tools" / "make_attack_report.py")
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
+    report = _tool("make_attack_report")
     doc = {"attacks": {"classical": {"title": "Classical", "met": True, "summary": "s"},
                        "distillation": {"title": "Distillation", "met": False, "summary": "0% flagged"}}}
     plain = report.threat_model(doc)

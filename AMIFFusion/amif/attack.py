@@ -1005,6 +1005,47 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
         time.perf_counter() - t0, [figure])
 
 
+POOL_SETTING = ("model_id", "split", "pairs", "threshold", "success_share")  # must agree to pool runs
+POOL_OPTIONS = ("forge_steps", "forge_images", "quality_db")
+
+
+def pool_forging(docs: list[dict]) -> list[dict]:
+    """Pool the forging restarts of several `amif attack` runs (their JSON documents) of one model and
+    setting, so that runs from other seeds add up: one row per objective and learning rate, each
+    restart counted once (its run's seed and index fix its starting code), with the success rate's
+    one-sided 95% upper bound. Runs that differ in model, pairs or budget are refused."""
+    from .errors import AMIFError
+
+    runs = [d for d in docs if "forging" in d.get("attacks", {})]
+    if not runs:
+        raise AMIFError("None of these attack reports ran forging.")
+    setting = lambda d: ([d.get(k) for k in POOL_SETTING], [d["options"].get(k) for k in POOL_OPTIONS])  # noqa: E731
+    for d in runs[1:]:
+        if setting(d) != setting(runs[0]):
+            raise AMIFError(f"Forging runs of different settings cannot be pooled: {setting(runs[0])} vs {setting(d)} "
+                            f"(compared: {', '.join(POOL_SETTING + POOL_OPTIONS)}).")
+    groups: dict = {}
+    for d in runs:
+        seed, lr = d["options"]["seed"], d["options"]["forge_lr"]
+        for v in d["attacks"]["forging"]["rows"]:
+            g = groups.setdefault((v["detector_weight"], lr), {"variant": v["variant"], "detector_weight":
+                                                             v["detector_weight"], "forge_lr": lr, "restarts": {}})
+            for r in v["runs"]:
+                g["restarts"].setdefault((seed, r["restart"]), r)
+    rows = []
+    for key in sorted(groups):
+        g = groups[key]
+        done = g.pop("restarts")
+        wins = [r["success_step"] for r in done.values() if r["success_step"] is not None]
+        finals = [r["final"] for r in done.values()]
+        rows.append({**g, "restarts": len(done), "successes": len(wins), "steps_to_success": sorted(wins),
+                     "success_rate": len(wins) / len(done), "rate_upper_95": rate_upper(len(wins), len(done)),
+                     "seeds": sorted({s for s, _ in done}),
+                     "final_flagged_min": min(f["flagged"] for f in finals),
+                     "final_psnr_range": [min(f["psnr_mean"] for f in finals), max(f["psnr_mean"] for f in finals)]})
+    return rows
+
+
 # ----------------------------------------------------------------- registry and report
 
 
