@@ -1019,7 +1019,10 @@ def pool_forging(docs: list[dict]) -> list[dict]:
     runs = [d for d in docs if "forging" in d.get("attacks", {})]
     if not runs:
         raise AMIFError("None of these attack reports ran forging.")
-    setting = lambda d: ([d.get(k) for k in POOL_SETTING], [d["options"].get(k) for k in POOL_OPTIONS])  # noqa: E731
+
+    def setting(d):
+        return [d.get(k) for k in POOL_SETTING], [d["options"].get(k) for k in POOL_OPTIONS]
+
     for d in runs[1:]:
         if setting(d) != setting(runs[0]):
             raise AMIFError(f"Forging runs of different settings cannot be pooled: {setting(runs[0])} vs {setting(d)} "
