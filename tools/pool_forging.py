@@ -25,6 +25,11 @@ from amif.attack import _pct, pool_forging  # noqa: E402
 OUT = ROOT / "Resources" / "attack" / "forging-pooled.md"
 
 
+def bound(x: float) -> str:
+    """The upper bound with two decimals: 0/59 gives 4.95%, which one decimal would round up to 5.0%."""
+    return f"{100 * x:.2f}%"
+
+
 def run_command(doc: dict) -> str:
     """The run's recorded `amif attack` command without its data folder and output (machine paths)."""
     words, keep, skip = shlex.split(doc["command"]), [], False
@@ -53,7 +58,7 @@ def markdown(docs: list[dict], rows: list[dict]) -> str:
     for r in rows:
         lo, hi = r["final_psnr_range"]
         lines.append(f"| {r['variant']} | {r['forge_lr']:g} | {r['restarts']} | {r['successes']}/{r['restarts']} "
-                     f"({_pct(r['success_rate'])}; at most {_pct(r['rate_upper_95'])}) | "
+                     f"({_pct(r['success_rate'])}; at most {bound(r['rate_upper_95'])}) | "
                      f"{', '.join(map(str, r['steps_to_success'])) or '—'} | "
                      f"{'yes' if r['rate_upper_95'] < 0.05 else 'no'} | {', '.join(map(str, r['seeds']))} | "
                      f"{_pct(r['final_flagged_min'])} | {lo:.1f}–{hi:.1f} |")
@@ -85,7 +90,7 @@ def main(argv=None) -> int:
         {"runs": [run_command(d) for d in docs], "pooled": rows}, indent=1))
     for r in rows:
         print(f"{r['variant']} (lr {r['forge_lr']:g}): {r['successes']}/{r['restarts']}, "
-              f"rate at most {_pct(r['rate_upper_95'])}")
+              f"rate at most {bound(r['rate_upper_95'])}")
     print(f"wrote {args.output}")
     return 0
 
