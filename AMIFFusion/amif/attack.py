@@ -1014,8 +1014,6 @@ def pool_forging(docs: list[dict]) -> list[dict]:
     setting, so that runs from other seeds add up: one row per objective and learning rate, each
     restart counted once (its run's seed and index fix its starting code), with the success rate's
     one-sided 95% upper bound. Runs that differ in model, pairs or budget are refused."""
-    from .errors import AMIFError
-
     runs = [d for d in docs if "forging" in d.get("attacks", {})]
     if not runs:
         raise AMIFError("None of these attack reports ran forging.")
