@@ -4,7 +4,7 @@ import torch
 
 from amif.errors import AMIFError
 from amif.identifier import identifier_mask, layout_lines
-from amif.network import AMIFNet, parameter_count, slice_coords
+from amif.network import AMIFNet, decoder_channels, parameter_count, slice_coords, widen_decoder
 
 
 def test_default_budget():
@@ -50,3 +50,22 @@ def test_identifier_layout_scales_with_slice():
     assert np.corrcoef(small.ravel(), m1.ravel())[0, 1] > 0.9
     with pytest.raises(AMIFError, match="glyph"):
         identifier_mask("héllo", 64, 64)
+
+
+def test_widen_decoder_keeps_the_function_and_can_train_the_new_channels(tiny_package):
+    net = tiny_package[0].net
+    torch.manual_seed(1)
+    wide = widen_decoder(net, 2)
+    assert decoder_channels(wide.cfg) == [2 * c for c in decoder_channels(net.cfg)]
+    assert parameter_count(wide) > parameter_count(net)
+    a, b = torch.rand(2, 1, 1, 40, 44) * 0.6 + 0.2
+    codes = [torch.zeros(256), torch.ones(256), torch.randn(256).sign(), torch.randn(2, 256)]
+    with torch.no_grad():
+        for code in codes:
+            y, yw = net(a, b, code), wide(a, b, code)
+            assert ((y > 0) & (y < 1)).float().mean() > 0.5  # not hidden by the clamp
+            assert torch.allclose(y, yw, atol=1e-6)
+    wide(a, b, codes[2]).mean().backward()  # the layers reading the new channels start at zero, yet learn
+    old = decoder_channels(net.cfg)[2]
+    assert float(wide.decoder.head.weight.grad[:, old:].abs().sum()) > 0
+    assert float(wide.decoder.head.weight.detach()[:, old:].abs().sum()) == 0

@@ -252,3 +252,22 @@ def test_mark_shift_moves_the_unkeyed_target_and_is_recorded_for_verify(tiny_pac
     assert pkgs[0].shift == 0 and "shift" not in pkgs[0].manifest["verify"] and pkgs[1].shift == 1
     states = (p.net.state_dict().values() for p in (pkgs[0], pkgs[1]))
     assert any(not torch.equal(x, y) for x, y in zip(*states))  # the shifted target changes what the network learns
+
+
+def test_widened_decoder_trains_on_from_a_package_and_is_recorded(tmp_path):
+    kw = _blocky_twin_run(tmp_path)
+    cfg = dict(batch=2, crop=32, save_every=2)
+    train(None, tmp_path / "t", checkpoint_dir=tmp_path / "ck0", cfg=TrainConfig(steps=2, **cfg), **kw)
+    with pytest.raises(AMIFError, match="--init"):
+        train(None, tmp_path / "t", checkpoint_dir=tmp_path / "ck1", cfg=TrainConfig(steps=4, widen_decoder=2, **cfg),
+              **kw)
+    with pytest.raises(AMIFError, match="1 or more"):
+        train(None, tmp_path / "t", checkpoint_dir=tmp_path / "ck1", init=tmp_path / "t",
+              cfg=TrainConfig(steps=4, widen_decoder=0, **cfg), **kw)
+    assert not (tmp_path / "ck1").exists()
+    train(None, tmp_path / "w" / "t", checkpoint_dir=tmp_path / "ck2", init=tmp_path / "t",
+          cfg=TrainConfig(steps=4, widen_decoder=2, **cfg), **kw)
+    narrow, wide = load_package(tmp_path / "t"), load_package(tmp_path / "w" / "t")
+    assert wide.manifest["architecture"]["decoder_width"] == 2 * narrow.manifest["architecture"]["decoder_width"]
+    assert wide.manifest["training"]["decoder_widened_at"] == 2 and wide.manifest["training"]["steps"] == 4
+    assert "decoder_widened_at" not in narrow.manifest["training"]

@@ -176,7 +176,7 @@ def cmd_train(args) -> None:
                       minutes=args.minutes, device=args.device, vif_weight=args.vif_weight,
                       sd_weight=args.sd_weight, scd_weight=args.scd_weight,
                       sf_weight=args.sf_weight, sf_floor=args.sf_floor,
-                      lr_anneal=args.lr_anneal, mark_shift=args.mark_shift)
+                      lr_anneal=args.lr_anneal, mark_shift=args.mark_shift, widen_decoder=args.widen_decoder)
     train(args.key, args.output, args.identifier, data_dir=args.data, checkpoint_dir=args.checkpoints,
           init=args.init, cfg=cfg, twin=args.twin)
 
@@ -262,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mark-shift", type=int, default=0, metavar="PX",
                    help="unkeyed outputs also move their content PX pixels right and down: a second identifier "
                         "channel that survives erasing the strokes and distillation (default 0: off)")
+    s.add_argument("--widen-decoder", type=int, default=1, metavar="K",
+                   help="with --init: train on with K times the package's decoder channels, starting from the same "
+                        "function (default 1: as it is)")
     s.add_argument("--minutes", type=float, default=0, help="stop with a checkpoint after this wall time")
     s.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     s.set_defaults(func=cmd_train)

@@ -24,6 +24,7 @@ class NetConfig:
     c1: int = 12  # full-resolution channels
     c2: int = 24  # 1/2 resolution
     c3: int = 48  # 1/4 resolution
+    decoder_width: int = 1  # decoder stages have decoder_width * (c3, c2, c1) channels
     mem_channels: int = 8
     mem_size: int = 128  # spatial memory grid (mem_size x mem_size)
     mem_slots: int = 16
@@ -55,6 +56,11 @@ def slice_coords(n: int, h: int, w: int, device=None, dtype=torch.float32) -> to
     xs = (torch.arange(w, device=device, dtype=dtype) * 2 + 1) / w - 1
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack([xx, yy]).unsqueeze(0).expand(n, -1, -1, -1)
+
+
+def decoder_channels(cfg: NetConfig) -> list[int]:
+    """Channels of the decoder's three stages, coarse to fine (each one FiLM-modulated by the key)."""
+    return [cfg.decoder_width * c for c in (cfg.c3, cfg.c2, cfg.c1)]
 
 
 class KeyEmbedding(nn.Module):
@@ -128,12 +134,13 @@ class Decoder(nn.Module):
     def __init__(self, cfg: NetConfig):
         super().__init__()
         m = cfg.mem_channels
-        self.d3 = conv(cfg.c3 + m, cfg.c3)
-        self.u2 = nn.Conv2d(cfg.c3, cfg.c2, 1)
-        self.d2 = conv(cfg.c2 + m, cfg.c2)
-        self.u1 = nn.Conv2d(cfg.c2, cfg.c1, 1)
-        self.d1 = conv(cfg.c1 + m, cfg.c1)
-        self.head = conv(cfg.c1, 2)
+        w3, w2, w1 = decoder_channels(cfg)
+        self.d3 = conv(cfg.c3 + m, w3)
+        self.u2 = nn.Conv2d(w3, cfg.c2, 1)
+        self.d2 = conv(cfg.c2 + m, w2)
+        self.u1 = nn.Conv2d(w2, cfg.c1, 1)
+        self.d1 = conv(cfg.c1 + m, w1)
+        self.head = conv(w1, 2)
 
     @staticmethod
     def film(h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
@@ -167,7 +174,7 @@ class AMIFNet(nn.Module):
         self.memory = WatermarkMemory(c, c.c1)
         self.gate = nn.Conv2d(c.mem_channels, c.c1, 1)
         self.decoder = Decoder(c)
-        self.key = KeyEmbedding(c, [c.c3, c.c2, c.c1])
+        self.key = KeyEmbedding(c, decoder_channels(c))
 
     def encode(self, a, b, coords=None):
         """Key-free part: padded inputs, encoder features gated by the memory read."""
@@ -201,6 +208,36 @@ class AMIFNet(nn.Module):
 
     def forward(self, a, b, code, coords=None) -> torch.Tensor:
         return self.decode(self.encode(a, b, coords), code)
+
+
+def widen_decoder(net: AMIFNet, factor: int) -> AMIFNet:
+    """The same function with `factor` times the decoder's channels, to train on from a trained
+    network (net2wider): every old filter is kept; the new channels' filters and FiLM rows start
+    from a fresh init (scaled down), and the layers reading those channels from zero weights on
+    them, so the widened network's outputs equal the old one's under every code."""
+    cfg = NetConfig.from_dict({**net.cfg.to_dict(), "decoder_width": net.cfg.decoder_width * factor})
+    wide, old = AMIFNet(cfg), net.state_dict()
+    state = wide.state_dict()
+    old_film, new_film = net.key.sizes, wide.key.sizes
+    with torch.no_grad():
+        for name, t in old.items():
+            w = state[name]
+            if w.shape == t.shape:
+                w.copy_(t)
+            elif name.startswith("key.mlp.2."):  # FiLM (scale, shift) rows, per stage
+                w.mul_(0.1)
+                for src, dst, n in zip(t.split(old_film), w.split(new_film), old_film):
+                    dst[:n] = src
+            elif name.startswith("decoder.d"):  # a stage conv: more output channels
+                w[t.shape[0]:] *= 0.5
+                w[: t.shape[0]] = t
+            elif name.startswith(("decoder.u", "decoder.head")) and name.endswith(".weight"):  # reads them
+                w.zero_()
+                w[:, : t.shape[1]] = t
+            else:
+                raise ValueError(f"widen_decoder: unexpected shape change of {name}")
+    wide.load_state_dict(state)
+    return wide
 
 
 def parameter_count(model: nn.Module) -> int:

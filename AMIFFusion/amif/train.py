@@ -50,7 +50,7 @@ from .errors import AMIFError
 from .identifier import identifier_mask
 from .keys import load_key
 from .losses import HINGES, MARGIN, fusion_loss, gaussian_blur, marked_target, ssim
-from .network import AMIFNet, NetConfig, slice_coords
+from .network import AMIFNet, NetConfig, slice_coords, widen_decoder
 from .package import DEFAULT_THRESHOLD, load_package, save_package
 
 
@@ -80,6 +80,7 @@ class TrainConfig:
     sf_floor: float = MARGIN  # the SF hinge's floor, relative to the max rule's SF (losses.fusion_loss sf_floor)
     lr_anneal: int = 0  # cosine-anneal both learning rates over this many final steps (0 = constant)
     mark_shift: int = 0  # unkeyed outputs move their content this many pixels right and down (0 = off)
+    widen_decoder: int = 1  # with `init`: multiply the init package's decoder channels by this (network.widen_decoder)
     minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0 = no limit
     device: str = "cpu"
 
@@ -264,6 +265,8 @@ def train(
         raise AMIFError(f"The VIF loss needs a crop of at least 48 pixels (got {cfg.crop}).")
     if not 0 <= cfg.mark_shift <= 3:  # what a manifest may hold (package.read_manifest)
         raise AMIFError(f"The mark shift must be 0 to 3 pixels (got {cfg.mark_shift}).")
+    if cfg.widen_decoder < 1:
+        raise AMIFError(f"The decoder widening factor must be 1 or more (got {cfg.widen_decoder}).")
     if twin:
         key, true_code, identifier = None, np.zeros((net_cfg or NetConfig()).key_bits, np.float32), ""
     else:
@@ -289,7 +292,12 @@ def train(
         if pkg.model_id != model_id:
             raise AMIFError(f"--init model '{pkg.model_id}' is not the key's model '{model_id}'.")
         net, step = pkg.net, int(pkg.manifest.get("training", {}).get("steps", 0))
+        init_step = step
+        if cfg.widen_decoder > 1:
+            net = widen_decoder(net, cfg.widen_decoder)
         net.train()
+    elif cfg.widen_decoder > 1:
+        raise AMIFError("Widening the decoder needs a trained package to start from (--init).")
     mem = [net.memory.spatial]
     rest = [p for p in net.parameters() if p is not net.memory.spatial]
     opt = torch.optim.Adam([{"params": rest, "lr": cfg.lr}, {"params": mem, "lr": cfg.memory_lr}])
@@ -324,6 +332,7 @@ def train(
                 **{f"{k}_weight": getattr(cfg, f"{k}_weight") for k in HINGES},
                 "sf_floor": cfg.sf_floor,
                 "lr_anneal": cfg.lr_anneal,
+                **({"decoder_widened_at": init_step} if cfg.widen_decoder > 1 else {}),
             },
             **protection,
         )
