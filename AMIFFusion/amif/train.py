@@ -267,6 +267,8 @@ def train(
         raise AMIFError(f"The mark shift must be 0 to 3 pixels (got {cfg.mark_shift}).")
     if cfg.widen_decoder < 1:
         raise AMIFError(f"The decoder widening factor must be 1 or more (got {cfg.widen_decoder}).")
+    if cfg.widen_decoder > 1 and not init:
+        raise AMIFError("Widening the decoder needs a trained package to start from (--init).")
     if twin:
         key, true_code, identifier = None, np.zeros((net_cfg or NetConfig()).key_bits, np.float32), ""
     else:
@@ -296,8 +298,6 @@ def train(
         if cfg.widen_decoder > 1:
             net = widen_decoder(net, cfg.widen_decoder)
         net.train()
-    elif cfg.widen_decoder > 1:
-        raise AMIFError("Widening the decoder needs a trained package to start from (--init).")
     mem = [net.memory.spatial]
     rest = [p for p in net.parameters() if p is not net.memory.spatial]
     opt = torch.optim.Adam([{"params": rest, "lr": cfg.lr}, {"params": mem, "lr": cfg.memory_lr}])
