@@ -135,3 +135,20 @@ def test_verify_with_sources_checks_the_mark_shift(tiny_package, tmp_path, capsy
         assert main(["verify", str(tmp_path / "moved.png"), "-m", m, "--sources", *args]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
+
+
+def test_average_command_writes_a_package_or_one_error(tiny_package, tmp_path, capsys):
+    from amif.package import save_package
+
+    pkg, _, _ = tiny_package
+    m = pkg.manifest
+    for name, model_id in (("a", m["model_id"]), ("b", m["model_id"]), ("c", "another-model")):
+        save_package(tmp_path / name, pkg.net, model_id=model_id, key_id=m["key_id"], identifier=m["identifier"],
+                     verify=m["verify"], training={"steps": 1})
+    assert main(["average", str(tmp_path / "a.json"), str(tmp_path / "b"), "-o", str(tmp_path / "avg")]) == 0
+    assert len(load_package(tmp_path / "avg").manifest["training"]["averaged"]) == 2
+    capsys.readouterr()
+    assert main(["average", str(tmp_path / "a"), str(tmp_path / "c"), "-o", str(tmp_path / "avg2")]) == 2
+    err = capsys.readouterr().err
+    assert "differ in 'model_id'" in err and "Traceback" not in err
+    assert not list(tmp_path.glob("avg2*"))

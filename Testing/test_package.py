@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -79,3 +80,74 @@ def test_not_json_and_pickle_never_loaded(tmp_path):
         "architecture": {"name": "AMIFNet"}, "weights": "p.safetensors", "weights_sha256": h}))
     with pytest.raises(AMIFError, match="not a valid safetensors"):
         load_package(tmp_path / "p")
+
+
+def _checkpoints(pkg, d, n=3):
+    """n packages of one model whose parameters differ (as checkpoints of one run do), steps 100, 200, ..."""
+    from amif.package import save_package
+
+    paths = []
+    for i in range(n):
+        net = copy.deepcopy(pkg.net)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p) * 0.1 * (i + 1))
+        m = pkg.manifest
+        paths.append(save_package(d / f"ck{i}", net, model_id=m["model_id"], key_id=m["key_id"],
+                                  identifier=m["identifier"], verify=m["verify"],
+                                  training={"steps": 100 * (i + 1), "seed": 0}))
+    return paths
+
+
+def test_average_of_checkpoints_is_the_mean_of_their_weights(tiny_package, tmp_path):
+    from amif.package import average_packages
+
+    pkg, _, _ = tiny_package
+    paths = _checkpoints(pkg, tmp_path)
+    nets = [load_package(p).net for p in paths]
+    out = average_packages(paths, tmp_path / "avg")
+    avg = load_package(out)
+    for name, p in avg.net.named_parameters():
+        mean = sum(dict(n.named_parameters())[name] for n in nets) / len(nets)
+        torch.testing.assert_close(p, mean)
+        assert not torch.equal(p, dict(nets[0].named_parameters())[name])
+    for name, b in avg.net.named_buffers():
+        assert torch.equal(b, dict(nets[0].named_buffers())[name])
+    m = avg.manifest
+    assert (m["model_id"], m["key_id"], m["identifier"], m["verify"]) == (
+        pkg.model_id, pkg.key_id, pkg.identifier, pkg.manifest["verify"])
+    assert m["training"]["steps"] == 300
+    assert m["training"]["averaged"] == [
+        {"steps": 100 * (i + 1), "weights_sha256": read_manifest(p)[0]["weights_sha256"]} for i, p in enumerate(paths)]
+
+
+@pytest.mark.parametrize("edit, message", [
+    ("identifier", "differ in 'identifier'"),
+    ("architecture", "differ in 'architecture'"),
+    ("buffer", "fixed tensor"),
+    ("one", "at least two"),
+])
+def test_average_refuses_packages_of_different_models_and_writes_nothing(tiny_package, tmp_path, edit, message):
+    from amif.network import AMIFNet, NetConfig
+    from amif.package import average_packages, save_package
+
+    pkg, _, _ = tiny_package
+    paths = _checkpoints(pkg, tmp_path, 2)
+    m = pkg.manifest
+    if edit == "identifier":
+        save_package(tmp_path / "ck1", pkg.net, model_id=m["model_id"], key_id=m["key_id"],
+                     identifier="OTHER · MARK", verify=m["verify"], training={"steps": 5})
+    elif edit == "architecture":
+        other = AMIFNet(NetConfig(**{**pkg.net.cfg.to_dict(), "c1": 6}))
+        save_package(tmp_path / "ck1", other, model_id=m["model_id"], key_id=m["key_id"],
+                     identifier=m["identifier"], verify=m["verify"], training={"steps": 5})
+    elif edit == "buffer":
+        net = copy.deepcopy(pkg.net)
+        next(iter(net.buffers())).mul_(-1)
+        save_package(tmp_path / "ck1", net, model_id=m["model_id"], key_id=m["key_id"],
+                     identifier=m["identifier"], verify=m["verify"], training={"steps": 5})
+    elif edit == "one":
+        paths = paths[:1]
+    with pytest.raises(AMIFError, match=message):
+        average_packages(paths, tmp_path / "avg")
+    assert not list(tmp_path.glob("avg*"))

@@ -181,6 +181,12 @@ def cmd_train(args) -> None:
           init=args.init, cfg=cfg, twin=args.twin)
 
 
+def cmd_average(args) -> None:
+    from .package import average_packages
+
+    print(f"wrote {average_packages(args.packages, args.output)}")
+
+
 def cmd_evaluate(args) -> None:
     from .evaluate import evaluate
 
@@ -268,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--minutes", type=float, default=0, help="stop with a checkpoint after this wall time")
     s.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("average", help="mean of the weights of several checkpoints of one model, as a new package")
+    s.add_argument("packages", nargs="+", help="model packages (checkpoints of one training run)")
+    s.add_argument("-o", "--output", required=True, help="model package path (NAME)")
+    s.set_defaults(func=cmd_average)
 
     s = sub.add_parser("evaluate", help="fusion metrics of models, twins and baselines on registered pairs")
     s.add_argument("-m", "--model", action="append", help="model package (repeatable; default: the bundled one)")

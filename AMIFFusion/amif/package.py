@@ -202,3 +202,47 @@ def bundled_model_path() -> Path:
 
 def bundled_key_path() -> Path:
     return Path(__file__).resolve().parent.parent / "Resources" / "Models" / "amif-demo.amifkey"
+
+
+def average_packages(paths, out) -> Path:
+    """Write the mean of the weights of several packages of one model (checkpoints of one training run:
+    same model, key, identifier, verification and architecture) to `out`; returns its manifest path.
+
+    A weight average of nearby checkpoints is steadier than any one of them (with constant learning
+    rates single checkpoints swing). Parameters are averaged; the fixed buffers (the key's random
+    projection) must already be equal. The manifest keeps the training record of the latest
+    checkpoint and lists each source's steps and weights hash under training.averaged. Anything that
+    does not match is an AMIFError and nothing is written."""
+    import torch
+
+    if len(paths) < 2:
+        raise AMIFError("Averaging needs at least two model packages.")
+    pkgs = [load_package(p) for p in paths]
+    first = pkgs[0]
+    same = ("model_id", "key_id", "identifier", "twin", "verify", "architecture")
+    for p in pkgs[1:]:
+        for k in same:
+            if p.manifest.get(k) != first.manifest.get(k):
+                raise AMIFError(f"{p.path.name} and {first.path.name} differ in '{k}': "
+                                "only checkpoints of one model can be averaged.")
+    params = {n for n, _ in first.net.named_parameters()}
+    state = {}
+    for name, t in first.net.state_dict().items():
+        ts = [p.net.state_dict()[name] for p in pkgs]
+        if name in params:
+            state[name] = torch.stack(ts).mean(0)
+        elif any(not torch.equal(t, u) for u in ts[1:]):
+            raise AMIFError(f"{first.path.name} and the others differ in the fixed tensor '{name}': "
+                            "they are not checkpoints of one model.")
+        else:
+            state[name] = t
+    net = first.net
+    net.load_state_dict(state)
+    latest = max(pkgs, key=lambda p: p.manifest.get("training", {}).get("steps", 0))
+    m = first.manifest
+    training = {**latest.manifest.get("training", {}),
+                "averaged": [{"steps": p.manifest.get("training", {}).get("steps"),
+                              "weights_sha256": p.manifest["weights_sha256"]} for p in pkgs]}
+    extra = {k: m[k] for k in ("verify", "twin") if k in m}
+    return save_package(out, net, model_id=m["model_id"], key_id=m["key_id"], identifier=m["identifier"],
+                        training=training, **extra)
