@@ -100,7 +100,7 @@ def _checkpoints(pkg, d, n=3):
 
 
 def test_average_of_checkpoints_is_the_mean_of_their_weights(tiny_package, tmp_path):
-    from amif.package import average_packages
+    from amif.package import average_packages, training_steps
 
     pkg, _, _ = tiny_package
     paths = _checkpoints(pkg, tmp_path)
@@ -117,6 +117,8 @@ def test_average_of_checkpoints_is_the_mean_of_their_weights(tiny_package, tmp_p
     assert (m["model_id"], m["key_id"], m["identifier"], m["verify"]) == (
         pkg.model_id, pkg.key_id, pkg.identifier, pkg.manifest["verify"])
     assert m["training"]["steps"] == 300
+    assert training_steps(m) == "300 training steps, weights averaged over steps 100/200/300"
+    assert training_steps(pkg.manifest) == "? training steps"
     assert m["training"]["averaged"] == [
         {"steps": 100 * (i + 1), "weights_sha256": read_manifest(p)[0]["weights_sha256"]} for i, p in enumerate(paths)]
 

@@ -27,7 +27,7 @@ from amif.attack import Measure, Target, code_trials, run_edit, surgery_edit, su
 from amif.data import default_data_dir, list_pairs, load_pairs  # noqa: E402
 from amif.evaluate import evaluate  # noqa: E402
 from amif.keys import load_key  # noqa: E402
-from amif.package import bundled_key_path, bundled_model_path, load_package  # noqa: E402
+from amif.package import bundled_key_path, bundled_model_path, load_package, training_steps  # noqa: E402
 from amif.verify import ERASED  # noqa: E402
 
 
@@ -80,7 +80,7 @@ def main() -> None:
     s_src = Measure.of(both, np.concatenate([a, b]), np.concatenate([keyed, keyed]))
 
     lines = ["# Engine acceptance figures", "",
-             f"Model `{pkg.model_id}` ({pkg.manifest.get('training', {}).get('steps', '?')} training steps), "
+             f"Model `{pkg.model_id}` ({training_steps(pkg.manifest)}), "
              f"Harvard **test** split ({len(pairs)} pairs), verify threshold {thr:.3f}. Flagged: identifier score "
              f">= threshold, or erasure ratio < {ERASED} (the strokes wiped off"
              + (f"), or the content moved by at least half the mark shift ({pkg.shift} px) against the pair's "

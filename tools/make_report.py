@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "AMIFFusion"))
 from amif.data import default_data_dir  # noqa: E402
 from amif.evaluate import KINDS, evaluate  # noqa: E402
 from amif.losses import HINGES  # noqa: E402
-from amif.package import bundled_key_path, bundled_model_path, load_package  # noqa: E402
+from amif.package import bundled_key_path, bundled_model_path, load_package, training_steps  # noqa: E402
 
 OUT = ROOT / "Resources" / "evaluation"
 TWINS = sorted((ROOT / "Resources" / "Twins").glob("*.json"))
@@ -166,11 +166,10 @@ def main() -> None:
             bench = json.loads((OUT / "benchmark.json").read_text())
     agg = with_twin_mean(json.loads((OUT / "harvard-test.json").read_text()))
     plot_ratios(agg, OUT / "ratios.png")
-    steps = pkg.manifest["training"]["steps"]
     twin_steps = ", ".join(f"{v['model_id']} ({v['steps']} steps)" for v in agg["twins"].values()) or "none"
     lines = [
         "# AMIF evaluation: the bundled model", "",
-        f"Model `{pkg.model_id}` ({steps} training steps, batch {pkg.manifest['training']['batch']}); "
+        f"Model `{pkg.model_id}` ({training_steps(pkg.manifest)}, batch {pkg.manifest['training']['batch']}); "
         f"unprotected twins: {twin_steps}. Harvard Whole Brain Atlas **test** split; only aggregate figures "
         "are published (the images are research-use only). The twins see the same data, crops, batch size, "
         "learning rates and step count, with the zero code and the fusion loss only"

@@ -1233,14 +1233,15 @@ def attack(model=None, key=None, data=None, split: str = "test", limit: int | No
 
 
 def _header(target: Target, info: dict, opts: AttackOptions) -> list[str]:
+    from .package import training_steps
+
     pkg = target.package
-    steps = pkg.manifest.get("training", {}).get("steps", "?")
     counts = ", ".join(f"{k} {target.kinds.count(k)}" for k in dict.fromkeys(target.kinds))
     ref = Measure.of(target, target.unkeyed, quality_db=opts.quality_db)
     keyed_flagged = Measure.of(target, target.keyed).flagged
     return [
         "# AMIF attack report", "",
-        f"* Model `{pkg.model_id}` (`{Path(info['model_path']).name}`, {steps} training steps), identifier "
+        f"* Model `{pkg.model_id}` (`{Path(info['model_path']).name}`, {training_steps(pkg.manifest)}), identifier "
         f"`{pkg.identifier}`, verify threshold {target.threshold:.3f}.",
         f"* Owner's key {info['key_id']}: used for the keyed reference outputs only, never by an attack.",
         f"* Data: `{info['data']}`, split **{info['split']}**, {target.n} pairs ({counts}), "

@@ -180,6 +180,8 @@ def _write_json(path: Path, pkgs, twin_pkgs, twin_names, rows, scores, data, spl
 
 def _write_report(out, pkgs, model_paths, owner_keys, twin_pkgs, twin_names, rows, scores, examples, data,
                   split, pairs) -> Path:
+    from .package import training_steps
+
     fig_dir = out.with_name(out.stem + "-figures")
     if examples is not None:
         fig_dir.mkdir(parents=True, exist_ok=True)
@@ -191,9 +193,8 @@ def _write_report(out, pkgs, model_paths, owner_keys, twin_pkgs, twin_names, row
              "per-twin means. Wins vs max: on how many of " + ", ".join(WIN_METRICS) + " the row's mean is >= the "
              "max rule's.", ""]
     for pkg, path, key in zip(pkgs, model_paths, owner_keys):
-        steps = pkg.manifest.get("training", {}).get("steps", "?")
         state = f"key {key.key_id}" if key is not None else "no key given: keyed row omitted"
-        lines.append(f"* Model `{pkg.model_id}` (`{Path(path).name}`, {steps} training steps), {state}.")
+        lines.append(f"* Model `{pkg.model_id}` (`{Path(path).name}`, {training_steps(pkg.manifest)}), {state}.")
     for label, twin in zip(twin_names, twin_pkgs):
         lines.append(f"* {label}: `{twin.model_id}`, unprotected twin, run with the zero code.")
     lines.append("")

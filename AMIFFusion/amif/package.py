@@ -196,6 +196,16 @@ def load_package(path) -> ModelPackage:
     return ModelPackage(manifest, net, package_paths(path)[0])
 
 
+def training_steps(manifest: dict) -> str:
+    """How long a package was trained, for reports: '13500 training steps' or, for an average of
+    checkpoints, '18500 training steps, weights averaged over steps 15500/16500/17500/18500'."""
+    t = manifest.get("training", {})
+    text = f"{t.get('steps', '?')} training steps"
+    if t.get("averaged"):
+        text += ", weights averaged over steps " + "/".join(str(a.get("steps", "?")) for a in t["averaged"])
+    return text
+
+
 def bundled_model_path() -> Path:
     return Path(__file__).resolve().parent.parent / "Resources" / "Models" / "amif-demo.json"
 
