@@ -347,6 +347,9 @@ def test_forging_runs_pool_each_restart_once(tiny_package, pairs, marking, tmp_p
     other = _forging_json(marking, tmp_path / "steps.json", forge_steps=5)
     assert tool.main([str(runs[0]), str(other), "-o", str(tmp_path / "bad.md")]) == 2
     assert "cannot be pooled" in capsys.readouterr().err and not (tmp_path / "bad.md").exists()
+    retrained = {**docs[1], "weights_sha256": "0" * 64}  # same model id, other weights: not the same model
+    with pytest.raises(AMIFError, match="cannot be pooled"):
+        atk.pool_forging([docs[0], retrained])
     with pytest.raises(AMIFError, match="None of these attack reports ran forging"):
         atk.pool_forging([{"attacks": {"classical": {}}}])
 

@@ -46,7 +46,8 @@ def markdown(docs: list[dict], rows: list[dict]) -> str:
     o = d0["options"]
     lines = [
         "# Key forging, pooled over runs", "",
-        f"Model `{d0['model_id']}`; {d0['pairs']} attacked pairs of the {d0['split']} split, Adam on a continuous "
+        f"Model `{d0['model_id']}` (weights SHA-256 `{str(d0.get('weights_sha256'))[:12]}…`); "
+        f"{d0['pairs']} attacked pairs of the {d0['split']} split, Adam on a continuous "
         f"256-value code for {o['forge_steps']:,} steps per restart on {o['forge_images']} of them. A restart succeeds "
         f"when at least {d0['success_share']:.0%} of its images are unflagged with PSNR >= {o['quality_db']:g} dB to "
         "the keyed output. Each restart is counted once (its run's seed and index fix its starting code). 'At most' is "

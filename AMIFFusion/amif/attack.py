@@ -1005,7 +1005,7 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
         time.perf_counter() - t0, [figure])
 
 
-POOL_SETTING = ("model_id", "split", "pairs", "threshold", "success_share")  # must agree to pool runs
+POOL_SETTING = ("model_id", "weights_sha256", "split", "pairs", "threshold", "success_share")  # must agree to pool
 POOL_OPTIONS = ("forge_steps", "forge_images", "quality_db")
 
 
@@ -1294,7 +1294,8 @@ def write_report(out: Path, target: Target, info: dict, opts: AttackOptions, res
 
 
 def write_json(path: Path, target: Target, info: dict, opts: AttackOptions, results: list[AttackResult]) -> None:
-    doc = {"model_id": target.package.model_id, "key_id": info["key_id"], "identifier": target.identifier,
+    doc = {"model_id": target.package.model_id, "weights_sha256": target.package.manifest.get("weights_sha256"),
+           "key_id": info["key_id"], "identifier": target.identifier,
            "threshold": target.threshold, "shift": target.shift, "data": info["data"], "split": info["split"],
            "pairs": target.n,
            "command": info["command"], "options": asdict(opts), "success_share": SUCCESS_SHARE,
