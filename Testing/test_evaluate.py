@@ -118,3 +118,9 @@ def test_evaluate_on_harvard_with_bundled_model(tmp_path):
         assert [r.split(" | ")[0][2:] for r in rows] == ["AMIF keyed", "AMIF unkeyed", *BASELINES]
         assert (tmp_path / "h-figures" / f"{kind}.png").stat().st_size > 1000
     assert "no twin given" in text
+    from amif.package import bundled_model_path, read_manifest, training_steps
+
+    manifest, _ = read_manifest(bundled_model_path())
+    assert f", {training_steps(manifest)})" in text  # an averaged model's report names its checkpoints
+    model = json.loads(out.with_suffix(".json").read_text())["models"][0]
+    assert model["averaged_steps"] == [a["steps"] for a in manifest["training"].get("averaged", [])]

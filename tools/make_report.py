@@ -166,7 +166,9 @@ def main() -> None:
             bench = json.loads((OUT / "benchmark.json").read_text())
     agg = with_twin_mean(json.loads((OUT / "harvard-test.json").read_text()))
     plot_ratios(agg, OUT / "ratios.png")
-    twin_steps = ", ".join(f"{v['model_id']} ({v['steps']} steps)" for v in agg["twins"].values()) or "none"
+    twin_steps = ", ".join(f"{v['model_id']} ({v['steps']} steps" + (
+        f", weights averaged over steps {'/'.join(map(str, v['averaged_steps']))}" if v.get("averaged_steps") else "")
+        + ")" for v in agg["twins"].values()) or "none"
     lines = [
         "# AMIF evaluation: the bundled model", "",
         f"Model `{pkg.model_id}` ({training_steps(pkg.manifest)}, batch {pkg.manifest['training']['batch']}); "

@@ -161,7 +161,8 @@ def _training(pkg) -> dict:
     from .losses import HINGES  # torch: imported where a package is at hand anyway
 
     t = pkg.manifest.get("training", {})
-    return {"steps": t.get("steps"), **{f"{k}_weight": t.get(f"{k}_weight", 0.0) for k in HINGES}}
+    return {"steps": t.get("steps"), "averaged_steps": [a.get("steps") for a in t.get("averaged", [])],
+            **{f"{k}_weight": t.get(f"{k}_weight", 0.0) for k in HINGES}}
 
 
 def _write_json(path: Path, pkgs, twin_pkgs, twin_names, rows, scores, data, split) -> None:
