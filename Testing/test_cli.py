@@ -138,12 +138,19 @@ def test_verify_with_sources_checks_the_mark_shift(tiny_package, tmp_path, capsy
 
 
 def test_average_command_writes_a_package_or_one_error(tiny_package, tmp_path, capsys):
+    import copy
+
+    import torch
+
     from amif.package import save_package
 
     pkg, _, _ = tiny_package
     m = pkg.manifest
+    net = copy.deepcopy(pkg.net)
     for name, model_id in (("a", m["model_id"]), ("b", m["model_id"]), ("c", "another-model")):
-        save_package(tmp_path / name, pkg.net, model_id=model_id, key_id=m["key_id"], identifier=m["identifier"],
+        with torch.no_grad():  # each checkpoint its own weights
+            next(net.parameters()).add_(0.01)
+        save_package(tmp_path / name, net, model_id=model_id, key_id=m["key_id"], identifier=m["identifier"],
                      verify=m["verify"], training={"steps": 1})
     assert main(["average", str(tmp_path / "a.json"), str(tmp_path / "b"), "-o", str(tmp_path / "avg")]) == 0
     assert len(load_package(tmp_path / "avg").manifest["training"]["averaged"]) == 2

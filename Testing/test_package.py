@@ -128,6 +128,7 @@ def test_average_of_checkpoints_is_the_mean_of_their_weights(tiny_package, tmp_p
     ("architecture", "differ in 'architecture'"),
     ("buffer", "fixed tensor"),
     ("one", "at least two"),
+    ("twice", "given twice"),
 ])
 def test_average_refuses_packages_of_different_models_and_writes_nothing(tiny_package, tmp_path, edit, message):
     from amif.network import AMIFNet, NetConfig
@@ -150,6 +151,8 @@ def test_average_refuses_packages_of_different_models_and_writes_nothing(tiny_pa
                      identifier=m["identifier"], verify=m["verify"], training={"steps": 5})
     elif edit == "one":
         paths = paths[:1]
+    elif edit == "twice":
+        paths = [paths[0], paths[1], paths[0]]
     with pytest.raises(AMIFError, match=message):
         average_packages(paths, tmp_path / "avg")
     assert not list(tmp_path.glob("avg*"))

@@ -229,6 +229,10 @@ def average_packages(paths, out) -> Path:
         raise AMIFError("Averaging needs at least two model packages.")
     pkgs = [load_package(p) for p in paths]
     first = pkgs[0]
+    hashes = [p.manifest["weights_sha256"] for p in pkgs]
+    if len(set(hashes)) < len(hashes):
+        twice = next(p for p in pkgs if hashes.count(p.manifest["weights_sha256"]) > 1)
+        raise AMIFError(f"The weights of {twice.path.name} are given twice: each checkpoint can count once.")
     same = ("model_id", "key_id", "identifier", "twin", "verify", "architecture")
     for p in pkgs[1:]:
         for k in same:
