@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "AMIFFusion"))
 from amif.data import default_data_dir  # noqa: E402
 from amif.evaluate import KINDS, evaluate  # noqa: E402
 from amif.losses import HINGES  # noqa: E402
-from amif.package import bundled_key_path, bundled_model_path, load_package, training_steps  # noqa: E402
+from amif.package import bundled_key_path, bundled_model_path, load_package, read_manifest, training_steps  # noqa: E402
 
 OUT = ROOT / "Resources" / "evaluation"
 TWINS = sorted((ROOT / "Resources" / "Twins").glob("*.json"))
@@ -166,9 +166,8 @@ def main() -> None:
             bench = json.loads((OUT / "benchmark.json").read_text())
     agg = with_twin_mean(json.loads((OUT / "harvard-test.json").read_text()))
     plot_ratios(agg, OUT / "ratios.png")
-    twin_steps = ", ".join(f"{v['model_id']} ({v['steps']} steps" + (
-        f", weights averaged over steps {'/'.join(map(str, v['averaged_steps']))}" if v.get("averaged_steps") else "")
-        + ")" for v in agg["twins"].values()) or "none"
+    twin_steps = ", ".join(f"{m['model_id']} ({training_steps(m)})"
+                           for m in (read_manifest(t)[0] for t in twins)) or "none"
     lines = [
         "# AMIF evaluation: the bundled model", "",
         f"Model `{pkg.model_id}` ({training_steps(pkg.manifest)}, batch {pkg.manifest['training']['batch']}); "

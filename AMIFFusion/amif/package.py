@@ -240,9 +240,10 @@ def average_packages(paths, out) -> Path:
                 raise AMIFError(f"{p.path.name} and {first.path.name} differ in '{k}': "
                                 "only checkpoints of one model can be averaged.")
     params = {n for n, _ in first.net.named_parameters()}
+    states = [p.net.state_dict() for p in pkgs]
     state = {}
-    for name, t in first.net.state_dict().items():
-        ts = [p.net.state_dict()[name] for p in pkgs]
+    for name, t in states[0].items():
+        ts = [sd[name] for sd in states]
         if name in params:
             state[name] = torch.stack(ts).mean(0)
         elif any(not torch.equal(t, u) for u in ts[1:]):
