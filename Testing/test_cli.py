@@ -159,3 +159,14 @@ def test_average_command_writes_a_package_or_one_error(tiny_package, tmp_path, c
     err = capsys.readouterr().err
     assert "differ in 'model_id'" in err and "Traceback" not in err
     assert not list(tmp_path.glob("avg2*"))
+
+
+def test_train_command_passes_the_forger_restart_chance(monkeypatch, tmp_path):
+    import amif.train
+
+    seen = {}
+    monkeypatch.setattr(amif.train, "train", lambda *a, cfg=None, **kw: seen.update(cfg=cfg))
+    args = ["train", "--key", "k.amifkey", "--identifier", "X", "-o", str(tmp_path / "m"), "--steps", "5"]
+    assert main(args + ["--forge-restart", "0.02"]) == 0
+    assert seen["cfg"].forge_restart == 0.02 and seen["cfg"].steps == 5
+    assert main(args) == 0 and seen["cfg"].forge_restart == amif.train.TrainConfig().forge_restart

@@ -119,6 +119,10 @@ def test_average_of_checkpoints_is_the_mean_of_their_weights(tiny_package, tmp_p
     assert m["training"]["steps"] == 300
     assert training_steps(m) == "300 training steps, weights averaged over steps 100/200/300"
     assert training_steps(pkg.manifest) == "? training steps"
+    on = {"training": {"steps": 340, "init": {"weights_sha256": m["weights_sha256"], "training": m["training"]}}}
+    assert training_steps(on) == "340 training steps (from 300 training steps, weights averaged over steps 100/200/300)"
+    on["training"]["init"]["training"] = {"steps": 300}  # trained on from a plain package: nothing to add
+    assert training_steps(on) == "340 training steps"
     assert m["training"]["averaged"] == [
         {"steps": 100 * (i + 1), "weights_sha256": read_manifest(p)[0]["weights_sha256"]} for i, p in enumerate(paths)]
 

@@ -48,8 +48,13 @@ def test_train_writes_package_and_resumes_deterministically(tiny_package, tmp_pa
     # a committed package is a resume point: its step count carries on, in a new checkpoint folder
     train(key, tmp_path / "c" / "m", checkpoint_dir=tmp_path / "c" / "ck", init=tmp_path / "b" / "m",
           cfg=TrainConfig(steps=6, **cfg), **kw)
-    assert load_package(tmp_path / "c" / "m").manifest["training"]["steps"] == 6
+    c = load_package(tmp_path / "c" / "m").manifest
+    assert c["training"]["steps"] == 6
     assert len((tmp_path / "c" / "ck" / "metrics.csv").read_text().splitlines()) == 3
+    # ... and its manifest names where it started: the init package's weights hash and training record
+    assert c["training"]["init"] == {"weights_sha256": pb.manifest["weights_sha256"],
+                                     "training": pb.manifest["training"]}
+    assert "init" not in pb.manifest["training"]
 
 
 def test_negative_codes_curriculum():
@@ -146,6 +151,27 @@ def test_forger_pool_descends_the_fusion_loss_and_restarts():
     assert set(np.unique(fresh.numpy())) == {-1.0, 1.0} and pool.m.abs().sum() == 0 and pool.age.sum() == 0
     pool.load(saved)
     assert torch.equal(pool.codes, saved["forge.codes"]) and torch.equal(pool.age, saved["forge.age"])
+
+
+def test_forge_restart_reaches_the_forger_pool_and_is_recorded(tiny_package, tmp_path):
+    _, key, _ = tiny_package
+    _fake_pairs(tmp_path / "data")
+    kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
+    cfg = dict(steps=3, batch=2, crop=32, forge_pool=2)
+    with pytest.raises(AMIFError, match="restart chance"):
+        train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad", cfg=TrainConfig(forge_restart=0, **cfg),
+              **kw)
+    assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
+    nets = {}
+    for r in (0.005, 1.0):  # 1.0: the forgers restart every step, so they never take a second Adam step
+        pkg = load_package(train(key, tmp_path / f"r{r}" / "m", checkpoint_dir=tmp_path / f"ck{r}",
+                                 cfg=TrainConfig(forge_restart=r, **cfg), **kw))
+        assert pkg.manifest["training"]["forge_restart"] == r
+        nets[r] = pkg.net.state_dict()
+    assert any(not np.allclose(nets[0.005][k].numpy(), nets[1.0][k].numpy()) for k in nets[1.0])
+    twin = load_package(train(None, tmp_path / "t" / "m", checkpoint_dir=tmp_path / "ckt",
+                              cfg=TrainConfig(forge_restart=1.0, **cfg), **{**kw, "twin": True}))
+    assert twin.manifest["training"]["forge_pool"] == 0 and "forge_restart" not in twin.manifest["training"]
 
 
 # On these blocky random pairs the untrained net's SCD is already above the max rule's: the SCD hinge

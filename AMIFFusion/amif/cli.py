@@ -176,7 +176,8 @@ def cmd_train(args) -> None:
                       minutes=args.minutes, device=args.device, vif_weight=args.vif_weight,
                       sd_weight=args.sd_weight, scd_weight=args.scd_weight,
                       sf_weight=args.sf_weight, sf_floor=args.sf_floor,
-                      lr_anneal=args.lr_anneal, mark_shift=args.mark_shift, widen_decoder=args.widen_decoder)
+                      lr_anneal=args.lr_anneal, mark_shift=args.mark_shift, widen_decoder=args.widen_decoder,
+                      forge_restart=args.forge_restart)
     train(args.key, args.output, args.identifier, data_dir=args.data, checkpoint_dir=args.checkpoints,
           init=args.init, cfg=cfg, twin=args.twin)
 
@@ -265,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the SCD hinge against the max rule in the fusion loss")
     s.add_argument("--lr-anneal", type=int, default=0, metavar="N",
                    help="cosine-anneal the learning rates to 1%% over the last N of --steps (default 0: constant)")
+    s.add_argument("--forge-restart", type=float, default=0.005, metavar="P",
+                   help="per-step chance that a forger of the training pool restarts from a random code (default "
+                        "0.005, a mean life of 200 steps; higher keeps the forgers in their first steps)")
     s.add_argument("--mark-shift", type=int, default=0, metavar="PX",
                    help="unkeyed outputs also move their content PX pixels right and down: a second identifier "
                         "channel that survives erasing the strokes and distillation (default 0: off)")

@@ -197,12 +197,17 @@ def load_package(path) -> ModelPackage:
 
 
 def training_steps(manifest: dict) -> str:
-    """How long a package was trained, for reports: '13500 training steps' or, for an average of
-    checkpoints, '18500 training steps, weights averaged over steps 15500/16500/17500/18500'."""
+    """How long a package was trained, for reports: '13500 training steps'; for an average of
+    checkpoints, '18500 training steps, weights averaged over steps 15500/16500/17500/18500'; for a
+    package trained on from such an average, '18900 training steps (from 18500 training steps, weights
+    averaged over ...)'."""
     t = manifest.get("training", {})
     text = f"{t.get('steps', '?')} training steps"
     if t.get("averaged"):
         text += ", weights averaged over steps " + "/".join(str(a.get("steps", "?")) for a in t["averaged"])
+    start = (t.get("init") or {}).get("training") or {}
+    if start.get("averaged") or start.get("init"):
+        text += f" (from {training_steps({'training': start})})"
     return text
 
 

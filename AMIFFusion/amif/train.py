@@ -267,6 +267,8 @@ def train(
         raise AMIFError(f"The mark shift must be 0 to 3 pixels (got {cfg.mark_shift}).")
     if cfg.widen_decoder < 1:
         raise AMIFError(f"The decoder widening factor must be 1 or more (got {cfg.widen_decoder}).")
+    if not 0 < cfg.forge_restart <= 1:
+        raise AMIFError(f"The forgers' restart chance per step must be in (0, 1] (got {cfg.forge_restart}).")
     if cfg.widen_decoder > 1 and not init:
         raise AMIFError("Widening the decoder needs a trained package to start from (--init).")
     if twin:
@@ -295,6 +297,8 @@ def train(
             raise AMIFError(f"--init model '{pkg.model_id}' is not the key's model '{model_id}'.")
         net, step = pkg.net, int(pkg.manifest.get("training", {}).get("steps", 0))
         init_step = step
+        init_record = {"weights_sha256": pkg.manifest.get("weights_sha256"),
+                       "training": pkg.manifest.get("training", {})}
         if cfg.widen_decoder > 1:
             net = widen_decoder(net, cfg.widen_decoder)
         net.train()
@@ -329,10 +333,12 @@ def train(
                 "steps": step_now, "batch": cfg.batch, "crop": cfg.crop, "seed": cfg.seed,
                 "ablate_weight": 0.0 if twin else cfg.ablate_weight,
                 "forge_pool": 0 if twin else cfg.forge_pool,
+                **({"forge_restart": cfg.forge_restart} if forge else {}),
                 **{f"{k}_weight": getattr(cfg, f"{k}_weight") for k in HINGES},
                 "sf_floor": cfg.sf_floor,
                 "lr_anneal": cfg.lr_anneal,
                 **({"decoder_widened_at": init_step} if cfg.widen_decoder > 1 else {}),
+                **({"init": init_record} if init else {}),  # where the weights came from: its hash and record
             },
             **protection,
         )
