@@ -161,7 +161,7 @@ def test_average_command_writes_a_package_or_one_error(tiny_package, tmp_path, c
     assert not list(tmp_path.glob("avg2*"))
 
 
-def test_train_command_passes_the_forger_restart_chance(monkeypatch, tmp_path):
+def test_train_command_passes_the_forger_settings(monkeypatch, tmp_path):
     import amif.train
 
     seen = {}
@@ -170,3 +170,5 @@ def test_train_command_passes_the_forger_restart_chance(monkeypatch, tmp_path):
     assert main(args + ["--forge-restart", "0.02"]) == 0
     assert seen["cfg"].forge_restart == 0.02 and seen["cfg"].steps == 5
     assert main(args) == 0 and seen["cfg"].forge_restart == amif.train.TrainConfig().forge_restart
+    assert seen["cfg"].forge_detector == 0.0
+    assert main(args + ["--forge-detector", "1.5"]) == 0 and seen["cfg"].forge_detector == 1.5

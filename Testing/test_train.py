@@ -174,6 +174,46 @@ def test_forge_restart_reaches_the_forger_pool_and_is_recorded(tiny_package, tmp
     assert twin.manifest["training"]["forge_pool"] == 0 and "forge_restart" not in twin.manifest["training"]
 
 
+def test_forge_detector_reaches_every_second_forger_and_is_recorded(tiny_package, tmp_path):
+    _, key, _ = tiny_package
+    _fake_pairs(tmp_path / "data")
+    kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
+    cfg = dict(steps=3, batch=2, crop=64, forge_pool=2)  # whole 64-pixel slices: the identifier is in every crop
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(AMIFError, match="detector weight"):
+            train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad",
+                  cfg=TrainConfig(forge_detector=bad, **cfg), **kw)
+        assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
+    nets = {}
+    for w in (0.0, 5.0):
+        pkg = load_package(train(key, tmp_path / f"w{w}" / "m", checkpoint_dir=tmp_path / f"ck{w}",
+                                 cfg=TrainConfig(forge_detector=w, **cfg), **kw))
+        assert pkg.manifest["training"].get("forge_detector") == (w or None)
+        nets[w] = pkg.net.state_dict()
+    assert any(not np.allclose(nets[0.0][k].numpy(), nets[5.0][k].numpy()) for k in nets[5.0])
+
+
+def test_score_of_a_crop_at_its_native_scale_matches_the_whole_slice():
+    import torch
+
+    from amif.identifier import identifier_mask
+    from amif.losses import gaussian_blur
+    from amif.verify import score_tensor
+
+    torch.manual_seed(0)
+    m = torch.from_numpy(identifier_mask("TEST · MARK", 256, 256))[None, None]
+    inner = torch.zeros_like(m)
+    inner[..., 96:160, 96:160] = 1  # strokes at least 32 px inside the crop 64:192
+    m = m * inner
+    x = (gaussian_blur(torch.rand(2, 1, 256, 256), 3.0) - 0.3 * m).clamp(0, 1)
+    whole = score_tensor(x, m)
+    crop = (slice(None), slice(None), slice(64, 192), slice(64, 192))
+    assert torch.allclose(score_tensor(x[crop], m[crop], scale=1.0), whole, atol=1e-4)
+    assert not torch.allclose(score_tensor(x[crop], m[crop]), whole, atol=1e-2)  # read as a half-size slice
+    per_image = score_tensor(x[crop], m[crop].expand(2, -1, -1, -1).contiguous(), scale=1.0)  # one mask per image
+    assert torch.allclose(per_image, whole, atol=1e-4)
+
+
 # On these blocky random pairs the untrained net's SCD is already above the max rule's: the SCD hinge
 # stays at 0 (checked), so only its logging and manifest entry are tested here (its gradient: test_metrics).
 @pytest.mark.parametrize("term,active", [("vif", True), ("sd", True), ("sf", True), ("scd", False)])

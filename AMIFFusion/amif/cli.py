@@ -177,7 +177,7 @@ def cmd_train(args) -> None:
                       sd_weight=args.sd_weight, scd_weight=args.scd_weight,
                       sf_weight=args.sf_weight, sf_floor=args.sf_floor,
                       lr_anneal=args.lr_anneal, mark_shift=args.mark_shift, widen_decoder=args.widen_decoder,
-                      forge_restart=args.forge_restart)
+                      forge_restart=args.forge_restart, forge_detector=args.forge_detector)
     train(args.key, args.output, args.identifier, data_dir=args.data, checkpoint_dir=args.checkpoints,
           init=args.init, cfg=cfg, twin=args.twin)
 
@@ -269,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--forge-restart", type=float, default=0.005, metavar="P",
                    help="per-step chance that a forger of the training pool restarts from a random code (default "
                         "0.005, a mean life of 200 steps; higher keeps the forgers in their first steps)")
+    s.add_argument("--forge-detector", type=float, default=0.0, metavar="W",
+                   help="every second forger of the training pool also descends W x verify's score, as the second "
+                        "variant of `amif attack` forging does (default 0: the fusion loss alone)")
     s.add_argument("--mark-shift", type=int, default=0, metavar="PX",
                    help="unkeyed outputs also move their content PX pixels right and down: a second identifier "
                         "channel that survives erasing the strokes and distillation (default 0: off)")

@@ -17,8 +17,9 @@ Hardening against white-box key forging: a small pool of continuous codes plays 
 `amif attack` during training. Every step each pool code takes one Adam step on the fusion loss of
 its own outputs (exactly what a forger does with the released weights) and is trained as a
 negative like the others; a pool code restarts from a random +-1 code with a small probability
-per step, so the network sees forgers at every stage of their descent. The pool (codes and Adam
-moments) is part of the checkpoint.
+per step, so the network sees forgers at every stage of their descent. With `forge_detector`, every
+second forger adds that weight times verify's score of its output to its objective, as the second
+forging variant of `amif attack` does. The pool (codes and Adam moments) is part of the checkpoint.
 
 With `vif_weight`, the fusion loss also carries a VIF hinge: the shortfall of the keyed output's
 pixel-domain VIF to each source against the element-wise max rule's on the same crop
@@ -52,6 +53,7 @@ from .keys import load_key
 from .losses import HINGES, MARGIN, fusion_loss, gaussian_blur, marked_target, ssim
 from .network import AMIFNet, NetConfig, slice_coords, widen_decoder
 from .package import DEFAULT_THRESHOLD, load_package, save_package
+from .verify import score_tensor
 
 
 @dataclass
@@ -73,6 +75,7 @@ class TrainConfig:
     forge_pool: int = 2  # forger codes among each step's negatives (0 turns the forger off)
     forge_lr: float = 0.05  # the forger's Adam step, as in `amif attack --forge-lr`
     forge_restart: float = 0.005  # per-step chance that a forger restarts (mean life 200 steps)
+    forge_detector: float = 0.0  # every second forger also descends this weight x verify's score (0 = none)
     vif_weight: float = 0.0  # weight of the VIF term in the fusion loss (losses.fusion_loss w_vif)
     sd_weight: float = 0.0  # weight of the SD hinge against the max rule (losses.fusion_loss w_sd)
     scd_weight: float = 0.0  # weight of the SCD hinge against the max rule (w_scd)
@@ -269,6 +272,8 @@ def train(
         raise AMIFError(f"The decoder widening factor must be 1 or more (got {cfg.widen_decoder}).")
     if not 0 < cfg.forge_restart <= 1:
         raise AMIFError(f"The forgers' restart chance per step must be in (0, 1] (got {cfg.forge_restart}).")
+    if not 0 <= cfg.forge_detector < float("inf"):
+        raise AMIFError(f"The forgers' detector weight must be 0 or more (got {cfg.forge_detector}).")
     if cfg.widen_decoder > 1 and not init:
         raise AMIFError("Widening the decoder needs a trained package to start from (--init).")
     if twin:
@@ -334,6 +339,7 @@ def train(
                 "ablate_weight": 0.0 if twin else cfg.ablate_weight,
                 "forge_pool": 0 if twin else cfg.forge_pool,
                 **({"forge_restart": cfg.forge_restart} if forge else {}),
+                **({"forge_detector": cfg.forge_detector} if forge and cfg.forge_detector else {}),
                 **{f"{k}_weight": getattr(cfg, f"{k}_weight") for k in HINGES},
                 "sf_floor": cfg.sf_floor,
                 "lr_anneal": cfg.lr_anneal,
@@ -374,6 +380,9 @@ def train(
                 if forge:  # the forgers' step: the fusion loss of their own outputs, weights frozen
                     k = len(forged)
                     forge_loss = fusion_loss(yn[-k:], a[-k:], b[-k:])[0]
+                    if cfg.forge_detector:  # every second forger: minus the identifier's score as well
+                        det = score_tensor(yn[-k:][1::2], mask[-k:][1::2], scale=1.0)
+                        forge_loss = forge_loss + cfg.forge_detector * det.sum() / k
                     forge.update(torch.autograd.grad(forge_loss, forged, retain_graph=True)[0])
                 loss_a = torch.zeros((), device=dev)
                 if cfg.ablate_weight:

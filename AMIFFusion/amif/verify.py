@@ -112,15 +112,17 @@ def scores_and_erasure(images: np.ndarray, identifier: str) -> tuple[np.ndarray,
     return score_tensor(x, mask).numpy(), erasure_tensor(x, mask).numpy()
 
 
-def score_tensor(x, mask):
+def score_tensor(x, mask, scale: float | None = None):
     """The score as a (differentiable) torch function: images x of shape (n, 1, h, w) in [0, 1] and
-    the identifier's mask of shape (1, 1, h, w) -> scores (n,). `identifier_scores` is this on numpy."""
+    the identifier's mask of shape (1, 1, h, w) or (n, 1, h, w) -> scores (n,). `identifier_scores` is
+    this on numpy. `scale`: the image's pixel size against a 256-pixel slice (default: its own size;
+    1 for a crop of a 256-pixel slice)."""
     import torch
 
     from .losses import contrast_colour, gaussian_blur
 
     h, w = x.shape[-2:]
-    scale = min(h, w) / 256
+    scale = min(h, w) / 256 if scale is None else scale
     m = mask.to(x)
     sigma = max(1.0, 2.0 * scale)
     detail = x - gaussian_blur(x, sigma)
