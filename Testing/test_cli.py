@@ -172,3 +172,5 @@ def test_train_command_passes_the_forger_settings(monkeypatch, tmp_path):
     assert main(args) == 0 and seen["cfg"].forge_restart == amif.train.TrainConfig().forge_restart
     assert seen["cfg"].forge_detector == 0.0
     assert main(args + ["--forge-detector", "1.5"]) == 0 and seen["cfg"].forge_detector == 1.5
+    assert seen["cfg"].mark_alpha == 0.75
+    assert main(args + ["--mark-alpha", "1"]) == 0 and seen["cfg"].mark_alpha == 1.0

@@ -193,6 +193,32 @@ def test_forge_detector_reaches_every_second_forger_and_is_recorded(tiny_package
     assert any(not np.allclose(nets[0.0][k].numpy(), nets[5.0][k].numpy()) for k in nets[5.0])
 
 
+def test_mark_alpha_sets_the_identifier_opacity_and_is_recorded(tiny_package, tmp_path):
+    import torch
+
+    from amif.losses import contrast_colour, marked_target
+
+    y, m = torch.rand(1, 1, 16, 16), torch.ones(1, 1, 16, 16)
+    assert torch.allclose(marked_target(y, m, 1.0), contrast_colour(y))  # only the stroke colour, no pixel detail left
+    assert torch.allclose(marked_target(y, m, 0.75), 0.25 * y + 0.75 * contrast_colour(y))
+    _, key, _ = tiny_package
+    _fake_pairs(tmp_path / "data")
+    kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
+    cfg = dict(steps=2, batch=2, crop=64)
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(AMIFError, match="opacity"):
+            train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad", cfg=TrainConfig(mark_alpha=bad, **cfg),
+                  **kw)
+        assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
+    nets = {}
+    for a in (0.75, 1.0):
+        pkg = load_package(train(key, tmp_path / f"a{a}" / "m", checkpoint_dir=tmp_path / f"ck{a}",
+                                 cfg=TrainConfig(mark_alpha=a, **cfg), **kw))
+        assert pkg.manifest["training"]["mark_alpha"] == a
+        nets[a] = pkg.net.state_dict()
+    assert any(not np.allclose(nets[0.75][k].numpy(), nets[1.0][k].numpy()) for k in nets[1.0])
+
+
 def test_score_of_a_crop_at_its_native_scale_matches_the_whole_slice():
     import torch
 

@@ -177,7 +177,8 @@ def cmd_train(args) -> None:
                       sd_weight=args.sd_weight, scd_weight=args.scd_weight,
                       sf_weight=args.sf_weight, sf_floor=args.sf_floor,
                       lr_anneal=args.lr_anneal, mark_shift=args.mark_shift, widen_decoder=args.widen_decoder,
-                      forge_restart=args.forge_restart, forge_detector=args.forge_detector)
+                      forge_restart=args.forge_restart, forge_detector=args.forge_detector,
+                      mark_alpha=args.mark_alpha)
     train(args.key, args.output, args.identifier, data_dir=args.data, checkpoint_dir=args.checkpoints,
           init=args.init, cfg=cfg, twin=args.twin)
 
@@ -272,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--forge-detector", type=float, default=0.0, metavar="W",
                    help="every second forger of the training pool also descends W x verify's score, as the second "
                         "variant of `amif attack` forging does (default 0: the fusion loss alone)")
+    s.add_argument("--mark-alpha", type=float, default=0.75, metavar="A",
+                   help="the identifier's opacity in unkeyed outputs, in (0, 1] (default 0.75; 1 leaves no content "
+                        "under the strokes for a remover to recover)")
     s.add_argument("--mark-shift", type=int, default=0, metavar="PX",
                    help="unkeyed outputs also move their content PX pixels right and down: a second identifier "
                         "channel that survives erasing the strokes and distillation (default 0: off)")

@@ -69,7 +69,7 @@ class TrainConfig:
     near_miss_ramp: int = 3000  # steps until near-miss codes reach their full share
     zero_share: float = 0.15
     mark_weight: float = 4.0
-    alpha: float = 0.75
+    mark_alpha: float = 0.75  # the identifier's opacity in unkeyed outputs (1: no content left under the strokes)
     ablate_weight: float = 1.0  # memory-surgery hinge (0 turns it off)
     ablate_ssim: float = 0.5  # surgery outputs must stay below this SSIM to the keyed output
     forge_pool: int = 2  # forger codes among each step's negatives (0 turns the forger off)
@@ -272,6 +272,8 @@ def train(
         raise AMIFError(f"The decoder widening factor must be 1 or more (got {cfg.widen_decoder}).")
     if not 0 < cfg.forge_restart <= 1:
         raise AMIFError(f"The forgers' restart chance per step must be in (0, 1] (got {cfg.forge_restart}).")
+    if not 0 < cfg.mark_alpha <= 1:
+        raise AMIFError(f"The identifier's opacity must be in (0, 1] (got {cfg.mark_alpha}).")
     if not 0 <= cfg.forge_detector < float("inf"):
         raise AMIFError(f"The forgers' detector weight must be 0 or more (got {cfg.forge_detector}).")
     if cfg.widen_decoder > 1 and not init:
@@ -336,6 +338,7 @@ def train(
                 "data": "Harvard Whole Brain Atlas registered pairs, train split (CT/PET/SPECT-MRI, "
                 f"{len(pairs)} pairs; PET/SPECT as luminance)",
                 "steps": step_now, "batch": cfg.batch, "crop": cfg.crop, "seed": cfg.seed,
+                **({} if twin else {"mark_alpha": cfg.mark_alpha}),
                 "ablate_weight": 0.0 if twin else cfg.ablate_weight,
                 "forge_pool": 0 if twin else cfg.forge_pool,
                 **({"forge_restart": cfg.forge_restart} if forge else {}),
@@ -374,7 +377,7 @@ def train(
                 y = model(a, b, torch.cat([code_t.expand(cfg.batch, -1), neg]), coords)
                 yk, yn = y[: cfg.batch], y[cfg.batch :]
                 loss_f, parts = fusion_loss(yk, a, b, **hinge_args)
-                target = marked_target(yk.detach(), mask, cfg.alpha, cfg.mark_shift)
+                target = marked_target(yk.detach(), mask, cfg.mark_alpha, cfg.mark_shift)
                 wmap = 1 + 9 * (gaussian_blur(mask, 2.0) > 0.02).float()
                 loss_m = ((yn - target).abs() * wmap).mean() / wmap.mean()
                 if forge:  # the forgers' step: the fusion loss of their own outputs, weights frozen
