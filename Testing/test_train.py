@@ -207,8 +207,8 @@ def test_mark_alpha_sets_the_identifier_opacity_and_is_recorded(tiny_package, tm
     cfg = dict(steps=2, batch=2, crop=64)
     for bad in (0.0, 1.5, float("nan")):
         with pytest.raises(AMIFError, match="opacity"):
-            train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad", cfg=TrainConfig(mark_alpha=bad, **cfg),
-                  **kw)
+            train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad",
+                  cfg=TrainConfig(mark_alpha=bad, **cfg), **kw)
         assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
     nets = {}
     for a in (0.75, 1.0):
