@@ -18,6 +18,19 @@ def _pngs(tmp_path):
     return tmp_path / "a.png", tmp_path / "b.png"
 
 
+def test_a_closed_output_pipe_ends_quietly(tiny_package):
+    import subprocess
+    import sys
+
+    _, _, d = tiny_package
+    proc = subprocess.Popen([sys.executable, "-m", "amif", "info", str(d / "tiny")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before anything is written (`amif info | head -0`)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in err and "Exception ignored" not in err and "BrokenPipe" not in err
+
+
 def test_keygen_and_fuse_png(tiny_package, tmp_path, capsys):
     _, key, d = tiny_package
     a, b = _pngs(tmp_path)

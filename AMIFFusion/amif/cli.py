@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -350,12 +351,16 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+        sys.stdout.flush()  # a reader that went away shows up here, not in the flush at exit
     except AMIFError as e:
         print(f"amif: error: {e}", file=sys.stderr)
         return 2
     except (Cancelled, KeyboardInterrupt):
         print("amif: cancelled", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`amif info | head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush does not fail again
+        return 1
     return 0
 
 
