@@ -153,47 +153,35 @@ def test_forger_pool_descends_the_fusion_loss_and_restarts():
     assert torch.equal(pool.codes, saved["forge.codes"]) and torch.equal(pool.age, saved["forge.age"])
 
 
-def test_forge_restart_reaches_the_forger_pool_and_is_recorded(tiny_package, tmp_path):
+@pytest.mark.parametrize("field,bad,match,values,crop", [
+    ("forge_restart", (0.0, 1.5), "restart chance", (0.005, 1.0), 32),  # 1.0: forgers never take a second step
+    ("forge_detector", (-1.0, float("nan")), "detector weight", (0.0, 5.0), 64),  # 64: the identifier in every crop
+    ("mark_alpha", (0.0, 1.5, float("nan")), "opacity", (0.75, 1.0), 64),
+])
+def test_protection_setting_is_checked_changes_training_and_is_recorded(tiny_package, tmp_path, field, bad, match,
+                                                                         values, crop):
     _, key, _ = tiny_package
     _fake_pairs(tmp_path / "data")
     kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
-    cfg = dict(steps=3, batch=2, crop=32, forge_pool=2)
-    with pytest.raises(AMIFError, match="restart chance"):
-        train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad", cfg=TrainConfig(forge_restart=0, **cfg),
-              **kw)
-    assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
-    nets = {}
-    for r in (0.005, 1.0):  # 1.0: the forgers restart every step, so they never take a second Adam step
-        pkg = load_package(train(key, tmp_path / f"r{r}" / "m", checkpoint_dir=tmp_path / f"ck{r}",
-                                 cfg=TrainConfig(forge_restart=r, **cfg), **kw))
-        assert pkg.manifest["training"]["forge_restart"] == r
-        nets[r] = pkg.net.state_dict()
-    assert any(not np.allclose(nets[0.005][k].numpy(), nets[1.0][k].numpy()) for k in nets[1.0])
-    twin = load_package(train(None, tmp_path / "t" / "m", checkpoint_dir=tmp_path / "ckt",
-                              cfg=TrainConfig(forge_restart=1.0, **cfg), **{**kw, "twin": True}))
-    assert twin.manifest["training"]["forge_pool"] == 0 and "forge_restart" not in twin.manifest["training"]
-
-
-def test_forge_detector_reaches_every_second_forger_and_is_recorded(tiny_package, tmp_path):
-    _, key, _ = tiny_package
-    _fake_pairs(tmp_path / "data")
-    kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
-    cfg = dict(steps=3, batch=2, crop=64, forge_pool=2)  # whole 64-pixel slices: the identifier is in every crop
-    for bad in (-1.0, float("nan")):
-        with pytest.raises(AMIFError, match="detector weight"):
-            train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad",
-                  cfg=TrainConfig(forge_detector=bad, **cfg), **kw)
+    cfg = dict(steps=3, batch=2, crop=crop, forge_pool=2)
+    for v in bad:
+        with pytest.raises(AMIFError, match=match):
+            train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad", cfg=TrainConfig(**{field: v}, **cfg),
+                  **kw)
         assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
-    nets = {}
-    for w in (0.0, 5.0):
-        pkg = load_package(train(key, tmp_path / f"w{w}" / "m", checkpoint_dir=tmp_path / f"ck{w}",
-                                 cfg=TrainConfig(forge_detector=w, **cfg), **kw))
-        assert pkg.manifest["training"].get("forge_detector") == (w or None)
-        nets[w] = pkg.net.state_dict()
-    assert any(not np.allclose(nets[0.0][k].numpy(), nets[5.0][k].numpy()) for k in nets[5.0])
+    nets = []
+    for v in values:
+        pkg = load_package(train(key, tmp_path / f"v{v}" / "m", checkpoint_dir=tmp_path / f"ck{v}",
+                                 cfg=TrainConfig(**{field: v}, **cfg), **kw))
+        assert pkg.manifest["training"].get(field) == (v or None)  # a detector weight of 0 is not written
+        nets.append(pkg.net.state_dict())
+    assert any(not np.allclose(nets[0][k].numpy(), nets[1][k].numpy()) for k in nets[1])
+    twin = load_package(train(None, tmp_path / "t" / "m", checkpoint_dir=tmp_path / "ckt",
+                              cfg=TrainConfig(**{field: values[1]}, **cfg), **{**kw, "twin": True}))
+    assert twin.manifest["training"]["forge_pool"] == 0 and field not in twin.manifest["training"]
 
 
-def test_mark_alpha_sets_the_identifier_opacity_and_is_recorded(tiny_package, tmp_path):
+def test_marked_target_opacity():
     import torch
 
     from amif.losses import contrast_colour, marked_target
@@ -201,22 +189,6 @@ def test_mark_alpha_sets_the_identifier_opacity_and_is_recorded(tiny_package, tm
     y, m = torch.rand(1, 1, 16, 16), torch.ones(1, 1, 16, 16)
     assert torch.allclose(marked_target(y, m, 1.0), contrast_colour(y))  # only the stroke colour, no pixel detail left
     assert torch.allclose(marked_target(y, m, 0.75), 0.25 * y + 0.75 * contrast_colour(y))
-    _, key, _ = tiny_package
-    _fake_pairs(tmp_path / "data")
-    kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
-    cfg = dict(steps=2, batch=2, crop=64)
-    for bad in (0.0, 1.5, float("nan")):
-        with pytest.raises(AMIFError, match="opacity"):
-            train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad",
-                  cfg=TrainConfig(mark_alpha=bad, **cfg), **kw)
-        assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
-    nets = {}
-    for a in (0.75, 1.0):
-        pkg = load_package(train(key, tmp_path / f"a{a}" / "m", checkpoint_dir=tmp_path / f"ck{a}",
-                                 cfg=TrainConfig(mark_alpha=a, **cfg), **kw))
-        assert pkg.manifest["training"]["mark_alpha"] == a
-        nets[a] = pkg.net.state_dict()
-    assert any(not np.allclose(nets[0.75][k].numpy(), nets[1.0][k].numpy()) for k in nets[1.0])
 
 
 def test_score_of_a_crop_at_its_native_scale_matches_the_whole_slice():
