@@ -76,6 +76,10 @@ def test_evaluate_report_on_synthetic_pairs(tiny_package, tmp_path):
     assert agg["metrics"] == list(NAMES) and set(agg["rows"]) == set(expected) - {"twin mean ± sd (2 seeds)"}
     ct = _table(text, "CT-MRI (2 pairs)")[0].split(" | ")[1:-1]
     assert [f"{m:.3f}" for m in agg["rows"]["AMIF keyed"]["CT"]["mean"]] == [c.split(" ± ")[0] for c in ct]
+    # which weights were measured: the packages' own hashes
+    sha = json.loads((d / "tiny.json").read_text())["weights_sha256"]
+    assert agg["models"][0]["weights_sha256"] == sha and len(sha) == 64
+    assert [t["weights_sha256"] for t in agg["twins"].values()] == [sha, sha]
 
 
 def test_evaluate_without_figures(tiny_package, tmp_path):

@@ -68,3 +68,23 @@ def test_catalog_entry():
 def test_icons():
     assert Image.open(ROOT / "AMIF.png").size == (128, 128)
     assert Image.open(MODULE / "Resources" / "Icons" / "AMIFFusion.png").size == (128, 128)
+
+
+def test_published_reports_are_of_the_bundled_model():
+    """The committed engine, evaluation and attack reports measured the model and twins that ship (the evaluation
+    JSON records each package's training; `amif evaluate` also records its weights' hash from 2026-12-01 on)."""
+    from amif.package import training_steps
+
+    manifest = json.loads((MODULE / "Resources" / "Models" / "amif-demo.json").read_text())
+    published = ROOT / "Resources"
+    attack = json.loads((published / "attack" / "report.json").read_text())
+    assert attack["weights_sha256"] == manifest["weights_sha256"]
+    assert f"({training_steps(manifest)})" in (published / "engine-eval.md").read_text()
+    evaluation = json.loads((published / "evaluation" / "harvard-test.json").read_text())
+    twins = [json.loads(p.read_text()) for p in sorted((published / "Twins").glob("*.json"))]
+    entries = evaluation["models"] + list(evaluation["twins"].values())
+    assert len(entries) == len(twins) + 1 == 3
+    for entry, m in zip(entries, [manifest, *twins]):
+        assert entry["model_id"] == m["model_id"] and entry["steps"] == m["training"]["steps"]
+        assert entry["averaged_steps"] == [a["steps"] for a in m["training"].get("averaged", [])]
+        assert entry.get("weights_sha256", m["weights_sha256"]) == m["weights_sha256"]

@@ -161,7 +161,8 @@ def _training(pkg) -> dict:
     from .losses import HINGES  # torch: imported where a package is at hand anyway
 
     t = pkg.manifest.get("training", {})
-    return {"steps": t.get("steps"), "averaged_steps": [a.get("steps") for a in t.get("averaged", [])],
+    return {"weights_sha256": pkg.manifest.get("weights_sha256"), "steps": t.get("steps"),
+            "averaged_steps": [a.get("steps") for a in t.get("averaged", [])],
             **{f"{k}_weight": t.get(f"{k}_weight", 0.0) for k in HINGES}}
 
 
