@@ -72,7 +72,7 @@ def test_icons():
 
 def test_published_reports_are_of_the_bundled_model():
     """The committed engine, evaluation and attack reports measured the model and twins that ship (the evaluation
-    JSON records each package's training; `amif evaluate` also records its weights' hash from 2026-12-01 on)."""
+    JSON records each package's training and its weights' hash)."""
     from amif.package import training_steps
 
     manifest = json.loads((MODULE / "Resources" / "Models" / "amif-demo.json").read_text())
@@ -87,4 +87,4 @@ def test_published_reports_are_of_the_bundled_model():
     for entry, m in zip(entries, [manifest, *twins]):
         assert entry["model_id"] == m["model_id"] and entry["steps"] == m["training"]["steps"]
         assert entry["averaged_steps"] == [a["steps"] for a in m["training"].get("averaged", [])]
-        assert entry.get("weights_sha256", m["weights_sha256"]) == m["weights_sha256"]
+        assert entry["weights_sha256"] == m["weights_sha256"]
