@@ -354,6 +354,34 @@ def test_forging_runs_pool_each_restart_once(tiny_package, pairs, marking, tmp_p
         atk.pool_forging([{"attacks": {"classical": {}}}])
 
 
+def test_pooled_table_adds_new_runs_as_pooling_them_all_at_once(tiny_package, pairs, marking, tmp_path, capsys):
+    weak = _target(tiny_package, pairs, weak=True)
+    runs = [_forging_json(marking, tmp_path / "s1.json", seed=1),
+            _forging_json(weak, tmp_path / "s0.json", seed=0),
+            _forging_json(weak, tmp_path / "s0-more.json", seed=0, forge_restarts=3),  # restarts 0, 1 again + 2
+            _forging_json(marking, tmp_path / "det.json", seed=2, forge_detector=1.0, forge_restarts=1)]
+    tool = _tool("pool_forging")
+    whole, first, added = (tmp_path / f"{n}.md" for n in ("whole", "first", "added"))
+    assert tool.main([*map(str, runs), "-o", str(whole)]) == 0
+    assert tool.main([*map(str, runs[:2]), "-o", str(first)]) == 0
+    table = json.loads(first.with_suffix(".json").read_text())
+    assert [r["restarts"] for r in table["pooled"]] == [4]
+    assert tool.main(["--add-to", str(first.with_suffix(".json")), *map(str, runs[1:]), "-o", str(added)]) == 0
+    assert added.read_text() == whole.read_text()  # runs[1] given again: its restarts and its line counted once
+    assert json.loads(added.with_suffix(".json").read_text()) == json.loads(whole.with_suffix(".json").read_text())
+    rows = atk.pool_forging([], json.loads(added.with_suffix(".json").read_text()))  # the table alone
+    assert rows == json.loads(whole.with_suffix(".json").read_text())["pooled"]
+
+    capsys.readouterr()
+    other = _forging_json(marking, tmp_path / "steps.json", forge_steps=5)
+    bad = tmp_path / "bad.md"
+    assert tool.main(["--add-to", str(first.with_suffix(".json")), str(other), "-o", str(bad)]) == 2
+    assert "cannot be pooled" in capsys.readouterr().err and not bad.exists()
+    retrained = {**table, "setting": {**table["setting"], "weights_sha256": "0" * 64}}
+    with pytest.raises(AMIFError, match="cannot be pooled"):
+        atk.pool_forging([json.loads(runs[2].read_text())], retrained)
+
+
 def test_parse_attacks():
     assert atk.parse_attacks(None) == list(atk.ATTACKS) == [
         "wrong-keys", "classical", "surgery", "forging", "learned-removal", "distillation", "fine-tuning"]

@@ -88,3 +88,20 @@ def test_published_reports_are_of_the_bundled_model():
         assert entry["model_id"] == m["model_id"] and entry["steps"] == m["training"]["steps"]
         assert entry["averaged_steps"] == [a["steps"] for a in m["training"].get("averaged", [])]
         assert entry["weights_sha256"] == m["weights_sha256"]
+
+
+def test_published_forging_table_is_of_the_bundled_model_and_adds_up():
+    """The pooled forging table measured the model that ships, and its rows are what its counted restarts give."""
+    from amif.attack import pool_forging, pool_setting, rate_upper
+
+    manifest = json.loads((MODULE / "Resources" / "Models" / "amif-demo.json").read_text())
+    attack = ROOT / "Resources" / "attack"
+    table = json.loads((attack / "forging-pooled.json").read_text())
+    assert table["setting"]["weights_sha256"] == manifest["weights_sha256"]
+    assert table["setting"] == pool_setting(json.loads((attack / "report.json").read_text()))
+    assert pool_forging([], table) == table["pooled"]
+    for row in table["pooled"]:
+        seeds = {c[0] for c in row["counted"]}
+        assert row["restarts"] == len({tuple(c) for c in row["counted"]}) and sorted(seeds) == row["seeds"]
+        assert row["rate_upper_95"] == rate_upper(row["successes"], row["restarts"])
+        assert seeds <= {r["seed"] for r in table["runs"] if row["variant"] in r["objectives"]}

@@ -1009,41 +1009,53 @@ POOL_SETTING = ("model_id", "weights_sha256", "split", "pairs", "threshold", "su
 POOL_OPTIONS = ("forge_steps", "forge_images", "quality_db")
 
 
-def pool_forging(docs: list[dict]) -> list[dict]:
+def pool_setting(doc: dict) -> dict:
+    """What forging runs must agree on to be pooled: model, weights, pairs and budget."""
+    return {**{k: doc.get(k) for k in POOL_SETTING}, **{k: doc["options"].get(k) for k in POOL_OPTIONS}}
+
+
+def pool_forging(docs: list[dict], earlier: dict | None = None) -> list[dict]:
     """Pool the forging restarts of several `amif attack` runs (their JSON documents) of one model and
     setting, so that runs from other seeds add up: one row per objective and learning rate, each
     restart counted once (its run's seed and index fix its starting code), with the success rate's
-    one-sided 95% upper bound. Runs that differ in model, pairs or budget are refused."""
+    one-sided 95% upper bound. `earlier`, a table pooled before (the JSON `tools/pool_forging.py`
+    writes: its setting and rows), is added to: its rows list the restarts they counted, which are not
+    counted again. Runs that differ in model, pairs or budget are refused."""
     runs = [d for d in docs if "forging" in d.get("attacks", {})]
-    if not runs:
+    if not runs and not earlier:
         raise AMIFError("None of these attack reports ran forging.")
-
-    def setting(d):
-        return [d.get(k) for k in POOL_SETTING], [d["options"].get(k) for k in POOL_OPTIONS]
-
-    for d in runs[1:]:
-        if setting(d) != setting(runs[0]):
-            raise AMIFError(f"Forging runs of different settings cannot be pooled: {setting(runs[0])} vs {setting(d)} "
+    settings = [pool_setting(d) for d in runs] + ([earlier["setting"]] if earlier else [])
+    for s in settings[1:]:
+        if s != settings[0]:
+            raise AMIFError(f"Forging runs of different settings cannot be pooled: {settings[0]} vs {s} "
                             f"(compared: {', '.join(POOL_SETTING + POOL_OPTIONS)}).")
     groups: dict = {}
+    for row in (earlier or {}).get("pooled", []):
+        groups[(row["detector_weight"], row["forge_lr"])] = {
+            "variant": row["variant"], "detector_weight": row["detector_weight"], "forge_lr": row["forge_lr"],
+            "earlier": row, "restarts": {}}
     for d in runs:
         seed, lr = d["options"]["seed"], d["options"]["forge_lr"]
         for v in d["attacks"]["forging"]["rows"]:
             g = groups.setdefault((v["detector_weight"], lr), {"variant": v["variant"], "detector_weight":
                                                              v["detector_weight"], "forge_lr": lr, "restarts": {}})
+            before = {tuple(c) for c in g.get("earlier", {}).get("counted", [])}
             for r in v["runs"]:
-                g["restarts"].setdefault((seed, r["restart"]), r)
+                if (seed, r["restart"]) not in before:
+                    g["restarts"].setdefault((seed, r["restart"]), r)
     rows = []
     for key in sorted(groups):
         g = groups[key]
-        done = g.pop("restarts")
-        wins = [r["success_step"] for r in done.values() if r["success_step"] is not None]
-        finals = [r["final"] for r in done.values()]
-        rows.append({**g, "restarts": len(done), "successes": len(wins), "steps_to_success": sorted(wins),
-                     "success_rate": len(wins) / len(done), "rate_upper_95": rate_upper(len(wins), len(done)),
-                     "seeds": sorted({s for s, _ in done}),
-                     "final_flagged_min": min(f["flagged"] for f in finals),
-                     "final_psnr_range": [min(f["psnr_mean"] for f in finals), max(f["psnr_mean"] for f in finals)]})
+        done, old = g.pop("restarts"), g.pop("earlier", None)
+        counted = sorted({tuple(c) for c in old["counted"]} | set(done)) if old else sorted(done)
+        wins = sorted((old["steps_to_success"] if old else [])
+                      + [r["success_step"] for r in done.values() if r["success_step"] is not None])
+        flagged = [r["final"]["flagged"] for r in done.values()] + ([old["final_flagged_min"]] if old else [])
+        psnr = [r["final"]["psnr_mean"] for r in done.values()] + (old["final_psnr_range"] if old else [])
+        rows.append({**g, "restarts": len(counted), "successes": len(wins), "steps_to_success": wins,
+                     "success_rate": len(wins) / len(counted), "rate_upper_95": rate_upper(len(wins), len(counted)),
+                     "seeds": sorted({s for s, _ in counted}), "counted": [list(c) for c in counted],
+                     "final_flagged_min": min(flagged), "final_psnr_range": [min(psnr), max(psnr)]})
     return rows
 
 
