@@ -1033,21 +1033,20 @@ def pool_forging(docs: list[dict], earlier: dict | None = None) -> list[dict]:
     for row in (earlier or {}).get("pooled", []):
         groups[(row["detector_weight"], row["forge_lr"])] = {
             "variant": row["variant"], "detector_weight": row["detector_weight"], "forge_lr": row["forge_lr"],
-            "earlier": row, "restarts": {}}
+            "earlier": row, "before": {tuple(c) for c in row["counted"]}, "restarts": {}}
     for d in runs:
         seed, lr = d["options"]["seed"], d["options"]["forge_lr"]
         for v in d["attacks"]["forging"]["rows"]:
             g = groups.setdefault((v["detector_weight"], lr), {"variant": v["variant"], "detector_weight":
                                                              v["detector_weight"], "forge_lr": lr, "restarts": {}})
-            before = {tuple(c) for c in g.get("earlier", {}).get("counted", [])}
             for r in v["runs"]:
-                if (seed, r["restart"]) not in before:
+                if (seed, r["restart"]) not in g.get("before", ()):
                     g["restarts"].setdefault((seed, r["restart"]), r)
     rows = []
     for key in sorted(groups):
         g = groups[key]
-        done, old = g.pop("restarts"), g.pop("earlier", None)
-        counted = sorted({tuple(c) for c in old["counted"]} | set(done)) if old else sorted(done)
+        done, old, before = g.pop("restarts"), g.pop("earlier", None), g.pop("before", set())
+        counted = sorted(before | set(done))
         wins = sorted((old["steps_to_success"] if old else [])
                       + [r["success_step"] for r in done.values() if r["success_step"] is not None])
         flagged = [r["final"]["flagged"] for r in done.values()] + ([old["final_flagged_min"]] if old else [])
