@@ -278,6 +278,13 @@ def test_forging_fails_on_a_gradient_free_mark_and_succeeds_on_a_weak_one(tiny_p
     # the detector variant is a second row
     r = atk.key_forging(weak, AttackOptions(**{**SMALL, "forge_steps": 2, "forge_restarts": 1}), progress=False)
     assert [d["detector_weight"] for d in r.data] == [0.0, 1.0] and len(r.rows) == 2
+    # --forge-detector-only: the detector variant alone, its restarts those of the same seed's second row
+    only = atk.key_forging(weak, AttackOptions(**{**SMALL, "forge_steps": 2, "forge_restarts": 1,
+                                                  "forge_detector_only": True}), progress=False)
+    assert [d["detector_weight"] for d in only.data] == [1.0] and len(only.rows) == 1
+    assert only.data[0]["runs"][0]["final"] == r.data[1]["runs"][0]["final"]
+    with pytest.raises(AMIFError, match="--forge-detector-only needs"):
+        AttackOptions(forge_detector=0.0, forge_detector_only=True).check()
 
 
 # ----------------------------------------------------------------- selection, CLI and report
@@ -459,6 +466,12 @@ def test_attack_cli_selection_and_errors(tiny_package, pairs, tmp_path, capsys):
     assert _tables(out.read_text())["Wrong keys at scale"] == [
         "structured: all +1, all -1, owner's code negated (3)", "zero code = no key (3)", "owner's key, reference (3)"]
     capsys.readouterr()
+    assert main([*base, "--attacks", "forging", "--forge-steps", "1", "--forge-restarts", "1", "--forge-detector-only",
+                 "-o", str(out)]) == 0
+    text = out.read_text()
+    assert _tables(text)["White-box key forging"] == ["fusion loss + 1 x detector score"]
+    assert "--forge-steps 1 --forge-restarts 1 --forge-detector-only -o" in text
+    capsys.readouterr()
 
     def fails(argv, message):
         assert main(argv) == 2
@@ -474,6 +487,8 @@ def test_attack_cli_selection_and_errors(tiny_package, pairs, tmp_path, capsys):
     fails([*base[:4], str(tmp_path / "other.amifkey"), *base[5:], "-o", str(tmp_path / "x.md")],
           "is not the owner's key of model 'test-model'")
     fails([*base, "--forge-images", "0", "-o", str(tmp_path / "x.md")], "--forge-images must be 1 or more")
+    fails([*base, "--forge-detector", "0", "--forge-detector-only", "-o", str(tmp_path / "x.md")],
+          "--forge-detector-only needs a --forge-detector weight above 0")
     fails([*base, "-o", str(tmp_path / "missing" / "x.md")], "does not exist")
     assert not (tmp_path / "x.md").exists()
 

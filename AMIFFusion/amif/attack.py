@@ -80,6 +80,7 @@ class AttackOptions:
     forge_images: int = 4
     forge_lr: float = 0.05
     forge_detector: float = 1.0  # weight of the detector score in the second forging variant (0: fusion loss only)
+    forge_detector_only: bool = False  # run the detector-term objective only (to pool more of its restarts)
     learn_images: str = "10,100,all"  # attacker's pairs for the remover and fine-tuning ('all': the train split)
     learn_steps: int = 1_000  # Adam steps of each remover, student and fine-tuning run
     learn_batch: int = 8
@@ -101,6 +102,8 @@ class AttackOptions:
             raise AMIFError("--near-miss-max-bits must be between 1 and 256.")
         if not self.forge_lr > 0 or self.forge_detector < 0:
             raise AMIFError("--forge-lr must be above 0 and --forge-detector 0 or more.")
+        if self.forge_detector_only and not self.forge_detector > 0:
+            raise AMIFError("--forge-detector-only needs a --forge-detector weight above 0.")
         if self.learn_steps < 1 or self.learn_batch < 1 or self.learn_crop < 16 or not self.learn_lr > 0:
             raise AMIFError("--learn-steps and --learn-batch must be 1 or more, --learn-crop 16 or more and "
                             "--learn-lr above 0.")
@@ -909,7 +912,7 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
     thr = target.threshold
     with torch.no_grad():
         enc = net.encode(a, b)
-    variants = [("fusion loss", 0.0)]
+    variants = [] if opts.forge_detector_only else [("fusion loss", 0.0)]
     if opts.forge_detector > 0:
         variants.append((f"fusion loss + {opts.forge_detector:g} x detector score", opts.forge_detector))
     fig = target.figure_target()
@@ -1184,7 +1187,7 @@ def command_line(info: dict, attacks: list, out, opts: AttackOptions, figures: b
     defaults = AttackOptions()
     for f, v in asdict(opts).items():
         if v != getattr(defaults, f):
-            args += [f"--{f.replace('_', '-')}", str(v)]
+            args += [f"--{f.replace('_', '-')}"] + ([] if isinstance(v, bool) else [str(v)])  # a bool is a switch
     args += ["-o", str(out)]
     if figures:
         args.append("--figures")

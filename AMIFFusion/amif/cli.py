@@ -341,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         default = getattr(d, flag[2:].replace("-", "_"))
         s.add_argument(flag, type=type(default), default=default, help=f"{helptext} (default %(default)s)")
+    s.add_argument("--forge-detector-only", action="store_true",
+                   help="forge with the detector-term objective only, not the plain fusion loss as well")
     s.add_argument("--device", default=d.device, help="torch device, e.g. cuda")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_attack)
