@@ -332,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--forge-images", "pairs the forger optimizes on"),
         ("--forge-lr", "forging learning rate"),
         ("--forge-detector", "weight of the detector score in the second forging objective (0: fusion loss only)"),
+        ("--forge-detector-only", "forge with the detector-term objective only, not the plain fusion loss as well"),
         ("--learn-images", "attacker's pairs (train split) for the remover and fine-tuning: counts or 'all'"),
         ("--learn-steps", "Adam steps of each remover, student and fine-tuning run"),
         ("--learn-batch", "batch of the learned attacks"),
@@ -340,9 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("--seed", "random seed of the codes, edits and restarts"),
     ):
         default = getattr(d, flag[2:].replace("-", "_"))
-        s.add_argument(flag, type=type(default), default=default, help=f"{helptext} (default %(default)s)")
-    s.add_argument("--forge-detector-only", action="store_true",
-                   help="forge with the detector-term objective only, not the plain fusion loss as well")
+        if isinstance(default, bool):  # a switch, as `amif.attack.command_line` writes it
+            s.add_argument(flag, action="store_true", help=helptext)
+        else:
+            s.add_argument(flag, type=type(default), default=default, help=f"{helptext} (default %(default)s)")
     s.add_argument("--device", default=d.device, help="torch device, e.g. cuda")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_attack)
