@@ -175,7 +175,7 @@ def cmd_train(args) -> None:
         raise AMIFError("amif train needs --key and --identifier (or --twin for the unprotected twin).")
     cfg = TrainConfig(steps=args.steps, batch=args.batch, seed=args.seed, save_every=args.save_every,
                       minutes=args.minutes, device=args.device, vif_weight=args.vif_weight,
-                      sd_weight=args.sd_weight, scd_weight=args.scd_weight,
+                      sd_weight=args.sd_weight, scd_weight=args.scd_weight, mi_weight=args.mi_weight,
                       sf_weight=args.sf_weight, sf_floor=args.sf_floor,
                       lr_anneal=args.lr_anneal, mark_shift=args.mark_shift, widen_decoder=args.widen_decoder,
                       forge_restart=args.forge_restart, forge_detector=args.forge_detector,
@@ -266,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the SF hinge's floor as a multiple of the max rule's SF (default 1.01)")
     s.add_argument("--scd-weight", type=float, default=0.0,
                    help="weight of the SCD hinge against the max rule in the fusion loss")
+    s.add_argument("--mi-weight", type=float, default=0.0,
+                   help="weight of the MI (mutual information over 256 grey levels) hinge against the max rule "
+                   "in the fusion loss")
     s.add_argument("--lr-anneal", type=int, default=0, metavar="N",
                    help="cosine-anneal the learning rates to 1%% over the last N of --steps (default 0: constant)")
     s.add_argument("--forge-restart", type=float, default=0.005, metavar="P",

@@ -90,9 +90,28 @@ def sf(x: torch.Tensor) -> torch.Tensor:
     return (rf + cf + 1e-12).sqrt()
 
 
-HINGES = ("vif", "sd", "sf", "scd")  # the optional fusion-loss hinges against the max rule (w_<name>)
+HINGES = ("vif", "sd", "sf", "scd", "mi")  # the optional fusion-loss hinges against the max rule (w_<name>)
 MARGIN = 1.01  # SD's floor and SF's default floor: 1% above the max rule's (a floor at parity lands at parity)
 CONTENT = 2 / 255  # the SF hinge looks where the blurred max rule exceeds this (both sources empty elsewhere)
+
+
+def grey_mi(y: torch.Tensor, src: torch.Tensor, levels: int = 256) -> torch.Tensor:
+    """Mutual information in nats of y with src per image, shape (n,), from their joint histogram
+    over `levels` grey levels, as `amif.metrics.mutual_information` counts it: src's level is
+    rounded; y's is split linearly between its two nearest levels, so the histogram (and the MI) is
+    differentiable in y, and equals the metric's where y lies on the levels. Its gradient moves each
+    pixel of y towards the level that pixels sharing its src level take more often."""
+    n, top = y.shape[0], levels - 1
+    yv = y.flatten(1).clamp(0, 1) * top
+    lo = yv.detach().floor().clamp(max=top - 1)
+    t = yv - lo
+    s = (src.flatten(1).clamp(0, 1) * top).round().long()
+    lo = lo.long()
+    h = torch.zeros(n, levels * levels, dtype=y.dtype, device=y.device)
+    h = h.scatter_add(1, lo * levels + s, 1 - t).scatter_add(1, (lo + 1) * levels + s, t)
+    p = (h / yv.shape[1]).view(n, levels, levels)
+    py, ps = p.sum(2, keepdim=True), p.sum(1, keepdim=True)
+    return (p * (p.clamp_min(1e-12).log() - (py * ps).clamp_min(1e-12).log())).sum((1, 2))
 
 
 def _relative_hinge(value: torch.Tensor, rule: torch.Tensor, floor: float = MARGIN) -> torch.Tensor:
@@ -102,14 +121,17 @@ def _relative_hinge(value: torch.Tensor, rule: torch.Tensor, floor: float = MARG
 
 
 def fusion_loss(y, a, b, w_grad: float = 1.0, w_ssim: float = 0.5, w_vif: float = 0.0, w_sd: float = 0.0,
-                w_scd: float = 0.0, w_sf: float = 0.0, sf_floor: float = MARGIN) -> tuple[torch.Tensor, dict]:
+                w_scd: float = 0.0, w_sf: float = 0.0, sf_floor: float = MARGIN,
+                w_mi: float = 0.0) -> tuple[torch.Tensor, dict]:
     """Intensity towards max(a, b), gradient towards the larger source gradient, SSIM to both;
     with `w_vif`, also the shortfall of VIF(a, y) and of VIF(b, y) against the max rule's on the same
     crop, each source on its own (a surplus on one does not pay for a shortfall on the other). A
     hinge: VIF rewards contrast gain without bound (g > 1 in its distortion model), and an unbounded
     VIF term trades edges and SCD for it within a few hundred steps. With `w_sd`, `w_sf` and `w_scd`,
     the same kind of hinge on the crop's SD and SF (relative to the max rule's, floors MARGIN x it for SD
-    and `sf_floor` x it for SF; SF over the region with content) and SCD."""
+    and `sf_floor` x it for SF; SF over the region with content) and SCD. With `w_mi`, the same hinge on
+    MI(y, a) + MI(y, b) (`grey_mi`, 256 levels as the metric counts them), whose floor AMIF outputs
+    stay below (0.7-0.85 of the max rule's), so it pushes y towards grey levels its sources predict."""
     m = torch.maximum(a, b)
     l_int = (y - m).abs().mean()
     l_grad = (sobel(y) - torch.maximum(sobel(a), sobel(b))).abs().mean()
@@ -138,6 +160,10 @@ def fusion_loss(y, a, b, w_grad: float = 1.0, w_ssim: float = 0.5, w_vif: float 
         l_scd = torch.relu(scd(a, b, m).detach() - scd(a, b, y)).mean()
         loss = loss + w_scd * l_scd
         parts["scd"] = l_scd.item()
+    if w_mi:
+        l_mi = _relative_hinge(grey_mi(y, a) + grey_mi(y, b), grey_mi(m, a) + grey_mi(m, b))
+        loss = loss + w_mi * l_mi
+        parts["mi"] = l_mi.item()
     return loss, parts
 
 
