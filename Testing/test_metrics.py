@@ -224,22 +224,21 @@ def test_training_mi_matches_the_metric_and_its_gradient_makes_the_output_predic
     b = rng.integers(0, 256, a.shape)
     f = np.clip(a // 2 + rng.integers(0, 60, a.shape), 0, 255)  # a noisy function of a
     ta, tb, tf = (torch.from_numpy(x / 255.0) for x in (a, b, f))
-    for i in range(3):  # on the grey levels: the metric's joint histogram, exactly
-        assert grey_mi(tf, ta)[i].item() == pytest.approx(_mutual_info(f[i, 0], a[i, 0]), abs=1e-9)
-        assert grey_mi(tf, tb)[i].item() == pytest.approx(_mutual_info(f[i, 0], b[i, 0]), abs=1e-9)
-    half = grey_mi(tf + 0.5 / 255, ta)  # between two levels: between the neighbours' values, continuously
-    assert torch.all(half != grey_mi(tf, ta))
-    assert torch.allclose(grey_mi(tf + 1e-6 / 255, ta), grey_mi(tf, ta), atol=1e-4)
-    m = torch.maximum(ta, tb)
-    assert fusion_loss(m, ta, tb, w_mi=1.0)[1]["mi"] == pytest.approx(MARGIN - 1)  # the rule itself: its floor only
-    y = tf.clone().requires_grad_()
-    loss, parts = fusion_loss(y, ta, tb, w_mi=1.0)
-    assert parts["mi"] > 0.1 and loss.item() > fusion_loss(y, ta, tb)[0].item()
-    y0 = (tf + 0.3 / 255).requires_grad_()  # between levels, where the MI is smooth in y
-    (g,) = torch.autograd.grad((grey_mi(y0, ta) + grey_mi(y0, tb)).sum(), y0)
 
     def total(y):
         return grey_mi(y, ta) + grey_mi(y, tb)
 
+    for i in range(3):  # on the grey levels: the metric's joint histogram, exactly
+        assert grey_mi(tf, ta)[i].item() == pytest.approx(_mutual_info(f[i, 0], a[i, 0]), abs=1e-9)
+        assert grey_mi(tf, tb)[i].item() == pytest.approx(_mutual_info(f[i, 0], b[i, 0]), abs=1e-9)
+    half = grey_mi(tf + 0.5 / 255, ta)  # between two levels: another value, continuous in y
+    assert torch.all(half != grey_mi(tf, ta))
+    assert torch.allclose(grey_mi(tf + 1e-6 / 255, ta), grey_mi(tf, ta), atol=1e-4)
+    m = torch.maximum(ta, tb)
+    assert fusion_loss(m, ta, tb, w_mi=1.0)[1]["mi"] == pytest.approx(MARGIN - 1)  # the rule itself: its floor only
+    loss, parts = fusion_loss(tf, ta, tb, w_mi=1.0)
+    assert parts["mi"] > 0.1 and loss.item() > fusion_loss(tf, ta, tb)[0].item()
+    y0 = (tf + 0.3 / 255).requires_grad_()  # between levels, where the MI is smooth in y
+    (g,) = torch.autograd.grad(total(y0).sum(), y0)
     up, down = (total((y0 + s * 0.1 / 255 * g.sign()).detach()) for s in (1, -1))  # staying between the levels
     assert torch.all(up > total(y0.detach())) and torch.all(down < total(y0.detach()))

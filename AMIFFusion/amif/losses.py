@@ -131,7 +131,8 @@ def fusion_loss(y, a, b, w_grad: float = 1.0, w_ssim: float = 0.5, w_vif: float 
     the same kind of hinge on the crop's SD and SF (relative to the max rule's, floors MARGIN x it for SD
     and `sf_floor` x it for SF; SF over the region with content) and SCD. With `w_mi`, the same hinge on
     MI(y, a) + MI(y, b) (`grey_mi`, 256 levels as the metric counts them), whose floor AMIF outputs
-    stay below (0.7-0.85 of the max rule's), so it pushes y towards grey levels its sources predict."""
+    trained without it stay well below (0.7-0.87 of the max rule's): it pushes y towards grey levels its
+    sources predict."""
     m = torch.maximum(a, b)
     l_int = (y - m).abs().mean()
     l_grad = (sobel(y) - torch.maximum(sobel(a), sobel(b))).abs().mean()
