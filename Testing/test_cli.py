@@ -187,3 +187,8 @@ def test_train_command_passes_the_forger_settings(monkeypatch, tmp_path):
     assert main(args + ["--forge-detector", "1.5"]) == 0 and seen["cfg"].forge_detector == 1.5
     assert seen["cfg"].mark_alpha == 0.75
     assert main(args + ["--mark-alpha", "1"]) == 0 and seen["cfg"].mark_alpha == 1.0
+    from amif.losses import HINGES
+
+    weights = {k: 0.5 + i for i, k in enumerate(HINGES)}  # each hinge's flag reaches its own weight
+    assert main(args + [w for k, v in weights.items() for w in (f"--{k}-weight", str(v))]) == 0
+    assert {k: getattr(seen["cfg"], f"{k}_weight") for k in HINGES} == weights

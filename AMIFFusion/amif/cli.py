@@ -169,14 +169,14 @@ def cmd_verify(args) -> None:
 
 
 def cmd_train(args) -> None:
+    from .losses import HINGES
     from .train import TrainConfig, train
 
     if not args.twin and not (args.key and args.identifier):
         raise AMIFError("amif train needs --key and --identifier (or --twin for the unprotected twin).")
     cfg = TrainConfig(steps=args.steps, batch=args.batch, seed=args.seed, save_every=args.save_every,
-                      minutes=args.minutes, device=args.device, vif_weight=args.vif_weight,
-                      sd_weight=args.sd_weight, scd_weight=args.scd_weight, mi_weight=args.mi_weight,
-                      sf_weight=args.sf_weight, sf_floor=args.sf_floor,
+                      minutes=args.minutes, device=args.device, sf_floor=args.sf_floor,
+                      **{f"{k}_weight": getattr(args, f"{k}_weight") for k in HINGES},
                       lr_anneal=args.lr_anneal, mark_shift=args.mark_shift, widen_decoder=args.widen_decoder,
                       forge_restart=args.forge_restart, forge_detector=args.forge_detector,
                       mark_alpha=args.mark_alpha)
