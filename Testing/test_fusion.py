@@ -27,17 +27,34 @@ def test_ycbcr_roundtrip():
     np.testing.assert_allclose(ycbcr_to_rgb(rgb_to_ycbcr(rgb)), rgb, atol=1e-6)
 
 
+def test_a_new_luminance_is_kept_by_scaling_the_chroma_not_by_clipping():
+    rng = np.random.default_rng(2)
+    ycc = rgb_to_ycbcr(rng.random((40, 50, 3)))
+    ycc[..., 0] = rng.random((40, 50))  # a fused Y under the source's chroma: many colours leave the RGB cube
+    out = ycbcr_to_rgb(ycc)
+    assert out.min() >= 0 and out.max() <= 1
+    np.testing.assert_allclose(rgb_to_ycbcr(out)[..., 0], ycc[..., 0], atol=1e-6)  # the grey shows the fused Y
+    chroma_in, chroma_out = ycc[..., 1:] - 0.5, rgb_to_ycbcr(out)[..., 1:] - 0.5
+    scale = (chroma_out * chroma_in).sum(-1) / (chroma_in**2).sum(-1)
+    np.testing.assert_allclose(chroma_out, scale[..., None] * chroma_in, atol=1e-6)  # same hue
+    # less saturated where the colour did not fit (a fifth of the pixels or more), never more saturated
+    assert scale.min() >= -1e-6 and scale.max() <= 1 + 1e-6 and (scale < 0.99).mean() > 0.2
+
+
 def test_fuse_images_grey_and_rgb(tiny_package):
     pkg, key, _ = tiny_package
     rng = np.random.default_rng(0)
     a, b = rng.random((30, 41)).astype(np.float32), rng.random((30, 41, 3)).astype(np.float32)
     r = fuse_images(a, b, pkg, key)
     assert r.fused.shape == (30, 41, 3) and r.key.state == "match"
-    # the chroma of B is kept: Cb and Cr of the output equal B's wherever nothing clipped
-    ok = (ycbcr_to_rgb(rgb_to_ycbcr(r.fused)) - r.fused).__abs__().max() < 1e-5
-    assert ok
-    cb_out, cb_in = rgb_to_ycbcr(r.fused)[..., 1], rgb_to_ycbcr(b)[..., 1]
-    assert np.median(np.abs(cb_out - cb_in)) < 0.02
+    # the output's grey is the fusion of A with B's luminance; its hue is B's (chroma scaled by 0..1)
+    ycc_out, ycc_in = rgb_to_ycbcr(r.fused), rgb_to_ycbcr(b)
+    grey = fuse_images(a, ycc_in[..., 0], pkg, key).fused
+    np.testing.assert_allclose(ycc_out[..., 0], grey, atol=1e-5)
+    c_out, c_in = ycc_out[..., 1:] - 0.5, ycc_in[..., 1:] - 0.5
+    scale = (c_out * c_in).sum(-1) / (c_in**2).sum(-1)
+    np.testing.assert_allclose(c_out, scale[..., None] * c_in, atol=1e-5)
+    assert scale.min() > -1e-4 and scale.max() < 1 + 1e-4 and np.median(scale) > 0.5
     g = fuse_images(a, b[..., 0], pkg, None)
     assert g.fused.shape == (30, 41) and g.key.state == "none"
 

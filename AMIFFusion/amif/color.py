@@ -15,11 +15,17 @@ def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
 
 
 def ycbcr_to_rgb(ycc: np.ndarray) -> np.ndarray:
-    y, cb, cr = ycc[..., 0], ycc[..., 1] - 0.5, ycc[..., 2] - 0.5
-    r = y + 1.402 * cr
-    g = y - 0.344136 * cb - 0.714136 * cr
-    b = y + 1.772 * cb
-    return np.clip(np.stack([r, g, b], axis=-1), 0.0, 1.0)
+    """(..., 3) Y, Cb, Cr -> RGB in [0, 1] with the luminance Y kept: where a colour would leave the
+    RGB cube, its chroma is scaled down (same hue, less saturation) until it fits, instead of
+    clipping the channels, which would darken bright saturated pixels (a fused Y that the output's
+    grey no longer shows). In-gamut colours, e.g. any rgb_to_ycbcr(rgb), come back unchanged."""
+    y = np.clip(ycc[..., 0], 0.0, 1.0)[..., None]
+    cb, cr = ycc[..., 1] - 0.5, ycc[..., 2] - 0.5
+    d = np.stack([1.402 * cr, -0.344136 * cb - 0.714136 * cr, 1.772 * cb], axis=-1)  # zero luminance
+    with np.errstate(divide="ignore", invalid="ignore"):
+        room = np.where(d > 0, (1 - y) / d, np.where(d < 0, -y / d, np.inf))
+    s = np.clip(room.min(-1, keepdims=True), 0.0, 1.0)
+    return np.clip(y + s * d, 0.0, 1.0)  # the clip only removes rounding
 
 
 def luminance(img: np.ndarray) -> np.ndarray:
