@@ -214,8 +214,7 @@ def test_score_of_a_crop_at_its_native_scale_matches_the_whole_slice():
 
 # On these blocky random pairs the untrained net's SCD is already above the max rule's: the SCD hinge
 # stays at 0 (checked), so only its logging and manifest entry are tested here (its gradient: test_metrics).
-@pytest.mark.parametrize("term,active", [("vif", True), ("sd", True), ("sf", True), ("scd", False), ("mi", True),
-                                         ("qabf", True)])
+@pytest.mark.parametrize("term,active", [("vif", True), ("sd", True), ("sf", True), ("scd", False), ("mi", True)])
 def test_fusion_hinge_changes_training_and_is_recorded(tmp_path, term, active):
     from amif.errors import AMIFError
 

@@ -269,8 +269,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mi-weight", type=float, default=0.0,
                    help="weight of the MI (mutual information over 256 grey levels) hinge against the max rule "
                    "in the fusion loss")
-    s.add_argument("--qabf-weight", type=float, default=0.0,
-                   help="weight of the Qabf (edge preservation) hinge against the max rule in the fusion loss")
     s.add_argument("--lr-anneal", type=int, default=0, metavar="N",
                    help="cosine-anneal the learning rates to 1%% over the last N of --steps (default 0: constant)")
     s.add_argument("--forge-restart", type=float, default=0.005, metavar="P",

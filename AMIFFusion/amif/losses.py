@@ -90,7 +90,7 @@ def sf(x: torch.Tensor) -> torch.Tensor:
     return (rf + cf + 1e-12).sqrt()
 
 
-HINGES = ("vif", "sd", "sf", "scd", "mi", "qabf")  # the optional fusion-loss hinges against the max rule (w_<name>)
+HINGES = ("vif", "sd", "sf", "scd", "mi")  # the optional fusion-loss hinges against the max rule (w_<name>)
 MARGIN = 1.01  # SD's floor and SF's default floor: 1% above the max rule's (a floor at parity lands at parity)
 CONTENT = 2 / 255  # the SF hinge looks where the blurred max rule exceeds this (both sources empty elsewhere)
 
@@ -114,32 +114,6 @@ def grey_mi(y: torch.Tensor, src: torch.Tensor, levels: int = 256) -> torch.Tens
     return (p * (p.clamp_min(1e-12).log() - (py * ps).clamp_min(1e-12).log())).sum((1, 2))
 
 
-def _sobel_polar(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sobel strength and angle as `amif.metrics._sobel` (zero padding, angle atan(gy / gx), pi/2
-    where gx is 0), differentiable (the strength's square root kept off 0)."""
-    kx = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
-    g = F.conv2d(F.pad(x, (1, 1, 1, 1)), torch.stack([kx, -kx.t()]).unsqueeze(1).to(x))
-    gx, gy = g[:, :1], g[:, 1:]
-    flat = gx.abs() < 1e-9  # 0 up to rounding (the metric's integer gx is exactly 0 there)
-    ang = torch.where(flat, torch.full_like(gx, torch.pi / 2), torch.atan(gy / torch.where(flat, 1.0, gx)))
-    return (gx * gx + gy * gy + 1e-12).sqrt(), ang
-
-
-def qabf(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """`amif.metrics.qabf` per image, shape (n,), differentiable in f: edge strength and orientation
-    of each source kept in f, weighted by the source's edge strength (without the metric's quirk
-    where a source's strength equals f's, which moves integer images by under 0.1%)."""
-    tg, kg, dg, ta, ka, da = 0.9994, -15.0, 0.5, 0.9879, -22.0, 0.8
-    (ga, aa), (gb, ab), (gf, af) = _sobel_polar(a), _sobel_polar(b), _sobel_polar(f)
-
-    def q(gs, as_):
-        g = torch.minimum(gs, gf) / torch.maximum(gs, gf)
-        al = 1 - (as_ - af).abs() / (torch.pi / 2)
-        return tg * torch.sigmoid(-kg * (g - dg)) * ta * torch.sigmoid(-ka * (al - da))
-
-    return (q(ga, aa) * ga + q(gb, ab) * gb).flatten(1).sum(1) / (ga + gb).flatten(1).sum(1)
-
-
 def _relative_hinge(value: torch.Tensor, rule: torch.Tensor, floor: float = MARGIN) -> torch.Tensor:
     """Shortfall of `value` below `floor` x the max rule's, relative to it; 0 on a flat crop (rule <= 1e-3)."""
     rule = rule.detach()
@@ -148,7 +122,7 @@ def _relative_hinge(value: torch.Tensor, rule: torch.Tensor, floor: float = MARG
 
 def fusion_loss(y, a, b, w_grad: float = 1.0, w_ssim: float = 0.5, w_vif: float = 0.0, w_sd: float = 0.0,
                 w_scd: float = 0.0, w_sf: float = 0.0, sf_floor: float = MARGIN,
-                w_mi: float = 0.0, w_qabf: float = 0.0) -> tuple[torch.Tensor, dict]:
+                w_mi: float = 0.0) -> tuple[torch.Tensor, dict]:
     """Intensity towards max(a, b), gradient towards the larger source gradient, SSIM to both;
     with `w_vif`, also the shortfall of VIF(a, y) and of VIF(b, y) against the max rule's on the same
     crop, each source on its own (a surplus on one does not pay for a shortfall on the other). A
@@ -158,7 +132,7 @@ def fusion_loss(y, a, b, w_grad: float = 1.0, w_ssim: float = 0.5, w_vif: float 
     and `sf_floor` x it for SF; SF over the region with content) and SCD. With `w_mi`, the same hinge on
     MI(y, a) + MI(y, b) (`grey_mi`, 256 levels as the metric counts them), whose floor AMIF outputs
     trained without it stay well below (0.7-0.87 of the max rule's): it pushes y towards grey levels its
-    sources predict. With `w_qabf`, the same hinge on Qabf (`qabf`: the sources' edges kept in y)."""
+    sources predict."""
     m = torch.maximum(a, b)
     l_int = (y - m).abs().mean()
     l_grad = (sobel(y) - torch.maximum(sobel(a), sobel(b))).abs().mean()
@@ -191,10 +165,6 @@ def fusion_loss(y, a, b, w_grad: float = 1.0, w_ssim: float = 0.5, w_vif: float 
         l_mi = _relative_hinge(grey_mi(y, a) + grey_mi(y, b), grey_mi(m, a) + grey_mi(m, b))
         loss = loss + w_mi * l_mi
         parts["mi"] = l_mi.item()
-    if w_qabf:
-        l_qabf = _relative_hinge(qabf(a, b, y), qabf(a, b, m))
-        loss = loss + w_qabf * l_qabf
-        parts["qabf"] = l_qabf.item()
     return loss, parts
 
 

@@ -23,8 +23,8 @@ forging variant of `amif attack` does. The pool (codes and Adam moments) is part
 
 With `vif_weight`, the fusion loss also carries a VIF hinge: the shortfall of the keyed output's
 pixel-domain VIF to each source against the element-wise max rule's on the same crop
-(losses.fusion_loss); with `sd_weight`, `sf_weight`, `scd_weight`, `mi_weight` and `qabf_weight`, the
-same kind of hinge on SD, SF, SCD, MI and Qabf.
+(losses.fusion_loss); with `sd_weight`, `sf_weight`, `scd_weight` and `mi_weight`, the same kind of
+hinge on SD, SF, SCD and MI.
 
 With `lr_anneal`, both learning rates (network and memory) follow a half cosine from their value
 down to LR_FLOOR of it over the run's last `lr_anneal` steps (steps - lr_anneal .. steps); before
@@ -81,7 +81,6 @@ class TrainConfig:
     sd_weight: float = 0.0  # weight of the SD hinge against the max rule (losses.fusion_loss w_sd)
     scd_weight: float = 0.0  # weight of the SCD hinge against the max rule (w_scd)
     mi_weight: float = 0.0  # weight of the MI hinge against the max rule (w_mi)
-    qabf_weight: float = 0.0  # weight of the Qabf hinge against the max rule (w_qabf)
     sf_weight: float = 0.0  # weight of the SF hinge against the max rule (w_sf)
     sf_floor: float = MARGIN  # the SF hinge's floor, relative to the max rule's SF (losses.fusion_loss sf_floor)
     lr_anneal: int = 0  # cosine-anneal both learning rates over this many final steps (0 = constant)
