@@ -22,6 +22,14 @@ def _vol(size=(40, 36, 6), spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0), seed
     return img
 
 
+def _chroma_scale(ycc_out: np.ndarray, ycc_in: np.ndarray, atol: float) -> np.ndarray:
+    """The factor by which each pixel's chroma (Cb, Cr) was scaled, after checking it only was scaled (same hue)."""
+    c_out, c_in = ycc_out[..., 1:] - 0.5, ycc_in[..., 1:] - 0.5
+    scale = (c_out * c_in).sum(-1) / (c_in**2).sum(-1)
+    np.testing.assert_allclose(c_out, scale[..., None] * c_in, atol=atol)
+    return scale
+
+
 def test_ycbcr_roundtrip():
     rgb = np.random.default_rng(1).random((8, 8, 3))
     np.testing.assert_allclose(ycbcr_to_rgb(rgb_to_ycbcr(rgb)), rgb, atol=1e-6)
@@ -34,9 +42,7 @@ def test_a_new_luminance_is_kept_by_scaling_the_chroma_not_by_clipping():
     out = ycbcr_to_rgb(ycc)
     assert out.min() >= 0 and out.max() <= 1
     np.testing.assert_allclose(rgb_to_ycbcr(out)[..., 0], ycc[..., 0], atol=1e-6)  # the grey shows the fused Y
-    chroma_in, chroma_out = ycc[..., 1:] - 0.5, rgb_to_ycbcr(out)[..., 1:] - 0.5
-    scale = (chroma_out * chroma_in).sum(-1) / (chroma_in**2).sum(-1)
-    np.testing.assert_allclose(chroma_out, scale[..., None] * chroma_in, atol=1e-6)  # same hue
+    scale = _chroma_scale(rgb_to_ycbcr(out), ycc, atol=1e-6)  # same hue
     # less saturated where the colour did not fit (a fifth of the pixels or more), never more saturated
     assert scale.min() >= -1e-6 and scale.max() <= 1 + 1e-6 and (scale < 0.99).mean() > 0.2
 
@@ -51,9 +57,7 @@ def test_fuse_images_grey_and_rgb(tiny_package):
     ycc_out, ycc_in = rgb_to_ycbcr(r.fused), rgb_to_ycbcr(b)
     grey = fuse_images(a, ycc_in[..., 0], pkg, key).fused
     np.testing.assert_allclose(ycc_out[..., 0], grey, atol=1e-5)
-    c_out, c_in = ycc_out[..., 1:] - 0.5, ycc_in[..., 1:] - 0.5
-    scale = (c_out * c_in).sum(-1) / (c_in**2).sum(-1)
-    np.testing.assert_allclose(c_out, scale[..., None] * c_in, atol=1e-5)
+    scale = _chroma_scale(ycc_out, ycc_in, atol=1e-5)
     assert scale.min() > -1e-4 and scale.max() < 1 + 1e-4 and np.median(scale) > 0.5
     g = fuse_images(a, b[..., 0], pkg, None)
     assert g.fused.shape == (30, 41) and g.key.state == "none"
