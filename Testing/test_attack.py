@@ -263,13 +263,16 @@ def test_forging_fails_on_a_gradient_free_mark_and_succeeds_on_a_weak_one(tiny_p
     opts = AttackOptions(**{**SMALL, "forge_detector": 0.0})
     r = atk.key_forging(marking, opts, progress=False)
     (d,) = r.data
-    assert r.met and d["successes"] == 0 and d["steps_to_success"] == [] and d["steps"] == 2 * 12
+    assert d["successes"] == 0 and d["steps_to_success"] == [] and d["steps"] == 2 * 12
     assert d["rate_upper_95"] == pytest.approx(1 - 0.05 ** 0.5) and "(rate at most 77.6%)" in r.summary
+    # no success in 2 restarts does not show a rate below 5%: not met, not failed either
+    assert not r.met and not d["met"] and r.undecided and r.rows[0][-2] == "not shown"
     assert all(run["final"]["flagged"] == 1.0 for run in d["runs"])
     weak = _target(tiny_package, pairs, weak=True)
     r = atk.key_forging(weak, opts, progress=False)
     (d,) = r.data
-    assert not r.met and d["successes"] == 2 and d["success_rate"] == 1.0
+    assert not r.met and not r.undecided and d["successes"] == 2 and d["success_rate"] == 1.0
+    assert r.rows[0][-2] == "**no**"
     assert all(1 <= s <= 12 for s in d["steps_to_success"]) and d["steps"] == sum(d["steps_to_success"])
     assert all(run["final"]["flagged"] <= 0.5 for run in d["runs"])
     assert all(run["all_pairs"]["n"] == weak.n for run in d["runs"])
@@ -446,6 +449,11 @@ def test_attack_cli_report(tiny_package, pairs, tmp_path, capsys):
     assert len(doc["attacks"]["classical"]["rows"]) == 31
     assert all(isinstance(r["met"], bool) for a in doc["attacks"].values() for r in a["rows"])
     assert all(isinstance(a["met"], bool) for a in doc["attacks"].values())
+    forging = doc["attacks"]["forging"]  # its verdict, as the report prints it
+    verdict = "yes" if forging["met"] else "not shown" if forging["undecided"] else "**no**"
+    row = f"| White-box key forging | < 5% of restarts succeed within 3 steps | {forging['summary']} | {verdict} |"
+    assert row in text
+    assert not forging["met"] and not any(a["undecided"] for k, a in doc["attacks"].items() if k != "forging")
     secret = json.loads(key.read_text())["secret"]
     assert secret not in text and secret not in out.with_suffix(".json").read_text()
 
@@ -514,6 +522,20 @@ def test_attack_groups_in_processes_give_the_same_report(tiny_package, pairs, tm
     with pytest.raises(AMIFError, match="must cover the selected attacks"):
         atk.attack(out=tmp_path / "bad.md", groups=[["classical"]], **kw)
     assert not (tmp_path / "bad.md").exists()
+
+
+def test_the_published_threat_model_keeps_attacks_not_shown_either_way_apart():
+    """Key forging with no success but too few restarts is neither 'stopped' nor 'not stopped'."""
+    report = _tool("make_attack_report")
+    doc = {"attacks": {"classical": {"title": "Classical", "met": True, "summary": "s"},
+                       "distillation": {"title": "Distillation", "met": False, "summary": "0% flagged"}}}
+    assert "Not shown either way" not in report.threat_model(doc)
+    forging = {"title": "Forging", "met": False, "undecided": True, "summary": "0/6 (rate at most 39.3%)"}
+    three = report.threat_model({"attacks": {**doc["attacks"], "forging": forging}})
+    held, rest = three.split("**Not shown either way**")
+    shown, broke = rest.split("**Measured not to stop**")
+    assert "(Forging: 0/6 (rate at most 39.3%))" in shown and "Forging" not in held + broke
+    assert "(Classical: s)" in held and "(Distillation: 0% flagged)" in broke
 
 
 def test_the_published_threat_model_names_the_shift_attacker_only_for_a_shift_model():

@@ -39,20 +39,24 @@ WHAT = {  # what each attack family stands for in the threat model
 
 
 def threat_model(doc: dict) -> str:
-    """Which attackers the measured numbers stop and which they do not, from the report's own 'met'."""
+    """Which attackers the measured numbers stop, which they do not, and where too few trials tell neither,
+    from the report's own 'met' and 'undecided'."""
     att, shift = doc["attacks"], doc.get("shift", 0)
     what = dict(WHAT)
     if shift:  # a model whose unkeyed outputs also move: classical removal includes moving them back
         what["classical"] = what["classical"][:-1] + f", and moving the image back by the manifest's {shift} px shift)"
     lines = {k: f"* {what[k]} ({att[k]['title']}: {att[k]['summary']})" for k in what if k in att}
     held = [line for k, line in lines.items() if att[k]["met"]]
-    broke = [line for k, line in lines.items() if not att[k]["met"]]
+    open_ = [line for k, line in lines.items() if not att[k]["met"] and att[k].get("undecided")]
+    broke = [line for k, line in lines.items() if not att[k]["met"] and not att[k].get("undecided")]
     undo = " an attacker who moves unkeyed outputs back before distilling or training a remover;" if shift else ""
     return "\n".join([
         "## Threat model: what these numbers support", "",
         "Attacker: anyone holding the released package (weights and manifest) but not the owner's key file. "
         "The protection is a visible provenance mark and a deterrent, not access control.", "",
         "**Measured to stop** (target met at the scale of this run) an attacker who:", "", *(held or ["* (none)"]), "",
+        *(["**Not shown either way** (no attempt succeeded, but too few attempts to bound the success rate below "
+           "the target) for an attacker who:", "", *open_, ""] if open_ else []),
         "**Measured not to stop** an attacker who:", "", *(broke or ["* (none)"]), "",
         "**Not covered by these numbers:** attackers with the owner's key or its secret; combinations of "
         f"attacks;{undo} other architectures for the remover and the students; budgets above the counts in the "

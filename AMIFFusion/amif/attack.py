@@ -126,6 +126,7 @@ class AttackResult:
     notes: list = field(default_factory=list)
     seconds: float = 0.0
     figure: list = field(default_factory=list)  # rows of (label, (h, w) float image) for --figures
+    undecided: bool = False  # not met, yet nothing failed it: too few trials to show it (key forging's bound)
 
 
 # ----------------------------------------------------------------- the attacked model and data
@@ -337,8 +338,8 @@ def _db(x: float) -> str:
     return "inf" if x >= PSNR_CAP else f"{x:.1f}"
 
 
-def _yes(ok: bool) -> str:
-    return "yes" if ok else "**no**"
+def _yes(ok: bool, undecided: bool = False) -> str:
+    return "yes" if ok else "not shown" if undecided else "**no**"
 
 
 def rate_upper(successes: int, trials: int, confidence: float = 0.95) -> float:
@@ -968,7 +969,7 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
             wins = [x["success_step"] for x in runs if x["success_step"] is not None]
             rate = len(wins) / max(1, len(runs))
             upper = rate_upper(len(wins), len(runs))
-            ok = rate < 0.05
+            ok = upper < 0.05  # shown, not merely observed: 0 of 6 does not show a rate below 5%
             best_p = [x["best_psnr_unflagged"] for x in runs if x["best_psnr_unflagged"] is not None]
             fin = {k: float(np.mean([x["final"][k] for x in runs])) for k in ("flagged", "psnr_mean", "ssim_mean")}
             sig = {k: float(np.mean([x["sign"][k] for x in runs])) for k in ("flagged", "psnr_mean")}
@@ -980,13 +981,14 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
                          f"{_pct(fin['flagged'])} · {_db(fin['psnr_mean'])} dB · {fin['ssim_mean']:.3f}",
                          f"{_pct(sig['flagged'])} · {_db(sig['psnr_mean'])} dB",
                          f"{_pct(every['flagged'])} · {_db(every['psnr_mean'])} dB · {_pct(every['broken'])}",
-                         _yes(ok), f"{len(idx)} / {sum(x['steps'] for x in runs):,} / {secs:.1f}"])
+                         _yes(ok, not wins), f"{len(idx)} / {sum(x['steps'] for x in runs):,} / {secs:.1f}"])
             data.append({"variant": label, "detector_weight": weight, "restarts": len(runs), "successes": len(wins),
                          "success_rate": rate, "rate_upper_95": upper, "steps_to_success": wins,
                          "step_budget": opts.forge_steps,
                          "runs": runs, "met": ok, "images": len(idx), "steps": sum(x["steps"] for x in runs),
                          "seconds": secs})
     met = all(d["met"] for d in data)
+    undecided = not met and not any(d["successes"] for d in data)
     summary = "; ".join(f"{d['variant']}: {d['successes']}/{d['restarts']} restarts succeed within "
                         f"{d['step_budget']:,} steps (rate at most {_pct(d['rate_upper_95'])})" for d in data)
     return AttackResult(
@@ -1004,8 +1006,9 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
          "'sign(final code)' runs the nearest valid +-1 code; 'on all pairs' runs the final code on every attacked "
          "pair, the ones it was not optimized on included (means over restarts). 'At most' is the one-sided 95% "
          "Clopper-Pearson upper bound on the success rate: few restarts cannot show a low rate (with no success, "
-         "59 restarts are needed to show below 5%)."],
-        time.perf_counter() - t0, [figure])
+         "59 restarts are needed to show below 5%). Met: the bound is below 5%; not shown: no restart succeeded "
+         "but the bound is not."],
+        time.perf_counter() - t0, [figure], undecided)
 
 
 POOL_SETTING = ("model_id", "weights_sha256", "split", "pairs", "threshold", "success_share")  # must agree to pool
@@ -1275,11 +1278,11 @@ def write_report(out: Path, target: Target, info: dict, opts: AttackOptions, res
     lines = _header(target, info, opts)
     lines += ["## Summary", "", "| attack | target | result | met |", "|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r.title} | {r.target} | {r.summary} | {_yes(r.met)} |")
+        lines.append(f"| {r.title} | {r.target} | {r.summary} | {_yes(r.met, r.undecided)} |")
     lines.append("")
     fig_dir = out.with_name(out.stem + "-figures")
     for r in results:
-        lines += [f"## {r.title}", "", f"Target: {r.target}. Met: {_yes(r.met)}. ({r.seconds:.1f} s)", "",
+        lines += [f"## {r.title}", "", f"Target: {r.target}. Met: {_yes(r.met, r.undecided)}. ({r.seconds:.1f} s)", "",
                   "| " + " | ".join(r.columns) + " |", "|---" * len(r.columns) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in r.rows]
         lines.append("")
@@ -1313,8 +1316,8 @@ def write_json(path: Path, target: Target, info: dict, opts: AttackOptions, resu
            "threshold": target.threshold, "shift": target.shift, "data": info["data"], "split": info["split"],
            "pairs": target.n,
            "command": info["command"], "options": asdict(opts), "success_share": SUCCESS_SHARE,
-           "attacks": {r.name: {"title": r.title, "target": r.target, "met": r.met, "summary": r.summary,
-                                "seconds": r.seconds, "rows": r.data} for r in results},
+           "attacks": {r.name: {"title": r.title, "target": r.target, "met": r.met, "undecided": r.undecided,
+                                "summary": r.summary, "seconds": r.seconds, "rows": r.data} for r in results},
            "not_run": [n for n in ATTACKS if n not in {r.name for r in results}]}
     Path(path).write_text(json.dumps(doc, indent=1, default=_json_value), encoding="utf-8")
 
