@@ -450,7 +450,7 @@ def test_attack_cli_report(tiny_package, pairs, tmp_path, capsys):
     assert all(isinstance(r["met"], bool) for a in doc["attacks"].values() for r in a["rows"])
     assert all(isinstance(a["met"], bool) for a in doc["attacks"].values())
     forging = doc["attacks"]["forging"]  # its verdict, as the report prints it
-    verdict = "yes" if forging["met"] else "not shown" if forging["undecided"] else "**no**"
+    verdict = atk._yes(forging["met"], forging["undecided"])
     row = f"| White-box key forging | < 5% of restarts succeed within 3 steps | {forging['summary']} | {verdict} |"
     assert row in text
     assert not forging["met"] and not any(a["undecided"] for k, a in doc["attacks"].items() if k != "forging")

@@ -65,6 +65,7 @@ from .errors import AMIFError
 KINDS = tuple(PAIR_TYPES.values())
 PSNR_CAP = 100.0
 SUCCESS_SHARE = 0.5  # an attack succeeds when at least this share of its images is unflagged at keyed quality
+FORGING_GOAL = 0.05  # forging is met when the success rate's 95% upper bound is below this
 
 
 @dataclass
@@ -969,7 +970,7 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
             wins = [x["success_step"] for x in runs if x["success_step"] is not None]
             rate = len(wins) / max(1, len(runs))
             upper = rate_upper(len(wins), len(runs))
-            ok = upper < 0.05  # shown, not merely observed: 0 of 6 does not show a rate below 5%
+            ok = upper < FORGING_GOAL  # shown, not merely observed: 0 of 6 does not show a rate below 5%
             best_p = [x["best_psnr_unflagged"] for x in runs if x["best_psnr_unflagged"] is not None]
             fin = {k: float(np.mean([x["final"][k] for x in runs])) for k in ("flagged", "psnr_mean", "ssim_mean")}
             sig = {k: float(np.mean([x["sign"][k] for x in runs])) for k in ("flagged", "psnr_mean")}
