@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -536,6 +537,48 @@ def test_the_published_threat_model_keeps_attacks_not_shown_either_way_apart():
     shown, broke = rest.split("**Measured not to stop**")
     assert "(Forging: 0/6 (rate at most 39.3%))" in shown and "Forging" not in held + broke
     assert "(Classical: s)" in held and "(Distillation: 0% flagged)" in broke
+
+
+def test_the_threat_model_takes_forgings_verdict_from_a_pooled_table_of_the_same_setting():
+    """Six restarts show nothing; the pooled table over more seeds decides, when it pooled this model and setting."""
+    report = _tool("make_attack_report")
+    setting = {"model_id": "m", "weights_sha256": "ab", "split": "test", "pairs": 18, "threshold": 0.12,
+               "success_share": 0.5}
+    options = {"forge_steps": 1000, "forge_images": 2, "quality_db": 30.0}
+    forging = {"title": "Forging", "met": False, "undecided": True, "summary": "0/6"}
+    doc = {**setting, "options": options, "attacks": {"forging": forging}}
+    pooled = {"setting": {**setting, **options}, "pooled": [
+        {"variant": "fusion loss", "successes": 0, "restarts": 59, "rate_upper_95": 1 - 0.05 ** (1 / 59)},
+        {"variant": "detector", "successes": 0, "restarts": 30, "rate_upper_95": 1 - 0.05 ** (1 / 30)}]}
+
+    def group(model):  # the group whose list names forging
+        parts = re.split(r"\*\*(Measured to stop|Not shown either way|Measured not to stop|Not covered)", model)
+        return next(name for name, body in zip(parts[1::2], parts[2::2]) if "(Forging:" in body)
+
+    assert group(report.threat_model(doc)) == "Not shown either way"
+    part = report.threat_model(doc, pooled)
+    assert group(part) == "Not shown either way"
+    assert "0/6; pooled with the runs of other seeds in [forging-pooled.md](forging-pooled.md): fusion loss: 0/59 " \
+           "(rate at most 4.95%); detector: 0/30 (rate at most 9.50%))" in part
+    pooled["pooled"][1].update(restarts=59, rate_upper_95=1 - 0.05 ** (1 / 59))
+    assert group(report.threat_model(doc, pooled)) == "Measured to stop"
+    pooled["pooled"][1].update(successes=3, rate_upper_95=0.3)
+    assert group(report.threat_model(doc, pooled)) == "Measured not to stop"
+    other = {**pooled, "setting": {**pooled["setting"], "weights_sha256": "cd"}}  # another model's table: unused
+    assert report.threat_model(doc, other) == report.threat_model(doc)
+
+
+def test_the_committed_attack_reports_threat_model_is_what_its_json_and_pooled_table_give():
+    """After more forging runs are pooled, `make_attack_report --threat-model-only` must be run: the published
+    threat model is the one its own numbers give, and rewriting it leaves the rest of the report as it is."""
+    report = _tool("make_attack_report")
+    folder = ROOT / "Resources" / "attack"
+    text = (folder / "report.md").read_text(encoding="utf-8")
+    doc = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    model = report.threat_model(doc, report.read_pooled(folder))
+    assert report.put_threat_model(text, model) == text
+    assert report.put_threat_model(text, "## Threat model: x\n") == text.replace(model, "## Threat model: x\n")
+    assert report.put_threat_model(text, "## Threat model: x\n") != text
 
 
 def test_the_published_threat_model_names_the_shift_attacker_only_for_a_shift_model():

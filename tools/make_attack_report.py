@@ -8,7 +8,13 @@ images are research-use only; only aggregates of them are published), then adds 
 and success curves (curves.png: learned removal against leaked pairs N; fine-tuning and training
 from scratch against steps) to Resources/attack/report.md. The defaults take about 55 minutes on
 2 CPU cores (two processes; forging, 6 restarts x 2 objectives, is one of them); the exact
-`amif attack` command is written into the report.
+`amif attack` command is written into the report. Key forging's verdict in the threat model comes
+from the pooled table beside the report (forging-pooled.json, `tools/pool_forging.py`: more restarts
+from runs with other seeds) when it pools this model and setting; after pooling more runs,
+
+    python tools/make_attack_report.py --threat-model-only
+
+rewrites the threat model from report.json and that table without running any attack.
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "AMIFFusion"))
 
-from amif.attack import AttackOptions, attack  # noqa: E402
+from amif.attack import FORGING_GOAL, AttackOptions, attack, pool_setting  # noqa: E402
 from amif.data import default_data_dir  # noqa: E402
 
 OUT = ROOT / "Resources" / "attack"
+POOLED = "forging-pooled"  # tools/pool_forging.py's table beside the report: forging over more seeds
 
 WHAT = {  # what each attack family stands for in the threat model
     "wrong-keys": "runs the package with any code they can guess or derive, or with no key",
@@ -38,9 +45,27 @@ WHAT = {  # what each attack family stands for in the threat model
 }
 
 
-def threat_model(doc: dict) -> str:
+def with_pooled_forging(doc: dict, pooled: dict | None) -> dict:
+    """`doc` with its forging verdict taken from a table pooled over more seeds (the JSON of
+    tools/pool_forging.py) when that table is of this report's model and setting: met when every objective's
+    pooled 95% bound is below the goal, not shown when no pooled restart succeeded but some bound is not."""
+    att = doc["attacks"]
+    if not pooled or "forging" not in att or pooled.get("setting") != pool_setting(doc):
+        return doc
+    rows = pooled["pooled"]
+    met = all(r["rate_upper_95"] < FORGING_GOAL for r in rows)
+    counts = "; ".join(f"{r['variant']}: {r['successes']}/{r['restarts']} (rate at most "
+                       f"{100 * r['rate_upper_95']:.2f}%)" for r in rows)
+    where = f"pooled with the runs of other seeds in [{POOLED}.md]({POOLED}.md)"
+    forging = {**att["forging"], "met": met, "undecided": not met and not any(r["successes"] for r in rows),
+               "summary": f"{att['forging']['summary']}; {where}: {counts}"}
+    return {**doc, "attacks": {**att, "forging": forging}}
+
+
+def threat_model(doc: dict, pooled: dict | None = None) -> str:
     """Which attackers the measured numbers stop, which they do not, and where too few trials tell neither,
-    from the report's own 'met' and 'undecided'."""
+    from the report's own 'met' and 'undecided' (forging's from `pooled`, when it pools this setting)."""
+    doc = with_pooled_forging(doc, pooled)
     att, shift = doc["attacks"], doc.get("shift", 0)
     what = dict(WHAT)
     if shift:  # a model whose unkeyed outputs also move: classical removal includes moving them back
@@ -54,7 +79,7 @@ def threat_model(doc: dict) -> str:
         "## Threat model: what these numbers support", "",
         "Attacker: anyone holding the released package (weights and manifest) but not the owner's key file. "
         "The protection is a visible provenance mark and a deterrent, not access control.", "",
-        "**Measured to stop** (target met at the scale of this run) an attacker who:", "", *(held or ["* (none)"]), "",
+        "**Measured to stop** (target met at the scale measured) an attacker who:", "", *(held or ["* (none)"]), "",
         *(["**Not shown either way** (no attempt succeeded, but too few attempts to bound the success rate below "
            "the target) for an attacker who:", "", *open_, ""] if open_ else []),
         "**Measured not to stop** an attacker who:", "", *(broke or ["* (none)"]), "",
@@ -121,6 +146,18 @@ def curves(doc: dict, path: Path) -> bool:
 GROUPS = (("wrong-keys", "classical", "surgery", "fine-tuning", "learned-removal", "distillation"), ("forging",))
 
 
+def read_pooled(out: Path) -> dict | None:
+    f = out / f"{POOLED}.json"
+    return json.loads(f.read_text(encoding="utf-8")) if f.exists() else None
+
+
+def put_threat_model(text: str, model: str) -> str:
+    """The report's Markdown with its threat model section replaced by `model`."""
+    start = text.index("## Threat model")
+    ends = [text.find(s, start) for s in ("\n![Success curves", "\nRegenerate: `python tools/make_attack_report")]
+    return text[:start] + model + text[min(i for i in ends if i >= 0):]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=default_data_dir())
@@ -131,9 +168,18 @@ def main(argv=None) -> int:
     p.add_argument("--learn-steps", type=int, default=300)
     p.add_argument("--learn-batch", type=int, default=4)
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--threat-model-only", action="store_true",
+                   help="run no attack: rewrite the threat model of the report in --out from its JSON and the "
+                        f"pooled forging table beside it ({POOLED}.json), after more forging runs were pooled")
     args = p.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
     report = args.out / "report.md"
+    if args.threat_model_only:
+        doc = json.loads(report.with_suffix(".json").read_text(encoding="utf-8"))
+        model = threat_model(doc, read_pooled(args.out))
+        report.write_text(put_threat_model(report.read_text(encoding="utf-8"), model), encoding="utf-8")
+        print(f"rewrote the threat model of {report}")
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
     opts = AttackOptions(forge_steps=args.forge_steps, forge_restarts=args.forge_restarts,
                          forge_images=args.forge_images, learn_steps=args.learn_steps,
                          learn_batch=args.learn_batch).check()
@@ -146,7 +192,7 @@ def main(argv=None) -> int:
     js.write_text(portable(js.read_text(encoding="utf-8")), encoding="utf-8")
     doc = json.loads(js.read_text(encoding="utf-8"))
     text = portable(report.read_text(encoding="utf-8"))
-    extra = threat_model(doc)
+    extra = threat_model(doc, read_pooled(args.out))
     if curves(doc, args.out / "curves.png"):
         extra += "\n![Success curves: learned removal against N, fine-tuning against steps](curves.png)\n"
     extra += (f"\nRegenerate: `python tools/make_attack_report.py --limit {args.limit} --forge-steps "
