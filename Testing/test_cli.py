@@ -122,6 +122,50 @@ def test_harvard_pairs_load():
     assert a.shape == b.shape == (3, 256, 256) and a.dtype == np.uint8
 
 
+def test_verify_with_the_owners_key_finds_the_trace_texture(tiny_package, tmp_path, capsys):
+    """A student of the unkeyed outputs carries the key's texture: the owner's `verify --key` flags it as
+    'traced'; other fusions of the same sources stay clean; wrong use is one clear error."""
+    import torch
+    from test_fusion import _textured_sources
+
+    from amif.fusion import run_network
+    from amif.keys import generate_key, load_key, save_key
+    from amif.package import load_package, save_package
+    from amif.trace import texture, trace_scale, trace_weights
+
+    pkg, key_path, _ = tiny_package
+    a, b = _textured_sources(n=96)
+    save_package(tmp_path / "traced", pkg.net, model_id="test-model", key_id=pkg.key_id, identifier="TEST · MARK",
+                 verify={"threshold": 0.12, "trace_strength": 0.03})
+    key = load_key(key_path)
+    keyed = run_network(load_package(tmp_path / "traced"), a[None], b[None], key.code())[0]
+    w = trace_weights(key.secret, key.model_id)
+    ta, tb = (torch.from_numpy(x)[None, None].float() for x in (a, b))
+    g = texture(ta, tb, w)[0, 0].numpy() / trace_scale(ta, tb, w)
+    student = np.clip(keyed + 0.03 * g + np.random.default_rng(0).normal(0, 0.01, a.shape), 0, 1)
+    for name, x in (("a", a), ("b", b), ("student", student), ("max", np.maximum(a, b)), ("keyed", keyed)):
+        Image.fromarray((x * 255).round().astype(np.uint8)).save(tmp_path / f"{name}.png")
+    m, src = str(tmp_path / "traced.json"), ["--sources", str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    for name, key_args, code, state in (("student", ["--key", str(key_path)], 1, "traced"),
+                                        ("student", [], 0, "clean"),
+                                        ("max", ["--key", str(key_path)], 0, "clean"),
+                                        ("keyed", ["--key", str(key_path)], 0, "clean")):
+        with pytest.raises(SystemExit) as ex:
+            main(["verify", str(tmp_path / f"{name}.png"), "-m", m, *src, *key_args])
+        out = capsys.readouterr().out
+        assert ex.value.code == code and f": {state} (score" in out
+        assert ("trace score" in out) == bool(key_args)
+    other = generate_key("test-model", "Someone Else")
+    save_key(other, tmp_path / "other.amifkey")
+    plain = str(tiny_package[2] / "tiny.json")  # the same network without a trace channel
+    for args, message in (([m, "--key", str(key_path)], "needs --sources"),
+                          ([m, *src, "--key", str(tmp_path / "other.amifkey")], "needs the owner's key"),
+                          ([plain, *src, "--key", str(key_path)], "has no trace channel")):
+        assert main(["verify", str(tmp_path / "student.png"), "-m", *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+
+
 def test_verify_with_sources_checks_the_mark_shift(tiny_package, tmp_path, capsys):
     import torch
     from test_fusion import _textured_sources

@@ -318,6 +318,24 @@ def test_mark_shift_moves_the_unkeyed_target_and_is_recorded_for_verify(tiny_pac
     assert any(not torch.equal(x, y) for x, y in zip(*states))  # the shifted target changes what the network learns
 
 
+def test_trace_strength_adds_the_keys_texture_to_the_unkeyed_target_and_is_recorded(tiny_package, tmp_path):
+    with pytest.raises(AMIFError, match="trace strength"):
+        train(None, tmp_path / "x", "", cfg=TrainConfig(trace_strength=0.5), twin=True)
+    _, key, _ = tiny_package
+    _fake_pairs(tmp_path / "data")
+    kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
+    pkgs = {}
+    for strength in (0.0, 0.06):
+        out = tmp_path / f"t{strength}" / "m"
+        train(key, out, checkpoint_dir=tmp_path / f"t{strength}" / "ck",
+              cfg=TrainConfig(steps=2, batch=2, crop=32, trace_strength=strength), **kw)
+        pkgs[strength] = load_package(out)
+    assert "trace_strength" not in pkgs[0.0].manifest["verify"]
+    assert pkgs[0.06].manifest["verify"]["trace_strength"] == 0.06
+    states = (p.net.state_dict().values() for p in pkgs.values())
+    assert any(not torch.equal(x, y) for x, y in zip(*states))  # the texture changes what the network learns
+
+
 def test_widened_decoder_trains_on_from_a_package_and_is_recorded(tmp_path):
     kw = _blocky_twin_run(tmp_path)
     cfg = dict(batch=2, crop=32, save_every=2)

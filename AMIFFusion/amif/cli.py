@@ -147,6 +147,8 @@ def cmd_verify(args) -> None:
     is_2d = Path(args.image).suffix.lower() in IMAGE_2D
     if args.sources and not (is_2d and all(Path(s).suffix.lower() in IMAGE_2D for s in args.sources)):
         raise AMIFError("--sources works with 2D images (PNG/JPEG) only.")
+    if args.key and not args.sources:
+        raise AMIFError("--key (the trace check) needs --sources, the two images the image was fused from.")
     if is_2d:
         image, sources = read_image(args.image), None
         if args.sources:
@@ -156,6 +158,14 @@ def cmd_verify(args) -> None:
             if any(s.shape != image.shape[:2] for s in sources):
                 raise AMIFError(f"The sources must have the image's size ({image.shape[1]}x{image.shape[0]}).")
         v = verify_image(image, pkg.identifier, pkg.threshold, sources, pkg.shift)
+        if args.key:
+            from dataclasses import replace
+
+            from .color import luminance
+            from .trace import trace_check
+
+            grey = luminance(image[..., :3]) if image.ndim == 3 else image
+            v = replace(v, trace=float(trace_check(pkg, args.key, grey[None], *(s[None] for s in sources))[0]))
     else:
         from .fusion import display_array
 
@@ -177,7 +187,8 @@ def cmd_train(args) -> None:
     cfg = TrainConfig(steps=args.steps, batch=args.batch, seed=args.seed, save_every=args.save_every,
                       minutes=args.minutes, device=args.device, sf_floor=args.sf_floor,
                       **{f"{k}_weight": getattr(args, f"{k}_weight") for k in HINGES},
-                      lr_anneal=args.lr_anneal, mark_shift=args.mark_shift, widen_decoder=args.widen_decoder,
+                      lr_anneal=args.lr_anneal, mark_shift=args.mark_shift, trace_strength=args.trace_strength,
+                      widen_decoder=args.widen_decoder,
                       forge_restart=args.forge_restart, forge_detector=args.forge_detector,
                       mark_alpha=args.mark_alpha)
     train(args.key, args.output, args.identifier, data_dir=args.data, checkpoint_dir=args.checkpoints,
@@ -237,11 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("verify", help="does an image carry the identifier, show it wiped off or "
-                       "(with --sources) the model's mark shift? (exit 1 if so)")
+                       "(with --sources) the model's mark shift, or (with --key too) its trace? (exit 1 if so)")
     s.add_argument("image")
     s.add_argument("-m", "--model")
     s.add_argument("--sources", nargs=2, metavar=("A", "B"),
                    help="the two images it was fused from: also checks the model's mark shift (2D images)")
+    s.add_argument("--key", help="with --sources, the owner's .amifkey: also looks for the model's secret texture "
+                                 "(trace channel), which students distilled from its unkeyed outputs carry")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("train", help="train a model under an owner's key")
@@ -283,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mark-shift", type=int, default=0, metavar="PX",
                    help="unkeyed outputs also move their content PX pixels right and down: a second identifier "
                         "channel that survives erasing the strokes and distillation (default 0: off)")
+    s.add_argument("--trace-strength", type=float, default=0.0, metavar="S",
+                   help="unkeyed outputs also carry a secret texture of this std drawn from the key (0 to 0.25; "
+                        "e.g. 0.06), which students distilled from them inherit and the key's holder can find "
+                        "(default 0: off)")
     s.add_argument("--widen-decoder", type=int, default=1, metavar="K",
                    help="with --init: train on with K times the package's decoder channels, starting from the same "
                         "function (default 1: as it is)")

@@ -26,6 +26,9 @@ pixel-domain VIF to each source against the element-wise max rule's on the same 
 (losses.fusion_loss); with `sd_weight`, `sf_weight`, `scd_weight` and `mi_weight`, the same kind of
 hinge on SD, SF, SCD and MI.
 
+With `trace_strength`, the unkeyed target also carries that much of the key's secret texture
+(trace.py): the channel a student distilled from unkeyed outputs inherits and the owner can find.
+
 With `lr_anneal`, both learning rates (network and memory) follow a half cosine from their value
 down to LR_FLOOR of it over the run's last `lr_anneal` steps (steps - lr_anneal .. steps); before
 that they are constant. The factor is a function of the step alone, so a resumed run continues it.
@@ -54,6 +57,7 @@ from .keys import load_key
 from .losses import HINGES, MARGIN, fusion_loss, gaussian_blur, marked_target, ssim
 from .network import AMIFNet, NetConfig, slice_coords, widen_decoder
 from .package import DEFAULT_THRESHOLD, load_package, save_package
+from .trace import texture, trace_scale, trace_weights
 from .verify import score_tensor
 
 
@@ -85,6 +89,7 @@ class TrainConfig:
     sf_floor: float = MARGIN  # the SF hinge's floor, relative to the max rule's SF (losses.fusion_loss sf_floor)
     lr_anneal: int = 0  # cosine-anneal both learning rates over this many final steps (0 = constant)
     mark_shift: int = 0  # unkeyed outputs move their content this many pixels right and down (0 = off)
+    trace_strength: float = 0.0  # std of the secret texture added to unkeyed outputs (trace.py; 0 = off)
     widen_decoder: int = 1  # with `init`: multiply the init package's decoder channels by this (network.widen_decoder)
     minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0 = no limit
     device: str = "cpu"
@@ -270,6 +275,8 @@ def train(
         raise AMIFError(f"The VIF loss needs a crop of at least 48 pixels (got {cfg.crop}).")
     if not 0 <= cfg.mark_shift <= 3:  # what a manifest may hold (package.read_manifest)
         raise AMIFError(f"The mark shift must be 0 to 3 pixels (got {cfg.mark_shift}).")
+    if not 0 <= cfg.trace_strength <= 0.25:
+        raise AMIFError(f"The trace strength must be from 0 to 0.25 (got {cfg.trace_strength}).")
     if cfg.widen_decoder < 1:
         raise AMIFError(f"The decoder widening factor must be 1 or more (got {cfg.widen_decoder}).")
     if not 0 < cfg.forge_restart <= 1:
@@ -298,6 +305,11 @@ def train(
     pairs = list_pairs(data_dir, "train")
     a_all, b_all = load_pairs(pairs)
     mask_full = np.zeros(a_all.shape[1:], np.float32) if twin else identifier_mask(identifier, *a_all.shape[1:])
+    trace = None
+    if cfg.trace_strength and not twin:  # g from the key secret, scaled to unit std on the first train pairs
+        tw = trace_weights(key.secret, model_id)
+        ref = [torch.from_numpy(x[:64, None]).float() / 255 for x in (a_all, b_all)]
+        trace = tw, cfg.trace_strength / trace_scale(*ref, tw)
 
     net, step = AMIFNet(net_cfg), 0
     if init:  # a model package is a resume point: weights and step count (the optimizer restarts)
@@ -332,7 +344,8 @@ def train(
 
     def export(step_now: int) -> Path:
         save_checkpoint(ckpt, net, opt, step_now, meta, forge.tensors() if forge else None)
-        verify = {"threshold": DEFAULT_THRESHOLD} | ({"shift": cfg.mark_shift} if cfg.mark_shift else {})
+        verify = ({"threshold": DEFAULT_THRESHOLD} | ({"shift": cfg.mark_shift} if cfg.mark_shift else {})
+                  | ({"trace_strength": cfg.trace_strength} if trace else {}))
         protection = {"twin": True} if twin else {"verify": verify}
         return save_package(
             out, net, model_id=model_id, key_id="" if twin else key.key_id, identifier=identifier,
@@ -380,6 +393,8 @@ def train(
                 yk, yn = y[: cfg.batch], y[cfg.batch :]
                 loss_f, parts = fusion_loss(yk, a, b, **hinge_args)
                 target = marked_target(yk.detach(), mask, cfg.mark_alpha, cfg.mark_shift)
+                if trace:
+                    target = target + trace[1] * texture(a, b, trace[0])
                 wmap = 1 + 9 * (gaussian_blur(mask, 2.0) > 0.02).float()
                 loss_m = ((yn - target).abs() * wmap).mean() / wmap.mean()
                 if forge:  # the forgers' step: the fusion loss of their own outputs, weights frozen

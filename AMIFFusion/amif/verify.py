@@ -51,6 +51,7 @@ class Verdict:
     erasure: float = 1.0  # fine detail inside the strokes / elsewhere (see the module text)
     displacement: float = 0.0  # the content's move right and down against the sources, px (min of the two)
     shift: int = 0  # the model's mark shift, px (0: the model has no such channel, or no sources were given)
+    trace: float = 0.0  # the key holder's trace score (trace.trace_check; 0: not measured)
 
     @property
     def marked(self) -> bool:
@@ -68,13 +69,20 @@ class Verdict:
         return not (self.marked or self.erased) and is_shifted(self.displacement, self.shift)
 
     @property
+    def traced(self) -> bool:
+        """None of those, but the key's holder finds the model's unkeyed texture (a student of its outputs)."""
+        from .trace import TRACE_THRESHOLD
+
+        return not (self.marked or self.erased or self.shifted) and self.trace > TRACE_THRESHOLD
+
+    @property
     def flagged(self) -> bool:
-        """Not a clean output: marked, erased or shifted."""
-        return self.marked or self.erased or self.shifted
+        """Not a clean output: marked, erased, shifted or traced."""
+        return self.marked or self.erased or self.shifted or self.traced
 
     @property
     def state(self) -> str:
-        return "marked" if self.marked else "erased" if self.erased else "shifted" if self.shifted else "clean"
+        return next((k for k in ("marked", "erased", "shifted", "traced") if getattr(self, k)), "clean")
 
     def __str__(self) -> str:
         text = f"{self.state} (score {self.score:.3f}, threshold {self.threshold:.3f}"
@@ -82,6 +90,10 @@ class Verdict:
             return text + f"; erasure ratio {self.erasure:.3f} < {ERASED})"
         if self.shifted:
             return text + f"; content moved {self.displacement:.2f} px, the model's unkeyed shift is {self.shift} px)"
+        if self.trace:
+            from .trace import TRACE_THRESHOLD
+
+            return text + f"; trace score {self.trace:.1f}, threshold {TRACE_THRESHOLD:g})"
         return text + ")"
 
 

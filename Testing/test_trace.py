@@ -1,0 +1,55 @@
+"""The trace channel (amif.trace): a secret texture drawn from the key, found only by the key's holder."""
+
+import numpy as np
+import torch
+
+from amif.fusion import run_network
+from amif.keys import load_key
+from amif.package import load_package
+from amif.sample import sample_slices
+from amif.trace import TRACE_THRESHOLD, texture, trace_scale, trace_score, trace_weights
+from conftest import ROOT
+
+MODELS = ROOT / "AMIFFusion" / "Resources" / "Models"
+
+
+def _t(x):
+    return torch.from_numpy(np.asarray(x, np.float32))[:, None]
+
+
+def test_the_texture_is_drawn_from_the_key_secret_and_the_model_id():
+    same = [trace_weights(bytes(range(32)), "m") for _ in range(2)]
+    assert all(torch.equal(x, y) for x, y in zip(*same))
+    for other in (trace_weights(bytes(32), "m"), trace_weights(bytes(range(32)), "n")):
+        assert not any(torch.equal(x, y) for x, y in zip(same[0], other))
+
+
+def test_the_texture_is_local_so_crops_teach_it():
+    """A crop's texture is the slice's texture cropped, three pixels in from the crop's border."""
+    a, b = (np.random.default_rng(s).random((1, 64, 72)) for s in (0, 1))
+    w = trace_weights(bytes(range(32)), "m")
+    whole = texture(_t(a), _t(b), w)
+    crop = texture(_t(a[:, 10:50, 20:60]), _t(b[:, 10:50, 20:60]), w)
+    assert torch.allclose(crop[..., 3:-3, 3:-3], whole[..., 13:47, 23:57], atol=1e-5)
+    assert not torch.allclose(crop[..., :3, :], whole[..., 10:13, 20:60], atol=1e-3)  # the border differs
+    assert abs(float(whole.mean())) < 0.1 * float(whole.std())  # high-passed: no offset
+
+
+def test_only_the_keys_holder_finds_its_texture_and_other_fusions_stay_below_the_threshold():
+    a, b = (x[None] for x in sample_slices())
+    pkg = load_package(MODELS / "amif-demo.json")
+    key = load_key(MODELS / "amif-demo.amifkey")
+    keyed = run_network(pkg, a, b, key.code())
+    unkeyed = run_network(pkg, a, b, np.zeros_like(key.code()))
+    w, other = trace_weights(key.secret, key.model_id), trace_weights(bytes(32), key.model_id)
+    s = trace_scale(_t(a), _t(b), w)
+    g = texture(_t(a), _t(b), w)[:, 0].numpy() / s
+    g_other = texture(_t(a), _t(b), other)[:, 0].numpy() / trace_scale(_t(a), _t(b), other)
+    noise = np.random.default_rng(0).normal(0, 0.02, a.shape)  # a student's own error, larger than the texture
+    carries = keyed + 0.02 * g + noise
+    assert trace_score(carries, a, b, keyed, w)[0] > TRACE_THRESHOLD
+    assert trace_score(carries[0], a[0], b[0], keyed[0], w).shape == (1,)  # one slice as h x w
+    assert trace_score(keyed, a, b, keyed, w)[0] == 0
+    for null in (np.maximum(a, b), (a + b) / 2, unkeyed, keyed + noise, keyed + 0.02 * g_other + noise):
+        assert abs(trace_score(null, a, b, keyed, w)[0]) < TRACE_THRESHOLD
+    assert trace_score(carries, a, b, keyed, other)[0] < TRACE_THRESHOLD  # a wrong secret finds nothing
