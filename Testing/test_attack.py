@@ -217,6 +217,33 @@ def test_the_shift_channel_flags_textured_inpainting_until_the_shift_is_undone(t
     assert undo["flagged_after"] == 0.0 and undo["psnr_after"] > undo["psnr_before"] + 10 and not undo["met"]
 
 
+def test_the_owners_trace_check_counts_where_the_model_has_a_trace_channel(tiny_package):
+    """Images verify does not flag but that carry the key's texture (a student's) are flagged 'traced' when
+    the target holds the owner's texture (load_target sets it for a model with a trace channel), not else."""
+    from test_fusion import _textured_sources
+
+    from amif.trace import texture, trace_scale, trace_weights
+
+    key = load_key(tiny_package[1])
+    manifest = {"model_id": key.model_id, "key_id": key.key_id, "identifier": IDENT, "verify": {"threshold": 0.12}}
+    a, b = (np.stack(v) for v in zip(*(_textured_sources(seed=s, n=96) for s in range(3))))
+    t = Target(ModelPackage(manifest, MarkingNet(key.code()).eval()), key.code(), a, b)
+    w = trace_weights(key.secret, key.model_id)
+    ta, tb = torch.from_numpy(a)[:, None], torch.from_numpy(b)[:, None]
+    g = texture(ta, tb, w)[:, 0].numpy() / trace_scale(ta, tb, w)
+    noise = np.random.default_rng(0).normal(0, 0.01, a.shape)
+    student, other = t.keyed + 0.03 * g + noise, t.keyed + noise
+    assert atk.Measure.of(t, student).flagged == 0 and atk.Measure.of(t, student).traces is None
+    t.trace = w
+    m = {k: atk.Measure.of(t, x) for k, x in (("student", student), ("other", other), ("unkeyed", t.unkeyed))}
+    assert m["student"].flagged == m["student"].traced == m["student"].summary()["traced"] == 1
+    assert (m["student"].traces > 30).all() and (np.abs(m["other"].traces) < 30).all() and m["other"].flagged == 0
+    assert m["unkeyed"].flagged == 1 and (m["unkeyed"].traces == 0).all()  # marked: the check is not run
+    assert m["student"].rows([1]).traces.tolist() == m["student"].traces[1:2].tolist()
+    codes = atk.code_trials(t, np.stack([t.code, np.zeros_like(t.code)]))  # the unflagged owner's output: traced?
+    assert abs(codes.traces[0]) < 30 and codes.traces[1] == 0 and codes.flags.tolist() == [False, True]
+
+
 # ----------------------------------------------------------------- surgery
 
 

@@ -71,6 +71,37 @@ def test_distillation_students_learn_the_teacher(target):
         assert lg["images"] == 12 and lg["met"] == (lg["flagged"] >= 0.95)
 
 
+class TracingNet(MarkingNet):
+    """MarkingNet whose outputs for every code but the owner's also carry the key's texture (a model
+    trained with --trace-strength, as a test double)."""
+
+    def __init__(self, owner_code, weights, strength=0.08):
+        super().__init__(owner_code)
+        self.weights, self.strength = weights, strength
+
+    def forward(self, a, b, code, coords=None):
+        from amif.trace import texture
+
+        y = super().forward(a, b, code, coords)
+        wrong = (code.reshape(-1, code.shape[-1]) - self.owner).abs().amax(1) > 1e-6
+        g = texture(a, b, self.weights)
+        return y + self.strength * wrong.to(y)[:, None, None, None] * g / g.std()
+
+
+def test_distilled_students_carry_the_trace_texture_to_the_owners_check(target):
+    """Students of a model with a trace channel are flagged 'traced' by the owner's check (counted in
+    'flagged'), and the report says so."""
+    from amif.trace import trace_weights
+
+    target.trace = trace_weights(target.owner_secret, target.package.model_id)
+    target.net = target.package.net = TracingNet(target.code, target.trace).eval()
+    target.keyed, target.unkeyed = target.run(target.code), target.run(np.zeros_like(target.code))
+    r = learned.distillation(target, AttackOptions(**{**LEARN, "learn_steps": 200}), progress=False)
+    for d in r.data:
+        assert d["traced"] >= 0.9 and d["flagged"] >= d["traced"] and d["psnr_mean"] < 40
+    assert "the owner's trace check" in r.notes[0] and "U-Net " in r.notes[0]
+
+
 def test_fine_tuning_finds_the_mark_gain(target):
     """The mark's strength is one parameter of MarkingNet: fine-tuning with the fusion loss and no key
     drives it down, so the unkeyed outputs come out unflagged within the budget; the step is reported."""

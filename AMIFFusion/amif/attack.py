@@ -52,7 +52,7 @@ import io
 import json
 import shlex
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -154,6 +154,7 @@ class Target:
         self.device = torch.device(device)
         self.net = package.net if self.device.type == "cpu" else _frozen_copy(package.net, self.device)
         self.identifier, self.threshold, self.shift = package.identifier, package.threshold, package.shift
+        self.trace = None  # the owner's trace texture (trace.trace_weights), for a model with a trace channel
         self.keyed = self.run(self.code)
         self.unkeyed = self.run(np.zeros_like(self.code))
         self.pool = None if pool is None else tuple(np.asarray(x, np.float32) for x in pool)
@@ -212,7 +213,7 @@ class Target:
                 self._figure = self.subset([0])
             else:
                 t = Target(self.package, self.code, *self.show, ["shown"], ["shown"], str(self.device))
-                t.net = self.net
+                t.net, t.trace = self.net, self.trace
                 self._figure = t
         return self._figure
 
@@ -261,8 +262,9 @@ def scores(target: Target, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class Measure:
-    """verify scores, erasure ratios and (for a model with a mark shift) displacements against the
-    sources, PSNR and SSIM to the keyed output, per image."""
+    """verify scores, erasure ratios, (for a model with a mark shift) displacements against the
+    sources and (for a model with a trace channel) the owner's trace scores of the images verify does
+    not flag otherwise, PSNR and SSIM to the keyed output, per image."""
 
     scores: np.ndarray
     erasure: np.ndarray
@@ -272,6 +274,7 @@ class Measure:
     quality_db: float
     moved: np.ndarray | None = None  # verify.displacements of the images against their pairs' sources
     shift: int = 0  # the model's mark shift (0: no such channel)
+    traces: np.ndarray | None = None  # trace.trace_score (0 where flagged otherwise); None: no trace channel
 
     @classmethod
     def of(cls, target: Target, images: np.ndarray, ref: np.ndarray | None = None, quality_db: float = 30.0):
@@ -280,12 +283,26 @@ class Measure:
 
         ref = target.keyed if ref is None else ref
         moved = displacements(np.clip(images, 0, 1), target.a, target.b, target.identifier) if target.shift else None
-        return cls(*scores(target, images), psnr(images, ref), ssim(images, ref), target.threshold, quality_db,
-                   moved, target.shift)
+        m = cls(*scores(target, images), psnr(images, ref), ssim(images, ref), target.threshold, quality_db,
+                moved, target.shift)
+        todo = np.flatnonzero(~m.flags)
+        return m if target.trace is None else m.with_traces(target, images[todo], todo)
+
+    def with_traces(self, target: Target, unflagged: np.ndarray, pairs: np.ndarray) -> Measure:
+        """With the owner's trace scores of the images verify does not flag otherwise (`unflagged`: those
+        images, in order, fused from the target's pairs `pairs`), for a model with a trace channel."""
+        from .trace import trace_score
+
+        traces = np.zeros(len(self.scores))
+        if len(pairs):
+            traces[~self.flags] = trace_score(np.clip(unflagged, 0, 1), target.a[pairs], target.b[pairs],
+                                              target.keyed[pairs], target.trace)
+        return replace(self, traces=traces)
 
     def rows(self, rows) -> Measure:
         return Measure(self.scores[rows], self.erasure[rows], self.psnr[rows], self.ssim[rows], self.threshold,
-                       self.quality_db, None if self.moved is None else self.moved[rows], self.shift)
+                       self.quality_db, None if self.moved is None else self.moved[rows], self.shift,
+                       None if self.traces is None else self.traces[rows])
 
     @property
     def _shifted(self) -> np.ndarray:
@@ -294,11 +311,18 @@ class Measure:
         return np.zeros(len(self.scores), bool) if self.moved is None else is_shifted(self.moved, self.shift)
 
     @property
+    def _traced(self) -> np.ndarray:
+        from .trace import TRACE_THRESHOLD
+
+        return np.zeros(len(self.scores), bool) if self.traces is None else self.traces > TRACE_THRESHOLD
+
+    @property
     def flags(self) -> np.ndarray:
-        """Per image: flagged by verify (the identifier there, its strokes wiped, or the content shifted)."""
+        """Per image: flagged by verify (the identifier there, its strokes wiped, or the content shifted)
+        or, for a model with a trace channel, by the owner's trace check."""
         from .verify import ERASED
 
-        return (self.scores >= self.threshold) | (self.erasure < ERASED) | self._shifted
+        return (self.scores >= self.threshold) | (self.erasure < ERASED) | self._shifted | self._traced
 
     @property
     def flagged(self) -> float:
@@ -319,13 +343,18 @@ class Measure:
         return float(np.mean((self.scores < self.threshold) & (self.erasure >= ERASED) & self._shifted))
 
     @property
+    def traced(self) -> float:
+        """Share of images flagged by the owner's trace check alone."""
+        return float(np.mean(self._traced))
+
+    @property
     def broken(self) -> float:
         """Share of images unflagged and at keyed quality."""
         return float(np.mean(~self.flags & (self.psnr >= self.quality_db)))
 
     def summary(self) -> dict:
         return {"n": int(len(self.scores)), "flagged": self.flagged, "erased": self.erased, "shifted": self.shifted,
-                "broken": self.broken,
+                **({"traced": self.traced} if self.traces is not None else {}), "broken": self.broken,
                 "score_min": float(self.scores.min()), "score_median": float(np.median(self.scores)),
                 "psnr_mean": float(self.psnr.mean()), "psnr_max": float(self.psnr.max()),
                 "ssim_mean": float(self.ssim.mean()), "ssim_max": float(self.ssim.max())}
@@ -405,8 +434,19 @@ def code_trials(target: Target, codes: np.ndarray, batch: int = 16, quality_db: 
                 out["q"][j] = ssim(y, np.repeat(ref, len(j), 0))
                 if on_batch:
                     on_batch(len(j))
-    return Measure(out["s"], out["e"], out["p"], out["q"], target.threshold, quality_db,
-                   out["d"] if target.shift else None, target.shift)
+    m = Measure(out["s"], out["e"], out["p"], out["q"], target.threshold, quality_db,
+                out["d"] if target.shift else None, target.shift)
+    if target.trace is not None:  # the owner's trace check of the outputs verify does not flag
+        todo = np.flatnonzero(~m.flags)
+        m = m.with_traces(target, _code_outputs(target, codes[todo], todo % target.n), todo % target.n)
+    return m
+
+
+def _code_outputs(target: Target, codes: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Output i: code i on pair pairs[i] (the few that verify does not flag, so one at a time)."""
+    empty = np.zeros((0, *target.shape), np.float32)
+    return np.concatenate([empty] + [target.outputs(target.a[p : p + 1], target.b[p : p + 1], c)
+                                     for c, p in zip(codes, pairs)])
 
 
 @dataclass
@@ -704,7 +744,8 @@ def classical_removal(target: Target, opts: AttackOptions, progress: bool = True
                 ok = bool(after.flagged >= 0.95 or after.psnr.mean() < before.psnr.mean())
                 met &= ok
                 setting = plabel.format(p)
-                by = ", ".join(f"{_pct(v)} {k}" for k, v in (("erased", after.erased), ("shifted", after.shifted)) if v)
+                by = ", ".join(f"{_pct(v)} {k}" for k, v in (("erased", after.erased), ("shifted", after.shifted),
+                                                                   ("traced", after.traced)) if v)
                 by = f" ({by})" if by else ""  # which check alone flags them
                 rows.append([label, setting, f"{_pct(before.flagged)} → {_pct(after.flagged)}{by}",
                              f"{_db(before.psnr.mean())} → {_db(after.psnr.mean())}",
@@ -713,7 +754,8 @@ def classical_removal(target: Target, opts: AttackOptions, progress: bool = True
                              _pct(after.broken), _yes(ok), f"{target.n} / 1 / {secs:.2f}"])
                 data.append({"attack": label, "setting": setting, "flagged_before": before.flagged,
                              "flagged_after": after.flagged, "erased_after": after.erased,
-                             "shifted_after": after.shifted, "psnr_before": float(before.psnr.mean()),
+                             "shifted_after": after.shifted, "traced_after": after.traced,
+                             "psnr_before": float(before.psnr.mean()),
                              "psnr_after": float(after.psnr.mean()), "ssim_before": float(before.ssim.mean()),
                              "ssim_after": float(after.ssim.mean()), "psnr_same_on_keyed": float(own.mean()),
                              "broken": after.broken, "met": ok, "images": target.n, "steps": 1, "seconds": secs})
@@ -740,6 +782,9 @@ def classical_removal(target: Target, opts: AttackOptions, progress: bool = True
             "`verify.shift`); `verify`, given the two sources, flags an output displaced by at least half that "
             "('shifted' in the table), which no transform above undoes; the last variant moves the image back "
             "first." if target.shift else "")
+         + (" This model's unkeyed outputs also carry a secret texture (manifest `verify.trace_strength`); the "
+            "owner's check (`verify --key`, the key's texture against the keyed output) flags an output that "
+            "still carries it ('traced' in the table)." if target.trace is not None else "")
          + f" For scale: the sources' max rule alone, no model at all, is {_db(no_model.mean())} dB to the keyed "
            f"output ({_pct((no_model >= opts.quality_db).mean())} of images at keyed quality, "
            f">= {opts.quality_db:g} dB); filling the strokes from it needs only the sources, which every user has."],
@@ -1174,6 +1219,10 @@ def load_target(model=None, key=None, data=None, split: str = "test", limit: int
     t = Target(pkg, k.code(), a8.astype(np.float32) / 255, b8.astype(np.float32) / 255,
                [p.kind for p in pairs], [p.name for p in pairs], device, pool_ab, show)
     t.owner_secret = k.secret  # for the owner's-secret-under-other-ids codes only; never written anywhere
+    if pkg.manifest.get("verify", {}).get("trace_strength"):  # the owner's check counts, as `verify --key` does
+        from .trace import trace_weights
+
+        t.trace = trace_weights(k.secret, k.model_id)
     info = {"model_path": str(model_path), "key_path": str(key), "key_id": k.key_id, "data": str(data),
             "split": split, "pairs": len(pairs), "limit": limit, "attacker_pairs": len(pool_ab[0]) if pool else 0,
             "show_sample": show_sample}

@@ -248,7 +248,11 @@ def distillation(target, opts, progress: bool = True):
         [f"Each student maps the two sources (and their mean, the residual's base) to the released model's unkeyed "
          f"output, L1, on {n} pairs of the train split, {opts.learn_steps:,} Adam steps (lr {opts.learn_lr:g}, "
          f"batch {opts.learn_batch}, {opts.learn_crop}-pixel crops); it never sees a keyed output. Then it runs on "
-         "the attacked pairs."],
+         "the attacked pairs."
+         + (" 'Flagged' counts the owner's trace check as well (this model's unkeyed outputs carry the key's secret "
+            "texture: `verify --key`); the students' outputs it alone flags: "
+            + ", ".join(f"{d['student']} {_pct(d['traced'])}" for d in data) + "."
+            if target.trace is not None else "")],
         time.perf_counter() - t0, [figure])
 
 
