@@ -53,3 +53,21 @@ def test_only_the_keys_holder_finds_its_texture_and_other_fusions_stay_below_the
     for null in (np.maximum(a, b), (a + b) / 2, unkeyed, keyed + noise, keyed + 0.02 * g_other + noise):
         assert abs(trace_score(null, a, b, keyed, w)[0]) < TRACE_THRESHOLD
     assert trace_score(carries, a, b, keyed, other)[0] < TRACE_THRESHOLD  # a wrong secret finds nothing
+
+
+def test_calibrate_trace_refuses_a_model_without_a_trace_channel(tiny_package, tmp_path, capsys):
+    import importlib.util
+    import shutil
+
+    from test_evaluate import _synthetic_pairs
+
+    data = _synthetic_pairs(tmp_path / "data")
+    for folder in data.iterdir():
+        shutil.copytree(folder / "test", folder / "train")
+    spec = importlib.util.spec_from_file_location("calibrate_trace", ROOT / "tools" / "calibrate_trace.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    _, key, d = tiny_package
+    out = tmp_path / "scores.json"
+    assert tool.main(["-m", str(d / "tiny.json"), "-k", str(key), "--data", str(data), "-o", str(out)]) == 2
+    assert "has no trace channel" in capsys.readouterr().err and not out.exists()

@@ -1,0 +1,108 @@
+"""How far the owner's trace check puts images that carry a model's texture from images that do not.
+
+    python tools/calibrate_trace.py -m MODEL.json -k OWNER.amifkey [--split test] [--limit 6] [-o trace.json]
+
+For a model trained with `amif train --trace-strength S`, on the pairs of a Harvard split, it prints the
+trace scores (amif.trace.trace_score, threshold TRACE_THRESHOLD) of
+* images that must stay below the threshold: other fusions of the same sources (mean, max rule,
+  Laplacian pyramid), the unprotected twins in Resources/Twins, the model's own keyed outputs as they
+  are and after JPEG 50, Gaussian blur (1 px) and noise (5/255), a student of the keyed outputs (a
+  licensee distilling their own licensed outputs), and a student of the unkeyed outputs of the bundled
+  model when that has no trace channel;
+* images that should be above it: the model's unkeyed outputs with the identifier's strokes filled
+  from the keyed output, the students of the unkeyed outputs that `amif attack` distils (U-Net, plain
+  CNN), and those students after blur, JPEG and noise (an attacker cleaning up a student's output).
+Students are trained exactly as `amif attack --attacks distillation` trains them (its --learn-* defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "AMIFFusion"))
+
+from amif.attack import AttackOptions, gaussian_blur, gaussian_noise, identifier_region, jpeg, load_target  # noqa: E402
+from amif.attack_learned import STUDENTS, apply, fit  # noqa: E402
+from amif.baselines import BASELINES  # noqa: E402
+from amif.data import default_data_dir  # noqa: E402
+from amif.errors import AMIFError  # noqa: E402
+from amif.package import bundled_model_path, load_package  # noqa: E402
+from amif.trace import TRACE_THRESHOLD, trace_score  # noqa: E402
+
+TWINS = ROOT / "Resources" / "Twins"
+CLEANUPS = {"blur 1 px": lambda x: gaussian_blur(x, 1.0), "JPEG 50": lambda x: jpeg(x, 50),
+            "noise 5/255": lambda x: gaussian_noise(x, 5, 0)}
+
+
+def student(target, teacher: np.ndarray, cls, opts: AttackOptions) -> np.ndarray:
+    """A student (as `amif attack` distils one) of `teacher`, the outputs on the attacker's pairs, run on the
+    attacked pairs."""
+    import torch
+
+    pa, pb = target.pool
+    torch.manual_seed(opts.seed)
+    net = cls(3)
+    fit(net, [(pa + pb) / 2, pa, pb], teacher, np.arange(len(pa)), opts, opts.seed)
+    return apply(net, [(target.a + target.b) / 2, target.a, target.b], opts.device)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-m", "--model", required=True)
+    p.add_argument("-k", "--key", required=True, help="the owner's key file")
+    p.add_argument("--data", type=Path, default=default_data_dir())
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=6, help="pairs per pair type")
+    p.add_argument("-o", "--output", type=Path, help="write the scores as JSON too")
+    args = p.parse_args(argv)
+    t0 = time.time()
+    try:
+        target, _ = load_target(args.model, args.key, args.data, args.split, args.limit, pool=True)
+        if target.trace is None:
+            raise AMIFError(f"Model {args.model} has no trace channel (trained without --trace-strength).")
+    except (AMIFError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    opts = AttackOptions().check()
+    a, b, keyed = target.a, target.b, target.keyed
+    nulls = {name: np.stack([fn(x, y) for x, y in zip(a, b)]).clip(0, 1) for name, fn in BASELINES.items()}
+    for f in sorted(TWINS.glob("*.json")):
+        nulls[f"twin {f.stem}"] = target.outputs(a, b, None, net=load_package(f).net.eval())
+    nulls["keyed"] = keyed
+    nulls.update({f"keyed, {k}": fn(keyed) for k, fn in CLEANUPS.items()})
+    pool_keyed = target.outputs(*target.pool, target.code)
+    nulls["U-Net student of the keyed outputs"] = student(target, pool_keyed, STUDENTS["U-Net"], opts)
+    bundled = load_package(bundled_model_path())
+    if not bundled.manifest.get("verify", {}).get("trace_strength"):
+        nulls["U-Net student of the bundled model's unkeyed outputs"] = student(
+            target, target.outputs(*target.pool, None, net=bundled.net.eval()), STUDENTS["U-Net"], opts)
+    region = identifier_region(target.identifier, *target.shape, 2)
+    carry = {"unkeyed, strokes filled from the keyed output": np.where(region, keyed, target.unkeyed)}
+    teacher = target.outputs(*target.pool, None)
+    for label, cls in STUDENTS.items():
+        out = student(target, teacher, cls, opts)
+        carry[f"{label} student of the unkeyed outputs"] = out
+        carry.update({f"{label} student, {k}": fn(out) for k, fn in CLEANUPS.items()})
+    doc = {"model": str(args.model), "split": args.split, "pairs": target.n, "threshold": TRACE_THRESHOLD,
+           "groups": {}}
+    for group, images in (("must stay below", nulls), ("should be above", carry)):
+        print(f"--- {group} {TRACE_THRESHOLD:g}: min / median / max, share above")
+        for name, img in images.items():
+            z = trace_score(img, a, b, keyed, target.trace)
+            doc["groups"].setdefault(group, {})[name] = z.tolist()
+            print(f"{name:58s} {z.min():7.1f} {np.median(z):7.1f} {z.max():7.1f}  {np.mean(z > TRACE_THRESHOLD):5.0%}")
+    print(f"{target.n} pairs, {time.time() - t0:.0f} s")
+    if args.output:
+        args.output.write_text(json.dumps(doc, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
