@@ -222,7 +222,7 @@ def test_the_owners_trace_check_counts_where_the_model_has_a_trace_channel(tiny_
     the target holds the owner's texture (load_target sets it for a model with a trace channel), not else."""
     from test_fusion import _textured_sources
 
-    from amif.trace import texture, trace_scale, trace_weights
+    from amif.trace import TRACE_THRESHOLD, texture, trace_scale, trace_weights
 
     key = load_key(tiny_package[1])
     manifest = {"model_id": key.model_id, "key_id": key.key_id, "identifier": IDENT, "verify": {"threshold": 0.12}}
@@ -237,11 +237,12 @@ def test_the_owners_trace_check_counts_where_the_model_has_a_trace_channel(tiny_
     t.trace = w
     m = {k: atk.Measure.of(t, x) for k, x in (("student", student), ("other", other), ("unkeyed", t.unkeyed))}
     assert m["student"].flagged == m["student"].traced == m["student"].summary()["traced"] == 1
-    assert (m["student"].traces > 30).all() and (np.abs(m["other"].traces) < 30).all() and m["other"].flagged == 0
+    assert (m["student"].traces > TRACE_THRESHOLD).all() and m["other"].flagged == 0
+    assert (np.abs(m["other"].traces) < TRACE_THRESHOLD).all()
     assert m["unkeyed"].flagged == 1 and (m["unkeyed"].traces == 0).all()  # marked: the check is not run
     assert m["student"].rows([1]).traces.tolist() == m["student"].traces[1:2].tolist()
     codes = atk.code_trials(t, np.stack([t.code, np.zeros_like(t.code)]))  # the unflagged owner's output: traced?
-    assert abs(codes.traces[0]) < 30 and codes.traces[1] == 0 and codes.flags.tolist() == [False, True]
+    assert abs(codes.traces[0]) < TRACE_THRESHOLD and codes.traces[1] == 0 and codes.flags.tolist() == [False, True]
 
 
 # ----------------------------------------------------------------- surgery
