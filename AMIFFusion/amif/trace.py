@@ -23,7 +23,7 @@ from .keys import KeyFile, hkdf_sha256, load_key
 
 # z above which an image carries the texture. Provisional: pixels are not independent, so z's spread without
 # the texture is wider than 1; independently trained networks (the twins) reached 37 on 18 test pairs, other
-# fusions and cleaned-up keyed outputs 23. Students of a trace model's unkeyed outputs mostly scored 48-205, but
+# fusions and cleaned-up keyed outputs 19. Students of a trace model's unkeyed outputs mostly scored 48-205, but
 # two of 18 outputs of one U-Net student stayed below 30 (tools/calibrate_trace.py, amif attack).
 TRACE_THRESHOLD = 60.0
 HIDDEN = 16  # channels of the texture's first convolution
