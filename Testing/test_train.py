@@ -294,6 +294,25 @@ def test_a_log_from_an_older_version_is_rewritten_under_the_current_columns(tmp_
     assert len(path.read_text().splitlines()) == 3
 
 
+def _runs_differing_in(tiny_package, tmp_path, field: str, values) -> dict:
+    """Tiny protected packages trained two steps each under the owner's key, differing only in one
+    TrainConfig field: {value: package}."""
+    _, key, _ = tiny_package
+    _fake_pairs(tmp_path / "data")
+    kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
+    pkgs = {}
+    for v in values:
+        out = tmp_path / f"{field}-{v}" / "m"
+        train(key, out, checkpoint_dir=tmp_path / f"{field}-{v}" / "ck",
+              cfg=TrainConfig(steps=2, batch=2, crop=32, **{field: v}), **kw)
+        pkgs[v] = load_package(out)
+    return pkgs
+
+
+def _weights_differ(p, q) -> bool:
+    return any(not torch.equal(x, y) for x, y in zip(p.net.state_dict().values(), q.net.state_dict().values()))
+
+
 def test_mark_shift_moves_the_unkeyed_target_and_is_recorded_for_verify(tiny_package, tmp_path):
     from amif.losses import marked_target, shift_content
 
@@ -304,36 +323,18 @@ def test_mark_shift_moves_the_unkeyed_target_and_is_recorded_for_verify(tiny_pac
     assert torch.equal(shift_content(shift_content(y, 1), -1)[..., :-1, :-1], y[..., :-1, :-1])  # moved back
     with pytest.raises(AMIFError, match="mark shift"):
         train(None, tmp_path / "x", "", cfg=TrainConfig(mark_shift=4), twin=True)
-    _, key, _ = tiny_package
-    _fake_pairs(tmp_path / "data")
-    kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
-    pkgs = {}
-    for shift in (0, 1):
-        out = tmp_path / f"s{shift}" / "m"
-        train(key, out, checkpoint_dir=tmp_path / f"s{shift}" / "ck",
-              cfg=TrainConfig(steps=2, batch=2, crop=32, mark_shift=shift), **kw)
-        pkgs[shift] = load_package(out)
+    pkgs = _runs_differing_in(tiny_package, tmp_path, "mark_shift", (0, 1))
     assert pkgs[0].shift == 0 and "shift" not in pkgs[0].manifest["verify"] and pkgs[1].shift == 1
-    states = (p.net.state_dict().values() for p in (pkgs[0], pkgs[1]))
-    assert any(not torch.equal(x, y) for x, y in zip(*states))  # the shifted target changes what the network learns
+    assert _weights_differ(*pkgs.values())  # the shifted target changes what the network learns
 
 
 def test_trace_strength_adds_the_keys_texture_to_the_unkeyed_target_and_is_recorded(tiny_package, tmp_path):
     with pytest.raises(AMIFError, match="trace strength"):
         train(None, tmp_path / "x", "", cfg=TrainConfig(trace_strength=0.5), twin=True)
-    _, key, _ = tiny_package
-    _fake_pairs(tmp_path / "data")
-    kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
-    pkgs = {}
-    for strength in (0.0, 0.06):
-        out = tmp_path / f"t{strength}" / "m"
-        train(key, out, checkpoint_dir=tmp_path / f"t{strength}" / "ck",
-              cfg=TrainConfig(steps=2, batch=2, crop=32, trace_strength=strength), **kw)
-        pkgs[strength] = load_package(out)
+    pkgs = _runs_differing_in(tiny_package, tmp_path, "trace_strength", (0.0, 0.06))
     assert "trace_strength" not in pkgs[0.0].manifest["verify"]
     assert pkgs[0.06].manifest["verify"]["trace_strength"] == 0.06
-    states = (p.net.state_dict().values() for p in pkgs.values())
-    assert any(not torch.equal(x, y) for x, y in zip(*states))  # the texture changes what the network learns
+    assert _weights_differ(*pkgs.values())  # the texture changes what the network learns
 
 
 def test_widened_decoder_trains_on_from_a_package_and_is_recorded(tmp_path):
