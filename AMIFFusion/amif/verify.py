@@ -71,6 +71,8 @@ class Verdict:
     @property
     def traced(self) -> bool:
         """None of those, but the key's holder finds the model's unkeyed texture (a student of its outputs)."""
+        if not self.trace:  # not measured: amif.trace (and torch) need not load
+            return False
         from .trace import TRACE_THRESHOLD
 
         return not (self.marked or self.erased or self.shifted) and self.trace > TRACE_THRESHOLD
