@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     pool_keyed = target.outputs(*target.pool, target.code)
     nulls["U-Net student of the keyed outputs"] = student(target, pool_keyed, STUDENTS["U-Net"], opts)
     bundled = load_package(bundled_model_path())
-    if not bundled.manifest.get("verify", {}).get("trace_strength"):
+    if not bundled.trace_strength:
         nulls["U-Net student of the bundled model's unkeyed outputs"] = student(
             target, target.outputs(*target.pool, None, net=bundled.net.eval()), STUDENTS["U-Net"], opts)
     region = identifier_region(target.identifier, *target.shape, 2)

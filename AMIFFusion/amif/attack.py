@@ -285,8 +285,10 @@ class Measure:
         moved = displacements(np.clip(images, 0, 1), target.a, target.b, target.identifier) if target.shift else None
         m = cls(*scores(target, images), psnr(images, ref), ssim(images, ref), target.threshold, quality_db,
                 moved, target.shift)
+        if target.trace is None:
+            return m
         todo = np.flatnonzero(~m.flags)
-        return m if target.trace is None else m.with_traces(target, images[todo], todo)
+        return m.with_traces(target, images[todo], todo)
 
     def with_traces(self, target: Target, unflagged: np.ndarray, pairs: np.ndarray) -> Measure:
         """With the owner's trace scores of the images verify does not flag otherwise (`unflagged`: those
@@ -1219,7 +1221,7 @@ def load_target(model=None, key=None, data=None, split: str = "test", limit: int
     t = Target(pkg, k.code(), a8.astype(np.float32) / 255, b8.astype(np.float32) / 255,
                [p.kind for p in pairs], [p.name for p in pairs], device, pool_ab, show)
     t.owner_secret = k.secret  # for the owner's-secret-under-other-ids codes only; never written anywhere
-    if pkg.manifest.get("verify", {}).get("trace_strength"):  # the owner's check counts, as `verify --key` does
+    if pkg.trace_strength:  # the owner's check counts, as `verify --key` does
         from .trace import trace_weights
 
         t.trace = trace_weights(k.secret, k.model_id)

@@ -50,6 +50,11 @@ class ModelPackage:
         """Pixels the unkeyed outputs move their content right and down (0: no such channel)."""
         return int(self.manifest.get("verify", {}).get("shift", 0))
 
+    @property
+    def trace_strength(self) -> float:
+        """The std of the key's secret texture in the unkeyed outputs (0: no trace channel; amif.trace)."""
+        return float(self.manifest.get("verify", {}).get("trace_strength", 0.0))
+
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
@@ -125,6 +130,9 @@ def read_manifest(path) -> tuple[dict, Path]:
     shift = verify.get("shift", 0)
     if isinstance(shift, bool) or not isinstance(shift, int) or not 0 <= shift <= 3:
         raise AMIFError(f"Model manifest {name}: 'verify' 'shift' must be a whole number of pixels from 0 to 3.")
+    strength = verify.get("trace_strength", 0.0)
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 0.25:
+        raise AMIFError(f"Model manifest {name}: 'verify' 'trace_strength' must be a number from 0 to 0.25.")
     if not manifest.get("twin"):
         try:
             check_text(manifest["identifier"])

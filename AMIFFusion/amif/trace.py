@@ -92,7 +92,7 @@ def trace_check(package, key, image: np.ndarray, a: np.ndarray, b: np.ndarray) -
     file of this model, which the texture is drawn from and which gives the keyed reference."""
     from .fusion import run_network
 
-    if not package.manifest.get("verify", {}).get("trace_strength"):
+    if not package.trace_strength:
         raise AMIFError(f"Model '{package.model_id}' has no trace channel (it was trained without --trace-strength): "
                         "there is no texture to look for.")
     key = key if isinstance(key, KeyFile) else load_key(key)
