@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "AMIFFusion"))
 
 from amif.attack import AttackOptions, gaussian_blur, gaussian_noise, identifier_region, jpeg, load_target  # noqa: E402
-from amif.attack_learned import STUDENTS, apply, fit  # noqa: E402
+from amif.attack_learned import STUDENTS, distil, run  # noqa: E402
 from amif.baselines import BASELINES  # noqa: E402
 from amif.data import default_data_dir  # noqa: E402
 from amif.errors import AMIFError  # noqa: E402
@@ -44,13 +44,8 @@ CLEANUPS = {"blur 1 px": lambda x: gaussian_blur(x, 1.0), "JPEG 50": lambda x: j
 def student(target, teacher: np.ndarray, cls, opts: AttackOptions) -> np.ndarray:
     """A student (as `amif attack` distils one) of `teacher`, the outputs on the attacker's pairs, run on the
     attacked pairs."""
-    import torch
-
-    pa, pb = target.pool
-    torch.manual_seed(opts.seed)
-    net = cls(3)
-    fit(net, [(pa + pb) / 2, pa, pb], teacher, np.arange(len(pa)), opts, opts.seed)
-    return apply(net, [(target.a + target.b) / 2, target.a, target.b], opts.device)
+    net, _ = distil(cls, *target.pool, teacher, opts)
+    return run(net, target.a, target.b, opts.device)
 
 
 def main(argv=None) -> int:

@@ -210,6 +210,21 @@ def learned_removal(target, opts, progress: bool = True):
         time.perf_counter() - t0, [figure])
 
 
+def distil(cls, a: np.ndarray, b: np.ndarray, teacher: np.ndarray, opts, bar=None):
+    """A student network `cls` trained as the distillation attack trains one: L1 from the sources (and their
+    mean, the residual's base) of pairs `a`, `b` to the `teacher`'s outputs on them. Returns it (on
+    opts.device) and its training seconds; `run(student, a, b)` gives its outputs."""
+    torch.manual_seed(opts.seed)
+    student = cls(3)
+    secs = fit(student, [(a + b) / 2, a, b], teacher, np.arange(len(a)), opts, opts.seed, bar)
+    return student, secs
+
+
+def run(student, a: np.ndarray, b: np.ndarray, device: str = "cpu") -> np.ndarray:
+    """A student's outputs on pairs `a`, `b` (the inputs `distil` trained it on)."""
+    return apply(student, [(a + b) / 2, a, b], device)
+
+
 def distillation(target, opts, progress: bool = True):
     from .attack import AttackResult, Measure, _bar, _db, _pct, _yes, psnr
 
@@ -221,13 +236,10 @@ def distillation(target, opts, progress: bool = True):
     teacher = _released_outputs(target, idx)
     fig = target.figure_target()
     rows, data, figure = [], [], [("keyed", fig.keyed[0]), ("unkeyed", fig.unkeyed[0])]
-    mean_in = lambda a, b: (a + b) / 2  # noqa: E731  (channel 0: the residual's base)
     with _bar(len(STUDENTS) * opts.learn_steps, "distillation", progress) as bar:
         for label, cls in STUDENTS.items():
-            torch.manual_seed(opts.seed)
-            student = cls(3)
-            secs = fit(student, [mean_in(sa, sb), sa, sb], teacher, np.arange(n), opts, opts.seed, bar)
-            out = apply(student, [mean_in(target.a, target.b), target.a, target.b], opts.device)
+            student, secs = distil(cls, sa, sb, teacher, opts, bar)
+            out = run(student, target.a, target.b, opts.device)
             m = Measure.of(target, out, quality_db=opts.quality_db)
             fidelity = psnr(out, target.unkeyed)
             ok = m.flagged >= 0.95
@@ -237,7 +249,7 @@ def distillation(target, opts, progress: bool = True):
             data.append({"student": label, "parameters": params, **m.summary(),
                          "psnr_to_teacher": float(fidelity.mean()), "met": bool(ok), "images": n,
                          "steps": opts.learn_steps, "seconds": secs})
-            figure.append((f"student {label}", apply(student, [mean_in(fig.a, fig.b), fig.a, fig.b], opts.device)[0]))
+            figure.append((f"student {label}", run(student, fig.a, fig.b, opts.device)[0]))
     met = all(d["met"] for d in data)
     summary = "; ".join(f"{d['student']}: {_pct(d['flagged'])} flagged, {d['psnr_mean']:.1f} dB to keyed" for d in data)
     return AttackResult(

@@ -58,10 +58,10 @@ def trace_scale(a: torch.Tensor, b: torch.Tensor, weights) -> float:
         return float(texture(a, b, weights).std())
 
 
-def _residual(v: np.ndarray, regs: list[np.ndarray]) -> np.ndarray:
-    x = np.stack([np.ones(v.size)] + [r.ravel() for r in regs], 1)
-    c, *_ = np.linalg.lstsq(x, v.ravel(), rcond=None)
-    return v - (x @ c).reshape(v.shape)
+def _residuals(regs: list[np.ndarray], *vs: np.ndarray) -> list[np.ndarray]:
+    """Each of `vs` (flattened) minus its least-squares fit on a constant and the regressors `regs`."""
+    q, _ = np.linalg.qr(np.stack([np.ones(regs[0].size)] + [r.ravel() for r in regs], 1))
+    return [v.ravel() - q @ (q.T @ v.ravel()) for v in vs]
 
 
 def trace_score(image: np.ndarray, a: np.ndarray, b: np.ndarray, keyed: np.ndarray, weights) -> np.ndarray:
@@ -77,12 +77,12 @@ def trace_score(image: np.ndarray, a: np.ndarray, b: np.ndarray, keyed: np.ndarr
     with torch.no_grad():
         g = texture(ta, tb, weights)[:, 0].numpy()
         r = detail(img - tk)[:, 0].numpy()
-        blur = F.avg_pool2d(F.pad(tk, (2,) * 4, mode="replicate"), 5, 1)
+        blur = tk - detail(tk)
         regs = [detail(x)[:, 0].numpy() for x in (ta, tb, torch.maximum(ta, tb), (ta - tb).abs(), tk, blur)]
     z = np.empty(len(g))
     for i in range(len(g)):
-        gi, ri = _residual(g[i], [x[i] for x in regs]), _residual(r[i], [x[i] for x in regs])
-        z[i] = (gi * ri).sum() / (np.sqrt((gi * gi).sum() * (ri * ri).sum()) + 1e-12) * np.sqrt(gi.size)
+        gi, ri = _residuals([x[i] for x in regs], g[i], r[i])
+        z[i] = gi @ ri / (np.sqrt((gi @ gi) * (ri @ ri)) + 1e-12) * np.sqrt(gi.size)
     return z
 
 
