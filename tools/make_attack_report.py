@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "AMIFFusion"))
 
-from amif.attack import FORGING_GOAL, AttackOptions, attack, pool_setting  # noqa: E402
+from amif.attack import AttackOptions, attack, forging_verdict, pool_setting  # noqa: E402
 from amif.data import default_data_dir  # noqa: E402
 
 OUT = ROOT / "Resources" / "attack"
@@ -53,11 +53,11 @@ def with_pooled_forging(doc: dict, pooled: dict | None) -> dict:
     if not pooled or "forging" not in att or pooled.get("setting") != pool_setting(doc):
         return doc
     rows = pooled["pooled"]
-    met = all(r["rate_upper_95"] < FORGING_GOAL for r in rows)
+    met, undecided = forging_verdict(rows)
     counts = "; ".join(f"{r['variant']}: {r['successes']}/{r['restarts']} (rate at most "
                        f"{100 * r['rate_upper_95']:.2f}%)" for r in rows)
     where = f"pooled with the runs of other seeds in [{POOLED}.md]({POOLED}.md)"
-    forging = {**att["forging"], "met": met, "undecided": not met and not any(r["successes"] for r in rows),
+    forging = {**att["forging"], "met": met, "undecided": undecided,
                "summary": f"{att['forging']['summary']}; {where}: {counts}"}
     return {**doc, "attacks": {**att, "forging": forging}}
 

@@ -68,6 +68,13 @@ SUCCESS_SHARE = 0.5  # an attack succeeds when at least this share of its images
 FORGING_GOAL = 0.05  # forging is met when the success rate's 95% upper bound is below this
 
 
+def forging_verdict(rows) -> tuple[bool, bool]:
+    """(met, undecided) of key forging from its objectives' rows (each with 'rate_upper_95' and 'successes'):
+    met when every objective's bound is below FORGING_GOAL; undecided when not, yet no restart succeeded."""
+    met = all(r["rate_upper_95"] < FORGING_GOAL for r in rows)
+    return met, not met and not any(r["successes"] for r in rows)
+
+
 @dataclass
 class AttackOptions:
     random_codes: int = 10_000
@@ -1035,8 +1042,7 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
                          "step_budget": opts.forge_steps,
                          "runs": runs, "met": ok, "images": len(idx), "steps": sum(x["steps"] for x in runs),
                          "seconds": secs})
-    met = all(d["met"] for d in data)
-    undecided = not met and not any(d["successes"] for d in data)
+    met, undecided = forging_verdict(data)
     summary = "; ".join(f"{d['variant']}: {d['successes']}/{d['restarts']} restarts succeed within "
                         f"{d['step_budget']:,} steps (rate at most {_pct(d['rate_upper_95'])})" for d in data)
     return AttackResult(
