@@ -7,7 +7,7 @@ from amif.fusion import run_network
 from amif.keys import load_key
 from amif.package import load_package
 from amif.sample import sample_slices
-from amif.trace import TRACE_THRESHOLD, texture, trace_scale, trace_score, trace_weights
+from amif.trace import TRACE_THRESHOLD, null_spread, texture, trace_scale, trace_score, trace_weights
 from conftest import ROOT
 
 MODELS = ROOT / "AMIFFusion" / "Resources" / "Models"
@@ -25,14 +25,14 @@ def test_the_texture_is_drawn_from_the_key_secret_and_the_model_id():
 
 
 def test_the_texture_is_local_so_crops_teach_it():
-    """A crop's texture is the slice's texture cropped, three pixels in from the crop's border."""
-    a, b = (np.random.default_rng(s).random((1, 64, 72)) for s in (0, 1))
+    """A crop's texture is the slice's texture cropped, eight pixels in from the crop's border."""
+    a, b = (x[None] for x in sample_slices())
     w = trace_weights(bytes(range(32)), "m")
     whole = texture(_t(a), _t(b), w)
-    crop = texture(_t(a[:, 10:50, 20:60]), _t(b[:, 10:50, 20:60]), w)
-    assert torch.allclose(crop[..., 3:-3, 3:-3], whole[..., 13:47, 23:57], atol=1e-5)
-    assert not torch.allclose(crop[..., :3, :], whole[..., 10:13, 20:60], atol=1e-3)  # the border differs
-    assert abs(float(whole.mean())) < 0.1 * float(whole.std())  # high-passed: no offset
+    crop = texture(_t(a[:, 40:120, 20:110]), _t(b[:, 40:120, 20:110]), w)
+    assert torch.allclose(crop[..., 8:-8, 8:-8], whole[..., 48:112, 28:102], atol=1e-5)
+    assert not torch.allclose(crop[..., :3, :], whole[..., 40:43, 20:110], atol=1e-3)  # the border differs
+    assert float(whole.std()) > 0.01 and abs(float(whole.mean())) < 0.1 * float(whole.std())  # high-passed
 
 
 def test_only_the_keys_holder_finds_its_texture_and_other_fusions_stay_below_the_threshold():
@@ -71,3 +71,22 @@ def test_calibrate_trace_refuses_a_model_without_a_trace_channel(tiny_package, t
     out = tmp_path / "scores.json"
     assert tool.main(["-m", str(d / "tiny.json"), "-k", str(key), "--data", str(data), "-o", str(out)]) == 2
     assert "has no trace channel" in capsys.readouterr().err and not out.exists()
+
+
+def test_the_null_spread_is_the_scores_spread_over_textures_of_other_secrets():
+    a, b = (x[None] for x in sample_slices())
+    pkg = load_package(MODELS / "amif-demo.json")
+    key = load_key(MODELS / "amif-demo.amifkey")
+    keyed = run_network(pkg, a, b, key.code())
+    w = trace_weights(key.secret, key.model_id)
+    g = texture(_t(a), _t(b), w)[:, 0].numpy() / trace_scale(_t(a), _t(b), w)
+    noise = np.random.default_rng(0).normal(0, 0.02, a.shape)
+    spreads = {}
+    for name, null in (("max", np.maximum(a, b)), ("mean", (a + b) / 2), ("noise", keyed + noise),
+                       ("unkeyed", run_network(pkg, a, b, np.zeros_like(key.code())))):
+        spreads[name] = null_spread(null, a, b, keyed)
+        assert spreads[name].shape == (1,) and abs(trace_score(null, a, b, keyed, w)[0]) < 3 * spreads[name][0]
+    assert 0.3 < spreads["noise"][0] < 1.5  # white noise (its detail finer than the texture): z at most N(0, 1)
+    assert spreads["unkeyed"][0] > 1.5 * spreads["noise"][0]  # a structured residual spreads wider
+    carries = keyed + 0.02 * g + noise
+    assert trace_score(carries, a, b, keyed, w)[0] > 10 * null_spread(keyed + noise, a, b, keyed)[0]

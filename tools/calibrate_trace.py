@@ -1,6 +1,7 @@
 """How far the owner's trace check puts images that carry a model's texture from images that do not.
 
-    python tools/calibrate_trace.py -m MODEL.json -k OWNER.amifkey [--split test] [--limit 6] [-o trace.json]
+    python tools/calibrate_trace.py -m MODEL.json -k OWNER.amifkey [--split test] [--limit 6]
+        [--learn-steps 1000] [--learn-batch 8] [-o trace.json]
 
 For a model trained with `amif train --trace-strength S`, on the pairs of a Harvard split, it prints the
 trace scores (amif.trace.trace_score, threshold TRACE_THRESHOLD) of
@@ -12,7 +13,11 @@ trace scores (amif.trace.trace_score, threshold TRACE_THRESHOLD) of
 * images that should be above it: the model's unkeyed outputs with the identifier's strokes filled
   from the keyed output, the students of the unkeyed outputs that `amif attack` distils (U-Net, plain
   CNN), and those students after blur, JPEG and noise (an attacker cleaning up a student's output).
-Students are trained exactly as `amif attack --attacks distillation` trains them (its --learn-* defaults).
+Students are trained exactly as `amif attack --attacks distillation` trains them (--learn-steps/--learn-batch as there).
+For each image that must stay below, it also prints the null spread (amif.trace.null_spread): the
+trace score's standard deviation on that image measured with textures of other secrets, so the
+threshold can be read in null standard deviations (pixels are not independent, so z's spread is
+wider than 1).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from amif.baselines import BASELINES  # noqa: E402
 from amif.data import default_data_dir  # noqa: E402
 from amif.errors import AMIFError  # noqa: E402
 from amif.package import bundled_model_path, load_package  # noqa: E402
-from amif.trace import TRACE_THRESHOLD, trace_score  # noqa: E402
+from amif.trace import TRACE_THRESHOLD, null_spread, trace_score  # noqa: E402
 
 TWINS = ROOT / "Resources" / "Twins"
 CLEANUPS = {"blur 1 px": lambda x: gaussian_blur(x, 1.0), "JPEG 50": lambda x: jpeg(x, 50),
@@ -55,17 +60,19 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=Path, default=default_data_dir())
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, default=6, help="pairs per pair type")
+    p.add_argument("--learn-steps", type=int, default=AttackOptions.learn_steps, help="each student's Adam steps")
+    p.add_argument("--learn-batch", type=int, default=AttackOptions.learn_batch)
     p.add_argument("-o", "--output", type=Path, help="write the scores as JSON too")
     args = p.parse_args(argv)
     t0 = time.time()
     try:
+        opts = AttackOptions(learn_steps=args.learn_steps, learn_batch=args.learn_batch).check()
         target, _ = load_target(args.model, args.key, args.data, args.split, args.limit, pool=True)
         if target.trace is None:
             raise AMIFError(f"Model {args.model} has no trace channel (trained without --trace-strength).")
     except (AMIFError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    opts = AttackOptions().check()
     a, b, keyed = target.a, target.b, target.keyed
     nulls = {name: np.stack([fn(x, y) for x, y in zip(a, b)]).clip(0, 1) for name, fn in BASELINES.items()}
     for f in sorted(TWINS.glob("*.json")):
@@ -86,13 +93,22 @@ def main(argv=None) -> int:
         carry[f"{label} student of the unkeyed outputs"] = out
         carry.update({f"{label} student, {k}": fn(out) for k, fn in CLEANUPS.items()})
     doc = {"model": str(args.model), "split": args.split, "pairs": target.n, "threshold": TRACE_THRESHOLD,
-           "groups": {}}
+           "groups": {}, "null_spread": {}}
     for group, images in (("must stay below", nulls), ("should be above", carry)):
-        print(f"--- {group} {TRACE_THRESHOLD:g}: min / median / max, share above")
+        print(f"--- {group} {TRACE_THRESHOLD:g}: min / median / max, share above"
+              + (";  null spread s (amif.trace.null_spread): max s, max z / s" if images is nulls else ""))
         for name, img in images.items():
             z = trace_score(img, a, b, keyed, target.trace)
             doc["groups"].setdefault(group, {})[name] = z.tolist()
-            print(f"{name:58s} {z.min():7.1f} {np.median(z):7.1f} {z.max():7.1f}  {np.mean(z > TRACE_THRESHOLD):5.0%}")
+            line = f"{name:58s} {z.min():7.1f} {np.median(z):7.1f} {z.max():7.1f}  {np.mean(z > TRACE_THRESHOLD):5.0%}"
+            if images is nulls and np.any(z):
+                s = null_spread(img, a, b, keyed)
+                doc["null_spread"][name] = s.tolist()
+                line += f"  {s.max():6.1f} {np.max(z / s):6.2f}"
+            print(line)
+    spread = np.concatenate([np.asarray(s) for s in doc["null_spread"].values()])
+    print(f"threshold {TRACE_THRESHOLD:g} = {TRACE_THRESHOLD / spread.max():.1f} null spreads on the widest of "
+          f"{spread.size} null slices (median spread {np.median(spread):.1f})")
     print(f"{target.n} pairs, {time.time() - t0:.0f} s")
     if args.output:
         args.output.write_text(json.dumps(doc, indent=1))
