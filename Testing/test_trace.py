@@ -90,3 +90,39 @@ def test_the_null_spread_is_the_scores_spread_over_textures_of_other_secrets():
     assert spreads["unkeyed"][0] > 1.5 * spreads["noise"][0]  # a structured residual spreads wider
     carries = keyed + 0.02 * g + noise
     assert trace_score(carries, a, b, keyed, w)[0] > 10 * null_spread(keyed + noise, a, b, keyed)[0]
+
+
+def test_calibrate_trace_adds_the_texture_after_the_fact_to_a_model_without_one(tiny_package, tmp_path, capsys):
+    """--synthetic S: the key's texture added to the unkeyed outputs is what the check finds in them, and
+    only there (the keyed outputs and the other fusions stay at their nulls)."""
+    import importlib.util
+    import json
+    import shutil
+
+    from test_evaluate import _synthetic_pairs
+
+    data = _synthetic_pairs(tmp_path / "data", size=96)
+    for folder in data.iterdir():
+        shutil.copytree(folder / "test", folder / "train")
+    spec = importlib.util.spec_from_file_location("calibrate_trace", ROOT / "tools" / "calibrate_trace.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    _, key, d = tiny_package
+    out, twins = tmp_path / "scores.json", tmp_path / "no-twins"
+    twins.mkdir()
+    base = ["-m", str(d / "tiny.json"), "-k", str(key), "--data", str(data), "--twins", str(twins),
+            "--learn-steps", "2", "--learn-batch", "2", "-o", str(out)]
+    assert tool.main(base + ["--synthetic", "0.2", "--students", "GAN"]) == 2
+    assert "--students takes names from" in capsys.readouterr().err and not out.exists()
+    (twins / "notes.json").write_text("{}")
+    assert tool.main(base + ["--synthetic", "0.2", "--students", "U-Net"]) == 2
+    assert "notes.json is not an AMIF model manifest" in capsys.readouterr().err and not out.exists()
+    (twins / "notes.json").unlink()
+    assert tool.main(base + ["--synthetic", "0.2", "--students", "U-Net"]) == 0
+    doc = json.loads(out.read_text())
+    above, below = doc["groups"]["should be above"], doc["groups"]["must stay below"]
+    assert set(above) == {"unkeyed, strokes filled from the keyed output", "U-Net student of the unkeyed outputs",
+                          *(f"U-Net student, {k}" for k in tool.CLEANUPS)}
+    carried = np.array(above["unkeyed, strokes filled from the keyed output"])
+    nulls = np.abs([z for name in ("mean", "max", "Laplacian") for z in below[name]])
+    assert carried.min() > 3 * nulls.max() and below["keyed"] == [0.0] * len(carried)
