@@ -120,6 +120,7 @@ def test_calibrate_trace_adds_the_texture_after_the_fact_to_a_model_without_one(
     (twins / "notes.json").unlink()
     assert tool.main(base + ["--synthetic", "0.2", "--students", "U-Net"]) == 0
     doc = json.loads(out.read_text())
+    assert doc["weights_sha256"] == json.loads((d / "tiny.json").read_text())["weights_sha256"]
     above, below = doc["groups"]["should be above"], doc["groups"]["must stay below"]
     assert set(above) == {"unkeyed, strokes filled from the keyed output", "U-Net student of the unkeyed outputs",
                           *(f"U-Net student, {k}" for k in tool.CLEANUPS)}

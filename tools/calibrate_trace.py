@@ -106,10 +106,10 @@ def main(argv=None) -> int:
         nulls[name] = target.outputs(a, b, None, net=twin.net.eval())
     nulls["keyed"] = keyed
     nulls.update({f"keyed, {k}": fn(keyed) for k, fn in CLEANUPS.items()})
-    pool_keyed = None if args.synthetic else target.outputs(*target.pool, target.code)
     bundled = load_package(bundled_model_path())
     if not args.synthetic:
-        nulls["U-Net student of the keyed outputs"] = student(target, pool_keyed, STUDENTS["U-Net"], opts)
+        nulls["U-Net student of the keyed outputs"] = student(
+            target, target.outputs(*target.pool, target.code), STUDENTS["U-Net"], opts)
     if not bundled.trace_strength and not args.synthetic:
         nulls["U-Net student of the bundled model's unkeyed outputs"] = student(
             target, target.outputs(*target.pool, None, net=bundled.net.eval()), STUDENTS["U-Net"], opts)
@@ -122,7 +122,8 @@ def main(argv=None) -> int:
         out = student(target, teacher, cls, opts)
         carry[f"{label} student of the unkeyed outputs"] = out
         carry.update({f"{label} student, {k}": fn(out) for k, fn in CLEANUPS.items()})
-    doc = {"model": str(args.model), "synthetic": args.synthetic, "split": args.split, "pairs": target.n,
+    doc = {"model": str(args.model), "weights_sha256": target.package.manifest["weights_sha256"],
+           "synthetic": args.synthetic, "split": args.split, "pairs": target.n,
            "threshold": TRACE_THRESHOLD,
            "groups": {}, "null_spread": {}}
     for group, images in (("must stay below", nulls), ("should be above", carry)):
