@@ -596,11 +596,12 @@ def test_the_threat_model_takes_forgings_verdict_from_a_pooled_table_of_the_same
     assert report.threat_model(doc, other) == report.threat_model(doc)
 
 
-def test_the_committed_attack_reports_threat_model_is_what_its_json_and_pooled_table_give():
+@pytest.mark.parametrize("folder", ["attack", "Candidates/attack"])
+def test_the_committed_attack_reports_threat_model_is_what_its_json_and_pooled_table_give(folder):
     """After more forging runs are pooled, `make_attack_report --threat-model-only` must be run: the published
     threat model is the one its own numbers give, and rewriting it leaves the rest of the report as it is."""
     report = _tool("make_attack_report")
-    folder = ROOT / "Resources" / "attack"
+    folder = ROOT / "Resources" / folder
     text = (folder / "report.md").read_text(encoding="utf-8")
     doc = json.loads((folder / "report.json").read_text(encoding="utf-8"))
     model = report.threat_model(doc, report.read_pooled(folder))

@@ -105,3 +105,35 @@ def test_published_forging_table_is_of_the_bundled_model_and_adds_up():
         assert row["restarts"] == len({tuple(c) for c in row["counted"]}) and sorted(seeds) == row["seeds"]
         assert row["rate_upper_95"] == rate_upper(row["successes"], row["restarts"])
         assert seeds <= {r["seed"] for r in table["runs"] if row["variant"] in r["objectives"]}
+
+
+def test_candidate_reports_are_of_the_committed_candidate():
+    """Resources/Candidates: the package loads (its hash checks), continues the bundled model (and each twin the
+    committed twin of its seed), and its evaluation, calibration and attack reports measured these weights."""
+    from amif.package import load_package
+
+    candidates = ROOT / "Resources" / "Candidates"
+    bundled = json.loads((MODULE / "Resources" / "Models" / "amif-demo.json").read_text())
+    package = load_package(candidates / "amif-trace-005.json")
+    manifest = package.manifest
+    assert manifest["training"]["init"]["weights_sha256"] == bundled["weights_sha256"]
+    assert manifest["model_id"] == bundled["model_id"] and manifest["verify"]["trace_strength"] > 0
+    twins = [load_package(p).manifest for p in sorted((candidates / "twins-20200").glob("*.json"))]
+    old_twins = [json.loads(p.read_text()) for p in sorted((ROOT / "Resources" / "Twins").glob("*.json"))]
+    assert len(twins) == len(old_twins) == 2
+    for twin, old in zip(twins, old_twins):
+        assert twin["training"]["init"]["weights_sha256"] == old["weights_sha256"]
+        assert twin["training"]["steps"] == manifest["training"]["steps"]
+    evaluation = json.loads((candidates / "evaluation.json").read_text())
+    assert [e["weights_sha256"] for e in evaluation["models"] + list(evaluation["twins"].values())] == [
+        m["weights_sha256"] for m in [manifest, *twins]]
+    calibration = json.loads((candidates / "calibration.json").read_text())
+    assert calibration["weights_sha256"] == manifest["weights_sha256"]
+    assert {f"twin {t['model_id']}" for t in twins} <= set(calibration["groups"]["must stay below"])
+    attack = json.loads((candidates / "attack" / "report.json").read_text())
+    assert attack["weights_sha256"] == manifest["weights_sha256"]
+    forging = {row["variant"]: row for row in attack["attacks"]["forging"]["rows"]}["fusion loss"]
+    steps = forging["steps_to_success"]
+    claim = f"{forging['successes']} of {forging['restarts']} restarts within"
+    assert f"{claim} {min(steps)}–{max(steps)} steps" in (candidates / "README.md").read_text(encoding="utf-8")
+    assert f"{claim} {max(steps)} steps" in (ROOT / "README.md").read_text(encoding="utf-8")

@@ -1,6 +1,7 @@
-"""Publish the attack report of the bundled model under Resources/attack/.
+"""Publish the attack report of the bundled model under Resources/attack/ (or of another model, to --out).
 
     python tools/make_attack_report.py [--data ../shared/data/harvard] [--limit 6] [--forge-steps 1000]
+                                       [-m MODEL -k KEY --out FOLDER]
 
 Runs every `amif attack` family on the Harvard test split (the learned attacks train on its train
 split), with figures that show the bundled MNI-based sample put through each attack (the Harvard
@@ -160,6 +161,8 @@ def put_threat_model(text: str, model: str) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-m", "--model", help="model package (default: the bundled model)")
+    p.add_argument("-k", "--key", help="its owner's key file (default: the bundled model's)")
     p.add_argument("--data", type=Path, default=default_data_dir())
     p.add_argument("--limit", type=int, default=6, help="attacked test pairs per pair type")
     p.add_argument("--forge-steps", type=int, default=1000)
@@ -183,7 +186,8 @@ def main(argv=None) -> int:
     opts = AttackOptions(forge_steps=args.forge_steps, forge_restarts=args.forge_restarts,
                          forge_images=args.forge_images, learn_steps=args.learn_steps,
                          learn_batch=args.learn_batch).check()
-    attack(data=args.data, limit=args.limit, out=report, opts=opts, figures=True, show_sample=True, groups=GROUPS)
+    attack(args.model, args.key, data=args.data, limit=args.limit, out=report, opts=opts, figures=True,
+           show_sample=True, groups=GROUPS)
 
     def portable(t: str) -> str:  # no paths of this machine in published files
         return t.replace(str(args.data), "../shared/data/harvard").replace(str(ROOT) + "/", "")
@@ -195,7 +199,9 @@ def main(argv=None) -> int:
     extra = threat_model(doc, read_pooled(args.out))
     if curves(doc, args.out / "curves.png"):
         extra += "\n![Success curves: learned removal against N, fine-tuning against steps](curves.png)\n"
-    extra += (f"\nRegenerate: `python tools/make_attack_report.py --limit {args.limit} --forge-steps "
+    named = "".join(f"--{k} {portable(str(Path(v).resolve()))} " for k, v in
+                    (("model", args.model), ("key", args.key), ("out", args.out)) if v and v != OUT)
+    extra += (f"\nRegenerate: `python tools/make_attack_report.py {named}--limit {args.limit} --forge-steps "
               f"{args.forge_steps} --forge-restarts {args.forge_restarts} --forge-images {args.forge_images} "
               f"--learn-steps {args.learn_steps} --learn-batch {args.learn_batch}` (two processes, one CPU core "
               "each; the `amif attack` command above gives the same tables in one process).\n\n")
