@@ -227,7 +227,8 @@ def test_train_command_passes_the_forger_settings(monkeypatch, tmp_path):
     assert main(args + ["--forge-restart", "0.02"]) == 0
     assert seen["cfg"].forge_restart == 0.02 and seen["cfg"].steps == 5
     assert main(args) == 0 and seen["cfg"].forge_restart == amif.train.TrainConfig().forge_restart
-    assert seen["cfg"].forge_detector == 0.0
+    assert seen["cfg"].forge_detector == 0.0 and seen["cfg"].forge_pool == amif.train.TrainConfig().forge_pool
+    assert main(args + ["--forge-pool", "4"]) == 0 and seen["cfg"].forge_pool == 4
     assert main(args + ["--forge-detector", "1.5"]) == 0 and seen["cfg"].forge_detector == 1.5
     assert seen["cfg"].mark_alpha == 0.75
     assert main(args + ["--mark-alpha", "1"]) == 0 and seen["cfg"].mark_alpha == 1.0

@@ -181,6 +181,24 @@ def test_protection_setting_is_checked_changes_training_and_is_recorded(tiny_pac
     assert twin.manifest["training"]["forge_pool"] == 0 and field not in twin.manifest["training"]
 
 
+def test_forger_pool_size_is_checked_changes_training_and_is_recorded(tiny_package, tmp_path):
+    _, key, _ = tiny_package
+    _fake_pairs(tmp_path / "data")
+    kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
+    for bad in (-1, 3):  # more forgers than the batch's wrong-key codes
+        with pytest.raises(AMIFError, match="forgers must be 0 to --batch"):
+            train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad",
+                  cfg=TrainConfig(steps=2, batch=2, crop=32, forge_pool=bad), **kw)
+        assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
+    nets = []
+    for pool in (1, 2):
+        pkg = load_package(train(key, tmp_path / f"p{pool}" / "m", checkpoint_dir=tmp_path / f"ck{pool}",
+                                 cfg=TrainConfig(steps=3, batch=2, crop=32, forge_pool=pool), **kw))
+        assert pkg.manifest["training"]["forge_pool"] == pool
+        nets.append(pkg.net.state_dict())
+    assert any(not np.allclose(nets[0][k].numpy(), nets[1][k].numpy()) for k in nets[1])
+
+
 def test_marked_target_opacity():
     import torch
 

@@ -189,8 +189,8 @@ def cmd_train(args) -> None:
                       **{f"{k}_weight": getattr(args, f"{k}_weight") for k in HINGES},
                       lr_anneal=args.lr_anneal, mark_shift=args.mark_shift, trace_strength=args.trace_strength,
                       widen_decoder=args.widen_decoder,
-                      forge_restart=args.forge_restart, forge_detector=args.forge_detector,
-                      mark_alpha=args.mark_alpha)
+                      forge_pool=args.forge_pool, forge_restart=args.forge_restart,
+                      forge_detector=args.forge_detector, mark_alpha=args.mark_alpha)
     train(args.key, args.output, args.identifier, data_dir=args.data, checkpoint_dir=args.checkpoints,
           init=args.init, cfg=cfg, twin=args.twin)
 
@@ -284,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "in the fusion loss")
     s.add_argument("--lr-anneal", type=int, default=0, metavar="N",
                    help="cosine-anneal the learning rates to 1%% over the last N of --steps (default 0: constant)")
+    s.add_argument("--forge-pool", type=int, default=2, metavar="N",
+                   help="forgers among each step's --batch wrong-key codes (default 2; 0 turns the forgers off)")
     s.add_argument("--forge-restart", type=float, default=0.005, metavar="P",
                    help="per-step chance that a forger of the training pool restarts from a random code (default "
                         "0.005, a mean life of 200 steps; higher keeps the forgers in their first steps)")

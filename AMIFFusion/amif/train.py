@@ -279,6 +279,9 @@ def train(
         raise AMIFError(f"The trace strength must be from 0 to 0.25 (got {cfg.trace_strength}).")
     if cfg.widen_decoder < 1:
         raise AMIFError(f"The decoder widening factor must be 1 or more (got {cfg.widen_decoder}).")
+    if not twin and not 0 <= cfg.forge_pool <= cfg.batch:
+        raise AMIFError(f"The forgers must be 0 to --batch ({cfg.batch}) of each step's wrong-key codes "
+                        f"(got {cfg.forge_pool}).")
     if not 0 < cfg.forge_restart <= 1:
         raise AMIFError(f"The forgers' restart chance per step must be in (0, 1] (got {cfg.forge_restart}).")
     if not 0 < cfg.mark_alpha <= 1:
@@ -330,7 +333,7 @@ def train(
     ckdir = Path(checkpoint_dir)
     ckdir.mkdir(parents=True, exist_ok=True)
     ckpt = ckdir / "last.safetensors"
-    forge = ForgePool(min(cfg.forge_pool, cfg.batch), true_code.size, cfg) if cfg.forge_pool and not twin else None
+    forge = ForgePool(cfg.forge_pool, true_code.size, cfg) if cfg.forge_pool and not twin else None
     if ckpt.exists():
         step = load_checkpoint(ckpt, net, opt, forge)
         log(f"resumed from {ckpt} at step {step}")
