@@ -9,6 +9,16 @@ sys.path.insert(0, str(ROOT / "AMIFFusion"))
 HARVARD = ROOT.parent / "shared" / "data" / "harvard"
 
 
+def load_tool(name: str):
+    """A script of tools/ imported as a module (they are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def need_harvard():
     """Skip with a reason outside CI when ../shared is absent; in CI its absence is a failure."""
     if HARVARD.exists():

@@ -1,6 +1,5 @@
 """`amif attack`: the attack families' numbers, on a model made to mark and on the tiny package."""
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -22,6 +21,7 @@ from amif.keys import generate_key, load_key, save_key
 from amif.losses import shift_content
 from amif.network import AMIFNet, NetConfig
 from amif.package import ModelPackage
+from conftest import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -338,13 +338,6 @@ def test_rate_upper_is_the_one_sided_clopper_pearson_bound():
         atk.rate_upper(3, 2)
 
 
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _forging_json(target, path, **options) -> Path:
     """One `amif attack --attacks forging` JSON document, as the CLI writes it (data path and output inside)."""
     opts = AttackOptions(**{**SMALL, "forge_detector": 0.0, **options})
@@ -375,7 +368,7 @@ def test_forging_runs_pool_each_restart_once(tiny_package, pairs, marking, tmp_p
                                                   .read_text())])
     assert [(r["forge_lr"], r["restarts"]) for r in lrs] == [(0.05, 2), (0.2, 2)]  # other rates are other rows
 
-    tool = _tool("pool_forging")
+    tool = load_tool("pool_forging")
     out = tmp_path / "pooled" / "forging.md"
     assert tool.main([*map(str, runs), "-o", str(out)]) == 0
     text = out.read_text()
@@ -399,7 +392,7 @@ def test_pooled_table_adds_new_runs_as_pooling_them_all_at_once(tiny_package, pa
             _forging_json(weak, tmp_path / "s0.json", seed=0),
             _forging_json(weak, tmp_path / "s0-more.json", seed=0, forge_restarts=3),  # restarts 0, 1 again + 2
             _forging_json(marking, tmp_path / "det.json", seed=2, forge_detector=1.0, forge_restarts=1)]
-    tool = _tool("pool_forging")
+    tool = load_tool("pool_forging")
     whole, first, added = (tmp_path / f"{n}.md" for n in ("whole", "first", "added"))
     assert tool.main([*map(str, runs), "-o", str(whole)]) == 0
     assert tool.main([*map(str, runs[:2]), "-o", str(first)]) == 0
@@ -555,7 +548,7 @@ def test_attack_groups_in_processes_give_the_same_report(tiny_package, pairs, tm
 
 def test_the_published_threat_model_keeps_attacks_not_shown_either_way_apart():
     """Key forging with no success but too few restarts is neither 'stopped' nor 'not stopped'."""
-    report = _tool("make_attack_report")
+    report = load_tool("make_attack_report")
     doc = {"attacks": {"classical": {"title": "Classical", "met": True, "summary": "s"},
                        "distillation": {"title": "Distillation", "met": False, "summary": "0% flagged"}}}
     assert "Not shown either way" not in report.threat_model(doc)
@@ -569,7 +562,7 @@ def test_the_published_threat_model_keeps_attacks_not_shown_either_way_apart():
 
 def test_the_threat_model_takes_forgings_verdict_from_a_pooled_table_of_the_same_setting():
     """Six restarts show nothing; the pooled table over more seeds decides, when it pooled this model and setting."""
-    report = _tool("make_attack_report")
+    report = load_tool("make_attack_report")
     setting = {"model_id": "m", "weights_sha256": "ab", "split": "test", "pairs": 18, "threshold": 0.12,
                "success_share": 0.5}
     options = {"forge_steps": 1000, "forge_images": 2, "quality_db": 30.0}
@@ -600,7 +593,7 @@ def test_the_threat_model_takes_forgings_verdict_from_a_pooled_table_of_the_same
 def test_the_committed_attack_reports_threat_model_is_what_its_json_and_pooled_table_give(folder):
     """After more forging runs are pooled, `make_attack_report --threat-model-only` must be run: the published
     threat model is the one its own numbers give, and rewriting it leaves the rest of the report as it is."""
-    report = _tool("make_attack_report")
+    report = load_tool("make_attack_report")
     folder = ROOT / "Resources" / folder
     text = (folder / "report.md").read_text(encoding="utf-8")
     doc = json.loads((folder / "report.json").read_text(encoding="utf-8"))
@@ -611,7 +604,7 @@ def test_the_committed_attack_reports_threat_model_is_what_its_json_and_pooled_t
 
 
 def test_the_published_threat_model_names_the_shift_attacker_only_for_a_shift_model():
-    report = _tool("make_attack_report")
+    report = load_tool("make_attack_report")
     doc = {"attacks": {"classical": {"title": "Classical", "met": True, "summary": "s"},
                        "distillation": {"title": "Distillation", "met": False, "summary": "0% flagged"}}}
     plain = report.threat_model(doc)

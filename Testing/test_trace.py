@@ -8,7 +8,7 @@ from amif.keys import load_key
 from amif.package import load_package
 from amif.sample import sample_slices
 from amif.trace import TRACE_THRESHOLD, null_spread, texture, trace_scale, trace_score, trace_weights
-from conftest import ROOT
+from conftest import ROOT, load_tool
 
 MODELS = ROOT / "AMIFFusion" / "Resources" / "Models"
 
@@ -55,18 +55,20 @@ def test_only_the_keys_holder_finds_its_texture_and_other_fusions_stay_below_the
     assert trace_score(carries, a, b, keyed, other)[0] < TRACE_THRESHOLD  # a wrong secret finds nothing
 
 
-def test_calibrate_trace_refuses_a_model_without_a_trace_channel(tiny_package, tmp_path, capsys):
-    import importlib.util
+def _calibrate_trace_on_synthetic_pairs(tmp_path, **kw):
+    """tools/calibrate_trace.py and a folder of synthetic pairs (its test split copied as the train split)."""
     import shutil
 
     from test_evaluate import _synthetic_pairs
 
-    data = _synthetic_pairs(tmp_path / "data")
+    data = _synthetic_pairs(tmp_path / "data", **kw)
     for folder in data.iterdir():
         shutil.copytree(folder / "test", folder / "train")
-    spec = importlib.util.spec_from_file_location("calibrate_trace", ROOT / "tools" / "calibrate_trace.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    return load_tool("calibrate_trace"), data
+
+
+def test_calibrate_trace_refuses_a_model_without_a_trace_channel(tiny_package, tmp_path, capsys):
+    tool, data = _calibrate_trace_on_synthetic_pairs(tmp_path)
     _, key, d = tiny_package
     out = tmp_path / "scores.json"
     assert tool.main(["-m", str(d / "tiny.json"), "-k", str(key), "--data", str(data), "-o", str(out)]) == 2
@@ -95,18 +97,9 @@ def test_the_null_spread_is_the_scores_spread_over_textures_of_other_secrets():
 def test_calibrate_trace_adds_the_texture_after_the_fact_to_a_model_without_one(tiny_package, tmp_path, capsys):
     """--synthetic S: the key's texture added to the unkeyed outputs is what the check finds in them, and
     only there (the keyed outputs and the other fusions stay at their nulls)."""
-    import importlib.util
     import json
-    import shutil
 
-    from test_evaluate import _synthetic_pairs
-
-    data = _synthetic_pairs(tmp_path / "data", size=96)
-    for folder in data.iterdir():
-        shutil.copytree(folder / "test", folder / "train")
-    spec = importlib.util.spec_from_file_location("calibrate_trace", ROOT / "tools" / "calibrate_trace.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool, data = _calibrate_trace_on_synthetic_pairs(tmp_path, size=96)
     _, key, d = tiny_package
     out, twins = tmp_path / "scores.json", tmp_path / "no-twins"
     twins.mkdir()
