@@ -21,9 +21,7 @@ from amif.keys import generate_key, load_key, save_key
 from amif.losses import shift_content
 from amif.network import AMIFNet, NetConfig
 from amif.package import ModelPackage
-from conftest import load_tool
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, load_tool
 
 IDENT = "TEST · MARK"
 FOUR = ["wrong-keys", "classical", "surgery", "forging"]  # the attacks that need no attacker's pairs
