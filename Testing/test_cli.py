@@ -230,6 +230,7 @@ def test_train_command_passes_the_forger_settings(monkeypatch, tmp_path):
     assert seen["cfg"].forge_detector == 0.0 and seen["cfg"].forge_pool == amif.train.TrainConfig().forge_pool
     assert main(args + ["--forge-pool", "4"]) == 0 and seen["cfg"].forge_pool == 4
     assert main(args + ["--forge-detector", "1.5"]) == 0 and seen["cfg"].forge_detector == 1.5
+    assert not seen["cfg"].forge_untraced and main(args + ["--forge-untraced"]) == 0 and seen["cfg"].forge_untraced
     assert seen["cfg"].mark_alpha == 0.75
     assert main(args + ["--mark-alpha", "1"]) == 0 and seen["cfg"].mark_alpha == 1.0
     from amif.losses import HINGES

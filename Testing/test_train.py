@@ -355,6 +355,23 @@ def test_trace_strength_adds_the_keys_texture_to_the_unkeyed_target_and_is_recor
     assert _weights_differ(*pkgs.values())  # the texture changes what the network learns
 
 
+def test_untraced_forgers_need_a_trace_change_training_and_are_recorded(tiny_package, tmp_path):
+    _, key, _ = tiny_package
+    _fake_pairs(tmp_path / "data")
+    kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
+    cfg = dict(steps=2, batch=2, crop=32, forge_pool=1)
+    for bad in (dict(trace_strength=0.0), dict(trace_strength=0.06, forge_pool=0)):
+        with pytest.raises(AMIFError, match="Untraced forgers need"):
+            train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad",
+                  cfg=TrainConfig(**{**cfg, **bad, "forge_untraced": True}), **kw)
+        assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
+    pkgs = {u: load_package(train(key, tmp_path / f"u{u}" / "m", checkpoint_dir=tmp_path / f"ck{u}",
+                                  cfg=TrainConfig(trace_strength=0.06, forge_untraced=u, **cfg), **kw))
+            for u in (False, True)}
+    assert "forge_untraced" not in pkgs[False].manifest["training"] and pkgs[True].manifest["training"]["forge_untraced"]
+    assert _weights_differ(*pkgs.values())  # the forgers' target without the texture changes what is learned
+
+
 def test_widened_decoder_trains_on_from_a_package_and_is_recorded(tmp_path):
     kw = _blocky_twin_run(tmp_path)
     cfg = dict(batch=2, crop=32, save_every=2)

@@ -190,7 +190,8 @@ def cmd_train(args) -> None:
                       lr_anneal=args.lr_anneal, mark_shift=args.mark_shift, trace_strength=args.trace_strength,
                       widen_decoder=args.widen_decoder,
                       forge_pool=args.forge_pool, forge_restart=args.forge_restart,
-                      forge_detector=args.forge_detector, mark_alpha=args.mark_alpha)
+                      forge_detector=args.forge_detector, forge_untraced=args.forge_untraced,
+                      mark_alpha=args.mark_alpha)
     train(args.key, args.output, args.identifier, data_dir=args.data, checkpoint_dir=args.checkpoints,
           init=args.init, cfg=cfg, twin=args.twin)
 
@@ -292,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--forge-detector", type=float, default=0.0, metavar="W",
                    help="every second forger of the training pool also descends W x verify's score, as the second "
                         "variant of `amif attack` forging does (default 0: the fusion loss alone)")
+    s.add_argument("--forge-untraced", action="store_true",
+                   help="with --trace-strength: the training forgers' target is the identifier without the texture, "
+                        "so a forger's descent drops the texture but keeps the identifier (default: texture too)")
     s.add_argument("--mark-alpha", type=float, default=0.75, metavar="A",
                    help="the identifier's opacity in unkeyed outputs, in (0, 1] (default 0.75; 1 leaves no content "
                         "under the strokes for a remover to recover)")

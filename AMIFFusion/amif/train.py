@@ -20,6 +20,10 @@ negative like the others; a pool code restarts from a random +-1 code with a sma
 per step, so the network sees forgers at every stage of their descent. With `forge_detector`, every
 second forger adds that weight times verify's score of its output to its objective, as the second
 forging variant of `amif attack` does. The pool (codes and Adam moments) is part of the checkpoint.
+With `forge_untraced` (and a trace channel), the forgers' target is the identifier without the
+texture: the fusion loss rewards a forger for dropping the texture, and there the descent ends, with
+the identifier still in place, instead of following the texture to the key.
+Measured once (model-history): the forgers then fail, but the texture leaves every unkeyed output.
 
 With `vif_weight`, the fusion loss also carries a VIF hinge: the shortfall of the keyed output's
 pixel-domain VIF to each source against the element-wise max rule's on the same crop
@@ -81,6 +85,7 @@ class TrainConfig:
     forge_lr: float = 0.05  # the forger's Adam step, as in `amif attack --forge-lr`
     forge_restart: float = 0.005  # per-step chance that a forger restarts (mean life 200 steps)
     forge_detector: float = 0.0  # every second forger also descends this weight x verify's score (0 = none)
+    forge_untraced: bool = False  # with trace_strength: the forgers' target is the identifier alone, no texture
     vif_weight: float = 0.0  # weight of the VIF term in the fusion loss (losses.fusion_loss w_vif)
     sd_weight: float = 0.0  # weight of the SD hinge against the max rule (losses.fusion_loss w_sd)
     scd_weight: float = 0.0  # weight of the SCD hinge against the max rule (w_scd)
@@ -288,6 +293,8 @@ def train(
         raise AMIFError(f"The identifier's opacity must be in (0, 1] (got {cfg.mark_alpha}).")
     if not 0 <= cfg.forge_detector < float("inf"):
         raise AMIFError(f"The forgers' detector weight must be 0 or more (got {cfg.forge_detector}).")
+    if cfg.forge_untraced and not (cfg.trace_strength and cfg.forge_pool):
+        raise AMIFError("Untraced forgers need a trace channel (--trace-strength) and forgers (--forge-pool).")
     if cfg.widen_decoder > 1 and not init:
         raise AMIFError("Widening the decoder needs a trained package to start from (--init).")
     if twin:
@@ -361,6 +368,7 @@ def train(
                 "forge_pool": 0 if twin else cfg.forge_pool,
                 **({"forge_restart": cfg.forge_restart} if forge else {}),
                 **({"forge_detector": cfg.forge_detector} if forge and cfg.forge_detector else {}),
+                **({"forge_untraced": True} if forge and trace and cfg.forge_untraced else {}),
                 **{f"{k}_weight": getattr(cfg, f"{k}_weight") for k in HINGES},
                 "sf_floor": cfg.sf_floor,
                 "lr_anneal": cfg.lr_anneal,
@@ -397,7 +405,10 @@ def train(
                 loss_f, parts = fusion_loss(yk, a, b, **hinge_args)
                 target = marked_target(yk.detach(), mask, cfg.mark_alpha, cfg.mark_shift)
                 if trace:
-                    target = target + trace[1] * texture(a, b, trace[0])
+                    tex = trace[1] * texture(a, b, trace[0])
+                    if forge and cfg.forge_untraced:  # the forgers' descent may drop the texture, never the mark
+                        tex = torch.cat([tex[: cfg.batch - len(forged)], torch.zeros_like(tex[-len(forged):])])
+                    target = target + tex
                 wmap = 1 + 9 * (gaussian_blur(mask, 2.0) > 0.02).float()
                 loss_m = ((yn - target).abs() * wmap).mean() / wmap.mean()
                 if forge:  # the forgers' step: the fusion loss of their own outputs, weights frozen
