@@ -369,7 +369,7 @@ def test_untraced_forgers_need_a_trace_change_training_and_are_recorded(tiny_pac
                                   cfg=TrainConfig(trace_strength=0.06, forge_untraced=u, **cfg), **kw))
             for u in (False, True)}
     assert "forge_untraced" not in pkgs[False].manifest["training"] and pkgs[True].manifest["training"]["forge_untraced"]
-    assert _weights_differ(*pkgs.values())  # the forgers' target without the texture changes what is learned
+    assert _weights_differ(*pkgs.values())  # the untraced target changes what is learned
 
 
 def test_widened_decoder_trains_on_from_a_package_and_is_recorded(tmp_path):
