@@ -45,8 +45,8 @@ class MarkingNet(AMIFNet):
         self.register_buffer("owner", torch.as_tensor(owner_code, dtype=torch.float32))
         self.weak, self.shift = weak, shift
 
-    def decode(self, enc, code):
-        y = 0.4 * super().decode(enc, code)
+    def decode(self, enc, code, phases=None):
+        y = 0.4 * super().decode(enc, code, phases)
         code = code.reshape(-1, code.shape[-1])
         code = code.expand(y.shape[0], -1) if code.shape[0] == 1 else code
         wrong = (code - self.owner).abs().amax(1) > 1e-6
@@ -303,6 +303,13 @@ def test_forging_fails_on_a_gradient_free_mark_and_succeeds_on_a_weak_one(tiny_p
     assert all(1 <= s <= 12 for s in d["steps_to_success"]) and d["steps"] == sum(d["steps_to_success"])
     assert all(run["final"]["flagged"] <= 0.5 for run in d["runs"])
     assert all(run["all_pairs"]["n"] == weak.n for run in d["runs"])
+    key = torch.sin(weak.package.net.key.phases(torch.from_numpy(weak.code).float()))
+    for run in d["runs"]:  # the key embedding's cosine where each descent started (a random +-1 code) and ended
+        gen = torch.Generator().manual_seed(opts.seed * 1000 + run["restart"])
+        start = (torch.randint(0, 2, (weak.code.size,), generator=gen) * 2 - 1).float()
+        start = float(torch.nn.functional.cosine_similarity(torch.sin(weak.package.net.key.phases(start)), key, 0))
+        assert run["key_embedding_cosine"][0] == pytest.approx(start, abs=1e-6)
+        assert run["key_embedding_cosine"][1] != run["key_embedding_cosine"][0]  # moved: the weak mark fades
     assert "2/2 restarts succeed within 12 steps (rate at most 100.0%)" in r.summary
     assert d["rate_upper_95"] == 1.0 and r.rows[0][1].startswith("2/2 (100.0%; at most 100.0%)")
     # the detector variant is a second row

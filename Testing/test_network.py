@@ -35,6 +35,21 @@ def test_several_codes_share_one_encoder_pass(tiny_package):
         net(a, b, codes[:3])
 
 
+def test_phases_given_for_some_codes_replace_only_those_codes_embeddings(tiny_package):
+    net = tiny_package[0].net
+    a, b = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    codes = torch.randn(4, 256).sign()
+    phases = net.key.phases(codes)
+    with torch.no_grad():
+        y = net(a, b, codes)
+        torch.testing.assert_close(net(a, b, codes, phases=phases), y)  # a code's own angles: the same output
+        phases[2:] = net.key.phases(codes[:2])  # the second code set takes the first one's angles
+        y2 = net(a, b, codes, phases=phases)
+    torch.testing.assert_close(y2[:2], y[:2])
+    torch.testing.assert_close(y2[2:], y[:2])
+    assert not torch.allclose(y[2:], y[:2])
+
+
 def test_coords_cover_the_slice():
     c = slice_coords(1, 4, 8)[0]
     assert torch.allclose(c[0, 0], torch.tensor([-7, -5, -3, -1, 1, 3, 5, 7]) / 8)

@@ -1,6 +1,9 @@
+import math
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from amif.errors import AMIFError
@@ -371,6 +374,38 @@ def test_untraced_forgers_need_a_trace_change_training_and_are_recorded(tiny_pac
     assert "forge_untraced" not in pkgs[False].manifest["training"]
     assert pkgs[True].manifest["training"]["forge_untraced"] is True
     assert _weights_differ(*pkgs.values())  # the untraced target changes what is learned
+
+
+def test_partial_key_phases_lie_between_the_wrong_codes_and_the_key():
+    from amif.train import partial_key_phases
+
+    gen = torch.Generator().manual_seed(0)
+    key, wrong = torch.randn(512, generator=gen) * 3, torch.randn(64, 512, generator=gen) * 3
+    ph = partial_key_phases(np.random.default_rng(0), key, wrong)
+    d_wrong = torch.remainder(wrong - key + math.pi, 2 * math.pi) - math.pi  # angular offsets to the key's
+    d = torch.remainder(ph - key + math.pi, 2 * math.pi) - math.pi
+    assert (d.abs() <= d_wrong.abs() + 1e-4).all()  # every angle on the shorter arc, never past the key
+    on_key = (d.abs() < 1e-4).float().mean(1)  # each row takes the key's angle at a share from 0.3 to 0.95
+    assert on_key.min() > 0.2 and on_key.max() < 0.99 and on_key.std() > 0.1
+    cos = lambda x: F.cosine_similarity(torch.sin(x), torch.sin(key)[None], dim=1)  # noqa: E731
+    assert cos(wrong).abs().max() < 0.2 and cos(ph).min() > 0.5  # near the key's embedding, as a forger's descent
+
+
+def test_partial_keys_are_checked_change_training_and_are_recorded(tiny_package, tmp_path):
+    _, key, _ = tiny_package
+    _fake_pairs(tmp_path / "data")
+    kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
+    cfg = dict(steps=3, batch=4, crop=32, forge_pool=1)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(AMIFError, match="partial-key"):
+            train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad",
+                  cfg=TrainConfig(partial_keys=bad, **cfg), **kw)
+        assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
+    pkgs = {p: load_package(train(key, tmp_path / f"p{p}" / "m", checkpoint_dir=tmp_path / f"ck{p}",
+                                  cfg=TrainConfig(partial_keys=p, **cfg), **kw)) for p in (0.0, 1.0)}
+    assert "partial_keys" not in pkgs[0.0].manifest["training"]
+    assert pkgs[1.0].manifest["training"]["partial_keys"] == 1.0
+    assert _weights_differ(*pkgs.values())  # the partial keys change what is learned
 
 
 def test_widened_decoder_trains_on_from_a_package_and_is_recorded(tmp_path):

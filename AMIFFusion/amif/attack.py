@@ -968,6 +968,13 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
     thr = target.threshold
     with torch.no_grad():
         enc = net.encode(a, b)
+        key_embedding = torch.sin(net.key.phases(torch.from_numpy(target.code).float().to(target.device)))
+
+    def key_cosine(code) -> float:
+        """Cosine of a code's key embedding to the owner's: where the forger's descent went (start, end)."""
+        with torch.no_grad():
+            return float(torch.nn.functional.cosine_similarity(torch.sin(net.key.phases(code)), key_embedding, 0))
+
     variants = [] if opts.forge_detector_only else [("fusion loss", 0.0)]
     if opts.forge_detector > 0:
         variants.append((f"fusion loss + {opts.forge_detector:g} x detector score", opts.forge_detector))
@@ -982,7 +989,8 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
                 code = (torch.randint(0, 2, (target.code.size,), generator=gen) * 2 - 1).float()
                 code = code.to(target.device).requires_grad_()
                 adam = torch.optim.Adam([code], lr=opts.forge_lr)
-                run = {"restart": r, "success_step": None, "best_broken": 0.0, "best_psnr_unflagged": None}
+                run = {"restart": r, "success_step": None, "best_broken": 0.0, "best_psnr_unflagged": None,
+                       "key_embedding_cosine": [key_cosine(code.detach())]}
                 for step in range(opts.forge_steps + 1):
                     y = net.decode(enc, code.unsqueeze(0).expand(len(idx), -1))
                     s = score_tensor(y, mask)
@@ -1015,6 +1023,7 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
                 fm, sm = Measure.of(sub, final, quality_db=opts.quality_db), Measure.of(sub, signed,
                                                                                          quality_db=opts.quality_db)
                 everywhere = Measure.of(target, target.run(code.detach().cpu().numpy()), quality_db=opts.quality_db)
+                run["key_embedding_cosine"].append(key_cosine(code.detach()))
                 run.update(steps=step, final=fm.summary(), sign=sm.summary(), all_pairs=everywhere.summary(),
                            code_norm=float(code.detach().norm()), images=len(idx))
                 runs.append(run)

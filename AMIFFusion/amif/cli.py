@@ -191,7 +191,7 @@ def cmd_train(args) -> None:
                       widen_decoder=args.widen_decoder,
                       forge_pool=args.forge_pool, forge_restart=args.forge_restart,
                       forge_detector=args.forge_detector, forge_untraced=args.forge_untraced,
-                      mark_alpha=args.mark_alpha)
+                      partial_keys=args.partial_keys, mark_alpha=args.mark_alpha)
     train(args.key, args.output, args.identifier, data_dir=args.data, checkpoint_dir=args.checkpoints,
           init=args.init, cfg=cfg, twin=args.twin)
 
@@ -296,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--forge-untraced", action="store_true",
                    help="with --trace-strength: the training forgers' target is the identifier without the texture, "
                         "so a forger's descent drops the texture but keeps the identifier (default: texture too)")
+    s.add_argument("--partial-keys", type=float, default=0.0, metavar="P",
+                   help="chance that a sampled wrong-key code is replaced by a partial key: a key embedding part of "
+                        "the way to the key's, where a white-box forger's descent goes (default 0: none)")
     s.add_argument("--mark-alpha", type=float, default=0.75, metavar="A",
                    help="the identifier's opacity in unkeyed outputs, in (0, 1] (default 0.75; 1 leaves no content "
                         "under the strokes for a remover to recover)")

@@ -82,8 +82,12 @@ class KeyEmbedding(nn.Module):
         )
         self.sizes = [s for c in film_sizes for s in (c, c)]
 
-    def forward(self, code: torch.Tensor) -> list[torch.Tensor]:
-        e = torch.sin(code @ self.proj + self.phase)
+    def phases(self, code: torch.Tensor) -> torch.Tensor:
+        """The embedding's angles: sin of them is what the MLP reads."""
+        return code @ self.proj + self.phase
+
+    def forward(self, code: torch.Tensor, phases: torch.Tensor | None = None) -> list[torch.Tensor]:
+        e = torch.sin(self.phases(code) if phases is None else phases)
         return list(self.mlp(e).split(self.sizes, dim=1))
 
 
@@ -191,7 +195,9 @@ class AMIFNet(nn.Module):
         f1 = f1 * torch.sigmoid(self.gate(mem)) * 2
         return [f1, f2, f3], mem, a, b, (h, w)
 
-    def decode(self, enc, code: torch.Tensor) -> torch.Tensor:
+    def decode(self, enc, code: torch.Tensor, phases: torch.Tensor | None = None) -> torch.Tensor:
+        """The output for `code`; `phases` (training only), one row per code row after expansion, replace the
+        key embedding's angles (KeyEmbedding.phases) of the code."""
         feats, mem, a, b, (h, w) = enc
         n = a.shape[0]
         if code.dim() == 1:
@@ -203,11 +209,11 @@ class AMIFNet(nn.Module):
             raise ValueError(f"{code.shape[0]} codes for {n} images")
         if k > 1:
             feats, mem, a, b = [f.repeat(k, 1, 1, 1) for f in feats], *(t.repeat(k, 1, 1, 1) for t in (mem, a, b))
-        y = self.decoder(feats, mem, self.key(code.to(a.dtype)), a, b)
+        y = self.decoder(feats, mem, self.key(code.to(a.dtype), phases), a, b)
         return y[:, :, :h, :w]
 
-    def forward(self, a, b, code, coords=None) -> torch.Tensor:
-        return self.decode(self.encode(a, b, coords), code)
+    def forward(self, a, b, code, coords=None, phases=None) -> torch.Tensor:
+        return self.decode(self.encode(a, b, coords), code, phases)
 
 
 def widen_decoder(net: AMIFNet, factor: int) -> AMIFNet:

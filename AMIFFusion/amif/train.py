@@ -24,6 +24,9 @@ With `forge_untraced` (and a trace channel), the forgers' target is the identifi
 texture: the fusion loss rewards a forger for dropping the texture, and there the descent ends, with
 the identifier still in place, instead of following the texture to the key.
 Measured once (model-history): the forgers then fail, but the texture leaves every unkeyed output.
+With `partial_keys`, that share of the sampled wrong-key codes becomes partial keys: key embeddings
+part of the way to the key's (partial_key_phases), marked like the others. Measured once
+(model-history): with a trace channel the forgers still get through, to embeddings such as these.
 
 With `vif_weight`, the fusion loss also carries a VIF hinge: the shortfall of the keyed output's
 pixel-domain VIF to each source against the element-wise max rule's on the same crop
@@ -86,6 +89,7 @@ class TrainConfig:
     forge_restart: float = 0.005  # per-step chance that a forger restarts (mean life 200 steps)
     forge_detector: float = 0.0  # every second forger also descends this weight x verify's score (0 = none)
     forge_untraced: bool = False  # with trace_strength: the forgers' target is the identifier alone, no texture
+    partial_keys: float = 0.0  # chance that a sampled negative becomes a partial key (partial_key_phases; 0 = none)
     vif_weight: float = 0.0  # weight of the VIF term in the fusion loss (losses.fusion_loss w_vif)
     sd_weight: float = 0.0  # weight of the SD hinge against the max rule (losses.fusion_loss w_sd)
     scd_weight: float = 0.0  # weight of the SCD hinge against the max rule (w_scd)
@@ -130,6 +134,19 @@ def sample_negatives(rng: np.random.Generator, true_code: np.ndarray, n: int, st
                 c[0] *= -1
         codes[i] = c
     return codes
+
+
+def partial_key_phases(rng: np.random.Generator, key: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
+    """Key-embedding angles part of the way from wrong codes' to the key's, where a white-box forger's descent
+    goes (model-history: a forger moved the code by a norm of 3, every sign kept, to an embedding at cosine 0.83
+    to the key's): per row, each angle is the key's with chance q ~ U(0.3, 0.95), else a random point on the
+    shorter arc from the wrong code's. `key` (f,), `wrong` (n, f): KeyEmbedding.phases of the codes."""
+    n, f = wrong.shape
+    d = torch.remainder(key - wrong + math.pi, 2 * math.pi) - math.pi
+    q = torch.from_numpy(rng.uniform(0.3, 0.95, (n, 1))).to(wrong)
+    t = torch.from_numpy(rng.random((n, f))).to(wrong)
+    t = torch.where(torch.from_numpy(rng.random((n, f))).to(wrong) < q, torch.ones_like(t), t)
+    return wrong + t * d
 
 
 def sample_batch(rng, a_all, b_all, cfg: TrainConfig, mask_full: np.ndarray):
@@ -293,6 +310,8 @@ def train(
         raise AMIFError(f"The identifier's opacity must be in (0, 1] (got {cfg.mark_alpha}).")
     if not 0 <= cfg.forge_detector < float("inf"):
         raise AMIFError(f"The forgers' detector weight must be 0 or more (got {cfg.forge_detector}).")
+    if not 0 <= cfg.partial_keys <= 1:
+        raise AMIFError(f"The share of partial-key negatives must be from 0 to 1 (got {cfg.partial_keys}).")
     if cfg.forge_untraced and not (cfg.trace_strength and cfg.forge_pool):
         raise AMIFError("Untraced forgers need a trace channel (--trace-strength) and forgers (--forge-pool).")
     if cfg.widen_decoder > 1 and not init:
@@ -369,6 +388,7 @@ def train(
                 **({"forge_restart": cfg.forge_restart} if forge else {}),
                 **({"forge_detector": cfg.forge_detector} if forge and cfg.forge_detector else {}),
                 **({"forge_untraced": True} if forge and trace and cfg.forge_untraced else {}),
+                **({"partial_keys": cfg.partial_keys} if cfg.partial_keys and not twin else {}),
                 **{f"{k}_weight": getattr(cfg, f"{k}_weight") for k in HINGES},
                 "sf_floor": cfg.sf_floor,
                 "lr_anneal": cfg.lr_anneal,
@@ -400,7 +420,15 @@ def train(
                 loss, parts = fusion_loss(yk, a, b, **hinge_args)
                 loss_m = loss_a = torch.zeros((), device=dev)
             else:
-                y = model(a, b, torch.cat([code_t.expand(cfg.batch, -1), neg]), coords)
+                codes, phases = torch.cat([code_t.expand(cfg.batch, -1), neg]), None
+                if cfg.partial_keys:  # some sampled negatives (never the forgers) become partial keys
+                    rows = cfg.batch + np.flatnonzero(rng.random(cfg.batch - (len(forged) if forge else 0))
+                                                      < cfg.partial_keys)
+                    phases = net.key.phases(codes)
+                    if len(rows):
+                        phases = phases.clone()
+                        phases[rows] = partial_key_phases(rng, phases[0].detach(), phases[rows].detach())
+                y = model(a, b, codes, coords, phases)
                 yk, yn = y[: cfg.batch], y[cfg.batch :]
                 loss_f, parts = fusion_loss(yk, a, b, **hinge_args)
                 target = marked_target(yk.detach(), mask, cfg.mark_alpha, cfg.mark_shift)
