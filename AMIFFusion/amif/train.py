@@ -424,9 +424,8 @@ def train(
                 if cfg.partial_keys:  # some sampled negatives (never the forgers) become partial keys
                     rows = cfg.batch + np.flatnonzero(rng.random(cfg.batch - (len(forged) if forge else 0))
                                                       < cfg.partial_keys)
-                    phases = net.key.phases(codes)
                     if len(rows):
-                        phases = phases.clone()
+                        phases = net.key.phases(codes)
                         phases[rows] = partial_key_phases(rng, phases[0].detach(), phases[rows].detach())
                 y = model(a, b, codes, coords, phases)
                 yk, yn = y[: cfg.batch], y[cfg.batch :]
