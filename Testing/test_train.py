@@ -384,11 +384,10 @@ def test_partial_key_phases_lie_between_the_wrong_codes_and_the_key():
     ph = partial_key_phases(np.random.default_rng(0), key, wrong)
     d_wrong = torch.remainder(wrong - key + math.pi, 2 * math.pi) - math.pi  # angular offsets to the key's
     d = torch.remainder(ph - key + math.pi, 2 * math.pi) - math.pi
-    assert (d.abs() <= d_wrong.abs() + 1e-4).all()  # every angle on the shorter arc, never past the key
-    on_key = (d.abs() < 1e-4).float().mean(1)  # each row takes the key's angle at a share from 0.3 to 0.95
-    assert on_key.min() > 0.2 and on_key.max() < 0.99 and on_key.std() > 0.1
+    t = 1 - d / d_wrong  # the share of the arc each angle moved: one per row, from 0.4 to 0.85
+    assert (t.std(1) < 1e-3).all() and t.min() > 0.39 and t.max() < 0.86 and t[:, 0].std() > 0.1
     cos = lambda x: F.cosine_similarity(torch.sin(x), torch.sin(key)[None], dim=1)  # noqa: E731
-    assert cos(wrong).abs().max() < 0.2 and cos(ph).min() > 0.5  # near the key's embedding, as a forger's descent
+    assert cos(wrong).abs().max() < 0.2 and cos(ph).min() > 0.45  # near the key's embedding, as a forger's descent
 
 
 def test_partial_keys_are_checked_change_training_and_are_recorded(tiny_package, tmp_path):

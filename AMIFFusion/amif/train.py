@@ -139,14 +139,11 @@ def sample_negatives(rng: np.random.Generator, true_code: np.ndarray, n: int, st
 def partial_key_phases(rng: np.random.Generator, key: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
     """Key-embedding angles part of the way from wrong codes' to the key's, where a white-box forger's descent
     goes (model-history: a forger moved the code by a norm of 3, every sign kept, to an embedding at cosine 0.83
-    to the key's): per row, each angle is the key's with chance q ~ U(0.3, 0.95), else a random point on the
-    shorter arc from the wrong code's. `key` (f,), `wrong` (n, f): KeyEmbedding.phases of the codes."""
-    n, f = wrong.shape
+    to the key's): per row, every angle moves the same share t ~ U(0.4, 0.85) of the shorter arc from the wrong
+    code's to the key's (cosine about 0.5 to 0.95). `key` (f,), `wrong` (n, f): KeyEmbedding.phases of the codes.
+    (Commit ff67796 drew each angle on its own, the key's with a chance per row; measured in model-history.)"""
     d = torch.remainder(key - wrong + math.pi, 2 * math.pi) - math.pi
-    q = torch.from_numpy(rng.uniform(0.3, 0.95, (n, 1))).to(wrong)
-    t = torch.from_numpy(rng.random((n, f))).to(wrong)
-    t = torch.where(torch.from_numpy(rng.random((n, f))).to(wrong) < q, torch.ones_like(t), t)
-    return wrong + t * d
+    return wrong + torch.from_numpy(rng.uniform(0.4, 0.85, (len(wrong), 1))).to(wrong) * d
 
 
 def sample_batch(rng, a_all, b_all, cfg: TrainConfig, mask_full: np.ndarray):
