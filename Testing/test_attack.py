@@ -1,6 +1,7 @@
 """`amif attack`: the attack families' numbers, on a model made to mark and on the tiny package."""
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -620,3 +621,40 @@ def test_the_published_threat_model_names_the_shift_attacker_only_for_a_shift_mo
     assert "equalization, inpainting over the exact identifier mask, and moving the image back by the manifest's " \
            "2 px shift) (Classical: s)" in held
     assert "combinations of attacks; an attacker who moves unkeyed outputs back before distilling" in moved
+
+
+def test_probe_key_embedding_moves_codes_towards_the_key_and_reports_each_probe(tiny_package, tmp_path, capsys):
+    """tools/probe_key_embedding.py: the arc ends at the key's angles (mod 2 pi), the matching descent raises
+    the cosine without flipping a sign on the bundled model, and the tool runs on a package and pairs."""
+    import torch
+    from test_evaluate import _synthetic_pairs
+
+    from amif.keys import load_key
+    from amif.package import load_package
+    from conftest import ROOT, load_tool
+
+    tool = load_tool("probe_key_embedding")
+    models = ROOT / "AMIFFusion" / "Resources" / "Models"
+    net = load_package(models / "amif-demo.json").net.eval()
+    key = torch.from_numpy(load_key(models / "amif-demo.amifkey").code()).float()
+    codes = (torch.randint(0, 2, (4, key.numel()), generator=torch.Generator().manual_seed(0)) * 2 - 1).float()
+    with torch.no_grad():
+        kp, start = net.key.phases(key), net.key.phases(codes)
+    assert torch.allclose(tool.arc_phases(kp, start, 0.0), start)
+    assert (tool.arc_phases(kp, start, 0.5) - start).abs().max() <= math.pi / 2 + 1e-5  # the shorter arc
+    assert torch.allclose(torch.sin(tool.arc_phases(kp, start, 1.0)), torch.sin(kp).expand_as(start), atol=1e-4)
+
+    def cosine(c):
+        with torch.no_grad():
+            return torch.nn.functional.cosine_similarity(torch.sin(net.key.phases(c)), torch.sin(kp)[None], 1)
+
+    moved = tool.matched_codes(net, key, codes, 40)
+    assert (cosine(codes) < 0.3).all() and (cosine(moved) > 0.85).all()
+    assert torch.equal(moved.sign(), codes.sign())
+
+    _, owner, d = tiny_package
+    data = _synthetic_pairs(tmp_path / "data")
+    assert tool.main(["-m", str(d / "tiny.json"), "-k", str(owner), "--data", str(data), "--codes", "2"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert len(rows) == len(tool.ARCS) + len(tool.MATCH_STEPS)
+    assert float(rows[len(tool.ARCS) - 1][-2]) > 0.999  # arc t 1: the key's embedding

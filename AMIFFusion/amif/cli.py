@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "so a forger's descent drops the texture but keeps the identifier (default: texture too)")
     s.add_argument("--partial-keys", type=float, default=0.0, metavar="P",
                    help="chance that a sampled wrong-key code is replaced by a partial key: a key embedding part of "
-                        "the way to the key's, where a white-box forger's descent goes (default 0: none)")
+                        "the way to the key's (measured: white-box forgers delayed, not stopped; default 0: none)")
     s.add_argument("--mark-alpha", type=float, default=0.75, metavar="A",
                    help="the identifier's opacity in unkeyed outputs, in (0, 1] (default 0.75; 1 leaves no content "
                         "under the strokes for a remover to recover)")
