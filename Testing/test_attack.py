@@ -624,13 +624,15 @@ def test_the_published_threat_model_names_the_shift_attacker_only_for_a_shift_mo
 
 
 def test_probe_key_embedding_moves_codes_towards_the_key_and_reports_each_probe(tiny_package, tmp_path, capsys):
-    """tools/probe_key_embedding.py: the arc ends at the key's angles (mod 2 pi), the matching descent raises
-    the cosine without flipping a sign on the bundled model, and the tool runs on a package and pairs."""
+    """tools/probe_key_embedding.py: the arc (amif.train.arc_phases, the partial keys' path) ends at the key's
+    angles (mod 2 pi), the matching descent raises the cosine without flipping a sign on the bundled model, and
+    the tool runs on a package and pairs."""
     import torch
     from test_evaluate import _synthetic_pairs
 
     from amif.keys import load_key
     from amif.package import load_package
+    from amif.train import arc_phases
     from conftest import ROOT, load_tool
 
     tool = load_tool("probe_key_embedding")
@@ -640,9 +642,9 @@ def test_probe_key_embedding_moves_codes_towards_the_key_and_reports_each_probe(
     codes = (torch.randint(0, 2, (4, key.numel()), generator=torch.Generator().manual_seed(0)) * 2 - 1).float()
     with torch.no_grad():
         kp, start = net.key.phases(key), net.key.phases(codes)
-    assert torch.allclose(tool.arc_phases(kp, start, 0.0), start)
-    assert (tool.arc_phases(kp, start, 0.5) - start).abs().max() <= math.pi / 2 + 1e-5  # the shorter arc
-    assert torch.allclose(torch.sin(tool.arc_phases(kp, start, 1.0)), torch.sin(kp).expand_as(start), atol=1e-4)
+    assert torch.allclose(arc_phases(kp, start, 0.0), start)
+    assert (arc_phases(kp, start, 0.5) - start).abs().max() <= math.pi / 2 + 1e-5  # the shorter arc
+    assert torch.allclose(torch.sin(arc_phases(kp, start, 1.0)), torch.sin(kp).expand_as(start), atol=1e-4)
 
     def cosine(c):
         with torch.no_grad():

@@ -13,7 +13,6 @@ flagged by `verify` and the cosine of their key embedding (sin of KeyEmbedding.p
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -22,13 +21,6 @@ sys.path.insert(0, str(ROOT / "AMIFFusion"))
 
 ARCS = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
 MATCH_STEPS = (10, 20, 40)
-
-
-def arc_phases(key_phases, phases, t: float):
-    """Every angle of `phases` (n, f) moved the share t of the shorter arc to `key_phases` (f,)."""
-    import torch
-
-    return phases + t * (torch.remainder(key_phases - phases + math.pi, 2 * math.pi) - math.pi)
 
 
 def matched_codes(net, key_code, codes, steps: int, lr: float = 0.05):
@@ -51,6 +43,7 @@ def probe(model, key, data=None, n: int = 8, seed: int = 0) -> list[tuple[str, f
     import torch
 
     from amif.attack import _forge_images, _frozen_copy, load_target
+    from amif.train import arc_phases
     from amif.verify import score_tensor
 
     target, _ = load_target(model, key, data, "test", 1)
@@ -63,7 +56,8 @@ def probe(model, key, data=None, n: int = 8, seed: int = 0) -> list[tuple[str, f
     codes = (torch.randint(0, 2, (n, key_code.numel()), generator=gen) * 2 - 1).float()
     with torch.no_grad():
         enc = net.encode(a.repeat(n, 1, 1, 1), b.repeat(n, 1, 1, 1))
-        key_emb = torch.sin(net.key.phases(key_code))
+        key_phases, start = net.key.phases(key_code), net.key.phases(codes)
+        key_emb = torch.sin(key_phases)
 
     def measure(label, c, phases=None):
         with torch.no_grad():
@@ -73,9 +67,7 @@ def probe(model, key, data=None, n: int = 8, seed: int = 0) -> list[tuple[str, f
             flagged = (score_tensor(y, mask) >= target.threshold).float().mean()
         return label, float(cos), float(flagged)
 
-    with torch.no_grad():
-        start = net.key.phases(codes)
-    rows = [measure(f"arc t {t:g}", codes, arc_phases(net.key.phases(key_code), start, t)) for t in ARCS]
+    rows = [measure(f"arc t {t:g}", codes, arc_phases(key_phases, start, t)) for t in ARCS]
     rows += [measure(f"matched {s} steps", matched_codes(net, key_code, codes, s)) for s in MATCH_STEPS]
     return rows
 
@@ -88,9 +80,6 @@ def main(argv=None) -> int:
     p.add_argument("--codes", type=int, default=8, help="random codes per probe (default 8)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    import torch
-
-    torch.manual_seed(args.seed)
     for model in args.model:
         print(f"{Path(model).name}: cosine to the key's embedding, share flagged")
         for label, cos, flagged in probe(model, args.key, args.data, args.codes, args.seed):

@@ -142,8 +142,13 @@ def partial_key_phases(rng: np.random.Generator, key: torch.Tensor, wrong: torch
     angle moves the same share t ~ U(0.4, 0.85) of the shorter arc from the wrong code's to the key's (cosine
     about 0.5 to 0.95). `key` (f,), `wrong` (n, f): KeyEmbedding.phases of the codes.
     (Commit ff67796 drew each angle on its own, the key's with a chance per row; measured in model-history.)"""
-    d = torch.remainder(key - wrong + math.pi, 2 * math.pi) - math.pi
-    return wrong + torch.from_numpy(rng.uniform(0.4, 0.85, (len(wrong), 1))).to(wrong) * d
+    return arc_phases(key, wrong, torch.from_numpy(rng.uniform(0.4, 0.85, (len(wrong), 1))).to(wrong))
+
+
+def arc_phases(key: torch.Tensor, phases: torch.Tensor, t) -> torch.Tensor:
+    """Every angle of `phases` (n, f) moved the share t (a number, or one per row) of the shorter arc to the
+    key's angle (`key`, (f,))."""
+    return phases + t * (torch.remainder(key - phases + math.pi, 2 * math.pi) - math.pi)
 
 
 def sample_batch(rng, a_all, b_all, cfg: TrainConfig, mask_full: np.ndarray):
