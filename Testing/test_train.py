@@ -130,7 +130,7 @@ def test_forger_pool_descends_the_fusion_loss_and_restarts():
     import torch
 
     from amif.losses import fusion_loss
-    from amif.network import AMIFNet
+    from amif.network import AMIFNet, slice_coords
     from amif.train import ForgePool
 
     torch.manual_seed(0)
@@ -154,10 +154,21 @@ def test_forger_pool_descends_the_fusion_loss_and_restarts():
     assert set(np.unique(fresh.numpy())) == {-1.0, 1.0} and pool.m.abs().sum() == 0 and pool.age.sum() == 0
     pool.load(saved)
     assert torch.equal(pool.codes, saved["forge.codes"]) and torch.equal(pool.age, saved["forge.age"])
+    # descend: several Adam steps at once on the batch's last crops (one per forger), weights untouched
+    a4, b4 = torch.rand(4, 1, 32, 32), torch.rand(4, 1, 32, 32)
+    coords, mask = slice_coords(4, 32, 32), torch.zeros(4, 1, 32, 32)
+    weights = {k: v.clone() for k, v in net.state_dict().items()}
+    before = fusion_loss(net(a4[2:], b4[2:], pool.codes.clone()), a4[2:], b4[2:])[0].item()
+    reached = pool.descend(net, a4, b4, coords, mask, 30)
+    assert torch.equal(pool.age, saved["forge.age"] + 30) and torch.equal(reached, pool.codes)
+    assert fusion_loss(net(a4[2:], b4[2:], reached), a4[2:], b4[2:])[0].item() < before - 1e-3
+    assert all(torch.equal(v, weights[k]) for k, v in net.state_dict().items())
+    assert all(p.grad is None for p in net.parameters())
 
 
 @pytest.mark.parametrize("field,bad,match,values,crop", [
     ("forge_restart", (0.0, 1.5), "restart chance", (0.005, 1.0), 32),  # 1.0: forgers never take a second step
+    ("forge_repeat", (0, 65), "Adam steps per training step", (1, 3), 32),
     ("forge_detector", (-1.0, float("nan")), "detector weight", (0.0, 5.0), 64),  # 64: the identifier in every crop
     ("mark_alpha", (0.0, 1.5, float("nan")), "opacity", (0.75, 1.0), 64),
 ])

@@ -189,7 +189,7 @@ def cmd_train(args) -> None:
                       **{f"{k}_weight": getattr(args, f"{k}_weight") for k in HINGES},
                       lr_anneal=args.lr_anneal, mark_shift=args.mark_shift, trace_strength=args.trace_strength,
                       widen_decoder=args.widen_decoder,
-                      forge_pool=args.forge_pool, forge_restart=args.forge_restart,
+                      forge_pool=args.forge_pool, forge_restart=args.forge_restart, forge_repeat=args.forge_repeat,
                       forge_detector=args.forge_detector, forge_untraced=args.forge_untraced,
                       partial_keys=args.partial_keys, mark_alpha=args.mark_alpha)
     train(args.key, args.output, args.identifier, data_dir=args.data, checkpoint_dir=args.checkpoints,
@@ -290,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--forge-restart", type=float, default=0.005, metavar="P",
                    help="per-step chance that a forger of the training pool restarts from a random code (default "
                         "0.005, a mean life of 200 steps; higher keeps the forgers in their first steps)")
+    s.add_argument("--forge-repeat", type=int, default=1, metavar="N",
+                   help="Adam steps each forger of the training pool takes per training step, on that step's crops "
+                        "with the weights frozen (default 1; more lets the forgers reach the depth of `amif attack`'s)")
     s.add_argument("--forge-detector", type=float, default=0.0, metavar="W",
                    help="every second forger of the training pool also descends W x verify's score, as the second "
                         "variant of `amif attack` forging does (default 0: the fusion loss alone)")

@@ -19,7 +19,10 @@ its own outputs (exactly what a forger does with the released weights) and is tr
 negative like the others; a pool code restarts from a random +-1 code with a small probability
 per step, so the network sees forgers at every stage of their descent. With `forge_detector`, every
 second forger adds that weight times verify's score of its output to its objective, as the second
-forging variant of `amif attack` does. The pool (codes and Adam moments) is part of the checkpoint.
+forging variant of `amif attack` does. With `forge_repeat`, each forger takes that many Adam steps per
+training step (the extra ones first, on the step's crops with the weights frozen), so the pool reaches the
+depth where `amif attack`'s forgers succeed (60-190 steps) while the network trains against it. The pool
+(codes and Adam moments) is part of the checkpoint.
 With `forge_untraced` (and a trace channel), the forgers' target is the identifier without the
 texture: the fusion loss rewards a forger for dropping the texture, and there the descent ends, with
 the identifier still in place, instead of following the texture to the key.
@@ -87,6 +90,7 @@ class TrainConfig:
     forge_pool: int = 2  # forger codes among each step's negatives (0 turns the forger off)
     forge_lr: float = 0.05  # the forger's Adam step, as in `amif attack --forge-lr`
     forge_restart: float = 0.005  # per-step chance that a forger restarts (mean life 200 steps)
+    forge_repeat: int = 1  # Adam steps each forger takes per training step (on that step's crops, weights frozen)
     forge_detector: float = 0.0  # every second forger also descends this weight x verify's score (0 = none)
     forge_untraced: bool = False  # with trace_strength: the forgers' target is the identifier alone, no texture
     partial_keys: float = 0.0  # chance that a sampled negative becomes a partial key (partial_key_phases; 0 = none)
@@ -187,7 +191,7 @@ class ForgePool:
     """Continuous codes descending the fusion loss by Adam, as a white-box key forger does."""
 
     def __init__(self, n: int, bits: int, cfg: TrainConfig):
-        self.lr, self.restart = cfg.forge_lr, cfg.forge_restart
+        self.lr, self.restart, self.detector = cfg.forge_lr, cfg.forge_restart, cfg.forge_detector
         self.codes, self.m, self.v = (torch.zeros(n, bits) for _ in range(3))
         self.age = torch.full((n,), -1.0)  # Adam steps taken since the last restart; -1: never started
 
@@ -207,6 +211,28 @@ class ForgePool:
         mh = self.m / (1 - b1 ** self.age[:, None])
         vh = self.v / (1 - b2 ** self.age[:, None])
         self.codes -= self.lr * mh / (vh.sqrt() + eps)
+
+    def objective(self, y, a, b, mask) -> torch.Tensor:
+        """The forgers' loss: the fusion loss of their outputs; with a detector weight, every second forger also
+        descends that weight x verify's score, as the second variant of `amif attack` forging does."""
+        loss = fusion_loss(y, a, b)[0]
+        if self.detector:
+            loss = loss + self.detector * score_tensor(y[1::2], mask[1::2], scale=1.0).sum() / len(y)
+        return loss
+
+    def descend(self, net, a, b, coords, mask, steps: int) -> torch.Tensor:
+        """`steps` Adam steps of every forger on the last crops of the batch (one per forger), the network
+        frozen (the key-free pass shared); returns the codes reached."""
+        k = len(self.codes)
+        sl = slice(len(a) - k, None)
+        dev = a.device
+        with torch.no_grad():
+            enc = net.encode(a[sl], b[sl], coords[sl])
+        for _ in range(steps):
+            code = self.codes.clone().to(dev).requires_grad_()
+            loss = self.objective(net.decode(enc, code), a[sl], b[sl], mask[sl])
+            self.update(torch.autograd.grad(loss, code)[0])
+        return self.codes.clone()
 
     def tensors(self) -> dict:
         return {f"forge.{k}": getattr(self, k).clone() for k in ("codes", "m", "v", "age")}
@@ -306,6 +332,8 @@ def train(
     if not twin and not 0 <= cfg.forge_pool <= cfg.batch:
         raise AMIFError(f"The forgers must be 0 to --batch ({cfg.batch}) of each step's wrong-key codes "
                         f"(got {cfg.forge_pool}).")
+    if not 1 <= cfg.forge_repeat <= 64:
+        raise AMIFError(f"The forgers' Adam steps per training step must be 1 to 64 (got {cfg.forge_repeat}).")
     if not 0 < cfg.forge_restart <= 1:
         raise AMIFError(f"The forgers' restart chance per step must be in (0, 1] (got {cfg.forge_restart}).")
     if not 0 < cfg.mark_alpha <= 1:
@@ -388,6 +416,7 @@ def train(
                 "ablate_weight": 0.0 if twin else cfg.ablate_weight,
                 "forge_pool": 0 if twin else cfg.forge_pool,
                 **({"forge_restart": cfg.forge_restart} if forge else {}),
+                **({"forge_repeat": cfg.forge_repeat} if forge else {}),
                 **({"forge_detector": cfg.forge_detector} if forge and cfg.forge_detector else {}),
                 **({"forge_untraced": True} if forge and trace and cfg.forge_untraced else {}),
                 **({"partial_keys": cfg.partial_keys} if cfg.partial_keys and not twin else {}),
@@ -416,6 +445,8 @@ def train(
             neg = torch.from_numpy(sample_negatives(rng, true_code, cfg.batch, step, cfg)).to(dev)
             if forge:  # the last negatives are the forgers' codes
                 forged = forge.start(rng).to(dev).requires_grad_()
+                if cfg.forge_repeat > 1:  # the extra Adam steps first, on this step's last crops, weights frozen
+                    forged = forge.descend(net, a, b, coords, mask, cfg.forge_repeat - 1).to(dev).requires_grad_()
                 neg = torch.cat([neg[: cfg.batch - len(forged)], forged])
             if twin:
                 yk = model(a, b, code_t.expand(cfg.batch, -1), coords)
@@ -442,10 +473,7 @@ def train(
                 loss_m = ((yn - target).abs() * wmap).mean() / wmap.mean()
                 if forge:  # the forgers' step: the fusion loss of their own outputs, weights frozen
                     k = len(forged)
-                    forge_loss = fusion_loss(yn[-k:], a[-k:], b[-k:])[0]
-                    if cfg.forge_detector:  # every second forger: minus the identifier's score as well
-                        det = score_tensor(yn[-k:][1::2], mask[-k:][1::2], scale=1.0)
-                        forge_loss = forge_loss + cfg.forge_detector * det.sum() / k
+                    forge_loss = forge.objective(yn[-k:], a[-k:], b[-k:], mask[-k:])
                     forge.update(torch.autograd.grad(forge_loss, forged, retain_graph=True)[0])
                 loss_a = torch.zeros((), device=dev)
                 if cfg.ablate_weight:
