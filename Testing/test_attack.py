@@ -304,11 +304,12 @@ def test_forging_fails_on_a_gradient_free_mark_and_succeeds_on_a_weak_one(tiny_p
     assert all(1 <= s <= 12 for s in d["steps_to_success"]) and d["steps"] == sum(d["steps_to_success"])
     assert all(run["final"]["flagged"] <= 0.5 for run in d["runs"])
     assert all(run["all_pairs"]["n"] == weak.n for run in d["runs"])
-    key = torch.sin(weak.package.net.key.phases(torch.from_numpy(weak.code).float()))
+    emb = weak.package.net.key
+    key = torch.sin(emb.phases(torch.from_numpy(weak.code).float()))
     for run in d["runs"]:  # the key embedding's cosine where each descent started (a random +-1 code) and ended
         gen = torch.Generator().manual_seed(opts.seed * 1000 + run["restart"])
         start = (torch.randint(0, 2, (weak.code.size,), generator=gen) * 2 - 1).float()
-        start = float(torch.nn.functional.cosine_similarity(torch.sin(weak.package.net.key.phases(start)), key, 0))
+        start = float(torch.nn.functional.cosine_similarity(torch.sin(emb.phases(start)), key, 0))
         assert run["key_embedding_cosine"][0] == pytest.approx(start, abs=1e-6)
         assert run["key_embedding_cosine"][1] != run["key_embedding_cosine"][0]  # moved: the weak mark fades
     assert "2/2 restarts succeed within 12 steps (rate at most 100.0%)" in r.summary
@@ -646,9 +647,11 @@ def test_probe_key_embedding_moves_codes_towards_the_key_and_reports_each_probe(
     assert (arc_phases(kp, start, 0.5) - start).abs().max() <= math.pi / 2 + 1e-5  # the shorter arc
     assert torch.allclose(torch.sin(arc_phases(kp, start, 1.0)), torch.sin(kp).expand_as(start), atol=1e-4)
 
-    def cosine(c):
+    def cosine(c):  # KeyEmbedding.cosine written out
         with torch.no_grad():
             return torch.nn.functional.cosine_similarity(torch.sin(net.key.phases(c)), torch.sin(kp)[None], 1)
+
+    assert torch.allclose(net.key.cosine(start, kp), cosine(codes)) and net.key.cosine(kp, kp) == pytest.approx(1.0)
 
     moved = tool.matched_codes(net, key, codes, 40)
     assert (cosine(codes) < 0.3).all() and (cosine(moved) > 0.85).all()

@@ -27,11 +27,11 @@ def matched_codes(net, key_code, codes, steps: int, lr: float = 0.05):
     """`codes` (n, 256) after `steps` Adam steps that raise their key embedding's cosine to the key's."""
     import torch
 
-    target = torch.sin(net.key.phases(key_code)).detach()
+    key_phases = net.key.phases(key_code).detach()
     code = codes.clone().requires_grad_()
     adam = torch.optim.Adam([code], lr=lr)
     for _ in range(steps):
-        cos = torch.nn.functional.cosine_similarity(torch.sin(net.key.phases(code)), target[None], 1)
+        cos = net.key.cosine(net.key.phases(code), key_phases)
         adam.zero_grad()
         (-cos.sum()).backward()
         adam.step()
@@ -57,12 +57,11 @@ def probe(model, key, data=None, n: int = 8, seed: int = 0) -> list[tuple[str, f
     with torch.no_grad():
         enc = net.encode(a.repeat(n, 1, 1, 1), b.repeat(n, 1, 1, 1))
         key_phases, start = net.key.phases(key_code), net.key.phases(codes)
-        key_emb = torch.sin(key_phases)
 
     def measure(label, c, phases=None):
         with torch.no_grad():
             ph = net.key.phases(c) if phases is None else phases
-            cos = torch.nn.functional.cosine_similarity(torch.sin(ph), key_emb[None], 1).mean()
+            cos = net.key.cosine(ph, key_phases).mean()
             y = net.decode(enc, c.repeat_interleave(m, 0), None if phases is None else ph.repeat_interleave(m, 0))
             flagged = (score_tensor(y, mask) >= target.threshold).float().mean()
         return label, float(cos), float(flagged)

@@ -968,12 +968,12 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
     thr = target.threshold
     with torch.no_grad():
         enc = net.encode(a, b)
-        key_embedding = torch.sin(net.key.phases(torch.from_numpy(target.code).float().to(target.device)))
+        key_phases = net.key.phases(torch.from_numpy(target.code).float().to(target.device))
 
     def key_cosine(code) -> float:
         """Cosine of a code's key embedding to the owner's: where the forger's descent went (start, end)."""
         with torch.no_grad():
-            return float(torch.nn.functional.cosine_similarity(torch.sin(net.key.phases(code)), key_embedding, 0))
+            return float(net.key.cosine(net.key.phases(code), key_phases))
 
     variants = [] if opts.forge_detector_only else [("fusion loss", 0.0)]
     if opts.forge_detector > 0:

@@ -86,6 +86,12 @@ class KeyEmbedding(nn.Module):
         """The embedding's angles: sin of them is what the MLP reads."""
         return code @ self.proj + self.phase
 
+    @staticmethod
+    def cosine(phases: torch.Tensor, key_phases: torch.Tensor) -> torch.Tensor:
+        """Cosine of the embedding at `phases` ((n, F) or (F,)) to the one at the key's angles: how near a
+        code's input to the MLP is to the owner's (where a forger's descent goes)."""
+        return torch.nn.functional.cosine_similarity(torch.sin(phases), torch.sin(key_phases), dim=-1)
+
     def forward(self, code: torch.Tensor, phases: torch.Tensor | None = None) -> list[torch.Tensor]:
         e = torch.sin(self.phases(code) if phases is None else phases)
         return list(self.mlp(e).split(self.sizes, dim=1))
