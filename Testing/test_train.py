@@ -148,12 +148,21 @@ def test_forger_pool_descends_the_fusion_loss_and_restarts():
     assert losses[-1] < losses[0] - 1e-3  # the forger improves its own outputs, as `amif attack` forging does
     assert torch.equal(pool.age, torch.full((2,), 40.0))
     assert not torch.equal(pool.codes.abs(), torch.ones_like(pool.codes))  # continuous now
+    # the memory: each forger's code at its 10th, 20th, 30th and 40th Adam step
+    assert pool.memory.shape == (8, TINY.key_bits) and torch.equal(pool.memory[-2:], pool.codes)
+    recalled = pool.recall(rng, 3)
+    assert len(recalled) == 3 and all((pool.memory == r).all(1).any() for r in recalled)
+    assert len(pool.recall(rng, 20)) == 8 and len(ForgePool(2, TINY.key_bits, TrainConfig()).recall(rng, 2)) == 0
     saved = pool.tensors()
     pool.restart = 1.0  # every forger restarts: fresh +-1 codes, moments cleared
     fresh = pool.start(rng)
     assert set(np.unique(fresh.numpy())) == {-1.0, 1.0} and pool.m.abs().sum() == 0 and pool.age.sum() == 0
     pool.load(saved)
     assert torch.equal(pool.codes, saved["forge.codes"]) and torch.equal(pool.age, saved["forge.age"])
+    assert torch.equal(pool.memory, saved["forge.memory"])
+    pool.load({"forge.memory": torch.zeros(pool.MEMORY + 5, TINY.key_bits)})
+    assert len(pool.memory) == pool.MEMORY  # the last MEMORY codes are kept
+    pool.load(saved)
     # descend: several Adam steps at once on the batch's last crops (one per forger), weights untouched
     a4, b4 = torch.rand(4, 1, 32, 32), torch.rand(4, 1, 32, 32)
     coords, mask = slice_coords(4, 32, 32), torch.zeros(4, 1, 32, 32)
@@ -385,6 +394,31 @@ def test_untraced_forgers_need_a_trace_change_training_and_are_recorded(tiny_pac
     assert "forge_untraced" not in pkgs[False].manifest["training"]
     assert pkgs[True].manifest["training"]["forge_untraced"] is True
     assert _weights_differ(*pkgs.values())  # the untraced target changes what is learned
+
+
+def test_forger_memory_is_checked_changes_training_resumes_and_is_recorded(tiny_package, tmp_path):
+    _, key, _ = tiny_package
+    _fake_pairs(tmp_path / "data")
+    kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
+    cfg = dict(batch=3, crop=32, forge_pool=1, forge_restart=1e-6)  # the first snapshot after the 10th step
+    for bad, match in ((-1, "recalled forger codes"), (3, "recalled forger codes"),
+                       (dict(forge_memory=1, forge_pool=0), "need forgers")):
+        bad = bad if isinstance(bad, dict) else dict(forge_memory=bad)
+        with pytest.raises(AMIFError, match=match):
+            train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad",
+                  cfg=TrainConfig(steps=2, **{**cfg, **bad}), **kw)
+        assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
+    pkgs = {m: load_package(train(key, tmp_path / f"m{m}" / "m", checkpoint_dir=tmp_path / f"ck{m}",
+                                  cfg=TrainConfig(steps=13, forge_memory=m, **cfg), **kw)) for m in (0, 2)}
+    assert "forge_memory" not in pkgs[0].manifest["training"]
+    assert pkgs[2].manifest["training"]["forge_memory"] == 2
+    assert _weights_differ(*pkgs.values())  # the recalled codes change what is learned
+    # the memory is in the checkpoint: stopping after step 11 and resuming gives the same weights
+    for steps in (11, 13):
+        train(key, tmp_path / "r" / "m", checkpoint_dir=tmp_path / "ckr", cfg=TrainConfig(steps=steps, forge_memory=2,
+                                                                                         **cfg), **kw)
+    resumed = load_package(tmp_path / "r" / "m").net.state_dict()
+    assert all(np.allclose(v.numpy(), resumed[k].numpy(), atol=1e-6) for k, v in pkgs[2].net.state_dict().items())
 
 
 def test_partial_key_phases_lie_between_the_wrong_codes_and_the_key():

@@ -191,6 +191,7 @@ def cmd_train(args) -> None:
                       widen_decoder=args.widen_decoder,
                       forge_pool=args.forge_pool, forge_restart=args.forge_restart, forge_repeat=args.forge_repeat,
                       forge_detector=args.forge_detector, forge_untraced=args.forge_untraced,
+                      forge_memory=args.forge_memory,
                       partial_keys=args.partial_keys, mark_alpha=args.mark_alpha)
     train(args.key, args.output, args.identifier, data_dir=args.data, checkpoint_dir=args.checkpoints,
           init=args.init, cfg=cfg, twin=args.twin)
@@ -293,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--forge-repeat", type=int, default=1, metavar="N",
                    help="Adam steps each forger of the training pool takes per training step, on that step's crops "
                         "with the weights frozen (default 1; more lets the forgers reach the depth of `amif attack`'s)")
+    s.add_argument("--forge-memory", type=int, default=0, metavar="N",
+                   help="N of each step's --batch wrong-key codes are drawn from the training forgers' past codes (one "
+                        "kept per forger every 10 of its Adam steps, the last 512), so training keeps marking where "
+                        "earlier forgers went (default 0)")
     s.add_argument("--forge-detector", type=float, default=0.0, metavar="W",
                    help="every second forger of the training pool also descends W x verify's score, as the second "
                         "variant of `amif attack` forging does (default 0: the fusion loss alone)")

@@ -22,7 +22,10 @@ second forger adds that weight times verify's score of its output to its objecti
 forging variant of `amif attack` does. With `forge_repeat`, each forger takes that many Adam steps per
 training step (the extra ones first, on the step's crops with the weights frozen), so the pool reaches the
 depth where `amif attack`'s forgers succeed (60-190 steps) while the network trains against it. The pool
-(codes and Adam moments) is part of the checkpoint.
+(codes, Adam moments and the memory below) is part of the checkpoint.
+With `forge_memory`, that many of each step's wrong-key codes are drawn from a memory of the forgers' past
+codes (ForgePool.recall), so the network keeps marking the ways earlier forgers went while it trains
+against the current ones (replay against forgetting, as in adversarial training).
 With `forge_untraced` (and a trace channel), the forgers' target is the identifier without the
 texture: the fusion loss rewards a forger for dropping the texture, and there the descent ends, with
 the identifier still in place, instead of following the texture to the key.
@@ -93,6 +96,7 @@ class TrainConfig:
     forge_repeat: int = 1  # Adam steps each forger takes per training step (on that step's crops, weights frozen)
     forge_detector: float = 0.0  # every second forger also descends this weight x verify's score (0 = none)
     forge_untraced: bool = False  # with trace_strength: the forgers' target is the identifier alone, no texture
+    forge_memory: int = 0  # wrong-key codes per step recalled from the forgers' past codes (ForgePool.recall; 0 = none)
     partial_keys: float = 0.0  # chance that a sampled negative becomes a partial key (partial_key_phases; 0 = none)
     vif_weight: float = 0.0  # weight of the VIF term in the fusion loss (losses.fusion_loss w_vif)
     sd_weight: float = 0.0  # weight of the SD hinge against the max rule (losses.fusion_loss w_sd)
@@ -188,12 +192,17 @@ def memory_surgery(spatial: torch.Tensor, step: int) -> torch.Tensor:
 
 
 class ForgePool:
-    """Continuous codes descending the fusion loss by Adam, as a white-box key forger does."""
+    """Continuous codes descending the fusion loss by Adam, as a white-box key forger does. Every
+    `SNAPSHOT` Adam steps each forger's code goes into a memory of the last `MEMORY` codes, so that
+    training can keep marking the ways earlier forgers went (`recall`), not only where they are now."""
+
+    MEMORY, SNAPSHOT = 512, 10
 
     def __init__(self, n: int, bits: int, cfg: TrainConfig):
         self.lr, self.restart, self.detector = cfg.forge_lr, cfg.forge_restart, cfg.forge_detector
         self.codes, self.m, self.v = (torch.zeros(n, bits) for _ in range(3))
         self.age = torch.full((n,), -1.0)  # Adam steps taken since the last restart; -1: never started
+        self.memory = torch.zeros(0, bits)
 
     def start(self, rng: np.random.Generator) -> torch.Tensor:
         """Restart the forgers that are due (from random +-1 codes); returns the codes to use."""
@@ -211,6 +220,14 @@ class ForgePool:
         mh = self.m / (1 - b1 ** self.age[:, None])
         vh = self.v / (1 - b2 ** self.age[:, None])
         self.codes -= self.lr * mh / (vh.sqrt() + eps)
+        due = self.age % self.SNAPSHOT == 0
+        if due.any():
+            self.memory = torch.cat([self.memory, self.codes[due]])[-self.MEMORY :]
+
+    def recall(self, rng: np.random.Generator, n: int) -> torch.Tensor:
+        """Up to n codes drawn (without replacement) from the memory of past forger codes."""
+        n = min(n, len(self.memory))
+        return self.memory[rng.choice(len(self.memory), size=n, replace=False)] if n else self.memory[:0]
 
     def objective(self, y, a, b, mask) -> torch.Tensor:
         """The forgers' loss: the fusion loss of their outputs; with a detector weight, every second forger also
@@ -235,12 +252,15 @@ class ForgePool:
         return self.codes.clone()
 
     def tensors(self) -> dict:
-        return {f"forge.{k}": getattr(self, k).clone() for k in ("codes", "m", "v", "age")}
+        return {f"forge.{k}": getattr(self, k).clone() for k in ("codes", "m", "v", "age", "memory")}
 
     def load(self, tensors: dict) -> None:
         for k in ("codes", "m", "v", "age"):
             if f"forge.{k}" in tensors and tensors[f"forge.{k}"].shape == getattr(self, k).shape:
                 setattr(self, k, tensors[f"forge.{k}"].clone())
+        memory = tensors.get("forge.memory")
+        if memory is not None and memory.ndim == 2 and memory.shape[1] == self.memory.shape[1]:
+            self.memory = memory[-self.MEMORY :].clone()
 
 
 def _opt_state_tensors(opt: torch.optim.Optimizer) -> dict:
@@ -340,6 +360,11 @@ def train(
         raise AMIFError(f"The identifier's opacity must be in (0, 1] (got {cfg.mark_alpha}).")
     if not 0 <= cfg.forge_detector < float("inf"):
         raise AMIFError(f"The forgers' detector weight must be 0 or more (got {cfg.forge_detector}).")
+    if not twin and not 0 <= cfg.forge_memory <= cfg.batch - cfg.forge_pool:
+        raise AMIFError(f"The recalled forger codes must be 0 to --batch minus --forge-pool "
+                        f"({cfg.batch - cfg.forge_pool}) of each step's wrong-key codes (got {cfg.forge_memory}).")
+    if cfg.forge_memory and not cfg.forge_pool:
+        raise AMIFError("Recalled forger codes (--forge-memory) need forgers (--forge-pool).")
     if not 0 <= cfg.partial_keys <= 1:
         raise AMIFError(f"The share of partial-key negatives must be from 0 to 1 (got {cfg.partial_keys}).")
     if cfg.forge_untraced and not (cfg.trace_strength and cfg.forge_pool):
@@ -419,6 +444,7 @@ def train(
                 **({"forge_repeat": cfg.forge_repeat} if forge else {}),
                 **({"forge_detector": cfg.forge_detector} if forge and cfg.forge_detector else {}),
                 **({"forge_untraced": True} if forge and trace and cfg.forge_untraced else {}),
+                **({"forge_memory": cfg.forge_memory} if forge and cfg.forge_memory else {}),
                 **({"partial_keys": cfg.partial_keys} if cfg.partial_keys and not twin else {}),
                 **{f"{k}_weight": getattr(cfg, f"{k}_weight") for k in HINGES},
                 "sf_floor": cfg.sf_floor,
@@ -447,16 +473,17 @@ def train(
                 forged = forge.start(rng).to(dev).requires_grad_()
                 if cfg.forge_repeat > 1:  # the extra Adam steps first, on this step's last crops, weights frozen
                     forged = forge.descend(net, a, b, coords, mask, cfg.forge_repeat - 1).to(dev).requires_grad_()
-                neg = torch.cat([neg[: cfg.batch - len(forged)], forged])
+                recalled = forge.recall(rng, cfg.forge_memory).to(dev)  # just before the forgers
+                neg = torch.cat([neg[: cfg.batch - len(forged) - len(recalled)], recalled, forged])
             if twin:
                 yk = model(a, b, code_t.expand(cfg.batch, -1), coords)
                 loss, parts = fusion_loss(yk, a, b, **hinge_args)
                 loss_m = loss_a = torch.zeros((), device=dev)
             else:
                 codes, phases = torch.cat([code_t.expand(cfg.batch, -1), neg]), None
-                if cfg.partial_keys:  # some sampled negatives (never the forgers) become partial keys
-                    rows = cfg.batch + np.flatnonzero(rng.random(cfg.batch - (len(forged) if forge else 0))
-                                                      < cfg.partial_keys)
+                if cfg.partial_keys:  # some sampled negatives (never the forgers' codes) become partial keys
+                    sampled = cfg.batch - (len(forged) + len(recalled) if forge else 0)
+                    rows = cfg.batch + np.flatnonzero(rng.random(sampled) < cfg.partial_keys)
                     if len(rows):
                         phases = net.key.phases(codes)
                         phases[rows] = partial_key_phases(rng, phases[0].detach(), phases[rows].detach())
