@@ -25,8 +25,8 @@ depth where `amif attack`'s forgers succeed (60-190 steps) while the network tra
 (codes, Adam moments and the memory below) is part of the checkpoint.
 With `forge_memory`, that many of each step's wrong-key codes are drawn from a memory of the forgers' past
 codes (ForgePool.recall), so the network keeps marking the ways earlier forgers went while it trains
-against the current ones (replay against forgetting, as in adversarial training) Measured once
-(model-history): 1 of 6 forgers through, inside the 0-4 of 6 that runs without it give).
+against the current ones (replay against forgetting, as in adversarial training). Measured once
+(model-history): 1 of 6 forgers through, inside the 0-4 of 6 that runs without it give.
 With `forge_untraced` (and a trace channel), the forgers' target is the identifier without the
 texture: the fusion loss rewards a forger for dropping the texture, and there the descent ends, with
 the identifier still in place, instead of following the texture to the key.
