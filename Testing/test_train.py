@@ -401,7 +401,8 @@ def test_forger_memory_is_checked_changes_training_resumes_and_is_recorded(tiny_
     _fake_pairs(tmp_path / "data")
     kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
     cfg = dict(batch=3, crop=32, forge_pool=1, forge_restart=1e-6)  # the first snapshot after the 10th step
-    for bad, match in ((dict(forge_memory=-1), "recalled forger codes"), (dict(forge_memory=3), "recalled forger codes"),
+    for bad, match in ((dict(forge_memory=-1), "recalled forger codes"),
+                       (dict(forge_memory=3), "recalled forger codes"),
                        (dict(forge_memory=1, forge_pool=0), "need forgers")):
         with pytest.raises(AMIFError, match=match):
             train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad",
