@@ -137,3 +137,26 @@ def test_candidate_reports_are_of_the_committed_candidate():
     claim = f"{forging['successes']} of {forging['restarts']} restarts within"
     assert f"{claim} {min(steps)}–{max(steps)} steps" in (candidates / "README.md").read_text(encoding="utf-8")
     assert f"{claim} {max(steps)} steps" in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_forge_memory_candidate_reports_are_of_its_weights():
+    """Resources/Candidates/amif-trace-fm2: the package loads (its hash checks), continues the bundled model with
+    the training forgers' memory, its evaluation and forging runs measured these weights, the pooled table is
+    what its runs give, and the README's count is the table's."""
+    from amif.attack import pool_forging
+    from amif.package import load_package
+
+    folder = ROOT / "Resources" / "Candidates" / "amif-trace-fm2"
+    bundled = json.loads((MODULE / "Resources" / "Models" / "amif-demo.json").read_text())
+    manifest = load_package(folder / "amif-trace-fm2.json").manifest
+    assert manifest["training"]["init"]["weights_sha256"] == bundled["weights_sha256"]
+    assert manifest["training"]["forge_memory"] == 2 and manifest["verify"]["trace_strength"] > 0
+    evaluation = json.loads((folder / "evaluation.json").read_text())
+    assert [e["weights_sha256"] for e in evaluation["models"]] == [manifest["weights_sha256"]]
+    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("forging-s*.json"))]
+    assert len(runs) >= 3 and {r["weights_sha256"] for r in runs} == {manifest["weights_sha256"]}
+    table = json.loads((folder / "forging-pooled.json").read_text())
+    assert table["pooled"] == pool_forging(runs)
+    row = table["pooled"][0]
+    claim = f"{row['successes']} of {row['restarts']} restarts"
+    assert claim in (ROOT / "Resources" / "Candidates" / "README.md").read_text(encoding="utf-8")

@@ -76,7 +76,8 @@ def markdown(setting: dict, runs: list[dict], rows: list[dict]) -> str:
         lines.append(f"| {i} | {'; '.join(d['objectives'])} | {'; '.join(d['successes'])} | `{d['command']}` |")
     lines += ["", "Regenerate: run the commands above (`--data` as for the attack report), then "
               "`python tools/pool_forging.py RUN.json ...` over their JSON files; or add new runs to this table with "
-              "`python tools/pool_forging.py --add-to Resources/attack/forging-pooled.json NEW.json ...`.", ""]
+              "`python tools/pool_forging.py --add-to TABLE.json NEW.json ...`, TABLE.json being the JSON beside this "
+              "file.", ""]
     return "\n".join(lines)
 
 
