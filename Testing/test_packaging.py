@@ -159,4 +159,12 @@ def test_the_forge_memory_candidate_reports_are_of_its_weights():
     assert table["pooled"] == pool_forging(runs)
     row = table["pooled"][0]
     claim = f"{row['successes']} of {row['restarts']} restarts"
-    assert claim in (ROOT / "Resources" / "Candidates" / "README.md").read_text(encoding="utf-8")
+    readme = (ROOT / "Resources" / "Candidates" / "README.md").read_text(encoding="utf-8")
+    assert claim in readme
+    calibration = json.loads((folder / "calibration.json").read_text())
+    assert calibration["weights_sha256"] == manifest["weights_sha256"]
+    scores = calibration["groups"]["should be above"]
+    for student in ("U-Net", "plain CNN"):
+        s = scores[f"{student} student of the unkeyed outputs"]
+        share = sum(x > calibration["threshold"] for x in s) / len(s)
+        assert f"{student} student{' of the unkeyed outputs' if student == 'U-Net' else ''} **{share:.0%}**" in readme
