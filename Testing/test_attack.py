@@ -659,7 +659,51 @@ def test_probe_key_embedding_moves_codes_towards_the_key_and_reports_each_probe(
 
     _, owner, d = tiny_package
     data = _synthetic_pairs(tmp_path / "data")
+    assert tool.stage_distances(net, kp, kp.unsqueeze(0)) == [0.0, 0.0, 0.0]
+    far = tool.stage_distances(net, kp, start)
+    assert len(far) == 3 and min(far) > 0.05
+
+    _, owner, d = tiny_package
+    data = _synthetic_pairs(tmp_path / "data")
     assert tool.main(["-m", str(d / "tiny.json"), "-k", str(owner), "--data", str(data), "--codes", "2"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
-    assert len(rows) == len(tool.ARCS) + len(tool.MATCH_STEPS)
-    assert float(rows[len(tool.ARCS) - 1][-2]) > 0.999  # arc t 1: the key's embedding
+    assert len(rows) == len(tool.ARCS) + len(tool.MATCH_STEPS) + 1 + len(tool.FORGE_STEPS)
+    assert float(rows[len(tool.ARCS) - 1][-6]) > 0.999  # arc t 1: the key's embedding
+    assert all(float(x) < 1e-3 for x in rows[len(tool.ARCS) - 1][-3:])  # ... and so the key's hidden layer and FiLM
+    assert [r[0] for r in rows[-1 - len(tool.FORGE_STEPS):]] == ["random"] + ["forged"] * len(tool.FORGE_STEPS)
+
+
+def test_probe_key_embedding_forgers_descend_the_fusion_loss(tiny_package):
+    """The forged probe's codes are the attack's forger's: each one's fusion loss is below its start's, and no
+    higher than where a plain descent of as many steps ends (the probe keeps the best code met)."""
+    import copy
+
+    import torch
+
+    from amif.losses import fusion_loss
+    from conftest import load_tool
+
+    tool = load_tool("probe_key_embedding")
+    net = copy.deepcopy(tiny_package[0].net).eval().requires_grad_(False)
+    gen = torch.Generator().manual_seed(1)
+    a, b = torch.rand(2, 1, 32, 32, generator=gen), torch.rand(2, 1, 32, 32, generator=gen)
+    codes = (torch.randint(0, 2, (2, 256), generator=gen) * 2 - 1).float()
+    with torch.no_grad():
+        enc = net.encode(a, b)
+    forged = tool.forged_codes(net, enc, a, b, codes, 30)
+
+    def loss(c):
+        with torch.no_grad():
+            return float(fusion_loss(net.decode(enc, c.unsqueeze(0).expand(2, -1)), a, b)[0])
+
+    assert forged.shape == codes.shape and not torch.equal(forged, codes)
+    assert all(loss(f) < loss(c) for f, c in zip(forged, codes))
+    for f, start in zip(forged, codes):
+        code = start.clone().requires_grad_()
+        adam = torch.optim.Adam([code], lr=0.05)
+        for _ in range(30):
+            y = net.decode(enc, code.unsqueeze(0).expand(2, -1))
+            adam.zero_grad()
+            fusion_loss(y, a, b)[0].backward()
+            adam.step()
+        assert loss(f) <= loss(code.detach()) + 1e-6

@@ -1,4 +1,4 @@
-"""Is a key embedding near the key's enough for a clean output? Two probes, seconds each (model-history).
+"""Is a key embedding near the key's enough for a clean output? Three probes (model-history).
 
     python tools/probe_key_embedding.py -m PACKAGE [-m ...] -k OWNER.amifkey [--data DIR] [--codes 8]
 
@@ -7,7 +7,13 @@ flagged by `verify` and the cosine of their key embedding (sin of KeyEmbedding.p
 * arc t: every angle moved the share t of the shorter arc from the code's to the key's (the path that
   `amif train --partial-keys` samples);
 * matched s: the code itself moved by s Adam steps (lr 0.05, as the forger's) that raise that cosine; only
-  the key's holder can run this. The fusion-loss forger's successes end near cosine 0.8 to the key's.
+  the key's holder can run this. The fusion-loss forger's successes end near cosine 0.8 to the key's;
+* forged s: the code of lowest fusion loss met in s Adam steps on that loss (the attack's forger, lr 0.05).
+For each probe it also prints the fusion loss of the outputs (the forger's objective: along the arc, whether it
+falls towards the key) and how far the codes are from the key at each stage of KeyEmbedding, as
+||x - x_key|| / ||x_key||: the embedding (sin of the angles), the MLP's hidden layer (before its
+activation) and the FiLM parameters the decoder reads. Where a forged code is near the key's at a stage
+but far before it, that stage is where the network lets it through.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "AMIFFusion"))
 
-ARCS = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
+ARCS = (0.25, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
 MATCH_STEPS = (10, 20, 40)
+FORGE_STEPS = (150,)
 
 
 def matched_codes(net, key_code, codes, steps: int, lr: float = 0.05):
@@ -38,11 +45,56 @@ def matched_codes(net, key_code, codes, steps: int, lr: float = 0.05):
     return code.detach()
 
 
-def probe(model, key, data=None, n: int = 8, seed: int = 0) -> list[tuple[str, float, float]]:
-    """(label, mean cosine to the key's embedding, share of outputs flagged) for each probe."""
+def stages(net, phases):
+    """KeyEmbedding's stages for the angles `phases` (n, F): the embedding, the MLP's hidden layer before its
+    activation, and the FiLM parameters (all stages' concatenated)."""
+    import torch
+
+    e = torch.sin(phases)
+    h = net.key.mlp[0](e)
+    return e, h, net.key.mlp[1:](h)
+
+
+def stage_distances(net, key_phases, phases) -> list[float]:
+    """Mean over codes of ||x - x_key|| / ||x_key|| at each of `stages`."""
+    import torch
+
+    with torch.no_grad():
+        pairs = zip(stages(net, phases), stages(net, key_phases.unsqueeze(0)))
+        return [float(((x - k).norm(dim=1) / k.norm(dim=1)).mean()) for x, k in pairs]
+
+
+def forged_codes(net, enc, a, b, codes, steps: int, lr: float = 0.05):
+    """For each of `codes` (n, 256), the code of lowest fusion loss on (a, b) met in `steps` Adam steps on that
+    loss, one code at a time, as `amif attack`'s forger descends. The best, not the last: the descent can pass
+    through the key's clean region and out again, and an attacker keeps the code that fused best."""
+    import torch
+
+    from amif.losses import fusion_loss
+
+    out = []
+    for start in codes:
+        code = start.clone().requires_grad_()
+        adam = torch.optim.Adam([code], lr=lr)
+        best, best_loss = start.clone(), float("inf")
+        for _ in range(steps + 1):
+            loss = fusion_loss(net.decode(enc, code.unsqueeze(0).expand(len(a), -1)), a, b)[0]
+            if loss.item() < best_loss:
+                best, best_loss = code.detach().clone(), loss.item()
+            adam.zero_grad()
+            loss.backward()
+            adam.step()
+        out.append(best)
+    return torch.stack(out)
+
+
+def probe(model, key, data=None, n: int = 8, seed: int = 0) -> list[tuple]:
+    """(label, mean cosine to the key's embedding, share of outputs flagged, the outputs' fusion loss (what the
+    forger descends), *stage_distances) for each probe."""
     import torch
 
     from amif.attack import _forge_images, _frozen_copy, load_target
+    from amif.losses import fusion_loss
     from amif.train import arc_phases
     from amif.verify import score_tensor
 
@@ -64,10 +116,15 @@ def probe(model, key, data=None, n: int = 8, seed: int = 0) -> list[tuple[str, f
             cos = net.key.cosine(ph, key_phases).mean()
             y = net.decode(enc, c.repeat_interleave(m, 0), None if phases is None else ph.repeat_interleave(m, 0))
             flagged = (score_tensor(y, mask) >= target.threshold).float().mean()
-        return label, float(cos), float(flagged)
+            loss = fusion_loss(y, a.repeat(n, 1, 1, 1), b.repeat(n, 1, 1, 1))[0]
+            return (label, float(cos), float(flagged), float(loss), *stage_distances(net, key_phases, ph))
 
     rows = [measure(f"arc t {t:g}", codes, arc_phases(key_phases, start, t)) for t in ARCS]
     rows += [measure(f"matched {s} steps", matched_codes(net, key_code, codes, s)) for s in MATCH_STEPS]
+    rows += [measure("random", codes)]
+    with torch.no_grad():
+        enc1 = net.encode(a, b)
+    rows += [measure(f"forged {s} steps", forged_codes(net, enc1, a, b, codes, s)) for s in FORGE_STEPS]
     return rows
 
 
@@ -80,9 +137,10 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     for model in args.model:
-        print(f"{Path(model).name}: cosine to the key's embedding, share flagged")
-        for label, cos, flagged in probe(model, args.key, args.data, args.codes, args.seed):
-            print(f"  {label:<20} {cos:6.3f} {flagged:6.0%}")
+        print(f"{Path(model).name}: cosine to the key's embedding, share flagged, fusion loss, distance to the "
+              "key's embedding / hidden / FiLM")
+        for label, cos, flagged, loss, *dist in probe(model, args.key, args.data, args.codes, args.seed):
+            print(f"  {label:<20} {cos:6.3f} {flagged:6.0%} {loss:7.4f} " + " ".join(f"{x:6.3f}" for x in dist))
     return 0
 
 
