@@ -657,8 +657,6 @@ def test_probe_key_embedding_moves_codes_towards_the_key_and_reports_each_probe(
     assert (cosine(codes) < 0.3).all() and (cosine(moved) > 0.85).all()
     assert torch.equal(moved.sign(), codes.sign())
 
-    _, owner, d = tiny_package
-    data = _synthetic_pairs(tmp_path / "data")
     assert tool.stage_distances(net, kp, kp.unsqueeze(0)) == [0.0, 0.0, 0.0]
     far = tool.stage_distances(net, kp, start)
     assert len(far) == 3 and min(far) > 0.05

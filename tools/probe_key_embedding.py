@@ -2,6 +2,8 @@
 
     python tools/probe_key_embedding.py -m PACKAGE [-m ...] -k OWNER.amifkey [--data DIR] [--codes 8]
 
+(The forged probe takes most of the time: with --codes 4, about 5 minutes per model on one core.)
+
 For random +-1 codes on the first two pairs that `amif attack` forges on, it prints the share of outputs
 flagged by `verify` and the cosine of their key embedding (sin of KeyEmbedding.phases) to the key's:
 * arc t: every angle moved the share t of the shorter arc from the code's to the key's (the path that
