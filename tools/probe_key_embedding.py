@@ -81,8 +81,8 @@ def forged_codes(net, enc, a, b, codes, steps: int, lr: float = 0.05):
         best, best_loss = start.clone(), float("inf")
         for _ in range(steps + 1):
             loss = fusion_loss(net.decode(enc, code.unsqueeze(0).expand(len(a), -1)), a, b)[0]
-            if loss.item() < best_loss:
-                best, best_loss = code.detach().clone(), loss.item()
+            if (value := loss.item()) < best_loss:
+                best, best_loss = code.detach().clone(), value
             adam.zero_grad()
             loss.backward()
             adam.step()
@@ -109,7 +109,7 @@ def probe(model, key, data=None, n: int = 8, seed: int = 0) -> list[tuple]:
     gen = torch.Generator().manual_seed(seed)
     codes = (torch.randint(0, 2, (n, key_code.numel()), generator=gen) * 2 - 1).float()
     with torch.no_grad():
-        enc = net.encode(a.repeat(n, 1, 1, 1), b.repeat(n, 1, 1, 1))
+        enc = net.encode(a, b)  # decode repeats it for each code
         key_phases, start = net.key.phases(key_code), net.key.phases(codes)
 
     def measure(label, c, phases=None):
@@ -124,9 +124,7 @@ def probe(model, key, data=None, n: int = 8, seed: int = 0) -> list[tuple]:
     rows = [measure(f"arc t {t:g}", codes, arc_phases(key_phases, start, t)) for t in ARCS]
     rows += [measure(f"matched {s} steps", matched_codes(net, key_code, codes, s)) for s in MATCH_STEPS]
     rows += [measure("random", codes)]
-    with torch.no_grad():
-        enc1 = net.encode(a, b)
-    rows += [measure(f"forged {s} steps", forged_codes(net, enc1, a, b, codes, s)) for s in FORGE_STEPS]
+    rows += [measure(f"forged {s} steps", forged_codes(net, enc, a, b, codes, s)) for s in FORGE_STEPS]
     return rows
 
 
