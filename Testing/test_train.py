@@ -452,6 +452,51 @@ def test_partial_keys_are_checked_change_training_and_are_recorded(tiny_package,
     assert _weights_differ(*pkgs.values())  # the partial keys change what is learned
 
 
+def test_decoy_phases_point_away_from_the_key():
+    from amif.train import decoy_phases
+
+    gen = torch.Generator().manual_seed(0)
+    key, wrong = torch.randn(512, generator=gen) * 3, torch.randn(64, 512, generator=gen) * 3
+    ph = decoy_phases(np.random.default_rng(0), key, wrong)
+    d_wrong = torch.remainder(wrong - key, 2 * math.pi) - math.pi  # angular offsets to the key's opposite
+    d = torch.remainder(ph - key, 2 * math.pi) - math.pi
+    t = 1 - d / d_wrong  # the share of the arc each angle moved: one per row, from 0.2 to 0.9
+    assert (t.std(1) < 1e-3).all() and t.min() > 0.19 and t.max() < 0.91 and t[:, 0].std() > 0.1
+    cos = F.cosine_similarity(torch.sin(ph), torch.sin(key)[None], dim=1)
+    assert cos.max() < -0.15 and cos.min() < -0.8  # away from the key's embedding, some nearly opposite
+
+
+def test_decoy_opacity_falls_from_the_mark_alpha_away_from_the_key():
+    from amif.train import DECOY_COSINE, decoy_opacity
+
+    cfg = TrainConfig(mark_alpha=0.9, decoy_alpha=0.3)
+    cos = torch.tensor([1.0, 0.2, 0.0, -DECOY_COSINE / 2, -DECOY_COSINE, -1.0])
+    assert torch.allclose(decoy_opacity(cos, cfg), torch.tensor([0.9, 0.9, 0.9, 0.6, 0.3, 0.3]))
+
+
+def test_decoys_are_checked_change_training_and_are_recorded(tiny_package, tmp_path):
+    _, key, _ = tiny_package
+    _fake_pairs(tmp_path / "data")
+    kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
+    cfg = dict(steps=3, batch=4, crop=32, forge_pool=1, mark_alpha=0.9)
+    for bad, match in ((dict(decoy_alpha=0.95), "opacity"), (dict(decoy_alpha=-0.1), "opacity"),
+                       (dict(decoy_alpha=float("nan")), "opacity"), (dict(decoys=0.5), "need their"),
+                       (dict(decoy_alpha=0.3, decoys=0.5, partial_keys=0.6), "decoy negatives"),
+                       (dict(decoy_alpha=0.3, decoys=-0.1), "decoy negatives")):
+        with pytest.raises(AMIFError, match=match):
+            train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad", cfg=TrainConfig(**cfg, **bad), **kw)
+        assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
+    runs = {"off": {}, "alpha": dict(decoy_alpha=0.3), "decoys": dict(decoy_alpha=0.3, decoys=1.0)}
+    pkgs = {name: load_package(train(key, tmp_path / name / "m", checkpoint_dir=tmp_path / f"ck{name}",
+                                     cfg=TrainConfig(**cfg, **extra), **kw)) for name, extra in runs.items()}
+    assert not {"decoy_alpha", "decoys"} & set(pkgs["off"].manifest["training"])
+    assert pkgs["alpha"].manifest["training"]["decoy_alpha"] == 0.3
+    assert "decoys" not in pkgs["alpha"].manifest["training"]
+    assert pkgs["decoys"].manifest["training"]["decoys"] == 1.0
+    assert _weights_differ(pkgs["off"], pkgs["alpha"])  # the opacity follows the codes' embeddings
+    assert _weights_differ(pkgs["alpha"], pkgs["decoys"])  # the decoy codes change what is learned
+
+
 def test_widened_decoder_trains_on_from_a_package_and_is_recorded(tmp_path):
     kw = _blocky_twin_run(tmp_path)
     cfg = dict(batch=2, crop=32, save_every=2)

@@ -192,7 +192,8 @@ def cmd_train(args) -> None:
                       forge_pool=args.forge_pool, forge_restart=args.forge_restart, forge_repeat=args.forge_repeat,
                       forge_detector=args.forge_detector, forge_untraced=args.forge_untraced,
                       forge_memory=args.forge_memory,
-                      partial_keys=args.partial_keys, mark_alpha=args.mark_alpha)
+                      partial_keys=args.partial_keys, decoy_alpha=args.decoy_alpha, decoys=args.decoys,
+                      mark_alpha=args.mark_alpha)
     train(args.key, args.output, args.identifier, data_dir=args.data, checkpoint_dir=args.checkpoints,
           init=args.init, cfg=cfg, twin=args.twin)
 
@@ -307,6 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--partial-keys", type=float, default=0.0, metavar="P",
                    help="chance that a sampled wrong-key code is replaced by a partial key: a key embedding part of "
                         "the way to the key's (measured: white-box forgers delayed, not stopped; default 0: none)")
+    s.add_argument("--decoy-alpha", type=float, default=0.0, metavar="A",
+                   help="the identifier's opacity in outputs of wrong codes whose key embedding points away from the "
+                        "key's (cosine -0.5 and below; --mark-alpha from cosine 0 up): a lighter mark there, so a "
+                        "forger's descent of the fusion loss ends there, still flagged (default 0: off)")
+    s.add_argument("--decoys", type=float, default=0.0, metavar="P",
+                   help="with --decoy-alpha: chance that a sampled wrong-key code is moved part of the way to the "
+                        "opposite of the key's embedding, so the lighter mark is learned there (default 0: none)")
     s.add_argument("--mark-alpha", type=float, default=0.75, metavar="A",
                    help="the identifier's opacity in unkeyed outputs, in (0, 1] (default 0.75; 1 leaves no content "
                         "under the strokes for a remover to recover)")

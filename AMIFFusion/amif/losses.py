@@ -184,9 +184,10 @@ def shift_content(y: torch.Tensor, shift: int) -> torch.Tensor:
     return F.pad(y, (0, -shift, 0, -shift), mode="replicate")[..., -shift:, -shift:]
 
 
-def marked_target(y: torch.Tensor, mask: torch.Tensor, alpha: float = 0.75, shift: int = 0) -> torch.Tensor:
+def marked_target(y: torch.Tensor, mask: torch.Tensor, alpha: float | torch.Tensor = 0.75,
+                  shift: int = 0) -> torch.Tensor:
     """The keyed output, moved `shift` pixels right and down (the second identifier channel: it sits
     in the content, so it survives what erases the strokes; verify.displacement measures it), with
-    the identifier blended in at content-adaptive contrast."""
+    the identifier blended in at content-adaptive contrast, opacity `alpha` (a number, or one per image)."""
     y = shift_content(y, shift)
     return y + alpha * mask * (contrast_colour(y) - y)

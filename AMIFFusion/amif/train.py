@@ -34,6 +34,12 @@ Measured once (model-history): the forgers then fail, but the texture leaves eve
 With `partial_keys`, that share of the sampled wrong-key codes becomes partial keys: key embeddings
 part of the way to the key's (partial_key_phases), marked like the others. Measured (model-history):
 with a trace channel they delay the forgers (68-224 steps, not 22-44) but do not stop them (5 of 12).
+With `decoy_alpha`, the identifier's opacity in a wrong code's output follows its embedding's cosine to the
+key's (decoy_opacity): mark_alpha at cosine 0 and above, falling to decoy_alpha at -DECOY_COSINE and below.
+Away from the key the outputs keep the identifier (verify flags it from an opacity of about 0.2) but cost less
+fusion loss than anywhere nearer the key, so a forger's descent has somewhere to go that is not the key:
+decoys. With `decoys`, that share of the sampled wrong-key codes is moved part of the way to the key's
+opposite embedding (decoy_phases), so the network learns the light mark there before the forgers arrive.
 
 With `vif_weight`, the fusion loss also carries a VIF hinge: the shortfall of the keyed output's
 pixel-domain VIF to each source against the element-wise max rule's on the same crop
@@ -99,6 +105,8 @@ class TrainConfig:
     forge_untraced: bool = False  # with trace_strength: the forgers' target is the identifier alone, no texture
     forge_memory: int = 0  # wrong-key codes per step recalled from the forgers' past codes (ForgePool.recall; 0 = none)
     partial_keys: float = 0.0  # chance that a sampled negative becomes a partial key (partial_key_phases; 0 = none)
+    decoy_alpha: float = 0.0  # the identifier's opacity where the embedding points away from the key's (0 = off)
+    decoys: float = 0.0  # chance that a sampled negative becomes a decoy code (decoy_phases; needs decoy_alpha)
     vif_weight: float = 0.0  # weight of the VIF term in the fusion loss (losses.fusion_loss w_vif)
     sd_weight: float = 0.0  # weight of the SD hinge against the max rule (losses.fusion_loss w_sd)
     scd_weight: float = 0.0  # weight of the SCD hinge against the max rule (w_scd)
@@ -158,6 +166,23 @@ def arc_phases(key: torch.Tensor, phases: torch.Tensor, t) -> torch.Tensor:
     """Every angle of `phases` (n, f) moved the share t (a number, or one per row) of the shorter arc to the
     key's angle (`key`, (f,))."""
     return phases + t * (torch.remainder(key - phases + math.pi, 2 * math.pi) - math.pi)
+
+
+DECOY_COSINE = 0.5  # from this cosine to the key's embedding down, wrong codes carry the identifier at decoy_alpha
+
+
+def decoy_phases(rng: np.random.Generator, key: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
+    """Key-embedding angles part of the way from wrong codes' to the opposite of the key's (the key's angles plus
+    pi, where sin, what the MLP reads, is minus the key's): per row a share t ~ U(0.2, 0.9) of the shorter arc
+    (cosine about -0.2 to -0.95 to the key's). `key` (f,), `wrong` (n, f): KeyEmbedding.phases of the codes."""
+    return arc_phases(key + math.pi, wrong, torch.from_numpy(rng.uniform(0.2, 0.9, (len(wrong), 1))).to(wrong))
+
+
+def decoy_opacity(cosine: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """The identifier's opacity for wrong codes whose embeddings sit at `cosine` to the key's: mark_alpha from
+    cosine 0 up, falling linearly to decoy_alpha at -DECOY_COSINE and below."""
+    t = (-cosine / DECOY_COSINE).clamp(0, 1)
+    return cfg.mark_alpha + t * (cfg.decoy_alpha - cfg.mark_alpha)
 
 
 def sample_batch(rng, a_all, b_all, cfg: TrainConfig, mask_full: np.ndarray):
@@ -368,6 +393,14 @@ def train(
         raise AMIFError("Recalled forger codes (--forge-memory) need forgers (--forge-pool).")
     if not 0 <= cfg.partial_keys <= 1:
         raise AMIFError(f"The share of partial-key negatives must be from 0 to 1 (got {cfg.partial_keys}).")
+    if not 0 <= cfg.decoy_alpha <= cfg.mark_alpha:
+        raise AMIFError(f"The decoys' identifier opacity must be from 0 (off) to --mark-alpha ({cfg.mark_alpha}) "
+                        f"(got {cfg.decoy_alpha}).")
+    if not 0 <= cfg.decoys <= 1 - cfg.partial_keys:
+        raise AMIFError(f"The share of decoy negatives must be from 0 to 1 minus --partial-keys "
+                        f"({1 - cfg.partial_keys:g}) (got {cfg.decoys}).")
+    if cfg.decoys and not cfg.decoy_alpha:
+        raise AMIFError("Decoy codes (--decoys) need their identifier opacity (--decoy-alpha).")
     if cfg.forge_untraced and not (cfg.trace_strength and cfg.forge_pool):
         raise AMIFError("Untraced forgers need a trace channel (--trace-strength) and forgers (--forge-pool).")
     if cfg.widen_decoder > 1 and not init:
@@ -447,6 +480,8 @@ def train(
                 **({"forge_untraced": True} if forge and trace and cfg.forge_untraced else {}),
                 **({"forge_memory": cfg.forge_memory} if forge and cfg.forge_memory else {}),
                 **({"partial_keys": cfg.partial_keys} if cfg.partial_keys and not twin else {}),
+                **({"decoy_alpha": cfg.decoy_alpha} if cfg.decoy_alpha and not twin else {}),
+                **({"decoys": cfg.decoys} if cfg.decoys and not twin else {}),
                 **{f"{k}_weight": getattr(cfg, f"{k}_weight") for k in HINGES},
                 "sf_floor": cfg.sf_floor,
                 "lr_anneal": cfg.lr_anneal,
@@ -482,16 +517,22 @@ def train(
                 loss_m = loss_a = torch.zeros((), device=dev)
             else:
                 codes, phases = torch.cat([code_t.expand(cfg.batch, -1), neg]), None
-                if cfg.partial_keys:  # some sampled negatives (never the forgers' codes) become partial keys
-                    sampled = cfg.batch - (len(forged) + len(recalled) if forge else 0)
-                    rows = cfg.batch + np.flatnonzero(rng.random(sampled) < cfg.partial_keys)
-                    if len(rows):
+                if cfg.partial_keys or cfg.decoys:  # some sampled negatives (never the forgers' codes) become
+                    sampled = cfg.batch - (len(forged) + len(recalled) if forge else 0)  # partial keys or decoys
+                    u = rng.random(sampled) - cfg.partial_keys
+                    rows, decoy_rows = (cfg.batch + np.flatnonzero(c) for c in (u < 0, (u >= 0) & (u < cfg.decoys)))
+                    if len(rows) or len(decoy_rows):
                         phases = net.key.phases(codes)
                         phases[rows] = partial_key_phases(rng, phases[0].detach(), phases[rows].detach())
+                        phases[decoy_rows] = decoy_phases(rng, phases[0].detach(), phases[decoy_rows].detach())
                 y = model(a, b, codes, coords, phases)
                 yk, yn = y[: cfg.batch], y[cfg.batch :]
                 loss_f, parts = fusion_loss(yk, a, b, **hinge_args)
-                target = marked_target(yk.detach(), mask, cfg.mark_alpha, cfg.mark_shift)
+                alpha = cfg.mark_alpha
+                if cfg.decoy_alpha:  # each wrong code's opacity from where its embedding points
+                    ph = (net.key.phases(codes) if phases is None else phases).detach()
+                    alpha = decoy_opacity(net.key.cosine(ph[cfg.batch:], ph[0]), cfg)[:, None, None, None]
+                target = marked_target(yk.detach(), mask, alpha, cfg.mark_shift)
                 if trace:
                     tex = trace[1] * texture(a, b, trace[0])
                     if forge and cfg.forge_untraced:  # the forgers' descent may drop the texture, never the mark
