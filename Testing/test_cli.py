@@ -237,6 +237,8 @@ def test_train_command_passes_the_forger_settings(monkeypatch, tmp_path):
     assert main(args + ["--decoy-alpha", "0.3", "--decoys", "0.2"]) == 0
     assert seen["cfg"].decoy_alpha == 0.3 and seen["cfg"].decoys == 0.2
     assert seen["cfg"].forge_memory == 0 and main(args + ["--forge-memory", "2"]) == 0 and seen["cfg"].forge_memory == 2
+    assert seen["cfg"].anchor_weight == 0.0 and main(args + ["--anchor-weight", "10"]) == 0
+    assert seen["cfg"].anchor_weight == 10.0
     assert seen["cfg"].mark_alpha == 0.75
     assert main(args + ["--mark-alpha", "1"]) == 0 and seen["cfg"].mark_alpha == 1.0
     from amif.losses import HINGES

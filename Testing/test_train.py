@@ -514,3 +514,34 @@ def test_widened_decoder_trains_on_from_a_package_and_is_recorded(tmp_path):
     assert wide.manifest["architecture"]["decoder_width"] == 2 * narrow.manifest["architecture"]["decoder_width"]
     assert wide.manifest["training"]["decoder_widened_at"] == 2 and wide.manifest["training"]["steps"] == 4
     assert "decoder_widened_at" not in narrow.manifest["training"]
+
+
+def test_anchor_keeps_keyed_outputs_near_the_init_package_and_is_checked(tiny_package, tmp_path):
+    from amif.keys import load_key
+    from amif.network import slice_coords
+
+    pkg, key, d = tiny_package
+    _fake_pairs(tmp_path / "data", blocks=8)
+    kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", progress=False, log=lambda *_: None)
+    cfg = dict(steps=8, batch=2, crop=32, forge_pool=0)
+    for bad, init, match in ((dict(anchor_weight=-1.0), d / "tiny", "anchor weight"),
+                             (dict(anchor_weight=float("nan")), d / "tiny", "anchor weight"),
+                             (dict(anchor_weight=10.0), None, "needs a trained package")):
+        with pytest.raises(AMIFError, match=match):
+            train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad", init=init,
+                  cfg=TrainConfig(**cfg, **bad), net_cfg=TINY, **kw)
+        assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
+    pkgs = {w: load_package(train(key, tmp_path / f"w{w}" / "m", checkpoint_dir=tmp_path / f"ck{w}", init=d / "tiny",
+                                  cfg=TrainConfig(**cfg, anchor_weight=w), **kw)) for w in (0.0, 100.0)}
+    assert "anchor_weight" not in pkgs[0.0].manifest["training"]
+    assert pkgs[100.0].manifest["training"]["anchor_weight"] == 100.0
+    log = (tmp_path / "ck100.0" / "metrics.csv").read_text().splitlines()
+    assert log[0].split(",")[-2] == "anchor" and float(log[-1].split(",")[-2]) > 0  # logged, and learning moved it
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.rand(2, 1, 1, 32, 32, generator=g)
+    code = torch.from_numpy(load_key(key).code())[None]
+    coords = slice_coords(1, 32, 32)
+    with torch.no_grad():
+        y0 = pkg.net.eval()(a, b, code, coords)
+        dist = {w: (p.net.eval()(a, b, code, coords) - y0).abs().mean().item() for w, p in pkgs.items()}
+    assert dist[100.0] < 0.5 * dist[0.0], dist  # the anchored run's keyed outputs stayed nearer the init's

@@ -47,6 +47,10 @@ pixel-domain VIF to each source against the element-wise max rule's on the same 
 (losses.fusion_loss); with `sd_weight`, `sf_weight`, `scd_weight` and `mi_weight`, the same kind of
 hinge on SD, SF, SCD and MI.
 
+With `anchor_weight` (and `init`), the loss also carries that weight x the L1 distance of the keyed outputs
+to the init package's keyed outputs on the same crops (a frozen copy of its weights): a continuation that
+learns more protection keeps the authorized fusion it started from.
+
 With `trace_strength`, the unkeyed target also carries that much of the key's secret texture
 (trace.py): the channel a student distilled from unkeyed outputs inherits and the owner can find.
 
@@ -60,6 +64,7 @@ The unprotected twin (`twin=True`) is the same network and schedule with the fus
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -108,6 +113,7 @@ class TrainConfig:
     partial_keys: float = 0.0  # chance that a sampled negative becomes a partial key (partial_key_phases; 0 = none)
     decoy_alpha: float = 0.0  # the identifier's opacity where the embedding points away from the key's (0 = off)
     decoys: float = 0.0  # chance that a sampled negative becomes a decoy code (decoy_phases; needs decoy_alpha)
+    anchor_weight: float = 0.0  # with `init`: L1 of keyed outputs to the init package's keyed outputs (0 = off)
     vif_weight: float = 0.0  # weight of the VIF term in the fusion loss (losses.fusion_loss w_vif)
     sd_weight: float = 0.0  # weight of the SD hinge against the max rule (losses.fusion_loss w_sd)
     scd_weight: float = 0.0  # weight of the SCD hinge against the max rule (w_scd)
@@ -332,7 +338,7 @@ def load_checkpoint(path: Path, net, opt, forge: ForgePool | None = None) -> int
     return step
 
 
-LOG_COLUMNS = ["step", "loss", "int", "grad", "ssim", *HINGES, "mark", "ablate", "sec_per_step"]
+LOG_COLUMNS = ["step", "loss", "int", "grad", "ssim", *HINGES, "mark", "ablate", "anchor", "sec_per_step"]
 
 
 def open_log(path: Path, columns: list[str]):
@@ -406,6 +412,10 @@ def train(
         raise AMIFError("Untraced forgers need a trace channel (--trace-strength) and forgers (--forge-pool).")
     if cfg.widen_decoder > 1 and not init:
         raise AMIFError("Widening the decoder needs a trained package to start from (--init).")
+    if not 0 <= cfg.anchor_weight < float("inf"):
+        raise AMIFError(f"The anchor weight must be 0 or more (got {cfg.anchor_weight}).")
+    if cfg.anchor_weight and not init:
+        raise AMIFError("Anchoring the keyed outputs (--anchor-weight) needs a trained package to start from (--init).")
     if twin:
         key, true_code, identifier = None, np.zeros((net_cfg or NetConfig()).key_bits, np.float32), ""
     else:
@@ -430,7 +440,7 @@ def train(
         ref = [torch.from_numpy(x[:64, None]).float() / 255 for x in (a_all, b_all)]
         trace = tw, cfg.trace_strength / trace_scale(*ref, tw)
 
-    net, step = AMIFNet(net_cfg), 0
+    net, step, anchor = AMIFNet(net_cfg), 0, None
     if init:  # a model package is a resume point: weights and step count (the optimizer restarts)
         pkg = load_package(init)
         if pkg.model_id != model_id:
@@ -439,6 +449,8 @@ def train(
         init_step = step
         init_record = {"weights_sha256": pkg.manifest.get("weights_sha256"),
                        "training": pkg.manifest.get("training", {})}
+        if cfg.anchor_weight:  # a frozen copy of the init weights, whose keyed outputs the keyed outputs keep
+            anchor = copy.deepcopy(net).eval().requires_grad_(False)
         if cfg.widen_decoder > 1:
             net = widen_decoder(net, cfg.widen_decoder)
         net.train()
@@ -456,6 +468,8 @@ def train(
     dev = torch.device(cfg.device)
     torch.backends.cudnn.benchmark = dev.type == "cuda"
     net.to(dev)
+    if anchor is not None:
+        anchor.to(dev)
     model = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
     meta = {"identifier": identifier, "model_id": model_id, "twin": twin, "train": cfg.__dict__}
     code_t = torch.from_numpy(true_code).to(dev)
@@ -483,6 +497,7 @@ def train(
                 **({"partial_keys": cfg.partial_keys} if cfg.partial_keys and not twin else {}),
                 **({"decoy_alpha": cfg.decoy_alpha} if cfg.decoy_alpha and not twin else {}),
                 **({"decoys": cfg.decoys} if cfg.decoys and not twin else {}),
+                **({"anchor_weight": cfg.anchor_weight} if anchor is not None else {}),
                 **{f"{k}_weight": getattr(cfg, f"{k}_weight") for k in HINGES},
                 "sf_floor": cfg.sf_floor,
                 "lr_anneal": cfg.lr_anneal,
@@ -551,6 +566,12 @@ def train(
                     ya = torch.func.functional_call(net, grid, (a, b, neg.detach(), coords))
                     loss_a = torch.relu(ssim(ya, yk.detach()) - cfg.ablate_ssim).mean()
                 loss = loss_f + cfg.mark_weight * loss_m + cfg.ablate_weight * loss_a
+            loss_k = torch.zeros((), device=dev)
+            if anchor is not None:  # the keyed outputs stay near the init package's on the same crops
+                with torch.no_grad():
+                    y0 = anchor(a, b, code_t.expand(cfg.batch, -1), coords)
+                loss_k = (yk - y0).abs().mean()
+                loss = loss + cfg.anchor_weight * loss_k
             opt.zero_grad(set_to_none=True)
             loss.backward()
             for group, base in zip(opt.param_groups, base_lrs):
@@ -560,7 +581,7 @@ def train(
             if rank == 0:
                 parts_out = (f"{parts[k]:.5f}" for k in ("int", "grad", "ssim", *HINGES))
                 writer.writerow([step, f"{loss.item():.5f}", *parts_out, f"{loss_m.item():.5f}",
-                                 f"{loss_a.item():.5f}", f"{(time.time() - t0):.3f}"])
+                                 f"{loss_a.item():.5f}", f"{loss_k.item():.5f}", f"{(time.time() - t0):.3f}"])
                 t0 = time.time()
                 if bar:
                     bar.update(1)
