@@ -222,7 +222,7 @@ def test_train_command_passes_the_forger_settings(monkeypatch, tmp_path):
     import amif.train
 
     seen = {}
-    monkeypatch.setattr(amif.train, "train", lambda *a, cfg=None, **kw: seen.update(cfg=cfg))
+    monkeypatch.setattr(amif.train, "train", lambda *a, cfg=None, **kw: seen.update(cfg=cfg, kw=kw))
     args = ["train", "--key", "k.amifkey", "--identifier", "X", "-o", str(tmp_path / "m"), "--steps", "5"]
     assert main(args + ["--forge-restart", "0.02"]) == 0
     assert seen["cfg"].forge_restart == 0.02 and seen["cfg"].steps == 5
@@ -238,7 +238,8 @@ def test_train_command_passes_the_forger_settings(monkeypatch, tmp_path):
     assert seen["cfg"].decoy_alpha == 0.3 and seen["cfg"].decoys == 0.2
     assert seen["cfg"].forge_memory == 0 and main(args + ["--forge-memory", "2"]) == 0 and seen["cfg"].forge_memory == 2
     assert seen["cfg"].anchor_weight == 0.0 and main(args + ["--anchor-weight", "10"]) == 0
-    assert seen["cfg"].anchor_weight == 10.0
+    assert seen["cfg"].anchor_weight == 10.0 and seen["kw"]["anchor"] is None
+    assert main(args + ["--anchor-weight", "10", "--anchor", "t.json"]) == 0 and seen["kw"]["anchor"] == "t.json"
     assert seen["cfg"].mark_alpha == 0.75
     assert main(args + ["--mark-alpha", "1"]) == 0 and seen["cfg"].mark_alpha == 1.0
     from amif.losses import HINGES

@@ -545,3 +545,41 @@ def test_anchor_keeps_keyed_outputs_near_the_init_package_and_is_checked(tiny_pa
         y0 = pkg.net.eval()(a, b, code, coords)
         dist = {w: (p.net.eval()(a, b, code, coords) - y0).abs().mean().item() for w, p in pkgs.items()}
     assert dist[100.0] < 0.5 * dist[0.0], dist  # the anchored run's keyed outputs stayed nearer the init's
+
+
+def test_anchor_package_is_a_twin_under_the_zero_code_or_the_keys_model(tiny_package, tmp_path):
+    from amif.keys import generate_key, load_key, save_key
+    from amif.network import AMIFNet, slice_coords
+    from amif.package import save_package
+
+    pkg, key, d = tiny_package
+    _fake_pairs(tmp_path / "data", blocks=8)
+    kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", progress=False, log=lambda *_: None)
+    cfg = dict(steps=8, batch=2, crop=32, forge_pool=0)
+    torch.manual_seed(5)
+    twin = save_package(tmp_path / "twin", AMIFNet(pkg.net.cfg), model_id="twin", key_id="", identifier="",
+                        twin=True)
+    other = generate_key("other-model", "Other Lab", secret=bytes(32))
+    save_key(other, tmp_path / "other.amifkey")
+    foreign = save_package(tmp_path / "foreign", AMIFNet(pkg.net.cfg), model_id="other-model", key_id=other.key_id,
+                           identifier="OTHER")
+    for anchor, extra, match in ((foreign, dict(anchor_weight=10.0), "neither an unprotected twin"),
+                                 (twin, {}, "needs its weight")):
+        with pytest.raises(AMIFError, match=match):
+            train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad", init=d / "tiny", anchor=anchor,
+                  cfg=TrainConfig(**cfg, **extra), **kw)
+        assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
+    runs = {"init": None, "twin": twin}
+    pkgs = {name: load_package(train(key, tmp_path / name / "m", checkpoint_dir=tmp_path / f"ck{name}", init=d / "tiny",
+                                     anchor=anchor, cfg=TrainConfig(**cfg, anchor_weight=100.0), **kw))
+            for name, anchor in runs.items()}
+    assert "anchor" not in pkgs["init"].manifest["training"]
+    twin_sha = load_package(twin).manifest["weights_sha256"]
+    assert pkgs["twin"].manifest["training"]["anchor"] == {"model_id": "twin", "weights_sha256": twin_sha}
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.rand(2, 1, 1, 32, 32, generator=g)
+    code, coords = torch.from_numpy(load_key(key).code())[None], slice_coords(1, 32, 32)
+    with torch.no_grad():
+        y_twin = load_package(twin).net(a, b, torch.zeros_like(code), coords)
+        dist = {n: (p.net(a, b, code, coords) - y_twin).abs().mean().item() for n, p in pkgs.items()}
+    assert dist["twin"] < 0.5 * dist["init"], dist  # held near the twin's outputs, not the init's

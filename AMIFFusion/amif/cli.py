@@ -195,7 +195,7 @@ def cmd_train(args) -> None:
                       partial_keys=args.partial_keys, decoy_alpha=args.decoy_alpha, decoys=args.decoys,
                       anchor_weight=args.anchor_weight, mark_alpha=args.mark_alpha)
     train(args.key, args.output, args.identifier, data_dir=args.data, checkpoint_dir=args.checkpoints,
-          init=args.init, cfg=cfg, twin=args.twin)
+          init=args.init, cfg=cfg, twin=args.twin, anchor=args.anchor)
 
 
 def cmd_average(args) -> None:
@@ -316,8 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --decoy-alpha: chance that a sampled wrong-key code is moved part of the way to the "
                         "opposite of the key's embedding, so the lighter mark is learned there (default 0: none)")
     s.add_argument("--anchor-weight", type=float, default=0.0, metavar="W",
-                   help="with --init: weight of the L1 distance of keyed outputs to the --init package's keyed "
-                        "outputs on the same crops, so that authorized quality stays where it was (default 0: off)")
+                   help="with --init or --anchor: weight of the L1 distance of keyed outputs to the --init "
+                        "package's keyed outputs on the same crops, so that authorized quality stays where it was "
+                        "(default 0: off)")
+    s.add_argument("--anchor", metavar="PACKAGE",
+                   help="with --anchor-weight: hold the keyed outputs near this package's outputs instead: an "
+                        "unprotected twin (under the zero code) or a package of the key's model (default: --init)")
     s.add_argument("--mark-alpha", type=float, default=0.75, metavar="A",
                    help="the identifier's opacity in unkeyed outputs, in (0, 1] (default 0.75; 1 leaves no content "
                         "under the strokes for a remover to recover)")

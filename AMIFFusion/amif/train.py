@@ -47,9 +47,10 @@ pixel-domain VIF to each source against the element-wise max rule's on the same 
 (losses.fusion_loss); with `sd_weight`, `sf_weight`, `scd_weight` and `mi_weight`, the same kind of
 hinge on SD, SF, SCD and MI.
 
-With `anchor_weight` (and `init`), the loss also carries that weight x the L1 distance of the keyed outputs
-to the init package's keyed outputs on the same crops (a frozen copy of its weights): a continuation that
-learns more protection keeps the authorized fusion it started from.
+With `anchor_weight`, the loss also carries that weight x the L1 distance of the keyed outputs to a fixed
+package's outputs on the same crops: by default the init package's keyed outputs (a frozen copy of its
+weights), so a continuation that learns more protection keeps the authorized fusion it started from; or
+(`anchor`) an unprotected twin's, whose fusion the keyed outputs are then distilled towards.
 
 With `trace_strength`, the unkeyed target also carries that much of the key's secret texture
 (trace.py): the channel a student distilled from unkeyed outputs inherits and the owner can find.
@@ -370,9 +371,12 @@ def train(
     progress: bool = True,
     log=print,
     twin: bool = False,
+    anchor=None,
 ) -> Path:
     """Train (or resume) under the key at `key_path`; with `twin`, the unprotected twin (no key
-    needed: `key_path` may be None and `identifier` is ignored). Returns the package path."""
+    needed: `key_path` may be None and `identifier` is ignored). With `cfg.anchor_weight`, `anchor` is the
+    package whose outputs the keyed outputs are held near (default: `init`'s keyed outputs; an unprotected
+    twin's under the zero code). Returns the package path."""
     cfg = cfg or TrainConfig()
     if cfg.vif_weight and cfg.crop < 48:  # four 'valid'-filtered, decimated VIF scales need 48 pixels
         raise AMIFError(f"The VIF loss needs a crop of at least 48 pixels (got {cfg.crop}).")
@@ -414,8 +418,10 @@ def train(
         raise AMIFError("Widening the decoder needs a trained package to start from (--init).")
     if not 0 <= cfg.anchor_weight < float("inf"):
         raise AMIFError(f"The anchor weight must be 0 or more (got {cfg.anchor_weight}).")
-    if cfg.anchor_weight and not init:
-        raise AMIFError("Anchoring the keyed outputs (--anchor-weight) needs a trained package to start from (--init).")
+    if cfg.anchor_weight and not (init or anchor):
+        raise AMIFError("Anchoring the keyed outputs (--anchor-weight) needs a trained package: --init or --anchor.")
+    if anchor and not cfg.anchor_weight:
+        raise AMIFError("An anchor package (--anchor) needs its weight (--anchor-weight).")
     if twin:
         key, true_code, identifier = None, np.zeros((net_cfg or NetConfig()).key_bits, np.float32), ""
     else:
@@ -440,7 +446,16 @@ def train(
         ref = [torch.from_numpy(x[:64, None]).float() / 255 for x in (a_all, b_all)]
         trace = tw, cfg.trace_strength / trace_scale(*ref, tw)
 
-    net, step, anchor = AMIFNet(net_cfg), 0, None
+    anchor_net = anchor_record = None
+    if anchor:  # a twin runs under the zero code, a package of the key's model under the key
+        apkg = load_package(anchor)
+        if not apkg.manifest.get("twin") and apkg.model_id != model_id:
+            raise AMIFError(f"--anchor model '{apkg.model_id}' is neither an unprotected twin nor the key's model "
+                            f"'{model_id}'.")
+        anchor_net = apkg.net.requires_grad_(False)
+        anchor_code = np.zeros_like(true_code) if apkg.manifest.get("twin") else true_code
+        anchor_record = {"model_id": apkg.model_id, "weights_sha256": apkg.manifest.get("weights_sha256")}
+    net, step = AMIFNet(net_cfg), 0
     if init:  # a model package is a resume point: weights and step count (the optimizer restarts)
         pkg = load_package(init)
         if pkg.model_id != model_id:
@@ -449,8 +464,8 @@ def train(
         init_step = step
         init_record = {"weights_sha256": pkg.manifest.get("weights_sha256"),
                        "training": pkg.manifest.get("training", {})}
-        if cfg.anchor_weight:  # a frozen copy of the init weights, whose keyed outputs the keyed outputs keep
-            anchor = copy.deepcopy(net).eval().requires_grad_(False)
+        if cfg.anchor_weight and anchor_net is None:  # a frozen copy of the init weights
+            anchor_net, anchor_code = copy.deepcopy(net).eval().requires_grad_(False), true_code
         if cfg.widen_decoder > 1:
             net = widen_decoder(net, cfg.widen_decoder)
         net.train()
@@ -468,8 +483,9 @@ def train(
     dev = torch.device(cfg.device)
     torch.backends.cudnn.benchmark = dev.type == "cuda"
     net.to(dev)
-    if anchor is not None:
-        anchor.to(dev)
+    if anchor_net is not None:
+        anchor_net.to(dev)
+        anchor_code = torch.from_numpy(anchor_code).to(dev)
     model = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
     meta = {"identifier": identifier, "model_id": model_id, "twin": twin, "train": cfg.__dict__}
     code_t = torch.from_numpy(true_code).to(dev)
@@ -497,7 +513,8 @@ def train(
                 **({"partial_keys": cfg.partial_keys} if cfg.partial_keys and not twin else {}),
                 **({"decoy_alpha": cfg.decoy_alpha} if cfg.decoy_alpha and not twin else {}),
                 **({"decoys": cfg.decoys} if cfg.decoys and not twin else {}),
-                **({"anchor_weight": cfg.anchor_weight} if anchor is not None else {}),
+                **({"anchor_weight": cfg.anchor_weight} if anchor_net is not None else {}),
+                **({"anchor": anchor_record} if anchor_record else {}),
                 **{f"{k}_weight": getattr(cfg, f"{k}_weight") for k in HINGES},
                 "sf_floor": cfg.sf_floor,
                 "lr_anneal": cfg.lr_anneal,
@@ -567,9 +584,9 @@ def train(
                     loss_a = torch.relu(ssim(ya, yk.detach()) - cfg.ablate_ssim).mean()
                 loss = loss_f + cfg.mark_weight * loss_m + cfg.ablate_weight * loss_a
             loss_k = torch.zeros((), device=dev)
-            if anchor is not None:  # the keyed outputs stay near the init package's on the same crops
+            if anchor_net is not None:  # the keyed outputs stay near the anchor's on the same crops
                 with torch.no_grad():
-                    y0 = anchor(a, b, code_t.expand(cfg.batch, -1), coords)
+                    y0 = anchor_net(a, b, anchor_code.expand(cfg.batch, -1), coords)
                 loss_k = (yk - y0).abs().mean()
                 loss = loss + cfg.anchor_weight * loss_k
             opt.zero_grad(set_to_none=True)
