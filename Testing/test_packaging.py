@@ -140,8 +140,11 @@ def test_candidate_reports_are_of_the_committed_candidate():
     assert f"{claim} {max(steps)} steps" in (ROOT / "README.md").read_text(encoding="utf-8")
 
 
-@pytest.mark.parametrize("name, recipe", [("amif-trace-fm2", {"forge_memory": 2}),
-                                          ("amif-trace-decoy", {"forge_memory": 2, "decoy_alpha": 0.3, "decoys": 0.2})])
+DECOYS = {"forge_memory": 2, "decoy_alpha": 0.3, "decoys": 0.2}
+
+
+@pytest.mark.parametrize("name, recipe", [("amif-trace-fm2", {"forge_memory": 2}), ("amif-trace-decoy", DECOYS),
+                                          ("amif-trace-anchor", DECOYS | {"anchor_weight": 30.0})])
 def test_the_forging_candidates_reports_are_of_their_weights(name, recipe):
     """Resources/Candidates/NAME: the package loads (its hash checks), continues the bundled model with the training
     settings its README section names, its evaluation, trace check and forging runs measured these weights, the
@@ -166,6 +169,10 @@ def test_the_forging_candidates_reports_are_of_their_weights(name, recipe):
     section = section if end < 0 else section[:end]
     row = table["pooled"][0]
     assert f"{row['successes']} of {row['restarts']} restarts" in section
+    rows, twins = evaluation["rows"], list(evaluation["twins"])
+    within = sum(k >= 0.98 * sum(rows[t][kind]["mean"][i] for t in twins) / len(twins)
+                 for kind, r in rows["AMIF keyed"].items() for i, k in enumerate(r["mean"]))
+    assert f"**{within}/30**" in section  # the fusion claim: metrics within 2% of the twins' mean
     calibration = json.loads((folder / "calibration.json").read_text())
     assert calibration["weights_sha256"] == manifest["weights_sha256"]
     scores = calibration["groups"]["should be above"]
