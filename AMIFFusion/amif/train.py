@@ -114,7 +114,7 @@ class TrainConfig:
     partial_keys: float = 0.0  # chance that a sampled negative becomes a partial key (partial_key_phases; 0 = none)
     decoy_alpha: float = 0.0  # the identifier's opacity where the embedding points away from the key's (0 = off)
     decoys: float = 0.0  # chance that a sampled negative becomes a decoy code (decoy_phases; needs decoy_alpha)
-    anchor_weight: float = 0.0  # with `init`: L1 of keyed outputs to the init package's keyed outputs (0 = off)
+    anchor_weight: float = 0.0  # L1 of keyed outputs to the `anchor` (or `init`) package's outputs (0 = off)
     vif_weight: float = 0.0  # weight of the VIF term in the fusion loss (losses.fusion_loss w_vif)
     sd_weight: float = 0.0  # weight of the SD hinge against the max rule (losses.fusion_loss w_sd)
     scd_weight: float = 0.0  # weight of the SCD hinge against the max rule (w_scd)
