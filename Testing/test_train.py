@@ -516,38 +516,7 @@ def test_widened_decoder_trains_on_from_a_package_and_is_recorded(tmp_path):
     assert "decoder_widened_at" not in narrow.manifest["training"]
 
 
-def test_anchor_keeps_keyed_outputs_near_the_init_package_and_is_checked(tiny_package, tmp_path):
-    from amif.keys import load_key
-    from amif.network import slice_coords
-
-    pkg, key, d = tiny_package
-    _fake_pairs(tmp_path / "data", blocks=8)
-    kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", progress=False, log=lambda *_: None)
-    cfg = dict(steps=8, batch=2, crop=32, forge_pool=0)
-    for bad, init, match in ((dict(anchor_weight=-1.0), d / "tiny", "anchor weight"),
-                             (dict(anchor_weight=float("nan")), d / "tiny", "anchor weight"),
-                             (dict(anchor_weight=10.0), None, "needs a trained package")):
-        with pytest.raises(AMIFError, match=match):
-            train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad", init=init,
-                  cfg=TrainConfig(**cfg, **bad), net_cfg=TINY, **kw)
-        assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
-    pkgs = {w: load_package(train(key, tmp_path / f"w{w}" / "m", checkpoint_dir=tmp_path / f"ck{w}", init=d / "tiny",
-                                  cfg=TrainConfig(**cfg, anchor_weight=w), **kw)) for w in (0.0, 100.0)}
-    assert "anchor_weight" not in pkgs[0.0].manifest["training"]
-    assert pkgs[100.0].manifest["training"]["anchor_weight"] == 100.0
-    log = (tmp_path / "ck100.0" / "metrics.csv").read_text().splitlines()
-    assert log[0].split(",")[-2] == "anchor" and float(log[-1].split(",")[-2]) > 0  # logged, and learning moved it
-    g = torch.Generator().manual_seed(1)
-    a, b = torch.rand(2, 1, 1, 32, 32, generator=g)
-    code = torch.from_numpy(load_key(key).code())[None]
-    coords = slice_coords(1, 32, 32)
-    with torch.no_grad():
-        y0 = pkg.net.eval()(a, b, code, coords)
-        dist = {w: (p.net.eval()(a, b, code, coords) - y0).abs().mean().item() for w, p in pkgs.items()}
-    assert dist[100.0] < 0.5 * dist[0.0], dist  # the anchored run's keyed outputs stayed nearer the init's
-
-
-def test_anchor_package_is_a_twin_under_the_zero_code_or_the_keys_model(tiny_package, tmp_path):
+def test_anchor_holds_keyed_outputs_near_the_init_or_a_twin_and_is_checked(tiny_package, tmp_path):
     from amif.keys import generate_key, load_key, save_key
     from amif.network import AMIFNet, slice_coords
     from amif.package import save_package
@@ -563,23 +532,32 @@ def test_anchor_package_is_a_twin_under_the_zero_code_or_the_keys_model(tiny_pac
     save_key(other, tmp_path / "other.amifkey")
     foreign = save_package(tmp_path / "foreign", AMIFNet(pkg.net.cfg), model_id="other-model", key_id=other.key_id,
                            identifier="OTHER")
-    for anchor, extra, match in ((foreign, dict(anchor_weight=10.0), "neither an unprotected twin"),
-                                 (twin, {}, "needs its weight")):
+    for bad, init, anchor, match in ((dict(anchor_weight=-1.0), d / "tiny", None, "anchor weight"),
+                                     (dict(anchor_weight=float("nan")), d / "tiny", None, "anchor weight"),
+                                     (dict(anchor_weight=10.0), None, None, "needs a trained package"),
+                                     (dict(anchor_weight=10.0), d / "tiny", foreign, "neither an unprotected twin"),
+                                     ({}, d / "tiny", twin, "needs its weight")):
         with pytest.raises(AMIFError, match=match):
-            train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad", init=d / "tiny", anchor=anchor,
-                  cfg=TrainConfig(**cfg, **extra), **kw)
+            train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad", init=init, anchor=anchor,
+                  cfg=TrainConfig(**cfg, **bad), net_cfg=TINY, **kw)
         assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
-    runs = {"init": None, "twin": twin}
+    runs = {"off": (0.0, None), "init": (100.0, None), "twin": (100.0, twin)}
     pkgs = {name: load_package(train(key, tmp_path / name / "m", checkpoint_dir=tmp_path / f"ck{name}", init=d / "tiny",
-                                     anchor=anchor, cfg=TrainConfig(**cfg, anchor_weight=100.0), **kw))
-            for name, anchor in runs.items()}
-    assert "anchor" not in pkgs["init"].manifest["training"]
+                                     anchor=anchor, cfg=TrainConfig(**cfg, anchor_weight=w), **kw))
+            for name, (w, anchor) in runs.items()}
+    training = {name: p.manifest["training"] for name, p in pkgs.items()}
+    assert "anchor_weight" not in training["off"] and training["init"]["anchor_weight"] == 100.0
+    assert "anchor" not in training["init"]
     twin_sha = load_package(twin).manifest["weights_sha256"]
-    assert pkgs["twin"].manifest["training"]["anchor"] == {"model_id": "twin", "weights_sha256": twin_sha}
+    assert training["twin"]["anchor"] == {"model_id": "twin", "weights_sha256": twin_sha}
+    log = (tmp_path / "ckinit" / "metrics.csv").read_text().splitlines()
+    assert log[0].split(",")[-2] == "anchor" and float(log[-1].split(",")[-2]) > 0  # logged, and learning moved it
     g = torch.Generator().manual_seed(1)
     a, b = torch.rand(2, 1, 1, 32, 32, generator=g)
     code, coords = torch.from_numpy(load_key(key).code())[None], slice_coords(1, 32, 32)
     with torch.no_grad():
-        y_twin = load_package(twin).net(a, b, torch.zeros_like(code), coords)
-        dist = {n: (p.net(a, b, code, coords) - y_twin).abs().mean().item() for n, p in pkgs.items()}
-    assert dist["twin"] < 0.5 * dist["init"], dist  # held near the twin's outputs, not the init's
+        refs = {"init": pkg.net.eval()(a, b, code, coords), "twin": load_package(twin).net(a, b, 0 * code, coords)}
+        dist = {(n, r): (p.net(a, b, code, coords) - y).abs().mean().item() for n, p in pkgs.items()
+                for r, y in refs.items()}
+    assert dist["init", "init"] < 0.5 * dist["off", "init"], dist  # the keyed outputs stayed nearer the init's
+    assert dist["twin", "twin"] < 0.5 * dist["init", "twin"], dist  # held near the twin's outputs, not the init's
