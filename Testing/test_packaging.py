@@ -147,8 +147,9 @@ DECOYS = {"forge_memory": 2, "decoy_alpha": 0.3, "decoys": 0.2}
                                           ("amif-trace-anchor", DECOYS | {"anchor_weight": 30.0})])
 def test_the_forging_candidates_reports_are_of_their_weights(name, recipe):
     """Resources/Candidates/NAME: the package loads (its hash checks), continues the bundled model with the training
-    settings its README section names, its evaluation, trace check and forging runs measured these weights, the
-    pooled table is what its runs give, and the counts in its README section are the reports'."""
+    settings its README section names, its evaluation, trace check, forging runs and attack report (where run)
+    measured these weights, the pooled table is what its runs give, and the counts in its README section are the
+    reports'."""
     from amif.attack import pool_forging
     from amif.package import load_package
 
@@ -169,6 +170,11 @@ def test_the_forging_candidates_reports_are_of_their_weights(name, recipe):
     section = section if end < 0 else section[:end]
     row = table["pooled"][0]
     assert f"{row['successes']} of {row['restarts']} restarts" in section
+    if (folder / "attack" / "report.json").exists():  # the other attack families, where run on the candidate
+        attacked = json.loads((folder / "attack" / "report.json").read_text())
+        assert attacked["weights_sha256"] == manifest["weights_sha256"] and "forging" not in attacked["attacks"]
+        met = [r["met"] for r in attacked["attacks"]["classical"]["rows"]]
+        assert f"classical removal {sum(met)} of {len(met)} settings" in section
     rows, twins = evaluation["rows"], list(evaluation["twins"])
     within = sum(k >= 0.98 * sum(rows[t][kind]["mean"][i] for t in twins) / len(twins)
                  for kind, r in rows["AMIF keyed"].items() for i, k in enumerate(r["mean"]))
