@@ -460,7 +460,7 @@ def test_attack_cli_report(tiny_package, pairs, tmp_path, capsys):
         "&nbsp;&nbsp;near-miss, 2-4 bits (6)", "other model ids, fresh secrets (2)",
         "other model ids, the owner's secret (2)", "structured: all +1, all -1, owner's code negated (3)",
         "zero code = no key (6)", "owner's key, reference (6)"]
-    assert len(tables["Classical removal on unkeyed outputs"]) == sum(len(c[3]) for c in atk.CLASSICAL) - 2 == 31
+    assert len(tables["Classical removal on unkeyed outputs"]) == sum(len(c[3]) for c in atk.CLASSICAL) - 4 == 33
     assert "`memory.spatial`" in tables["White-box surgery (single edits, no key)"]
     assert tables["White-box key forging"] == ["fusion loss", "fusion loss + 1 x detector score"]
     assert "* Distillation (students trained on the unkeyed outputs): not selected." in text
@@ -475,7 +475,7 @@ def test_attack_cli_report(tiny_package, pairs, tmp_path, capsys):
     doc = json.loads(out.with_suffix(".json").read_text())
     assert list(doc["attacks"]) == FOUR and doc["not_run"] == list(atk.LEARNED)
     assert doc["options"]["random_codes"] == 12 and doc["pairs"] == 6 and doc["shift"] == 0
-    assert len(doc["attacks"]["classical"]["rows"]) == 31
+    assert len(doc["attacks"]["classical"]["rows"]) == 33
     assert all(isinstance(r["met"], bool) for a in doc["attacks"].values() for r in a["rows"])
     assert all(isinstance(a["met"], bool) for a in doc["attacks"].values())
     forging = doc["attacks"]["forging"]  # its verdict, as the report prints it

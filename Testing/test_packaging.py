@@ -108,22 +108,26 @@ def test_published_forging_table_is_of_the_bundled_model_and_adds_up():
         assert seeds <= {r["seed"] for r in table["runs"] if row["variant"] in r["objectives"]}
 
 
+PROMOTED = "amif-trace-anchor"  # the candidate that became the bundled model
+PREVIOUS = json.loads((MODULE / "Resources" / "Models" / "amif-demo.json").read_text())["training"]["init"][
+    "weights_sha256"]  # the model bundled before it, which every candidate continues
+
+
 def test_candidate_reports_are_of_the_committed_candidate():
-    """Resources/Candidates: the package loads (its hash checks), continues the bundled model (and each twin the
-    committed twin of its seed), and its evaluation, calibration and attack reports measured these weights."""
+    """Resources/Candidates: the package loads (its hash checks), continues the model bundled before the candidates,
+    its twins are the ones that now ship, and its evaluation, calibration and attack reports measured these weights."""
     from amif.package import load_package
 
     candidates = ROOT / "Resources" / "Candidates"
     bundled = json.loads((MODULE / "Resources" / "Models" / "amif-demo.json").read_text())
     package = load_package(candidates / "amif-trace-005.json")
     manifest = package.manifest
-    assert manifest["training"]["init"]["weights_sha256"] == bundled["weights_sha256"]
+    assert manifest["training"]["init"]["weights_sha256"] == PREVIOUS  # the model bundled before the candidates
     assert manifest["model_id"] == bundled["model_id"] and manifest["verify"]["trace_strength"] > 0
     twins = [load_package(p).manifest for p in sorted((candidates / "twins-20200").glob("*.json"))]
-    old_twins = [json.loads(p.read_text()) for p in sorted((ROOT / "Resources" / "Twins").glob("*.json"))]
-    assert len(twins) == len(old_twins) == 2
-    for twin, old in zip(twins, old_twins):
-        assert twin["training"]["init"]["weights_sha256"] == old["weights_sha256"]
+    shipped = [json.loads(p.read_text()) for p in sorted((ROOT / "Resources" / "Twins").glob("*.json"))]
+    assert twins == shipped and len(twins) == 2  # these twins ship with the candidate that was promoted
+    for twin in twins:
         assert twin["training"]["steps"] == manifest["training"]["steps"]
     evaluation = json.loads((candidates / "evaluation.json").read_text())
     assert [e["weights_sha256"] for e in evaluation["models"] + list(evaluation["twins"].values())] == [
@@ -146,17 +150,18 @@ DECOYS = {"forge_memory": 2, "decoy_alpha": 0.3, "decoys": 0.2}
 @pytest.mark.parametrize("name, recipe", [("amif-trace-fm2", {"forge_memory": 2}), ("amif-trace-decoy", DECOYS),
                                           ("amif-trace-anchor", DECOYS | {"anchor_weight": 30.0})])
 def test_the_forging_candidates_reports_are_of_their_weights(name, recipe):
-    """Resources/Candidates/NAME: the package loads (its hash checks), continues the bundled model with the training
-    settings its README section names, its evaluation, trace check, forging runs and attack report (where run)
-    measured these weights, the pooled table is what its runs give, and the counts in its README section are the
-    reports'."""
+    """Resources/Candidates/NAME: the package loads (its hash checks), continues the model bundled before the
+    candidates with the training settings its README section names (only the promoted one is the bundled model), its
+    evaluation, trace check, forging runs and attack report (where run) measured these weights, the pooled table is
+    what its runs give, and the counts in its README section are the reports'."""
     from amif.attack import pool_forging
     from amif.package import load_package
 
     folder = ROOT / "Resources" / "Candidates" / name
     bundled = json.loads((MODULE / "Resources" / "Models" / "amif-demo.json").read_text())
     manifest = load_package(folder / f"{name}.json").manifest
-    assert manifest["training"]["init"]["weights_sha256"] == bundled["weights_sha256"]
+    assert manifest["training"]["init"]["weights_sha256"] == PREVIOUS
+    assert (manifest["weights_sha256"] == bundled["weights_sha256"]) == (name == PROMOTED)  # the one that ships
     assert {k: manifest["training"].get(k) for k in recipe} == recipe and manifest["verify"]["trace_strength"] > 0
     evaluation = json.loads((folder / "evaluation.json").read_text())
     assert [e["weights_sha256"] for e in evaluation["models"]] == [manifest["weights_sha256"]]
@@ -168,8 +173,11 @@ def test_the_forging_candidates_reports_are_of_their_weights(name, recipe):
     section = readme[re.search(rf"^## .*`{name}/`", readme, re.M).start():]  # its heading, up to the next one
     end = section.find("\n## ")
     section = section if end < 0 else section[:end]
-    row = table["pooled"][0]
-    assert f"{row['successes']} of {row['restarts']} restarts" in section
+    for row in table["pooled"]:  # each objective's pooled count, where the section gives it
+        count = f"{row['successes']} of {row['restarts']}"
+        said = re.search(rf"detector-term objective[^*]*\*\*{count}\*\*", section) if "detector" in row["variant"] \
+            else f"{count} restarts" in section
+        assert said, (row["variant"], count)
     if (folder / "attack" / "report.json").exists():  # the other attack families, where run on the candidate
         attacked = json.loads((folder / "attack" / "report.json").read_text())
         assert attacked["weights_sha256"] == manifest["weights_sha256"] and "forging" not in attacked["attacks"]

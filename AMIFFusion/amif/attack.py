@@ -725,11 +725,11 @@ CLASSICAL = [
     ("histogram equalization", "equalize", "global", (None,), lambda x, p, t, s: equalize(x)),
     ("inpainting over the exact mask", "inpaint", "mask dilated {} px", (0, 1, 2, 3),
      lambda x, p, t, s: inpaint(x, identifier_region(t.identifier, *t.shape, p))),
-    ("inpainting + texture painted back (knows the erasure check)", "inpaint+tex", "mask dilated {} px", (1, 2),
+    ("inpainting + texture painted back (knows the erasure check)", "inpaint+tex", "mask dilated {} px", (1, 2, 4, 6),
      lambda x, p, t, s: inpaint_textured(x, t.identifier, p, s)),
     ("strokes filled from the sources' max rule (has the sources)", "fill", "mask dilated {} px", (1, 2),
      lambda x, p, t, s: fill_from_sources(x, t, p)),
-    ("inpainting + texture + shift undone (knows every check)", "undo", "mask dilated {} px", (1, 2),
+    ("inpainting + texture + shift undone (knows every check)", "undo", "mask dilated {} px", (1, 2, 4, 6),
      lambda x, p, t, s: inpaint_textured(unshift(x, t.shift), t.identifier, p, s)),
 ]
 SHIFT_ONLY = {"undo"}  # settings that mean something only for a model with a mark shift
