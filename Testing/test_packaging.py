@@ -147,6 +147,21 @@ def test_candidate_reports_are_of_the_committed_candidate():
 DECOYS = {"forge_memory": 2, "decoy_alpha": 0.3, "decoys": 0.2}
 
 
+def candidate_section(name: str) -> str:
+    """The section of Resources/Candidates/README.md about NAME/: its heading, up to the next one."""
+    readme = (ROOT / "Resources" / "Candidates" / "README.md").read_text(encoding="utf-8")
+    section = readme[re.search(rf"^## .*`{name}/`", readme, re.M).start():]
+    end = section.find("\n## ")
+    return section if end < 0 else section[:end]
+
+
+def within_budget(evaluation: dict) -> int:
+    """How many of the evaluation's 30 metrics the keyed model has within 2% of its twins' mean (or above)."""
+    rows, twins = evaluation["rows"], list(evaluation["twins"])
+    return sum(k >= 0.98 * sum(rows[t][kind]["mean"][i] for t in twins) / len(twins)
+               for kind, r in rows["AMIF keyed"].items() for i, k in enumerate(r["mean"]))
+
+
 @pytest.mark.parametrize("name, recipe", [("amif-trace-fm2", {"forge_memory": 2}), ("amif-trace-decoy", DECOYS),
                                           ("amif-trace-anchor", DECOYS | {"anchor_weight": 30.0})])
 def test_the_forging_candidates_reports_are_of_their_weights(name, recipe):
@@ -169,10 +184,7 @@ def test_the_forging_candidates_reports_are_of_their_weights(name, recipe):
     assert len(runs) >= 2 and {r["weights_sha256"] for r in runs} == {manifest["weights_sha256"]}
     table = json.loads((folder / "forging-pooled.json").read_text())
     assert table["pooled"] == pool_forging(runs)
-    readme = (ROOT / "Resources" / "Candidates" / "README.md").read_text(encoding="utf-8")
-    section = readme[re.search(rf"^## .*`{name}/`", readme, re.M).start():]  # its heading, up to the next one
-    end = section.find("\n## ")
-    section = section if end < 0 else section[:end]
+    section = candidate_section(name)
     for row in table["pooled"]:  # each objective's pooled count, where the section gives it
         count = f"{row['successes']} of {row['restarts']}"
         said = re.search(rf"detector-term objective[^*]*\*\*{count}\*\*", section) if "detector" in row["variant"] \
@@ -183,10 +195,7 @@ def test_the_forging_candidates_reports_are_of_their_weights(name, recipe):
         assert attacked["weights_sha256"] == manifest["weights_sha256"] and "forging" not in attacked["attacks"]
         met = [r["met"] for r in attacked["attacks"]["classical"]["rows"]]
         assert f"classical removal {sum(met)} of {len(met)} settings" in section
-    rows, twins = evaluation["rows"], list(evaluation["twins"])
-    within = sum(k >= 0.98 * sum(rows[t][kind]["mean"][i] for t in twins) / len(twins)
-                 for kind, r in rows["AMIF keyed"].items() for i, k in enumerate(r["mean"]))
-    assert f"**{within}/30**" in section  # the fusion claim: metrics within 2% of the twins' mean
+    assert f"**{within_budget(evaluation)}/30**" in section  # the fusion claim: metrics within 2% of the twins' mean
     calibration = json.loads((folder / "calibration.json").read_text())
     assert calibration["weights_sha256"] == manifest["weights_sha256"]
     scores = calibration["groups"]["should be above"]
@@ -194,3 +203,22 @@ def test_the_forging_candidates_reports_are_of_their_weights(name, recipe):
         s = scores[f"{student} student of the unkeyed outputs"]
         share = sum(x > calibration["threshold"] for x in s) / len(s)
         assert f"{student} student{' of the unkeyed outputs' if student == 'U-Net' else ''} **{share:.0%}**" in section
+
+
+def test_the_stronger_texture_candidate_is_what_its_section_says():
+    """Resources/Candidates/amif-trace-s08: the package loads (its hash checks), continues the model bundled before
+    the candidates with the anchor recipe at a stronger texture, its evaluation measured these weights against the
+    shipped twins, and its README section gives that evaluation's count."""
+    from amif.package import load_package
+
+    folder = ROOT / "Resources" / "Candidates" / "amif-trace-s08"
+    manifest = load_package(folder / "amif-trace-s08.json").manifest
+    assert manifest["training"]["init"]["weights_sha256"] == PREVIOUS
+    assert {k: manifest["training"].get(k) for k in DECOYS} == DECOYS and manifest["training"]["anchor_weight"] == 30
+    assert manifest["verify"]["trace_strength"] == 0.08
+    evaluation = json.loads((folder / "evaluation.json").read_text())
+    twins = sorted((ROOT / "Resources" / "Twins").glob("*.json"))
+    shipped = [json.loads(p.read_text())["weights_sha256"] for p in twins]
+    assert [e["weights_sha256"] for e in evaluation["models"]] == [manifest["weights_sha256"]]
+    assert [e["weights_sha256"] for e in evaluation["twins"].values()] == shipped
+    assert f"**{within_budget(evaluation)}/30**" in candidate_section("amif-trace-s08")
