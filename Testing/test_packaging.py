@@ -208,7 +208,8 @@ def test_the_forging_candidates_reports_are_of_their_weights(name, recipe):
 def test_the_stronger_texture_candidate_is_what_its_section_says():
     """Resources/Candidates/amif-trace-s08: the package loads (its hash checks), continues the model bundled before
     the candidates with the anchor recipe at a stronger texture, its evaluation measured these weights against the
-    shipped twins, and its README section gives that evaluation's count."""
+    shipped twins, its trace check and first forging runs measured these weights, and its README section gives the
+    evaluation's count."""
     from amif.package import load_package
 
     folder = ROOT / "Resources" / "Candidates" / "amif-trace-s08"
@@ -222,3 +223,6 @@ def test_the_stronger_texture_candidate_is_what_its_section_says():
     assert [e["weights_sha256"] for e in evaluation["models"]] == [manifest["weights_sha256"]]
     assert [e["weights_sha256"] for e in evaluation["twins"].values()] == shipped
     assert f"**{within_budget(evaluation)}/30**" in candidate_section("amif-trace-s08")
+    measured = [json.loads((folder / f).read_text()) for f in ("calibration.json", "forging-s0.json",
+                                                                 "forging-s0-detector.json")]
+    assert {m["weights_sha256"] for m in measured} == {manifest["weights_sha256"]}
