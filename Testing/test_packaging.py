@@ -9,6 +9,7 @@ from PIL import Image
 from conftest import ROOT
 
 MODULE = ROOT / "AMIFFusion"
+BUNDLED = json.loads((MODULE / "Resources" / "Models" / "amif-demo.json").read_text())  # the bundled model's manifest
 
 
 def cmake_list(name: str) -> set[str]:
@@ -76,7 +77,7 @@ def test_published_reports_are_of_the_bundled_model():
     JSON records each package's training and its weights' hash)."""
     from amif.package import training_steps
 
-    manifest = json.loads((MODULE / "Resources" / "Models" / "amif-demo.json").read_text())
+    manifest = BUNDLED
     published = ROOT / "Resources"
     attack = json.loads((published / "attack" / "report.json").read_text())
     assert attack["weights_sha256"] == manifest["weights_sha256"]
@@ -95,7 +96,7 @@ def test_published_forging_table_is_of_the_bundled_model_and_adds_up():
     """The pooled forging table measured the model that ships, and its rows are what its counted restarts give."""
     from amif.attack import pool_forging, pool_setting, rate_upper
 
-    manifest = json.loads((MODULE / "Resources" / "Models" / "amif-demo.json").read_text())
+    manifest = BUNDLED
     attack = ROOT / "Resources" / "attack"
     table = json.loads((attack / "forging-pooled.json").read_text())
     assert table["setting"]["weights_sha256"] == manifest["weights_sha256"]
@@ -109,8 +110,7 @@ def test_published_forging_table_is_of_the_bundled_model_and_adds_up():
 
 
 PROMOTED = "amif-trace-anchor"  # the candidate that became the bundled model
-PREVIOUS = json.loads((MODULE / "Resources" / "Models" / "amif-demo.json").read_text())["training"]["init"][
-    "weights_sha256"]  # the model bundled before it, which every candidate continues
+PREVIOUS = BUNDLED["training"]["init"]["weights_sha256"]  # the model bundled before it, which every candidate continues
 
 
 def test_candidate_reports_are_of_the_committed_candidate():
@@ -119,7 +119,7 @@ def test_candidate_reports_are_of_the_committed_candidate():
     from amif.package import load_package
 
     candidates = ROOT / "Resources" / "Candidates"
-    bundled = json.loads((MODULE / "Resources" / "Models" / "amif-demo.json").read_text())
+    bundled = BUNDLED
     package = load_package(candidates / "amif-trace-005.json")
     manifest = package.manifest
     assert manifest["training"]["init"]["weights_sha256"] == PREVIOUS  # the model bundled before the candidates
@@ -173,7 +173,7 @@ def test_the_forging_candidates_reports_are_of_their_weights(name, recipe):
     from amif.package import load_package
 
     folder = ROOT / "Resources" / "Candidates" / name
-    bundled = json.loads((MODULE / "Resources" / "Models" / "amif-demo.json").read_text())
+    bundled = BUNDLED
     manifest = load_package(folder / f"{name}.json").manifest
     assert manifest["training"]["init"]["weights_sha256"] == PREVIOUS
     assert (manifest["weights_sha256"] == bundled["weights_sha256"]) == (name == PROMOTED)  # the one that ships
