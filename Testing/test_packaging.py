@@ -208,8 +208,9 @@ def test_the_forging_candidates_reports_are_of_their_weights(name, recipe):
 def test_the_stronger_texture_candidate_is_what_its_section_says():
     """Resources/Candidates/amif-trace-s08: the package loads (its hash checks), continues the model bundled before
     the candidates with the anchor recipe at a stronger texture, its evaluation measured these weights against the
-    shipped twins, its trace check and first forging runs measured these weights, and its README section gives the
-    evaluation's count."""
+    shipped twins, its trace check, first forging runs and attack report measured these weights (the first forging
+    runs are the report's first restarts), and its README section gives the evaluation's, classical removal's and
+    the students' counts."""
     from amif.package import load_package
 
     folder = ROOT / "Resources" / "Candidates" / "amif-trace-s08"
@@ -224,5 +225,14 @@ def test_the_stronger_texture_candidate_is_what_its_section_says():
     assert [e["weights_sha256"] for e in evaluation["twins"].values()] == shipped
     assert f"**{within_budget(evaluation)}/30**" in candidate_section("amif-trace-s08")
     measured = [json.loads((folder / f).read_text()) for f in ("calibration.json", "forging-s0.json",
-                                                                 "forging-s0-detector.json")]
+                                                                 "forging-s0-detector.json", "attack/report.json")]
     assert {m["weights_sha256"] for m in measured} == {manifest["weights_sha256"]}
+    attacked, section = measured[-1]["attacks"], candidate_section("amif-trace-s08")
+    met = [r["met"] for r in attacked["classical"]["rows"]]
+    assert f"classical removal {sum(met)} of {len(met)} settings" in section
+    students = sorted({f"{r['flagged']:.0%}" for r in attacked["distillation"]["rows"]})
+    assert len(students) == 1 and f"students **{students[0]} flagged**" in section
+    report = {v["detector_weight"]: [r["final"] for r in v["runs"]] for v in attacked["forging"]["rows"]}
+    for first in measured[1:3]:  # the first forging runs are the report's first restarts of the same seed
+        for v in first["attacks"]["forging"]["rows"]:
+            assert [r["final"] for r in v["runs"]] == report[v["detector_weight"]][:len(v["runs"])]
