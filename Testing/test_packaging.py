@@ -162,6 +162,20 @@ def within_budget(evaluation: dict) -> int:
                for kind, r in rows["AMIF keyed"].items() for i, k in enumerate(r["mean"]))
 
 
+def check_pooled_forging(folder, runs: list[dict], section: str) -> None:
+    """FOLDER's pooled forging table is what RUNS (attack JSON documents) give, and SECTION gives each objective's
+    pooled count."""
+    from amif.attack import pool_forging
+
+    table = json.loads((folder / "forging-pooled.json").read_text())
+    assert table["pooled"] == pool_forging(runs)
+    for row in table["pooled"]:  # each objective's pooled count, where the section gives it
+        count = f"{row['successes']} of {row['restarts']}"
+        said = re.search(rf"detector-term objective[^*]*\*\*{count}\*\*", section) if "detector" in row["variant"] \
+            else f"{count} restarts" in section
+        assert said, (row["variant"], count)
+
+
 @pytest.mark.parametrize("name, recipe", [("amif-trace-fm2", {"forge_memory": 2}), ("amif-trace-decoy", DECOYS),
                                           ("amif-trace-anchor", DECOYS | {"anchor_weight": 30.0})])
 def test_the_forging_candidates_reports_are_of_their_weights(name, recipe):
@@ -169,7 +183,6 @@ def test_the_forging_candidates_reports_are_of_their_weights(name, recipe):
     candidates with the training settings its README section names (only the promoted one is the bundled model), its
     evaluation, trace check, forging runs and attack report (where run) measured these weights, the pooled table is
     what its runs give, and the counts in its README section are the reports'."""
-    from amif.attack import pool_forging
     from amif.package import load_package
 
     folder = ROOT / "Resources" / "Candidates" / name
@@ -182,14 +195,8 @@ def test_the_forging_candidates_reports_are_of_their_weights(name, recipe):
     assert [e["weights_sha256"] for e in evaluation["models"]] == [manifest["weights_sha256"]]
     runs = [json.loads(p.read_text()) for p in sorted(folder.glob("forging-s*.json"))]
     assert len(runs) >= 2 and {r["weights_sha256"] for r in runs} == {manifest["weights_sha256"]}
-    table = json.loads((folder / "forging-pooled.json").read_text())
-    assert table["pooled"] == pool_forging(runs)
     section = candidate_section(name)
-    for row in table["pooled"]:  # each objective's pooled count, where the section gives it
-        count = f"{row['successes']} of {row['restarts']}"
-        said = re.search(rf"detector-term objective[^*]*\*\*{count}\*\*", section) if "detector" in row["variant"] \
-            else f"{count} restarts" in section
-        assert said, (row["variant"], count)
+    check_pooled_forging(folder, runs, section)
     if (folder / "attack" / "report.json").exists():  # the other attack families, where run on the candidate
         attacked = json.loads((folder / "attack" / "report.json").read_text())
         assert attacked["weights_sha256"] == manifest["weights_sha256"] and "forging" not in attacked["attacks"]
@@ -236,3 +243,6 @@ def test_the_stronger_texture_candidate_is_what_its_section_says():
     for first in measured[1:3]:  # the first forging runs are the report's first restarts of the same seed
         for v in first["attacks"]["forging"]["rows"]:
             assert [r["final"] for r in v["runs"]] == report[v["detector_weight"]][:len(v["runs"])]
+    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("forging-s*.json"))]
+    assert {r["weights_sha256"] for r in runs} == {manifest["weights_sha256"]}
+    check_pooled_forging(folder, [measured[-1], *runs], section)  # the report's restarts with the other seeds'
