@@ -216,8 +216,8 @@ def test_the_stronger_texture_candidate_is_what_its_section_says():
     """Resources/Candidates/amif-trace-s08: the package loads (its hash checks), continues the model bundled before
     the candidates with the anchor recipe at a stronger texture, its evaluation measured these weights against the
     shipped twins, its trace check, first forging runs and attack report measured these weights (the first forging
-    runs are the report's first restarts), and its README section gives the evaluation's, classical removal's and
-    the students' counts."""
+    runs are the report's first restarts), and its README section gives the evaluation's, classical removal's (the
+    report's and on 72 pairs of each split) and the students' counts."""
     from amif.package import load_package
 
     folder = ROOT / "Resources" / "Candidates" / "amif-trace-s08"
@@ -247,3 +247,8 @@ def test_the_stronger_texture_candidate_is_what_its_section_says():
         for v in first["attacks"]["forging"]["rows"]:
             assert [r["final"] for r in v["runs"]] == finals[v["detector_weight"]][:len(v["runs"])]
     check_pooled_forging(folder, [report, *runs], section)  # the report's restarts with the other seeds'
+    for split in ("test", "train"):  # classical removal on 72 pairs of each split
+        wider = json.loads((folder / "classical-72" / f"{split}.json").read_text())
+        assert wider["weights_sha256"] == manifest["weights_sha256"] and wider["pairs"] == 72
+        met = [r["met"] for r in wider["attacks"]["classical"]["rows"]]
+        assert f"{split} split **{sum(met)} of {len(met)}**" in section
