@@ -81,6 +81,11 @@ def test_published_reports_are_of_the_bundled_model():
     published = ROOT / "Resources"
     attack = json.loads((published / "attack" / "report.json").read_text())
     assert attack["weights_sha256"] == manifest["weights_sha256"]
+    wider = json.loads((published / "attack" / "classical-72" / "test.json").read_text())  # all 72 test pairs
+    met = [r["met"] for r in wider["attacks"]["classical"]["rows"]]
+    assert wider["weights_sha256"] == manifest["weights_sha256"] and wider["pairs"] == 72
+    assert f"72 test pairs ([`Resources/attack/classical-72/test.md`](Resources/attack/classical-72/test.md)):\n" \
+           f"    {sum(met)} of {len(met)}," in (ROOT / "README.md").read_text(encoding="utf-8")
     assert f"({training_steps(manifest)})" in (published / "engine-eval.md").read_text()
     evaluation = json.loads((published / "evaluation" / "harvard-test.json").read_text())
     twins = [json.loads(p.read_text()) for p in sorted((published / "Twins").glob("*.json"))]
