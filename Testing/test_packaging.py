@@ -72,6 +72,15 @@ def test_icons():
     assert Image.open(MODULE / "Resources" / "Icons" / "AMIFFusion.png").size == (128, 128)
 
 
+def classical_on_72(path, manifest: dict) -> str:
+    """'N of M' classical settings met in the `amif attack --attacks classical --limit 24` report at PATH, after
+    checking that it measured MANIFEST's weights on 72 pairs."""
+    doc = json.loads(path.read_text())
+    assert doc["weights_sha256"] == manifest["weights_sha256"] and doc["pairs"] == 72
+    met = [r["met"] for r in doc["attacks"]["classical"]["rows"]]
+    return f"{sum(met)} of {len(met)}"
+
+
 def test_published_reports_are_of_the_bundled_model():
     """The committed engine, evaluation and attack reports measured the model and twins that ship (the evaluation
     JSON records each package's training and its weights' hash)."""
@@ -81,11 +90,9 @@ def test_published_reports_are_of_the_bundled_model():
     published = ROOT / "Resources"
     attack = json.loads((published / "attack" / "report.json").read_text())
     assert attack["weights_sha256"] == manifest["weights_sha256"]
-    wider = json.loads((published / "attack" / "classical-72" / "test.json").read_text())  # all 72 test pairs
-    met = [r["met"] for r in wider["attacks"]["classical"]["rows"]]
-    assert wider["weights_sha256"] == manifest["weights_sha256"] and wider["pairs"] == 72
+    met = classical_on_72(published / "attack" / "classical-72" / "test.json", manifest)  # all 72 test pairs
     assert f"72 test pairs ([`Resources/attack/classical-72/test.md`](Resources/attack/classical-72/test.md)):\n" \
-           f"    {sum(met)} of {len(met)}," in (ROOT / "README.md").read_text(encoding="utf-8")
+           f"    {met}," in (ROOT / "README.md").read_text(encoding="utf-8")
     assert f"({training_steps(manifest)})" in (published / "engine-eval.md").read_text()
     evaluation = json.loads((published / "evaluation" / "harvard-test.json").read_text())
     twins = [json.loads(p.read_text()) for p in sorted((published / "Twins").glob("*.json"))]
@@ -253,7 +260,4 @@ def test_the_stronger_texture_candidate_is_what_its_section_says():
             assert [r["final"] for r in v["runs"]] == finals[v["detector_weight"]][:len(v["runs"])]
     check_pooled_forging(folder, [report, *runs], section)  # the report's restarts with the other seeds'
     for split in ("test", "train"):  # classical removal on 72 pairs of each split
-        wider = json.loads((folder / "classical-72" / f"{split}.json").read_text())
-        assert wider["weights_sha256"] == manifest["weights_sha256"] and wider["pairs"] == 72
-        met = [r["met"] for r in wider["attacks"]["classical"]["rows"]]
-        assert f"{split} split **{sum(met)} of {len(met)}**" in section
+        assert f"{split} split **{classical_on_72(folder / 'classical-72' / f'{split}.json', manifest)}**" in section
