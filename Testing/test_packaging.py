@@ -224,26 +224,32 @@ def test_the_forging_candidates_reports_are_of_their_weights(name, recipe):
         assert f"{student} student{' of the unkeyed outputs' if student == 'U-Net' else ''} **{share:.0%}**" in section
 
 
-def test_the_stronger_texture_candidate_is_what_its_section_says():
-    """Resources/Candidates/amif-trace-s08: the package loads (its hash checks), continues the model bundled before
-    the candidates with the anchor recipe at a stronger texture, its evaluation measured these weights against the
-    shipped twins, its trace check, first forging runs and attack report measured these weights (the first forging
-    runs are the report's first restarts), and its README section gives the evaluation's, classical removal's (the
-    report's and on 72 pairs of each split) and the students' counts."""
+def check_texture_candidate(name: str, strength: float):
+    """Resources/Candidates/NAME: the package loads (its hash checks), continues the model bundled before the
+    candidates with the anchor recipe at trace strength STRENGTH, its evaluation measured these weights against the
+    shipped twins, and its README section gives the evaluation's count. Returns (folder, manifest, section)."""
     from amif.package import load_package
 
-    folder = ROOT / "Resources" / "Candidates" / "amif-trace-s08"
-    manifest = load_package(folder / "amif-trace-s08.json").manifest
+    folder = ROOT / "Resources" / "Candidates" / name
+    manifest = load_package(folder / f"{name}.json").manifest
     assert manifest["training"]["init"]["weights_sha256"] == PREVIOUS
     assert {k: manifest["training"].get(k) for k in DECOYS} == DECOYS and manifest["training"]["anchor_weight"] == 30
-    assert manifest["verify"]["trace_strength"] == 0.08
+    assert manifest["verify"]["trace_strength"] == strength
     evaluation = json.loads((folder / "evaluation.json").read_text())
     twins = sorted((ROOT / "Resources" / "Twins").glob("*.json"))
     shipped = [json.loads(p.read_text())["weights_sha256"] for p in twins]
     assert [e["weights_sha256"] for e in evaluation["models"]] == [manifest["weights_sha256"]]
     assert [e["weights_sha256"] for e in evaluation["twins"].values()] == shipped
-    section = candidate_section("amif-trace-s08")
+    section = candidate_section(name)
     assert f"**{within_budget(evaluation)}/30**" in section
+    return folder, manifest, section
+
+
+def test_the_stronger_texture_candidate_is_what_its_section_says():
+    """Resources/Candidates/amif-trace-s08 (see check_texture_candidate): its trace check, first forging runs and
+    attack report measured these weights (the first forging runs are the report's first restarts), and its README
+    section gives classical removal's (the report's and on 72 pairs of each split) and the students' counts."""
+    folder, manifest, section = check_texture_candidate("amif-trace-s08", 0.08)
     calibration, report = (json.loads((folder / f).read_text()) for f in ("calibration.json", "attack/report.json"))
     runs = [json.loads(p.read_text()) for p in sorted(folder.glob("forging-s*.json"))]
     assert {m["weights_sha256"] for m in [calibration, report, *runs]} == {manifest["weights_sha256"]}
@@ -261,3 +267,10 @@ def test_the_stronger_texture_candidate_is_what_its_section_says():
     check_pooled_forging(folder, [report, *runs], section)  # the report's restarts with the other seeds'
     for split in ("test", "train"):  # classical removal on 72 pairs of each split
         assert f"{split} split **{classical_on_72(folder / 'classical-72' / f'{split}.json', manifest)}**" in section
+
+
+def test_the_strength_010_candidate_is_what_its_section_says():
+    """Resources/Candidates/amif-trace-s10 (see check_texture_candidate): its README section gives classical
+    removal's count on all 72 test pairs, measured on these weights."""
+    folder, manifest, section = check_texture_candidate("amif-trace-s10", 0.10)
+    assert f"test split **{classical_on_72(folder / 'classical-72' / 'test.json', manifest)}**" in section
