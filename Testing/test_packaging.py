@@ -188,6 +188,18 @@ def check_pooled_forging(folder, runs: list[dict], section: str) -> None:
         assert said, (row["variant"], count)
 
 
+def check_students_traced(folder, manifest: dict, section: str) -> None:
+    """FOLDER's trace check measured MANIFEST's weights, and SECTION gives the share of each student's outputs that
+    it traces."""
+    calibration = json.loads((folder / "calibration.json").read_text())
+    assert calibration["weights_sha256"] == manifest["weights_sha256"]
+    scores = calibration["groups"]["should be above"]
+    for student in ("U-Net", "plain CNN"):
+        s = scores[f"{student} student of the unkeyed outputs"]
+        share = sum(x > calibration["threshold"] for x in s) / len(s)
+        assert f"{student} student{' of the unkeyed outputs' if student == 'U-Net' else ''} **{share:.0%}**" in section
+
+
 @pytest.mark.parametrize("name, recipe", [("amif-trace-fm2", {"forge_memory": 2}), ("amif-trace-decoy", DECOYS),
                                           ("amif-trace-anchor", DECOYS | {"anchor_weight": 30.0})])
 def test_the_forging_candidates_reports_are_of_their_weights(name, recipe):
@@ -215,13 +227,7 @@ def test_the_forging_candidates_reports_are_of_their_weights(name, recipe):
         met = [r["met"] for r in attacked["attacks"]["classical"]["rows"]]
         assert f"classical removal {sum(met)} of {len(met)} settings" in section
     assert f"**{within_budget(evaluation)}/30**" in section  # the fusion claim: metrics within 2% of the twins' mean
-    calibration = json.loads((folder / "calibration.json").read_text())
-    assert calibration["weights_sha256"] == manifest["weights_sha256"]
-    scores = calibration["groups"]["should be above"]
-    for student in ("U-Net", "plain CNN"):
-        s = scores[f"{student} student of the unkeyed outputs"]
-        share = sum(x > calibration["threshold"] for x in s) / len(s)
-        assert f"{student} student{' of the unkeyed outputs' if student == 'U-Net' else ''} **{share:.0%}**" in section
+    check_students_traced(folder, manifest, section)
 
 
 def check_texture_candidate(name: str, strength: float):
@@ -271,10 +277,11 @@ def test_the_stronger_texture_candidate_is_what_its_section_says():
 
 def test_the_strength_010_candidate_is_what_its_section_says():
     """Resources/Candidates/amif-trace-s10 (see check_texture_candidate): its README section gives classical
-    removal's count on all 72 test pairs, measured on these weights, and the README's Security section says it meets
-    every setting only if it does."""
+    removal's count on all 72 test pairs and the trace check's students, measured on these weights, and the
+    README's Security section says it meets every setting only if it does."""
     folder, manifest, section = check_texture_candidate("amif-trace-s10", 0.10)
     met = classical_on_72(folder / "classical-72" / "test.json", manifest)
     assert f"test split **{met}**" in section
+    check_students_traced(folder, manifest, section)
     readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())  # the README's Security section
     assert ("meets all 33 classical settings on all 72 test pairs" in readme) == (met == "33 of 33")
