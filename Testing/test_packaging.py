@@ -277,11 +277,12 @@ def test_the_stronger_texture_candidate_is_what_its_section_says():
 
 def test_the_strength_010_candidate_is_what_its_section_says():
     """Resources/Candidates/amif-trace-s10 (see check_texture_candidate): its README section gives classical
-    removal's count on all 72 test pairs and the trace check's students, measured on these weights, and the
-    README's Security section says it meets every setting only if it does."""
+    removal's count on 72 pairs of each split (all of the test split) and the trace check's students, measured on
+    these weights, and the README's Security section says it meets every setting only if it does."""
     folder, manifest, section = check_texture_candidate("amif-trace-s10", 0.10)
-    met = classical_on_72(folder / "classical-72" / "test.json", manifest)
-    assert f"test split **{met}**" in section
+    for split in ("train", "test"):  # classical removal on 72 pairs of each split
+        met = classical_on_72(folder / "classical-72" / f"{split}.json", manifest)
+        assert f"{split} split **{met}**" in section
     check_students_traced(folder, manifest, section)
     readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())  # the README's Security section
-    assert ("meets all 33 classical settings on all 72 test pairs" in readme) == (met == "33 of 33")
+    assert ("meets all 33 classical settings on all 72 test pairs" in readme) == (met == "33 of 33")  # test split
