@@ -277,12 +277,16 @@ def test_the_stronger_texture_candidate_is_what_its_section_says():
 
 def test_the_strength_010_candidate_is_what_its_section_says():
     """Resources/Candidates/amif-trace-s10 (see check_texture_candidate): its README section gives classical
-    removal's count on 72 pairs of each split (all of the test split) and the trace check's students, measured on
-    these weights, and the README's Security section says it meets every setting only if it does."""
+    removal's count on 72 pairs of each split (all of the test split), the trace check's students and the pooled
+    forging counts, measured on these weights, and the README's Security section says it meets every classical
+    setting only if it does."""
     folder, manifest, section = check_texture_candidate("amif-trace-s10", 0.10)
     for split in ("train", "test"):  # classical removal on 72 pairs of each split
         met = classical_on_72(folder / "classical-72" / f"{split}.json", manifest)
         assert f"{split} split **{met}**" in section
     check_students_traced(folder, manifest, section)
+    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("forging-s*.json"))]
+    assert len(runs) >= 2 and {r["weights_sha256"] for r in runs} == {manifest["weights_sha256"]}
+    check_pooled_forging(folder, runs, section)
     readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())  # the README's Security section
     assert ("meets all 33 classical settings on all 72 test pairs" in readme) == (met == "33 of 33")  # test split
