@@ -281,12 +281,12 @@ def test_the_strength_010_candidate_is_what_its_section_says():
     forging counts, measured on these weights, and the README's Security section says it meets every classical
     setting only if it does."""
     folder, manifest, section = check_texture_candidate("amif-trace-s10", 0.10)
-    for split in ("train", "test"):  # classical removal on 72 pairs of each split
-        met = classical_on_72(folder / "classical-72" / f"{split}.json", manifest)
-        assert f"{split} split **{met}**" in section
+    met = {split: classical_on_72(folder / "classical-72" / f"{split}.json", manifest) for split in ("train", "test")}
+    for split, count in met.items():  # classical removal on 72 pairs of each split
+        assert f"{split} split **{count}**" in section
     check_students_traced(folder, manifest, section)
     runs = [json.loads(p.read_text()) for p in sorted(folder.glob("forging-s*.json"))]
     assert len(runs) >= 2 and {r["weights_sha256"] for r in runs} == {manifest["weights_sha256"]}
     check_pooled_forging(folder, runs, section)
     readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())  # the README's Security section
-    assert ("meets all 33 classical settings on all 72 test pairs" in readme) == (met == "33 of 33")  # test split
+    assert ("meets all 33 classical settings on all 72 test pairs" in readme) == (met["test"] == "33 of 33")
