@@ -174,6 +174,23 @@ def within_budget(evaluation: dict) -> int:
                for kind, r in rows["AMIF keyed"].items() for i, k in enumerate(r["mean"]))
 
 
+def forging_runs(folder, manifest: dict) -> list[dict]:
+    """FOLDER's forging runs (forging-s*.json, at least one per objective), after checking they attacked MANIFEST's
+    weights."""
+    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("forging-s*.json"))]
+    assert len(runs) >= 2 and {r["weights_sha256"] for r in runs} == {manifest["weights_sha256"]}
+    return runs
+
+
+def classical_on_72_said(folder, manifest: dict, section: str) -> dict:
+    """FOLDER's classical reports on 72 pairs of each split (classical-72/{train,test}.json) measured MANIFEST's
+    weights, and SECTION gives each split's count; returns the counts by split."""
+    met = {split: classical_on_72(folder / "classical-72" / f"{split}.json", manifest) for split in ("train", "test")}
+    for split, count in met.items():
+        assert f"{split} split **{count}**" in section
+    return met
+
+
 def check_pooled_forging(folder, runs: list[dict], section: str) -> None:
     """FOLDER's pooled forging table is what RUNS (attack JSON documents) give, and SECTION gives each objective's
     pooled count."""
@@ -217,10 +234,8 @@ def test_the_forging_candidates_reports_are_of_their_weights(name, recipe):
     assert {k: manifest["training"].get(k) for k in recipe} == recipe and manifest["verify"]["trace_strength"] > 0
     evaluation = json.loads((folder / "evaluation.json").read_text())
     assert [e["weights_sha256"] for e in evaluation["models"]] == [manifest["weights_sha256"]]
-    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("forging-s*.json"))]
-    assert len(runs) >= 2 and {r["weights_sha256"] for r in runs} == {manifest["weights_sha256"]}
     section = candidate_section(name)
-    check_pooled_forging(folder, runs, section)
+    check_pooled_forging(folder, forging_runs(folder, manifest), section)
     if (folder / "attack" / "report.json").exists():  # the other attack families, where run on the candidate
         attacked = json.loads((folder / "attack" / "report.json").read_text())
         assert attacked["weights_sha256"] == manifest["weights_sha256"] and "forging" not in attacked["attacks"]
@@ -257,8 +272,8 @@ def test_the_stronger_texture_candidate_is_what_its_section_says():
     section gives classical removal's (the report's and on 72 pairs of each split) and the students' counts."""
     folder, manifest, section = check_texture_candidate("amif-trace-s08", 0.08)
     calibration, report = (json.loads((folder / f).read_text()) for f in ("calibration.json", "attack/report.json"))
-    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("forging-s*.json"))]
-    assert {m["weights_sha256"] for m in [calibration, report, *runs]} == {manifest["weights_sha256"]}
+    runs = forging_runs(folder, manifest)
+    assert {m["weights_sha256"] for m in [calibration, report]} == {manifest["weights_sha256"]}
     attacked = report["attacks"]
     met = [r["met"] for r in attacked["classical"]["rows"]]
     assert f"classical removal {sum(met)} of {len(met)} settings" in section
@@ -271,8 +286,7 @@ def test_the_stronger_texture_candidate_is_what_its_section_says():
         for v in first["attacks"]["forging"]["rows"]:
             assert [r["final"] for r in v["runs"]] == finals[v["detector_weight"]][:len(v["runs"])]
     check_pooled_forging(folder, [report, *runs], section)  # the report's restarts with the other seeds'
-    for split in ("test", "train"):  # classical removal on 72 pairs of each split
-        assert f"{split} split **{classical_on_72(folder / 'classical-72' / f'{split}.json', manifest)}**" in section
+    classical_on_72_said(folder, manifest, section)
 
 
 def test_the_strength_010_candidate_is_what_its_section_says():
@@ -281,12 +295,8 @@ def test_the_strength_010_candidate_is_what_its_section_says():
     forging counts, measured on these weights, and the README's Security section says it meets every classical
     setting only if it does."""
     folder, manifest, section = check_texture_candidate("amif-trace-s10", 0.10)
-    met = {split: classical_on_72(folder / "classical-72" / f"{split}.json", manifest) for split in ("train", "test")}
-    for split, count in met.items():  # classical removal on 72 pairs of each split
-        assert f"{split} split **{count}**" in section
+    met = classical_on_72_said(folder, manifest, section)
     check_students_traced(folder, manifest, section)
-    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("forging-s*.json"))]
-    assert len(runs) >= 2 and {r["weights_sha256"] for r in runs} == {manifest["weights_sha256"]}
-    check_pooled_forging(folder, runs, section)
+    check_pooled_forging(folder, forging_runs(folder, manifest), section)
     readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())  # the README's Security section
     assert ("meets all 33 classical settings on all 72 test pairs" in readme) == (met["test"] == "33 of 33")
