@@ -266,14 +266,14 @@ def check_texture_candidate(name: str, strength: float):
     return folder, manifest, section
 
 
-def test_the_stronger_texture_candidate_is_what_its_section_says():
-    """Resources/Candidates/amif-trace-s08 (see check_texture_candidate): its trace check, first forging runs and
-    attack report measured these weights (the first forging runs are the report's first restarts), and its README
-    section gives classical removal's (the report's and on 72 pairs of each split) and the students' counts."""
-    folder, manifest, section = check_texture_candidate("amif-trace-s08", 0.08)
-    calibration, report = (json.loads((folder / f).read_text()) for f in ("calibration.json", "attack/report.json"))
+def check_attack_report(folder, manifest: dict, section: str) -> None:
+    """FOLDER's attack report (attack/report.json) and forging runs measured MANIFEST's weights, the first forging
+    runs (one per objective, the report's seed), where run apart, are the report's first restarts, the pooled table
+    is the report's restarts with the other seeds' (each counted once), and SECTION gives the report's classical
+    and students' counts."""
+    report = json.loads((folder / "attack" / "report.json").read_text())
     runs = forging_runs(folder, manifest)
-    assert {m["weights_sha256"] for m in [calibration, report]} == {manifest["weights_sha256"]}
+    assert report["weights_sha256"] == manifest["weights_sha256"]
     attacked = report["attacks"]
     met = [r["met"] for r in attacked["classical"]["rows"]]
     assert f"classical removal {sum(met)} of {len(met)} settings" in section
@@ -281,11 +281,21 @@ def test_the_stronger_texture_candidate_is_what_its_section_says():
     assert len(students) == 1 and f"students **{students[0]} flagged**" in section
     finals = {v["detector_weight"]: [r["final"] for r in v["runs"]] for v in attacked["forging"]["rows"]}
     first_runs = [r for r in runs if r["options"]["seed"] == report["options"]["seed"]]
-    assert len(first_runs) == 2  # the first forging runs (one per objective) are the report's first restarts
+    assert len(first_runs) in (0, 2)  # where run apart, the first forging runs are the report's first restarts
     for first in first_runs:
         for v in first["attacks"]["forging"]["rows"]:
             assert [r["final"] for r in v["runs"]] == finals[v["detector_weight"]][:len(v["runs"])]
-    check_pooled_forging(folder, [report, *runs], section)  # the report's restarts with the other seeds'
+    check_pooled_forging(folder, [report, *runs], section)  # restarts counted once by (seed, restart)
+
+
+def test_the_stronger_texture_candidate_is_what_its_section_says():
+    """Resources/Candidates/amif-trace-s08 (see check_texture_candidate): its trace check, first forging runs and
+    attack report measured these weights (see check_attack_report), and its README section gives classical
+    removal's (the report's and on 72 pairs of each split) and the students' counts."""
+    folder, manifest, section = check_texture_candidate("amif-trace-s08", 0.08)
+    calibration = json.loads((folder / "calibration.json").read_text())
+    assert calibration["weights_sha256"] == manifest["weights_sha256"]
+    check_attack_report(folder, manifest, section)
     classical_on_72_said(folder, manifest, section)
 
 
