@@ -289,12 +289,12 @@ def check_attack_report(folder, manifest: dict, section: str) -> None:
 
 
 def test_the_stronger_texture_candidate_is_what_its_section_says():
-    """Resources/Candidates/amif-trace-s08 (see check_texture_candidate): its trace check, first forging runs and
-    attack report measured these weights (see check_attack_report), and its README section gives classical
-    removal's (the report's and on 72 pairs of each split) and the students' counts."""
+    """Resources/Candidates/amif-trace-s08 (see check_texture_candidate): its trace check (see
+    check_students_traced), first forging runs and attack report (see check_attack_report) measured these weights,
+    and its README section gives classical removal's (the report's and on 72 pairs of each split) and the students'
+    counts."""
     folder, manifest, section = check_texture_candidate("amif-trace-s08", 0.08)
-    calibration = json.loads((folder / "calibration.json").read_text())
-    assert calibration["weights_sha256"] == manifest["weights_sha256"]
+    check_students_traced(folder, manifest, section)
     check_attack_report(folder, manifest, section)
     classical_on_72_said(folder, manifest, section)
 
