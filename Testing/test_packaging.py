@@ -119,9 +119,12 @@ def test_published_forging_table_is_of_the_bundled_model_and_adds_up():
         assert row["restarts"] == len({tuple(c) for c in row["counted"]}) and sorted(seeds) == row["seeds"]
         assert row["rate_upper_95"] == rate_upper(row["successes"], row["restarts"])
         assert seeds <= {r["seed"] for r in table["runs"] if row["variant"] in r["objectives"]}
+    count = {"detector" in row["variant"]: f"{row['successes']} of {row['restarts']}" for row in table["pooled"]}
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())  # its Security section's counts
+    assert f"**{count[False]} with the fusion loss and {count[True]} with the detector score" in readme
 
 
-PROMOTED = "amif-trace-anchor"  # the candidate that became the bundled model
+PROMOTED = "amif-trace-s10"  # the candidate that is the bundled model (amif-trace-anchor was, before it)
 PREVIOUS = BUNDLED["training"]["init"]["weights_sha256"]  # the model bundled before it, which every candidate continues
 
 
@@ -254,6 +257,7 @@ def check_texture_candidate(name: str, strength: float):
     folder = ROOT / "Resources" / "Candidates" / name
     manifest = load_package(folder / f"{name}.json").manifest
     assert manifest["training"]["init"]["weights_sha256"] == PREVIOUS
+    assert (manifest["weights_sha256"] == BUNDLED["weights_sha256"]) == (name == PROMOTED)  # the one that ships
     assert {k: manifest["training"].get(k) for k in DECOYS} == DECOYS and manifest["training"]["anchor_weight"] == 30
     assert manifest["verify"]["trace_strength"] == strength
     evaluation = json.loads((folder / "evaluation.json").read_text())

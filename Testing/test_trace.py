@@ -84,12 +84,14 @@ def test_the_null_spread_is_the_scores_spread_over_textures_of_other_secrets():
     g = texture(_t(a), _t(b), w)[:, 0].numpy() / trace_scale(_t(a), _t(b), w)
     noise = np.random.default_rng(0).normal(0, 0.02, a.shape)
     spreads = {}
-    for name, null in (("max", np.maximum(a, b)), ("mean", (a + b) / 2), ("noise", keyed + noise),
-                       ("unkeyed", run_network(pkg, a, b, np.zeros_like(key.code())))):
-        spreads[name] = null_spread(null, a, b, keyed)
+    for name, null in (("max", np.maximum(a, b)), ("mean", (a + b) / 2), ("noise", keyed + noise)):
+        spreads[name] = null_spread(null, a, b, keyed)  # images that cannot carry the key's texture
         assert spreads[name].shape == (1,) and abs(trace_score(null, a, b, keyed, w)[0]) < 3 * spreads[name][0]
     assert 0.3 < spreads["noise"][0] < 1.5  # white noise (its detail finer than the texture): z at most N(0, 1)
+    unkeyed = run_network(pkg, a, b, np.zeros_like(key.code()))  # carries the key's texture (and the identifier)
+    spreads["unkeyed"] = null_spread(unkeyed, a, b, keyed)
     assert spreads["unkeyed"][0] > 1.5 * spreads["noise"][0]  # a structured residual spreads wider
+    assert trace_score(unkeyed, a, b, keyed, w)[0] > spreads["unkeyed"][0]  # the key's texture above other secrets'
     carries = keyed + 0.02 * g + noise
     assert trace_score(carries, a, b, keyed, w)[0] > 10 * null_spread(keyed + noise, a, b, keyed)[0]
 
