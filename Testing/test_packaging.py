@@ -162,6 +162,18 @@ def test_candidate_reports_are_of_the_committed_candidate():
 DECOYS = {"forge_memory": 2, "decoy_alpha": 0.3, "decoys": 0.2}
 
 
+def candidate_package(name: str) -> tuple:
+    """Resources/Candidates/NAME and its manifest, after checking that the package loads (its hash checks), continues
+    the model bundled before the candidates, and is the bundled model only if it is the promoted one."""
+    from amif.package import load_package
+
+    folder = ROOT / "Resources" / "Candidates" / name
+    manifest = load_package(folder / f"{name}.json").manifest
+    assert manifest["training"]["init"]["weights_sha256"] == PREVIOUS
+    assert (manifest["weights_sha256"] == BUNDLED["weights_sha256"]) == (name == PROMOTED)  # the one that ships
+    return folder, manifest
+
+
 def candidate_section(name: str) -> str:
     """The section of Resources/Candidates/README.md about NAME/: its heading, up to the next one."""
     readme = (ROOT / "Resources" / "Candidates" / "README.md").read_text(encoding="utf-8")
@@ -227,13 +239,7 @@ def test_the_forging_candidates_reports_are_of_their_weights(name, recipe):
     candidates with the training settings its README section names (only the promoted one is the bundled model), its
     evaluation, trace check, forging runs and attack report (where run) measured these weights, the pooled table is
     what its runs give, and the counts in its README section are the reports'."""
-    from amif.package import load_package
-
-    folder = ROOT / "Resources" / "Candidates" / name
-    bundled = BUNDLED
-    manifest = load_package(folder / f"{name}.json").manifest
-    assert manifest["training"]["init"]["weights_sha256"] == PREVIOUS
-    assert (manifest["weights_sha256"] == bundled["weights_sha256"]) == (name == PROMOTED)  # the one that ships
+    folder, manifest = candidate_package(name)
     assert {k: manifest["training"].get(k) for k in recipe} == recipe and manifest["verify"]["trace_strength"] > 0
     evaluation = json.loads((folder / "evaluation.json").read_text())
     assert [e["weights_sha256"] for e in evaluation["models"]] == [manifest["weights_sha256"]]
@@ -252,12 +258,7 @@ def check_texture_candidate(name: str, strength: float):
     """Resources/Candidates/NAME: the package loads (its hash checks), continues the model bundled before the
     candidates with the anchor recipe at trace strength STRENGTH, its evaluation measured these weights against the
     shipped twins, and its README section gives the evaluation's count. Returns (folder, manifest, section)."""
-    from amif.package import load_package
-
-    folder = ROOT / "Resources" / "Candidates" / name
-    manifest = load_package(folder / f"{name}.json").manifest
-    assert manifest["training"]["init"]["weights_sha256"] == PREVIOUS
-    assert (manifest["weights_sha256"] == BUNDLED["weights_sha256"]) == (name == PROMOTED)  # the one that ships
+    folder, manifest = candidate_package(name)
     assert {k: manifest["training"].get(k) for k in DECOYS} == DECOYS and manifest["training"]["anchor_weight"] == 30
     assert manifest["verify"]["trace_strength"] == strength
     evaluation = json.loads((folder / "evaluation.json").read_text())

@@ -90,7 +90,7 @@ def test_the_null_spread_is_the_scores_spread_over_textures_of_other_secrets():
     assert 0.3 < spreads["noise"][0] < 1.5  # white noise (its detail finer than the texture): z at most N(0, 1)
     unkeyed = run_network(pkg, a, b, np.zeros_like(key.code()))  # carries the key's texture (and the identifier)
     spreads["unkeyed"] = null_spread(unkeyed, a, b, keyed)
-    assert spreads["unkeyed"][0] > 1.5 * spreads["noise"][0]  # a structured residual spreads wider
+    assert spreads["unkeyed"].shape == (1,) and spreads["unkeyed"][0] > 1.5 * spreads["noise"][0]  # spreads wider
     assert trace_score(unkeyed, a, b, keyed, w)[0] > spreads["unkeyed"][0]  # the key's texture above other secrets'
     carries = keyed + 0.02 * g + noise
     assert trace_score(carries, a, b, keyed, w)[0] > 10 * null_spread(keyed + noise, a, b, keyed)[0]
