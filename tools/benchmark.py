@@ -6,13 +6,19 @@ its own subprocess, so peaks do not mix), FLOPs per slice and the fraction of th
 measured float32 matmul peak (torch.mm, same threads) the network reaches; ratios against the
 max rule and the Laplacian pyramid. Prints a Markdown table; --out writes it too.
 
+When torch sees a CUDA GPU, a GPU line follows: the bundled sample fused through `fuse_volumes` on
+the CPU and on the GPU in the same run, ms per slice on each, the speed-up and the largest absolute
+difference between the two outputs; otherwise the line says it was skipped and why. --gpu-only
+runs that comparison alone and prints it as JSON (device, ms_per_slice_cpu, ms_per_slice_gpu,
+speedup, max_abs_diff, ...; with "skipped" and no timings when there is no GPU); it exits 0 either way.
+
     python tools/benchmark.py [-m MODEL] [--threads 2] [--quick] [--out FILE]
+    python tools/benchmark.py --gpu-only [-m MODEL] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import resource
 import subprocess
@@ -25,11 +31,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "AMIFFusion"))
 
 from amif.baselines import laplacian_fusion, max_fusion  # noqa: E402
-from amif.fusion import fuse_volumes, run_network  # noqa: E402
+from amif.fusion import CPU_BATCH, SLICE_BYTES, choose_batch, fuse_volumes, run_network, slice_bytes  # noqa: E402
 from amif.network import flops_per_slice, parameter_count  # noqa: E402
 from amif.package import bundled_model_path, load_package  # noqa: E402
 
-VOLUME_BATCH = inspect.signature(fuse_volumes).parameters["batch"].default
+VOLUME_BATCH = CPU_BATCH  # what fuse_volumes uses on the CPU
 
 
 def best_of(fn, repeat: int) -> float:
@@ -63,7 +69,7 @@ def volume_child(model: str, shape: str, threads: int) -> None:
     vb = sitk.GetImageFromArray(rng.random((d, h, w), dtype=np.float32))
     rss_before = reset_peak_rss()  # so making the inputs' temporaries does not count
     t = time.perf_counter()
-    fuse_volumes(va, vb, pkg)
+    fuse_volumes(va, vb, pkg, device="cpu")
     seconds = time.perf_counter() - t
     vol = sitk.GetArrayViewFromImage(va)
     t = time.perf_counter()
@@ -97,21 +103,75 @@ def peak_rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def gpu_comparison(pkg, repeat: int = 3) -> dict:
+    """The bundled sample fused by `fuse_volumes` (no key) on the CPU (current threads) and on the GPU:
+    best-of-`repeat` ms per slice on each, the speed-up, the largest absolute difference of the two
+    outputs, both verdicts, the batch the GPU ran and the measured peak CUDA memory per 256x256 slice
+    (against the estimate amif.fusion.SLICE_BYTES). Without a CUDA GPU: {"device": "cpu", "skipped": why}."""
+    import SimpleITK as sitk
+    import torch
+
+    from amif.device import describe_device, free_memory, resolve_device
+    from amif.fusion import display_view
+    from amif.sample import sample_volumes
+
+    if not torch.cuda.is_available():
+        why = ("this torch is built without CUDA" if torch.version.cuda is None
+               else f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA GPU")
+        return {"device": "cpu", "skipped": why}
+    gpu = resolve_device("cuda")
+    mri, pet = sample_volumes()
+    n, h, w = display_view(mri)(sitk.GetArrayViewFromImage(mri)).shape  # slices as fuse_volumes cuts them
+    runs = {}
+    for dev in ("cpu", gpu):
+        result = []
+        seconds = best_of(lambda dev=dev, result=result: result.append(fuse_volumes(mri, pet, pkg, device=dev)),
+                          repeat)
+        runs[str(dev)] = (seconds, result[-1])
+    (t_cpu, r_cpu), (t_gpu, r_gpu) = runs["cpu"], runs[str(gpu)]
+    diff = np.abs(sitk.GetArrayViewFromImage(r_cpu.image) - sitk.GetArrayViewFromImage(r_gpu.image)).max()
+    probe = 8  # slices of 256x256 in one network call, for the peak memory per slice
+    a = np.random.default_rng(0).random((probe, 256, 256), dtype=np.float32)
+    code = np.zeros(pkg.net.cfg.key_bits, np.float32)
+    run_network(pkg, a, a, code, gpu)  # the network's copy and cuDNN's set-up are not counted
+    torch.cuda.synchronize(gpu)
+    torch.cuda.reset_peak_memory_stats(gpu)
+    base = torch.cuda.memory_allocated(gpu)
+    run_network(pkg, a, a, code, gpu)
+    peak = (torch.cuda.max_memory_allocated(gpu) - base) / probe
+    return {"device": describe_device(gpu), "threads": torch.get_num_threads(), "slices": n,
+            "ms_per_slice_cpu": 1000 * t_cpu / n, "ms_per_slice_gpu": 1000 * t_gpu / n, "speedup": t_cpu / t_gpu,
+            "max_abs_diff": float(diff), "verdicts": [r_cpu.verdict.state, r_gpu.verdict.state],
+            "gpu_batch": choose_batch(gpu, h, w, free_memory(gpu), slice_bytes(h, w, pkg.net.cfg)),
+            "peak_bytes_per_256_slice": int(peak), "slice_bytes_estimate": SLICE_BYTES}
+
+
+def gpu_line(g: dict) -> str:
+    if "skipped" in g:
+        return f"GPU line skipped: {g['skipped']}."
+    return (f"GPU ({g['device']}), bundled sample ({g['slices']} slices) through fuse_volumes: "
+            f"{g['ms_per_slice_gpu']:.2f} ms per slice against {g['ms_per_slice_cpu']:.1f} ms on the CPU "
+            f"({g['threads']} threads) in the same run, {g['speedup']:.0f}x; largest difference of the outputs "
+            f"{g['max_abs_diff']:.1e}; peak CUDA memory {g['peak_bytes_per_256_slice'] / 2**20:.0f} MiB per "
+            f"256x256 slice (estimate {g['slice_bytes_estimate'] / 2**20:.0f} MiB).")
+
+
 def run_volume(model: str, shape: str, threads: int) -> dict:
     cmd = [sys.executable, __file__, "--child", shape, "-m", model, "--threads", str(threads)]
     res = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-m", "--model", default=str(bundled_model_path()))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="fewer repeats, a 256x256x32 volume only")
     ap.add_argument("--out", help="also write the Markdown table here")
     ap.add_argument("--json", help="also write the key figures here (for tools/make_report.py)")
+    ap.add_argument("--gpu-only", action="store_true", help="only the CPU/GPU comparison, as JSON")
     ap.add_argument("--child", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.child:
         volume_child(args.model, args.child, args.threads)
         return
@@ -119,6 +179,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     pkg = load_package(args.model)
+    if args.gpu_only:
+        print(json.dumps(gpu_comparison(pkg), indent=1))
+        return
     rng = np.random.default_rng(0)
     code = np.zeros(pkg.net.cfg.key_bits, np.float32)
     repeat = 2 if args.quick else 5
@@ -150,6 +213,8 @@ def main() -> None:
         lines.append(f"| {shape} | {r['seconds']:.1f} | {1000 * r['seconds'] / depth:.0f} | {r['peak_mib']:.0f} | "
                      f"{r['before_mib']:.0f} | {r['max_seconds']:.3f} |")
         print(lines[-1], flush=True)
+    figures["gpu"] = gpu_comparison(pkg, repeat)
+    lines += ["", gpu_line(figures["gpu"])]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

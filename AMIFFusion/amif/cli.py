@@ -43,11 +43,15 @@ def _read_volume(path: str):
         raise AMIFError(f"Cannot read {Path(path).name} as an image volume.") from None
 
 
-def fuse_files(a_path, b_path, out, model=None, key=None, progress=True) -> dict:
-    """Fuse two files (2D PNG/JPEG or any volume SimpleITK reads) into `out`; returns a summary."""
+def fuse_files(a_path, b_path, out, model=None, key=None, progress=True, device="auto") -> dict:
+    """Fuse two files (2D PNG/JPEG or any volume SimpleITK reads) into `out` on `device` ("auto", "cpu",
+    "cuda", "cuda:N" or "mps"; one it cannot use is an AMIFError before anything is read); returns a
+    summary: the output's AMIF_* metadata and "device", the torch device the network ran on."""
     from .data import read_image
+    from .device import resolve_device
     from .fusion import fuse_images, fuse_volumes, output_metadata
 
+    device = resolve_device(device)
     pkg = _model(model)
     out = Path(out)
     if not out.parent.exists():
@@ -57,10 +61,10 @@ def fuse_files(a_path, b_path, out, model=None, key=None, progress=True) -> dict
     if Path(a_path).suffix.lower() in IMAGE_2D and Path(b_path).suffix.lower() in IMAGE_2D:
         if out.suffix.lower() not in IMAGE_2D:
             raise AMIFError("2D inputs give a 2D output: name it .png or .jpg.")
-        r = fuse_images(read_image(a_path), read_image(b_path), pkg, key)
+        r = fuse_images(read_image(a_path), read_image(b_path), pkg, key, device)
         meta = output_metadata(pkg, r.key, r.verdict)
         _write_output(out, lambda: _write_2d(out, r.fused, meta))
-        return meta
+        return {**meta, "device": r.device}
     if out.suffix.lower() in IMAGE_2D:
         raise AMIFError("Volume inputs give a volume output: name it .nrrd, .nii.gz or .mha.")
     import SimpleITK as sitk
@@ -72,12 +76,13 @@ def fuse_files(a_path, b_path, out, model=None, key=None, progress=True) -> dict
 
         bar = tqdm(total=a.GetSize()[2] if a.GetDimension() == 3 else 0, desc="fuse", unit="slice")
     try:
-        r = fuse_volumes(a, b, pkg, key, progress=(lambda d, n: bar.update(d - bar.n)) if bar else None)
+        r = fuse_volumes(a, b, pkg, key, progress=(lambda d, n: bar.update(d - bar.n)) if bar else None,
+                         device=device)
     finally:
         if bar:
             bar.close()
     _write_output(out, lambda: sitk.WriteImage(r.image, str(out), useCompression=True))
-    return output_metadata(pkg, r.key, r.verdict)
+    return {**output_metadata(pkg, r.key, r.verdict), "device": r.device}
 
 
 def _write_output(out: Path, write) -> None:
@@ -93,9 +98,9 @@ def _write_output(out: Path, write) -> None:
 
 
 def cmd_fuse(args) -> None:
-    meta = fuse_files(args.a, args.b, args.output, args.model, args.key, not args.quiet)
+    meta = fuse_files(args.a, args.b, args.output, args.model, args.key, not args.quiet, args.device)
     print(f"wrote {args.output}: watermark {meta['AMIF_watermark']} (score {meta['AMIF_score']}), "
-          f"key {meta['AMIF_key_state']} {meta['AMIF_key_id']}")
+          f"key {meta['AMIF_key_state']} {meta['AMIF_key_id']}, fused on {meta['device']}")
 
 
 def cmd_demo(args) -> None:
@@ -109,8 +114,8 @@ def cmd_demo(args) -> None:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     a, b = sample_paths()
-    keyed = fuse_files(a, b, out / "fused-keyed.nrrd", args.model, bundled_key_path(), not args.quiet)
-    unkeyed = fuse_files(a, b, out / "fused-unkeyed.nrrd", args.model, None, not args.quiet)
+    keyed = fuse_files(a, b, out / "fused-keyed.nrrd", args.model, bundled_key_path(), not args.quiet, args.device)
+    unkeyed = fuse_files(a, b, out / "fused-unkeyed.nrrd", args.model, None, not args.quiet, args.device)
     rows = list(sample_slices())
     for name in ("fused-keyed.nrrd", "fused-unkeyed.nrrd"):
         fused = display_array(sitk.ReadImage(str(out / name)))
@@ -119,7 +124,7 @@ def cmd_demo(args) -> None:
     _write_2d(out / "demo-side-by-side.png", side, {"AMIF_panels": "MRI | PET | keyed (demo key) | no key"})
     print(f"keyed:   watermark {keyed['AMIF_watermark']} (score {keyed['AMIF_score']})")
     print(f"no key:  watermark {unkeyed['AMIF_watermark']} (score {unkeyed['AMIF_score']})")
-    print(f"wrote {out}/fused-keyed.nrrd, fused-unkeyed.nrrd, demo-side-by-side.png")
+    print(f"wrote {out}/fused-keyed.nrrd, fused-unkeyed.nrrd, demo-side-by-side.png (fused on {keyed['device']})")
 
 
 def cmd_keygen(args) -> None:
@@ -221,6 +226,19 @@ def cmd_attack(args) -> None:
     print(f"wrote {out}, {out.with_suffix('.json').name}" + (f" and {out.stem}-figures/" if args.figures else ""))
 
 
+def _device_arg(text: str) -> str:
+    """argparse type of --device: the spelling is checked here, availability when fusion starts."""
+    from .device import check_device_name
+
+    try:
+        return check_device_name(text)
+    except AMIFError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+DEVICE_HELP = "torch device to fuse on: auto (a GPU when torch sees one, else the CPU), cpu, cuda, cuda:N or mps"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="amif", description="Key-gated medical image fusion (AMIF).")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -228,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="fuse the bundled sample with and without the demo key")
     s.add_argument("-o", "--output", default="amif-demo-output")
     s.add_argument("-m", "--model")
+    s.add_argument("--device", type=_device_arg, default="auto", metavar="auto|cpu|cuda|mps", help=DEVICE_HELP)
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_demo)
 
@@ -237,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True)
     s.add_argument("-k", "--key", help=".amifkey file (without it the output carries the identifier)")
     s.add_argument("-m", "--model", help="model package (default: the bundled demo model)")
+    s.add_argument("--device", type=_device_arg, default="auto", metavar="auto|cpu|cuda|mps", help=DEVICE_HELP)
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_fuse)
 

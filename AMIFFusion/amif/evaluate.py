@@ -140,7 +140,7 @@ def evaluate(models=(None,), data=None, split: str = "test", keys=(), twins=(), 
         a, b = read_image(pair.mri), read_image(pair.other)
         outputs = {}
         for label, pkg, key in amif_rows:
-            outputs[label] = _grey255(fuse_images(a, b, pkg, key).fused)
+            outputs[label] = _grey255(fuse_images(a, b, pkg, key, device="cpu").fused)
         for label, twin in zip(twin_names, twin_pkgs):
             outputs[label] = _grey255(_run_twin(twin, a, b))
         for label, fn in BASELINES.items():

@@ -4,17 +4,22 @@ The key only picks the 256-value code given to the network; the network decides 
 Volumes: B is resampled onto A's grid when the geometries differ, each volume is normalized to
 [0, 1] with a robust percentile window (or an explicit one), and axial slices go through the
 network in batches, so memory stays bounded whatever the volume size.
+
+Both run on a torch device ("auto": CUDA, else Apple MPS, else the CPU; see amif.device) in float32,
+so every device gives the same result to float32 rounding.
 """
 
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from .color import rgb_to_ycbcr, ycbcr_to_rgb
+from .device import free_memory, full_float32, resolve_device
 from .errors import AMIFError, Cancelled
 from .keys import KeyFile, load_key
 from .package import ModelPackage
@@ -97,15 +102,41 @@ def _as_unit(img: np.ndarray, name: str) -> np.ndarray:
     return img.astype(np.float32)
 
 
-def run_network(package: ModelPackage, a: np.ndarray, b: np.ndarray, code: np.ndarray) -> np.ndarray:
-    """(n, h, w) float arrays in [0, 1] -> fused (n, h, w)."""
+_DEVICE_NETS = weakref.WeakKeyDictionary()  # a package's net -> {device: (stamp of its tensors, copy there)}
+
+
+def network_on(package: ModelPackage, device):
+    """package.net on the resolved torch `device`, for inference. Where the net already is, the net itself;
+    elsewhere a frozen copy, kept per device for as long as package.net lives and made again when any of
+    its tensors was replaced or changed in place. package.net itself never moves, so other callers of the
+    package (training, attacks, other threads on the CPU) are not affected."""
+    import copy
+
+    net = package.net
+    tensors = [*net.parameters(), *net.buffers()]
+    if not tensors or tensors[0].device == device:
+        return net
+    stamp = tuple((t.data_ptr(), t._version) for t in tensors)  # _version: torch's in-place edit counter
+    copies = _DEVICE_NETS.setdefault(net, {})
+    kept = copies.get(str(device))
+    if kept is None or kept[0] != stamp:
+        moved = copy.deepcopy(net).to(device).requires_grad_(False).eval()
+        copies[str(device)] = kept = (stamp, moved)
+    return kept[1]
+
+
+def run_network(package: ModelPackage, a: np.ndarray, b: np.ndarray, code: np.ndarray, device="cpu") -> np.ndarray:
+    """(n, h, w) float arrays in [0, 1] -> fused (n, h, w), a float32 numpy array. The network runs on
+    `device` (a name or torch.device; see amif.device) in float32; inputs go there, the result comes back."""
     import torch
 
-    with torch.inference_mode():
-        ta = torch.from_numpy(np.ascontiguousarray(a, np.float32))[:, None]
-        tb = torch.from_numpy(np.ascontiguousarray(b, np.float32))[:, None]
-        y = package.net(ta, tb, torch.from_numpy(np.asarray(code, np.float32)))
-    return y[:, 0].numpy()
+    device = resolve_device(device)
+    net = network_on(package, device)
+    with torch.inference_mode(), full_float32(device):
+        ta = torch.from_numpy(np.ascontiguousarray(a, np.float32))[:, None].to(device)
+        tb = torch.from_numpy(np.ascontiguousarray(b, np.float32))[:, None].to(device)
+        y = net(ta, tb, torch.from_numpy(np.asarray(code, np.float32)).to(device))
+        return y[:, 0].to("cpu", torch.float32).numpy()
 
 
 @dataclass
@@ -113,10 +144,14 @@ class FusionResult:
     fused: np.ndarray  # (h, w) grey or (h, w, 3) RGB, float32 in [0, 1]
     key: KeyStatus
     verdict: Verdict
+    device: str = "cpu"  # the torch device the network ran on
 
 
-def fuse_images(a, b, package: ModelPackage, key=None) -> FusionResult:
-    """Fuse 2D image A (grey) with B (grey, or RGB: its Y is fused and its chroma restored)."""
+def fuse_images(a, b, package: ModelPackage, key=None, device="auto") -> FusionResult:
+    """Fuse 2D image A (grey) with B (grey, or RGB: its Y is fused and its chroma restored).
+    `device`: "auto", "cpu", "cuda", "cuda:N" or "mps" (amif.device); one it cannot use is an AMIFError
+    before anything runs."""
+    device = resolve_device(device)
     a, b = _as_unit(a, "Image A"), _as_unit(b, "Image B")
     if a.ndim == 3 and a.shape[-1] in (3, 4):
         a = rgb_to_ycbcr(a[..., :3])[..., 0]
@@ -130,13 +165,13 @@ def fuse_images(a, b, package: ModelPackage, key=None) -> FusionResult:
                         f"fusion needs at least {MIN_SIDE}x{MIN_SIDE}.")
     ycc = rgb_to_ycbcr(b[..., :3]) if b.ndim == 3 else None
     by = ycc[..., 0] if ycc is not None else b
-    y = run_network(package, a[None], by[None], code)[0]
+    y = run_network(package, a[None], by[None], code, device)[0]
     verdict = verify_image(y, package.identifier, package.threshold, (a, by), package.shift)
     if ycc is not None:
         ycc = ycc.copy()
         ycc[..., 0] = y
         y = ycbcr_to_rgb(ycc).astype(np.float32)
-    return FusionResult(y, status, verdict)
+    return FusionResult(y, status, verdict, str(device))
 
 
 # ---------------------------------------------------------------- volumes
@@ -240,12 +275,52 @@ def display_view(img) -> Callable[[np.ndarray], np.ndarray]:
     raise AMIFError("Could not orient the volume for display.")  # unreachable for valid direction cosines
 
 
+CPU_BATCH = 2  # 256x256 slices per network call on the CPU: the fastest per slice on 2 threads (tools/benchmark.py)
+MAX_GPU_BATCH = 64  # a cap: still larger calls would mostly delay progress reports and cancel checks
+SLICE_BYTES = 32 << 20  # peak memory of one 256x256 slice through the bundled model's forward pass (float32,
+#                         inference); `tools/benchmark.py --gpu-only` measures it on CUDA (peak_bytes_per_256_slice)
+REFERENCE_WIDTH = 44  # _width() of the bundled model's architecture, for which SLICE_BYTES holds
+GPU_MEMORY_SAFETY = 2.0  # the estimate is multiplied by this before it is fitted into free memory
+GPU_RESERVE = 512 << 20  # bytes left free on the GPU (cuDNN workspaces, allocator fragmentation)
+
+
+def _width(cfg) -> int:
+    """Full-resolution channels that are live together in the forward pass, roughly: encoder, decoder, memory."""
+    return cfg.c1 * (1 + cfg.decoder_width) + cfg.mem_channels
+
+
+def slice_bytes(h: int, w: int, cfg=None) -> float:
+    """Estimated peak memory of one h x w slice through the network: SLICE_BYTES scaled by the pixels and,
+    for an architecture `cfg` wider than the bundled model's, by its full-resolution channels."""
+    scale = max(1.0, _width(cfg) / REFERENCE_WIDTH) if cfg is not None else 1.0
+    return SLICE_BYTES * scale * h * w / (256 * 256)
+
+
+def choose_batch(device, h: int, w: int, free_bytes: int | None = None, per_slice: float | None = None,
+                 batch: int | None = None) -> int:
+    """Slices of h x w per network call. Pure: the caller gives the free memory.
+
+    `batch` given: it wins, counted in 256x256 slices (proportionally fewer slices when they are larger).
+    Otherwise on the CPU (or where `free_bytes` is None): CPU_BATCH, counted the same way. On a GPU
+    (`device` a torch.device or name of type cuda or mps) with `free_bytes`: as many slices as fit in
+    free_bytes - GPU_RESERVE at GPU_MEMORY_SAFETY x `per_slice` bytes each (default slice_bytes(h, w)),
+    at least 1 and at most MAX_GPU_BATCH."""
+    kind = getattr(device, "type", None) or str(device).split(":")[0]
+    if batch is not None or kind == "cpu" or free_bytes is None:
+        batch = CPU_BATCH if batch is None else batch
+        return max(1, min(batch, batch * 256 * 256 // (h * w)))
+    per_slice = slice_bytes(h, w) if per_slice is None else per_slice
+    fit = int((free_bytes - GPU_RESERVE) // (per_slice * GPU_MEMORY_SAFETY))
+    return max(1, min(MAX_GPU_BATCH, fit))
+
+
 @dataclass
 class VolumeResult:
     image: object  # SimpleITK image, A's geometry
     key: KeyStatus
     verdict: Verdict
     windows: tuple
+    device: str = "cpu"  # the torch device the network ran on
 
 
 def fuse_volumes(
@@ -255,14 +330,19 @@ def fuse_volumes(
     key=None,
     window_a: tuple[float, float] | None = None,
     window_b: tuple[float, float] | None = None,
-    batch: int = 2,  # measured fastest per slice on 2 CPU threads (tools/benchmark.py)
+    batch: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    device="auto",
 ) -> VolumeResult:
     """Fuse registered volumes slice by slice (axial slices in display orientation); output on A's grid.
-    `batch` slices go through the network at a time (proportionally fewer when slices exceed 256x256)."""
+    `device`: "auto", "cpu", "cuda", "cuda:N" or "mps" (amif.device); one it cannot use is an AMIFError
+    before anything runs. `batch`: slices per network call, counted in 256x256 slices (proportionally
+    fewer when slices are larger); None picks it (choose_batch: CPU_BATCH on the CPU, from the free
+    memory on a GPU)."""
     import SimpleITK as sitk
 
+    device = resolve_device(device)
     _check_volume(a, "The first volume")
     _check_volume(b, "The second volume")
     if a.GetNumberOfComponentsPerPixel() != 1:
@@ -293,7 +373,8 @@ def fuse_volumes(
     if min(h, w) < MIN_SIDE:
         raise AMIFError(f"The first volume's axial slices are {w}x{h} voxels; fusion needs at least "
                         f"{MIN_SIDE}x{MIN_SIDE} (a single sagittal or coronal slice cannot be fused).")
-    batch = max(1, min(batch, batch * 256 * 256 // (h * w)))  # fewer slices per call when they are large
+    per_slice = slice_bytes(h, w, package.net.cfg)
+    batch = choose_batch(device, h, w, None if batch is not None else free_memory(device), per_slice, batch)
     for start in range(0, n, batch):
         if cancel and cancel():
             raise Cancelled("Fusion cancelled.")
@@ -304,7 +385,7 @@ def fuse_volumes(
             sb = ycc[..., 0]
         else:
             sb = _normalize(db[sl], window_b)
-        y = run_network(package, sa, sb, code)
+        y = run_network(package, sa, sb, code, device)
         probe = [i - sl.start for i in range(sl.start, sl.stop) if i % stride == stride // 2] if package.shift else []
         if probe:
             moved[sl.start + np.array(probe)] = displacements(y[probe], sa[probe], sb[probe], package.identifier)
@@ -323,7 +404,7 @@ def fuse_volumes(
     img.CopyInformation(a)
     for k, v in output_metadata(package, status, verdict).items():
         img.SetMetaData(k, v)
-    return VolumeResult(img, status, verdict, (window_a, window_b))
+    return VolumeResult(img, status, verdict, (window_a, window_b), str(device))
 
 
 def output_metadata(package: ModelPackage, status: KeyStatus, verdict: Verdict) -> dict[str, str]:
