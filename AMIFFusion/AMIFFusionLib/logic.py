@@ -11,8 +11,10 @@ hardened into the sampling, never into the user's nodes; a non-linear one is ref
 to a SimpleITK image (RAS -> LPS) and handed to the engine's `fuse_volumes`, which resamples the
 second volume onto the first's grid. The output takes the first volume's geometry (its IJK-to-RAS
 matrix and parent transform). What the user sees is what gets fused: a volume's display window
-is its intensity window. The scene is touched only after the engine succeeded, so an error or a
-cancel leaves it exactly as it was.
+is its intensity window, and a scalar second volume shown through a colour table (PET-Heat,
+Rainbow, ...) is fused in the colours it is shown in (`colortable`), giving a colour output. The
+scene is touched only after the engine succeeded, so an error or a cancel leaves it exactly as it
+was.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import slicer
 import vtk
 
 from amif.errors import AMIFError
+from AMIFFusionLib import colortable
 
 # MRML node attribute -> the engine's output metadata key. Never the key's secret.
 ATTRIBUTES = {
@@ -37,6 +40,7 @@ ATTRIBUTES = {
     "AMIF.Threshold": "AMIF_threshold",
 }
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+NEW_OUTPUT_ENTRY = "Create new volume on Apply"  # the output selector's empty entry: fuse makes the right node
 
 
 @dataclass
@@ -45,6 +49,7 @@ class Fused:
     key: object  # amif.fusion.KeyStatus
     verdict: object  # amif.verify.Verdict: the output's measured watermark state
     windows: tuple  # intensity windows used for the first and second volume
+    color_table: str = ""  # the colour node the second volume was fused through, "" when fused as it is
 
 
 def model_path_or_bundled(model_path=None) -> Path:
@@ -136,8 +141,39 @@ def display_window(node):
     return (level - window / 2, level + window / 2)
 
 
+def _check_output_kind(output_node, colour: bool) -> None:
+    """An AMIFError when the output node chosen by the user cannot hold the fused volume."""
+    if output_node is None:
+        return
+    label = bool(output_node.IsA("vtkMRMLLabelMapVolumeNode"))
+    if not label and bool(output_node.IsA("vtkMRMLVectorVolumeNode")) == colour:
+        return
+    fused = "a colour (vector)" if colour else "a grey (scalar)"
+    chosen = "a label map" if label else "a grey one" if colour else "a colour one"
+    raise AMIFError(f"The fused output is {fused} volume, and '{output_node.GetName()}' is {chosen}: "
+                    f"choose '{NEW_OUTPUT_ENTRY}' as the output volume.")
+
+
+def displayed_colour_image(b, a, mapping):
+    """The scalar SimpleITK image `b` as the colours it is displayed in (a uint8 RGB vector image)
+    on `a`'s grid: resampled as the engine resamples a grey second volume (linear; outside it, its
+    minimum), then mapped through `mapping` (a colortable.ColorMapping). NaN or infinite values
+    are an AMIFError, as they are for a grey second volume."""
+    import SimpleITK as sitk
+
+    from amif.fusion import resample_onto, same_geometry
+
+    values = sitk.GetArrayViewFromImage(b)
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise AMIFError("The second volume contains NaN or infinite values.")
+    grid = b if same_geometry(a, b) else resample_onto(b, a)
+    rgb = sitk.GetImageFromArray(mapping(sitk.GetArrayViewFromImage(grid)), isVector=True)
+    rgb.CopyInformation(grid)
+    return rgb
+
+
 def fuse(first_node, second_node, output_node=None, key_path=None, model_path=None,
-         progress=None, cancel=None, log=None, show=True) -> Fused:
+         progress=None, cancel=None, log=None, show=True, device="auto", use_color_table: bool = True) -> Fused:
     """Fuse two registered volume nodes into `output_node` (a new node when None).
 
     first_node: the grey volume (MRI); second_node: CT, PET or SPECT, grey or colour (RGB vector
@@ -145,7 +181,13 @@ def fuse(first_node, second_node, output_node=None, key_path=None, model_path=No
     model_path: a model package (NAME.json), default the bundled demo model. progress(done, total)
     is called per batch of slices; cancel() returning True stops the run (amif.Cancelled is
     raised). log(text) receives progress messages. Errors are amif.AMIFError; on any error or
-    cancel the scene is left as it was.
+    cancel the scene is left as it was. device: the torch device to fuse on, "auto" (a GPU when torch
+    sees one, else the CPU), "cpu", "cuda", "cuda:N" or "mps" (amif.fusion.fuse_volumes).
+    use_color_table: when the second volume is scalar and displayed through a colour (not grey)
+    table, fuse the colours it is displayed in (colortable.color_mapping: resampled onto the first
+    volume's grid as a scalar, then mapped through its display node's window/level and table), on
+    their luminance with the chroma restored, into a vtkMRMLVectorVolumeNode; the returned
+    Fused.color_table names the colour node. False: fuse it as grey on its display window.
     """
     import SimpleITK as sitk
 
@@ -161,18 +203,19 @@ def fuse(first_node, second_node, output_node=None, key_path=None, model_path=No
         raise AMIFError("The output volume must not be one of the two inputs: choose or create another volume.")
     a = image_from_node(first_node, "The first volume")
     b = image_from_node(second_node, "The second volume")
-    colour = b.GetNumberOfComponentsPerPixel() == 3
+    mapping = colortable.color_mapping(second_node) if use_color_table else None
+    colour = mapping is not None or b.GetNumberOfComponentsPerPixel() == 3
     node_class = "vtkMRMLVectorVolumeNode" if colour else "vtkMRMLScalarVolumeNode"
-    if output_node is not None and (bool(output_node.IsA("vtkMRMLVectorVolumeNode")) != colour
-                                    or output_node.IsA("vtkMRMLLabelMapVolumeNode")):
-        kind = "a colour (vector)" if colour else "a grey (scalar)"
-        raise AMIFError(f"The fused output is {kind} volume: choose 'Create new Volume' as the output.")
+    _check_output_kind(output_node, colour)
     window_a, window_b = display_window(first_node), None if colour else display_window(second_node)
+    if mapping is not None:
+        log(f"The second volume is fused in the colours of its colour table '{mapping.name}'.")
+        b = displayed_colour_image(b, a, mapping)
 
     package = load_model(model_path)
     log(f"Model package {package.model_id}; fusing {a.GetSize()[2]} slices.")
     r = fuse_volumes(a, b, package, str(key_path) if key_path else None, window_a=window_a, window_b=window_b,
-                     progress=progress, cancel=cancel)
+                     progress=progress, cancel=cancel, device=device)
     arr = sitk.GetArrayFromImage(r.image)
     if colour:
         arr = np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8)
@@ -190,7 +233,9 @@ def fuse(first_node, second_node, output_node=None, key_path=None, model_path=No
     log(f"Output '{node.GetName()}': watermark {r.verdict.state} (score {r.verdict.score:.3f}).")
     if show and getattr(slicer, "app", None) is not None:
         slicer.util.setSliceViewerLayers(background=node, fit=True)
-    return Fused(node, r.key, r.verdict, r.windows)
+    if mapping is None:
+        return Fused(node, r.key, r.verdict, r.windows)
+    return Fused(node, r.key, r.verdict, (r.windows[0], mapping.window_range), mapping.name)
 
 
 def _write(node, arr, first_node, meta: dict, colour: bool) -> None:
