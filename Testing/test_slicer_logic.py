@@ -293,39 +293,104 @@ def test_sample_matches_amif_fuse_voxel_for_voxel(sample_runs):
 
 
 class FakePyTorchUtils:
-    installed = []
+    """PyTorchUtils as the PyTorch extension has it: PyTorchUtilsLogic().installTorch(...)."""
 
-    class PyTorchUtilsLogic:
-        def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None):
-            FakePyTorchUtils.installed.append((askConfirmation, torchVersionRequirement))
-            return None  # the user declined
+    def __init__(self, succeed=True, on_install=None):
+        self.calls, self.succeed, self.on_install = [], succeed, on_install
+        fake = self
+
+        class PyTorchUtilsLogic:
+            def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None,
+                             torchvisionVersionRequirement=None):
+                fake.calls.append({"askConfirmation": askConfirmation,
+                                   "torchVersionRequirement": torchVersionRequirement})
+                if fake.on_install:
+                    fake.on_install()
+                return object() if fake.succeed else None
+
+        self.PyTorchUtilsLogic = PyTorchUtilsLogic
 
 
-def test_dependencies():
-    present = {"torch", "safetensors", "tqdm", "PIL", "SimpleITK"}
-    asked, installed = [], []
-    assert dependencies.ensure_dependencies(asked.append, installed.append, find_spec=lambda n: n in present or None)
-    assert not asked and not installed
+class Machine:
+    """What is installed: distribution versions; install steps change it."""
 
-    have = {"torch", "SimpleITK"}
+    def __init__(self, torch=None, safetensors=True):
+        self.torch, self.safetensors = torch, safetensors
+        self.pip, self.asked, self.status = [], [], []
 
-    def install(reqs):
-        installed.append(reqs)
-        have.update({"safetensors", "tqdm", "PIL"})
+    def plan(self):
+        return dependencies.plan(version=lambda name: self.torch if name == "torch" else None,
+                                 find_spec=lambda name: (self.torch if name == "torch" else self.safetensors) or None)
 
-    assert dependencies.ensure_dependencies(lambda text: asked.append(text) or True, install,
-                                            find_spec=lambda n: n in have or None)
-    assert installed == [["safetensors>=0.4,<1", "tqdm>=4.60", "pillow>=10"]] and "safetensors" in asked[0]
-    assert not dependencies.ensure_dependencies(lambda text: False, install, find_spec=lambda n: None
-                                                if n == "tqdm" else True)
+    def confirm(self, answer):
+        return lambda text: self.asked.append(text) or answer
 
-    def no_extension():
-        raise ImportError("No module named 'PyTorchUtils'")
+    def install(self, reqs):
+        self.pip.append(list(reqs))
+        self.safetensors = True
 
-    with pytest.raises(AMIFError, match="PyTorch"):
-        dependencies.ensure_dependencies(None, None, no_extension, find_spec=lambda n: None)
-    assert not dependencies.ensure_dependencies(None, None, lambda: FakePyTorchUtils, find_spec=lambda n: None)
-    assert FakePyTorchUtils.installed == [(True, ">=2.0")]
+    def run(self, answer=True, utils=None, loaded=False):
+        return dependencies.ensure_dependencies(self.confirm(answer), self.install, lambda: utils, self.status.append,
+                                                check=self.plan, torch_loaded=lambda: loaded)
+
+
+def test_dependencies_nothing_to_do():
+    m = Machine(torch="2.13.0+cpu")
+    utils = FakePyTorchUtils()
+    assert m.run(utils=utils) and not m.asked and not m.pip and not utils.calls
+
+
+def test_dependencies_one_confirmation_names_everything_then_installs_without_asking():
+    m = Machine(torch=None, safetensors=False)
+    utils = FakePyTorchUtils(on_install=lambda: setattr(m, "torch", "2.13.0"))
+    assert m.run(utils=utils)
+    assert len(m.asked) == 1 and "PyTorch" in m.asked[0] and "safetensors" in m.asked[0]
+    assert "tqdm" not in m.asked[0] and "SimpleITK" not in m.asked[0] and "pillow" not in m.asked[0].lower()
+    assert utils.calls == [{"askConfirmation": False, "torchVersionRequirement": dependencies.TORCH_REQUIREMENT}]
+    assert m.pip == [["safetensors>=0.4,<1"]]
+    assert any("PyTorch" in s for s in m.status) and any("safetensors" in s for s in m.status)
+
+
+def test_dependencies_declined_installs_nothing():
+    m = Machine(torch=None, safetensors=False)
+    utils = FakePyTorchUtils()
+    assert m.run(answer=False, utils=utils) is False
+    assert len(m.asked) == 1 and not utils.calls and not m.pip
+
+
+def test_dependencies_old_torch_is_upgraded_after_asking():
+    m = Machine(torch="1.13.1")
+    assert m.plan().torch == "upgrade"
+    utils = FakePyTorchUtils(on_install=lambda: setattr(m, "torch", "2.13.0"))
+    assert m.run(utils=utils)
+    assert "1.13.1" in m.asked[0] and utils.calls and not m.pip
+    m = Machine(torch="1.13.1")  # the old torch is already imported in this process: a restart is needed
+    with pytest.raises(AMIFError, match="restart"):
+        m.run(utils=FakePyTorchUtils(on_install=lambda: setattr(m, "torch", "2.13.0")), loaded=True)
+
+
+def test_dependencies_failures_are_one_clear_error():
+    with pytest.raises(AMIFError, match="PyTorch"):  # no PyTorch extension: said before asking anything
+        m = Machine(torch=None)
+
+        def no_extension():
+            raise ImportError("No module named 'PyTorchUtils'")
+
+        dependencies.ensure_dependencies(m.confirm(True), m.install, no_extension, check=m.plan,
+                                         torch_loaded=lambda: False)
+    assert not m.asked
+    with pytest.raises(AMIFError, match="could not be installed"):
+        Machine(torch=None).run(utils=FakePyTorchUtils(succeed=False))
+    m = Machine(torch="2.13.0", safetensors=False)
+    m.install = lambda reqs: None  # pip ran but nothing appeared
+    with pytest.raises(AMIFError, match="safetensors"):
+        m.run(utils=FakePyTorchUtils())
+
+
+def test_version_tuple():
+    assert dependencies.version_tuple("2.13.0+cpu") == (2, 13, 0)
+    assert dependencies.version_tuple("2.1.0a0") == (2, 1, 0)
+    assert dependencies.version_tuple("1.13.1") < dependencies.TORCH_MINIMUM <= dependencies.version_tuple("2.0.0")
 
 
 def test_sample_data_registration():
