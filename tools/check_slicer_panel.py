@@ -116,6 +116,9 @@ def install_slicer(slicer_repo: Path, tag: str, workdir: Path):
     assert Path(slicer.util.__file__).parent == overlay
     slicer.app = App()
     slicer.mrmlScene = slicer.vtkMRMLScene()
+    slicer.app.colors = slicer.vtkMRMLColorLogic()  # the default colour tables, as at start-up; kept
+    slicer.app.colors.SetMRMLScene(slicer.mrmlScene)  # alive, as the application keeps it
+    slicer.app.colors.AddDefaultColorNodes()
     slicer.qMRMLNodeComboBox, slicer.qMRMLWidget = qs.qMRMLNodeComboBox, qs.qMRMLWidget
     for name in ("qMRMLSliderWidget", "qMRMLSpinBox", "qMRMLRangeWidget", "qMRMLSubjectHierarchyTreeView"):
         setattr(slicer, name, type(name, (qs.QWidget,), {}))
@@ -147,6 +150,33 @@ def read_volume(slicer, path: Path):
     node.SetAndObserveStorageNodeID(storage.GetID())
     node.CreateDefaultDisplayNodes()
     return node
+
+
+def sample_data_module(slicer) -> types.ModuleType:
+    """SampleData as the self-test uses it: registerCustomSampleDataSource, then downloadSamples
+    loads the registered files (file:// URIs) as volumes with display nodes, named as registered."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    sources = {}
+
+    class SampleDataLogic:
+        @staticmethod
+        def registerCustomSampleDataSource(**kw):
+            sources[kw["sampleName"]] = kw
+
+        def downloadSamples(self, name):
+            src = sources[name]
+            nodes = []
+            for uri, node_name in zip(src["uris"], src["nodeNames"]):
+                node = read_volume(slicer, Path(url2pathname(urlparse(uri).path)))
+                node.SetName(node_name)
+                nodes.append(node)
+            return nodes
+
+    module = types.ModuleType("SampleData")
+    module.SampleDataLogic = SampleDataLogic
+    return module
 
 
 def run(slicer_repo: Path, tag: str, ctk_repo: Path | None, check: Checks) -> None:
@@ -271,11 +301,6 @@ def run(slicer_repo: Path, tag: str, ctk_repo: Path | None, check: Checks) -> No
     check("Apply after Close Scene uses the key the panel shows",
           used == ("match" if shown else "none"), f"shown {shown!r}, key state used {used}")
 
-    colour_ok = hasattr(slicer, "vtkMRMLColorLogic")
-    if colour_ok:
-        logic = slicer.vtkMRMLColorLogic()
-        logic.SetMRMLScene(slicer.mrmlScene)
-        logic.AddDefaultColorNodes()
     pet.GetDisplayNode().SetAndObserveColorNodeID(module.PET_COLOR_NODE_ID)
     ui.demoKeyButton.click()
     ui.useColorTableCheckBox.checked = True
@@ -301,6 +326,13 @@ def run(slicer_repo: Path, tag: str, ctk_repo: Path | None, check: Checks) -> No
           p is not None and p.modelPath == "" and Path(ui.modelPathLineEdit.currentPath).is_file()
           and ui.keyPathLineEdit.currentPath == p.keyPath and "Model package" not in ui.keyStateLabel.text,
           ui.keyStateLabel.text[:80])
+    sys.modules["SampleData"] = sample_data_module(slicer)
+    try:
+        module.AMIFFusionTest().runTest()
+        ok, detail = True, ""
+    except Exception:
+        ok, detail = False, traceback.format_exc().splitlines()[-1]
+    check("the module's self-test passes (both states, and a PET in PET-Heat)", ok, detail)
     check("no dependency dialog or pip install was needed here", not record["confirm"] and not record["pip"],
           f"{record['confirm']} {record['pip']}")
     check("no error dialog was shown", not record["errors"], " | ".join(record["errors"])[:200])
