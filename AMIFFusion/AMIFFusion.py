@@ -20,6 +20,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from amif.package import bundled_key_path
 from AMIFFusionLib import panel
 from AMIFFusionLib.parameters import AMIFFusionParameters
 
@@ -192,7 +193,7 @@ class AMIFFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onDemoKey(self):
         if self._parameterNode:
-            self._parameterNode.keyPath = str(panel.bundled_key())
+            self._parameterNode.keyPath = str(bundled_key_path())
 
     @staticmethod
     def setState(label, text, colour):
@@ -295,7 +296,7 @@ class AMIFFusionTest(ScriptedLoadableModuleTest):
 
         mri, pet = self.loadSample()
         self.delayDisplay("Loaded the AMIF sample")
-        keyed = fuse(mri, pet, key_path=panel.bundled_key(), use_color_table=False)
+        keyed = fuse(mri, pet, key_path=bundled_key_path(), use_color_table=False)
         self.assertEqual(keyed.verdict.state, "clean")
         self.assertEqual(keyed.node.GetAttribute("AMIF.KeyState"), "match")
         unkeyed = fuse(mri, pet, use_color_table=False)
@@ -308,7 +309,7 @@ class AMIFFusionTest(ScriptedLoadableModuleTest):
 
         mri, pet = self.loadSample()
         pet.GetDisplayNode().SetAndObserveColorNodeID(PET_COLOR_NODE_ID)
-        keyed = fuse(mri, pet, key_path=panel.bundled_key())
+        keyed = fuse(mri, pet, key_path=bundled_key_path())
         self.assertTrue(keyed.node.IsA("vtkMRMLVectorVolumeNode"))
         self.assertEqual(keyed.verdict.state, "clean")
         unkeyed = fuse(mri, pet)

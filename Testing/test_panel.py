@@ -14,6 +14,7 @@ import pytest
 import slicer  # slicer-core: a missing wheel must fail loudly, not skip
 
 from amif.keys import generate_key, save_key
+from amif.package import bundled_key_path, bundled_model_path
 from AMIFFusionLib import logic, panel
 from AMIFFusionLib.parameters import AMIFFusionParameters
 from conftest import ROOT
@@ -135,11 +136,11 @@ def test_close_scene_shows_and_uses_the_reset_key():
     scene = slicer.vtkMRMLScene()
     params = module_parameters(scene)
     params.firstVolume, params.secondVolume = volumes(scene)
-    params.keyPath = str(panel.bundled_key())
+    params.keyPath = str(bundled_key_path())
     view = panel.panel_view(params)
     agrees(view, params)
     assert view.key_label.state == "match" and view.apply_enabled
-    assert panel.apply_arguments(params)["key_path"] == str(panel.bundled_key())
+    assert panel.apply_arguments(params)["key_path"] == str(bundled_key_path())
 
     scene.Clear(0)  # File > Close Scene: the singleton survives, reset
     params = module_parameters(scene)
@@ -150,7 +151,7 @@ def test_close_scene_shows_and_uses_the_reset_key():
 
 
 def test_bundled_model_is_stored_as_bundled_in_any_spelling(tmp_path):
-    bundled = panel.bundled_model()
+    bundled = bundled_model_path()
     assert panel.model_to_store(str(bundled)) == ""
     assert panel.model_to_store(str(bundled.parent / ".." / "Models" / bundled.name)) == ""
     os.symlink(bundled, tmp_path / "link.json")
@@ -163,8 +164,8 @@ def test_bundled_model_is_stored_as_bundled_in_any_spelling(tmp_path):
 def test_saved_scene_reopens_with_the_bundled_model_of_this_install(tmp_path):
     scene = slicer.vtkMRMLScene()
     params = module_parameters(scene)
-    params.modelPath = panel.model_to_store(str(panel.bundled_model()))
-    params.keyPath = str(panel.bundled_key())
+    params.modelPath = panel.model_to_store(str(bundled_model_path()))
+    params.keyPath = str(bundled_key_path())
     path = tmp_path / "scene.mrml"
     scene.SetRootDirectory(str(tmp_path))
     scene.SetURL(str(path))
@@ -177,7 +178,7 @@ def test_saved_scene_reopens_with_the_bundled_model_of_this_install(tmp_path):
     params = module_parameters(reopened)
     view = panel.panel_view(params)
     agrees(view, params)
-    assert params.modelPath == "" and view.model_field == str(panel.bundled_model())
+    assert params.modelPath == "" and view.model_field == str(bundled_model_path())
     assert view.key_label.state == "match"
 
 
@@ -186,7 +187,7 @@ def keys(tmp_path):
     other = tmp_path / "other-model.amifkey"
     save_key(generate_key("another-model", "Someone"), other)
     (tmp_path / "bad.amifkey").write_text("not a key")
-    return {"none": "", "match": str(panel.bundled_key()), "other-model": str(other),
+    return {"none": "", "match": str(bundled_key_path()), "other-model": str(other),
             "unreadable": str(tmp_path / "bad.amifkey"), "missing": str(tmp_path / "missing.amifkey")}
 
 

@@ -1,5 +1,7 @@
-"""AMIF Fusion for 3D Slicer: MRML adapter around the `amif` engine (imports slicer and vtk, never qt).
+"""AMIF Fusion for 3D Slicer: MRML adapter and panel state around the `amif` engine (imports slicer and
+vtk, never qt).
 
-`logic` (fuse, key_state) needs the engine's dependencies only when it runs; `dependencies` and
-`sampledata` need nothing but the standard library.
+`parameters` (the parameter node's fields), `panel` (what the panel shows and Apply uses),
+`dependencies` and `sampledata` load without torch or SimpleITK; `logic` (fuse, key_state) and
+`colortable` need the engine's dependencies only when fusion runs.
 """

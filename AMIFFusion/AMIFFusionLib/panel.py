@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
+
+from amif.package import bundled_model_path
 
 GREEN, ORANGE, RED, GREY = "#1b7f2a", "#c05a00", "#b00020", "#555555"
 
@@ -25,25 +26,13 @@ KEY_COLOURS = {"match": GREEN, "none": ORANGE, "other-key": ORANGE}
 BLOCKING = ("other-model", "unreadable")  # key states that stop the fusion
 
 
-def bundled_model() -> Path:
-    from amif.package import bundled_model_path
-
-    return bundled_model_path()
-
-
-def bundled_key() -> Path:
-    from amif.package import bundled_key_path
-
-    return bundled_key_path()
-
-
 def model_to_store(field_path: str) -> str:
     """What the parameter node stores for the model field's path: "" (bundled) for the bundled
     manifest however it is spelled, and for an empty field; else the path as given."""
     if not field_path:
         return ""
     try:
-        if os.path.samefile(field_path, bundled_model()):
+        if os.path.samefile(field_path, bundled_model_path()):
             return ""
     except OSError:
         pass
@@ -52,7 +41,7 @@ def model_to_store(field_path: str) -> str:
 
 def model_to_show(stored: str) -> str:
     """The path the model field shows for a stored value: the bundled manifest of this install for ""."""
-    return stored or str(bundled_model())
+    return stored or str(bundled_model_path())
 
 
 @dataclass(frozen=True)
