@@ -8,8 +8,9 @@ MRML from the `slicer-core` wheel and the stand-in Qt/CTK widgets of tools/slice
 (checked against the CTK and MRML headers of the same sources, and against PySide6 when it is
 installed). Then `AMIFFusionWidget` goes through what a user does: setup, the sample volumes,
 Demo key, Apply, Cancel, no key, Close Scene, Apply again, a colour PET, a saved scene reopened.
-Dialogs, the status bar and the slice views are recorded, not drawn. Prints one line per check and
-'N passed, M failed'; exits 1 when any check fails.
+Dialogs, the status bar and the slice views are recorded, not drawn; --render DIR draws the panel
+with Qt at two steps (tools/render_panel.py). Prints one line per check and 'N passed, M failed';
+exits 1 when any check fails.
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ def sample_data_module(slicer) -> types.ModuleType:
     return module
 
 
-def run(slicer_repo: Path, tag: str, ctk_repo: Path | None, check: Checks) -> None:
+def run(slicer_repo: Path, tag: str, ctk_repo: Path | None, check: Checks, render_dir: Path | None = None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="amif-slicer-check-"))
     slicer, record = install_slicer(slicer_repo, tag, tmp)
 
@@ -235,6 +236,14 @@ def run(slicer_repo: Path, tag: str, ctk_repo: Path | None, check: Checks) -> No
     if not check("setup() and enter() raise nothing", ok, " | ".join(logged)):
         return
     ui = widget.ui
+
+    def picture(step: str):
+        """The panel as it stands, drawn with Qt (tools/render_panel.py), when --render is given."""
+        if render_dir is not None:
+            from render_panel import render
+
+            render_dir.mkdir(parents=True, exist_ok=True)
+            render(MODULE_DIR / "Resources" / "UI" / "AMIFFusion.ui", vars(ui), render_dir / f"panel-{step}.png")
     check("connectGui set the volume selectors' node types from the annotations",
           tuple(ui.secondVolumeSelector.nodeTypes) == ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode"),
           f"second: {ui.secondVolumeSelector.nodeTypes}")
@@ -280,6 +289,7 @@ def run(slicer_repo: Path, tag: str, ctk_repo: Path | None, check: Checks) -> No
 
     ui.keyPathLineEdit.currentPath = ""
     out = apply()
+    picture("no-key")
     check("no key + Apply gives a marked output",
           params.keyPath == "" and len(out) == 1 and out[0].GetAttribute("AMIF.Watermark") == "marked",
           ui.outputStateLabel.text[:90])
@@ -305,6 +315,7 @@ def run(slicer_repo: Path, tag: str, ctk_repo: Path | None, check: Checks) -> No
     ui.demoKeyButton.click()
     ui.useColorTableCheckBox.checked = True
     out = apply()
+    picture("colour-keyed")
     check("a PET shown in PET-Heat gives a colour, clean output with the demo key",
           len(out) == 1 and out[0].IsA("vtkMRMLVectorVolumeNode") and out[0].GetAttribute("AMIF.Watermark") == "clean",
           ui.outputStateLabel.text[:100])
@@ -344,10 +355,11 @@ def main(argv=None) -> int:
     ap.add_argument("--tag", required=True, help="e.g. v5.8.1 or v5.10.0")
     ap.add_argument("--ctk", type=Path, help="a CTK source git repository, to check the stand-ins' CTK headers")
     ap.add_argument("--json", type=Path, help="write the results here too")
+    ap.add_argument("--render", type=Path, help="draw the panel with Qt (PySide6) at two steps into this folder")
     args = ap.parse_args(argv)
     check = Checks()
     try:
-        run(args.slicer, args.tag, args.ctk, check)
+        run(args.slicer, args.tag, args.ctk, check, args.render)
     except Exception:
         check("the check ran to the end", False, traceback.format_exc().splitlines()[-1])
         traceback.print_exc()

@@ -1,9 +1,11 @@
-"""Render Resources/slicer-preview.png: a RENDERED PREVIEW of the AMIF Fusion module, not a
-screenshot of 3D Slicer (no Slicer GUI runs here). The three slice views are the real fused sample
-volume (no key: the identifier shows) from `amif demo`; the panel beside them is a drawn mock of
-AMIFFusion/Resources/UI/AMIFFusion.ui with the states that run produced.
+"""Render Resources/slicer-preview.png: a PREVIEW of the AMIF Fusion module, not a screenshot of
+3D Slicer (no Slicer GUI runs here). The panel is AMIFFusion/Resources/UI/AMIFFusion.ui drawn by Qt
+in the state the module left it when driven with Slicer's own code (no key, grey, Apply done:
+`tools/check_slicer_panel.py --render DIR` writes DIR/panel-no-key.png); the three slice views are
+the real fused sample volume (no key: the identifier shows) from `amif demo`.
 
-    python tools/make_screenshot.py [--demo FOLDER]   # runs `amif demo -o FOLDER` when needed
+    python tools/check_slicer_panel.py --slicer SLICER --tag v5.10.0 --ctk CTK --render /tmp/panel
+    python tools/make_screenshot.py --panel /tmp/panel/panel-no-key.png [--demo FOLDER]
 """
 
 import argparse
@@ -13,7 +15,6 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parents[1]
-GREEN, ORANGE, GREY = (27, 127, 42), (192, 90, 0), (85, 85, 85)
 
 
 def font(size):
@@ -51,66 +52,28 @@ def views(path: Path, size=300):
     return out
 
 
-def panel(draw: ImageDraw.ImageDraw, x0, y0, w, meta: dict):
-    f, fb = font(13), font(15)
-    draw.rectangle([x0, y0, x0 + w, y0 + 440], fill=(240, 240, 240))
-    draw.text((x0 + 12, y0 + 10), "AMIF Fusion", font=font(18), fill=(0, 0, 0))
-    y = y0 + 44
-    draw.text((x0 + 12, y), "Inputs", font=fb, fill=(0, 0, 0))
-    y += 26
-    rows = [("First volume (MRI):", "AMIFSample-MRI"), ("Second volume:", "AMIFSample-PET"),
-            ("Key file:", "(none)"), ("Model package:", "amif-demo.json")]
-    for label, value in rows:
-        draw.text((x0 + 12, y + 4), label, font=f, fill=(0, 0, 0))
-        draw.rectangle([x0 + 150, y, x0 + w - 12, y + 22], fill=(255, 255, 255), outline=(160, 160, 160))
-        draw.text((x0 + 156, y + 4), value, font=f, fill=(0, 0, 0))
-        y += 32
-    lines = ["No key: the output will carry the identifier.", "Expected output: marked."]
-    for line in lines:
-        draw.text((x0 + 12, y), line, font=f, fill=ORANGE)
-        y += 18
-    y += 14
-    draw.text((x0 + 12, y), "Output", font=fb, fill=(0, 0, 0))
-    y += 26
-    draw.text((x0 + 12, y + 4), "Output volume:", font=f, fill=(0, 0, 0))
-    draw.rectangle([x0 + 150, y, x0 + w - 12, y + 22], fill=(255, 255, 255), outline=(160, 160, 160))
-    draw.text((x0 + 156, y + 4), "AMIF fused", font=f, fill=(0, 0, 0))
-    y += 40
-    draw.rectangle([x0 + 12, y, x0 + w - 12, y + 28], fill=(225, 225, 225), outline=(140, 140, 140))
-    draw.text((x0 + w // 2 - 20, y + 7), "Apply", font=f, fill=(0, 0, 0))
-    y += 44
-    marked = meta["AMIF_watermark"] == "marked"
-    state = (f"Output {meta['AMIF_watermark']}: " + ("it carries the identifier" if marked else "no identifier found"))
-    for line in (state, f"(score {float(meta['AMIF_score']):.3f}, threshold {float(meta['AMIF_threshold']):.3f}).",
-                 "Written to 'AMIF fused'."):
-        draw.text((x0 + 12, y), line, font=f, fill=ORANGE if marked else GREEN)
-        y += 18
-
-
 def main():
-    import SimpleITK as sitk
 
     from amif.cli import main as amif_main
 
     p = argparse.ArgumentParser()
+    p.add_argument("--panel", required=True, help="the panel drawn by check_slicer_panel.py --render")
     p.add_argument("--demo", default="/tmp/amif-demo")
     p.add_argument("-o", "--output", default=str(ROOT / "Resources" / "slicer-preview.png"))
     args = p.parse_args()
     fused = Path(args.demo) / "fused-unkeyed.nrrd"
     if not fused.exists():
         amif_main(["demo", "-q", "-o", args.demo])
-    img = sitk.ReadImage(str(fused))
-    meta = {k: img.GetMetaData(k) for k in ("AMIF_watermark", "AMIF_score", "AMIF_threshold")}
-
-    tile, pw, top = 300, 380, 56
-    canvas = Image.new("RGB", (pw + 3 * tile + 40, top + tile + 330), (255, 255, 255))
+    drawn = Image.open(args.panel).convert("RGB")
+    tile, pw, top = 300, drawn.width + 20, 56
+    canvas = Image.new("RGB", (pw + 3 * tile + 40, top + max(tile + 22, drawn.height) + 10), (255, 255, 255))
     d = ImageDraw.Draw(canvas)
     d.rectangle([0, 0, canvas.width, top - 8], fill=(50, 60, 80))
-    d.text((12, 10), "Rendered preview, not a 3D Slicer screenshot: AMIF Fusion panel (mock) and the fused "
-           "bundled sample", font=font(16), fill=(255, 255, 255))
-    d.text((12, 30), "Views: real output of `amif demo` (no key, so the identifier is written), rendered by "
-           "tools/make_screenshot.py", font=font(13), fill=(210, 210, 210))
-    panel(d, 10, top, pw - 20, meta)
+    d.text((12, 10), "Preview, not a 3D Slicer screenshot: the AMIF Fusion panel's .ui drawn by Qt in the state "
+           "Slicer's own module code left it, and the fused bundled sample", font=font(16), fill=(255, 255, 255))
+    d.text((12, 30), "Panel: tools/check_slicer_panel.py --render (no key, Apply done); views: `amif demo` without "
+           "a key, so the identifier is written; tools/make_screenshot.py", font=font(13), fill=(210, 210, 210))
+    canvas.paste(drawn, (10, top))
     colours = [(200, 60, 60), (220, 200, 60), (60, 160, 60)]
     for n, ((name, t), c) in enumerate(zip(views(fused, tile), colours)):
         x = pw + n * (tile + 10)
@@ -118,7 +81,6 @@ def main():
         d.text((x + 6, top + 3), name, font=font(13), fill=(0, 0, 0))
         canvas.paste(t, (x, top + 22))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    canvas = canvas.crop((0, 0, canvas.width, top + 450))
     canvas.save(args.output)
     print(f"wrote {args.output}")
 

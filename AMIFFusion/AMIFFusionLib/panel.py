@@ -68,11 +68,12 @@ def key_label(key_path: str, model_path: str) -> KeyLabel:
     except AMIFError as e:
         return KeyLabel(f"<b>Model package:</b> {e}", RED, "model-error")
     title = KEY_TITLES.get(status.state)  # "none": the engine's message starts with "No key"
-    text = (f"<b>{title}.</b> " if title else "") + status.message
+    lines = [(f"<b>{title}.</b> " if title else "") + ("" if status.state == "match" else status.message)]
     if status.key_id:
-        text += f"<br>Key id {status.key_id}, licensee {status.licensee or 'not named'}."
+        lines.append(f"Key id {status.key_id}, licensee {status.licensee or 'not named'}.")
     if status.state not in BLOCKING:
-        text += f"<br>Expected output: <b>{status.expected}</b>."
+        lines.append(f"Expected output: <b>{status.expected}</b>.")
+    text = "<br>".join(line.strip() for line in lines)
     return KeyLabel(text, KEY_COLOURS.get(status.state, RED), status.state)
 
 
