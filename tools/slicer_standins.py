@@ -64,7 +64,7 @@ class QObject:
             parent._children.append(self)
 
     def __getattr__(self, name):
-        values = object.__getattribute__(self, "_values")
+        values = self.__dict__.get("_values", {})
         if name in values:
             return values[name]
         raise AttributeError(f"{type(self).__name__} has no attribute '{name}'")
