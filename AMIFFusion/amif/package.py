@@ -219,12 +219,22 @@ def training_steps(manifest: dict) -> str:
     return text
 
 
+def resources_dir() -> Path:
+    """The folder holding Models/ (the bundled model and its public key) and SampleData/: amif/Resources
+    in an installed wheel, else the Slicer module's Resources/ beside the amif package (source tree,
+    editable install, 3D Slicer)."""
+    from importlib.resources import files
+
+    packaged = files(__package__) / "Resources"
+    return Path(str(packaged)) if packaged.is_dir() else Path(__file__).resolve().parent.parent / "Resources"
+
+
 def bundled_model_path() -> Path:
-    return Path(__file__).resolve().parent.parent / "Resources" / "Models" / "amif-demo.json"
+    return resources_dir() / "Models" / "amif-demo.json"
 
 
 def bundled_key_path() -> Path:
-    return Path(__file__).resolve().parent.parent / "Resources" / "Models" / "amif-demo.amifkey"
+    return resources_dir() / "Models" / "amif-demo.amifkey"
 
 
 def average_packages(paths, out) -> Path:

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_DIR = Path(__file__).resolve().parent.parent / "Resources" / "SampleData"
+from .package import resources_dir
+
+SAMPLE_DIR = resources_dir() / "SampleData"
 FILES = ("AMIFSample-MRI.nrrd", "AMIFSample-PET.nrrd")
 SHOW_DEPTH = 0.55  # the axial slice the demo and the figures show, as a fraction of the extent
 

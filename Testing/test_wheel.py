@@ -1,0 +1,44 @@
+"""`pip install .` (not editable) carries the bundled model and the sample: a wheel built from the
+source tree, installed into a folder of its own, runs `amif info` and `amif demo` from elsewhere."""
+
+import importlib.util
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wheel")
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(out), *isolation],
+                   check=True, cwd=out)
+    (built,) = out.glob("amif-*.whl")
+    return built
+
+
+def test_wheel_carries_the_bundled_model_and_sample(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for f in ("Models/amif-demo.json", "Models/amif-demo.safetensors", "Models/amif-demo.amifkey",
+              "SampleData/AMIFSample-MRI.nrrd", "SampleData/AMIFSample-PET.nrrd"):
+        assert f"amif/Resources/{f}" in names, f
+
+
+def test_installed_wheel_runs_the_demo_from_another_folder(wheel, tmp_path):
+    target, work = tmp_path / "site", tmp_path / "elsewhere"
+    work.mkdir()
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+                   check=True)
+    env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}
+    where = subprocess.run([sys.executable, "-c", "import amif, amif.package as p; print(amif.__file__); "
+                            "print(p.bundled_model_path())"], env=env, cwd=work, capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert all(str(target) in line for line in where), where  # the installed copy, not the source tree
+    demo = subprocess.run([sys.executable, "-m", "amif", "demo", "-q", "-o", "out", "--device", "cpu"], env=env,
+                          cwd=work, capture_output=True, text=True)
+    assert demo.returncode == 0, demo.stderr[-2000:]
+    assert {"fused-keyed.nrrd", "fused-unkeyed.nrrd"} <= {p.name for p in (work / "out").iterdir()}
