@@ -61,6 +61,7 @@ import numpy as np
 from .baselines import max_fusion
 from .data import PAIR_TYPES
 from .errors import AMIFError
+from .files import atomic_output, write_text
 
 KINDS = tuple(PAIR_TYPES.values())
 PSNR_CAP = 100.0
@@ -1359,7 +1360,8 @@ def write_report(out: Path, target: Target, info: dict, opts: AttackOptions, res
 
             fig_dir.mkdir(parents=True, exist_ok=True)
             grid = [[(label, _u8(img)) for label, img in row] for row in r.figure]
-            tile(grid).save(fig_dir / f"{r.name}.png")
+            with atomic_output(fig_dir / f"{r.name}.png") as tmp:
+                tile(grid).save(tmp)
             lines += [f"![{r.title}: first attacked pair]({fig_dir.name}/{r.name}.png)", ""]
     ran = {r.name for r in results}
     lines += ["## Not run", ""]
@@ -1373,7 +1375,7 @@ def write_report(out: Path, target: Target, info: dict, opts: AttackOptions, res
     elif figures:
         lines += ["Figures show attacked outputs of the evaluated pairs: figures of Harvard-derived images are "
                   "research-use only and must not be committed.", ""]
-    out.write_text("\n".join(lines), encoding="utf-8")
+    write_text(out, "\n".join(lines))
     return out
 
 
@@ -1386,7 +1388,7 @@ def write_json(path: Path, target: Target, info: dict, opts: AttackOptions, resu
            "attacks": {r.name: {"title": r.title, "target": r.target, "met": r.met, "undecided": r.undecided,
                                 "summary": r.summary, "seconds": r.seconds, "rows": r.data} for r in results},
            "not_run": [n for n in ATTACKS if n not in {r.name for r in results}]}
-    Path(path).write_text(json.dumps(doc, indent=1, default=_json_value), encoding="utf-8")
+    write_text(path, json.dumps(doc, indent=1, default=_json_value))
 
 
 def _json_value(v):

@@ -11,14 +11,35 @@ from pathlib import Path
 import numpy as np
 
 from .errors import AMIFError, Cancelled
+from .files import atomic_output, check_output, refuse_input_as_output, shown
 
 IMAGE_2D = (".png", ".jpg", ".jpeg")
+# Volume formats SimpleITK writes a fused (float or colour) volume in. The first ones keep every AMIF_*
+# key in the file; NIfTI and Analyze keep a summary in their 80-character description; for all but
+# the first ones the full metadata goes into a sidecar OUT.amif.json as well.
+METADATA_VOLUMES = (".nrrd", ".nhdr", ".mha", ".mhd", ".h5", ".hdf5")
+NOTES_VOLUMES = (".nii", ".nii.gz", ".hdr", ".img")
+VOLUMES = METADATA_VOLUMES + NOTES_VOLUMES + (".tif", ".tiff", ".vtk", ".gipl", ".gipl.gz", ".mnc")
+SIDECAR = ".amif.json"
 
 
 def _model(path):
     from .package import bundled_model_path, load_package
 
     return load_package(path or bundled_model_path())
+
+
+def output_suffix(path) -> str:
+    """The format part of a file name, lower case: '.nii.gz' for 'a.NII.GZ', '.png' for 'x.png'."""
+    name = Path(path).name.lower()
+    known = [s for s in VOLUMES + IMAGE_2D if name.endswith(s) and len(name) > len(s)]
+    return max(known, key=len) if known else Path(name).suffix
+
+
+def sidecar_path(out) -> Path:
+    """Where an output's metadata goes when its format cannot hold it: OUT.amif.json beside it."""
+    out = Path(out)
+    return out.with_name(out.name + SIDECAR)
 
 
 def _write_2d(path: Path, arr: np.ndarray, meta: dict) -> None:
@@ -34,40 +55,107 @@ def _write_2d(path: Path, arr: np.ndarray, meta: dict) -> None:
         img.save(path, quality=95, comment=json.dumps(meta).encode())
 
 
+def _write_volume(path: Path, image, meta: dict) -> bool:
+    """Write a fused volume at `path` (a temporary path of atomic_output) with its metadata: in the file
+    where the format holds it, else (also) in a sidecar beside it. Returns whether a sidecar was written."""
+    import hashlib
+
+    import SimpleITK as sitk
+
+    kind = output_suffix(path)
+    if kind in NOTES_VOLUMES:  # the header's description: 80 characters, so a summary
+        image.SetMetaData("ITK_FileNotes", f"AMIF {meta['AMIF_watermark']} key {meta['AMIF_key_state']} "
+                                           f"{meta['AMIF_key_id']} model {meta['AMIF_model_id']}"[:79])
+    sitk.WriteImage(image, str(path), useCompression=True)
+    if kind in METADATA_VOLUMES:
+        return False
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    doc = {"format": "amif-output-metadata", "version": 1, "output": path.name, "output_sha256": h.hexdigest(),
+           **meta}
+    sidecar_path(path).write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return True
+
+
+def _check_input(path, is_2d: bool) -> None:
+    """Inputs are checked before any work, so that a folder or a missing file is one message (no ITK noise)."""
+    p = Path(path)
+    what = f"Cannot read image {shown(p.name)}" if is_2d else f"Cannot read {shown(p.name)} as an image volume"
+    if p.is_dir():
+        raise AMIFError(f"{what}: it is a folder.")
+    if not p.exists():
+        raise AMIFError(f"{what}: it does not exist.")
+
+
+def _itk_path(path, role: str) -> str:
+    """`path` as SimpleITK takes it; a name that is not valid UTF-8 (which would abort the process in
+    SimpleITK's C++) is an AMIFError instead."""
+    try:
+        os.path.abspath(path).encode("utf-8")
+    except UnicodeError:
+        raise AMIFError(f"The {role} {shown(path)} has a name that is not valid UTF-8, which SimpleITK cannot "
+                        "use: rename it.") from None
+    return str(path)
+
+
 def _read_volume(path: str):
     import SimpleITK as sitk
 
+    _itk_path(path, "volume")
+    if Path(path).is_dir():
+        raise AMIFError(f"{shown(path)} is a folder, not an image volume.")
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError:
-        raise AMIFError(f"Cannot read {Path(path).name} as an image volume.") from None
+        raise AMIFError(f"Cannot read {shown(Path(path).name)} as an image volume.") from None
 
 
 def fuse_files(a_path, b_path, out, model=None, key=None, progress=True, device="auto") -> dict:
     """Fuse two files (2D PNG/JPEG or any volume SimpleITK reads) into `out` on `device` ("auto", "cpu",
     "cuda", "cuda:N" or "mps"; one it cannot use is an AMIFError before anything is read); returns a
-    summary: the output's AMIF_* metadata and "device", the torch device the network ran on."""
+    summary: the output's AMIF_* metadata, "device", the torch device the network ran on, and "sidecar",
+    the path of OUT.amif.json where the output's format cannot hold the metadata (else None).
+
+    Before any work: the inputs exist and are files, the output's format fits the inputs and can be
+    written, its folder exists and is writable, and it is none of the inputs (after symlinks and `..`);
+    anything else is an AMIFError. The output is written atomically (amif.files.atomic_output): a failed
+    or interrupted write leaves an existing file at `out` as it was."""
     from .data import read_image
     from .device import resolve_device
     from .fusion import fuse_images, fuse_volumes, output_metadata
+    from .package import package_paths
 
     device = resolve_device(device)
-    pkg = _model(model)
+    if isinstance(key, str) and not key.strip():
+        raise AMIFError("The key path is empty: give a key file or leave -k out.")
     out = Path(out)
-    if not out.parent.exists():
-        raise AMIFError(f"The output folder {out.parent} does not exist.")
-    if out.is_dir():
-        raise AMIFError(f"The output {out} is a folder: give a file name.")
-    if Path(a_path).suffix.lower() in IMAGE_2D and Path(b_path).suffix.lower() in IMAGE_2D:
-        if out.suffix.lower() not in IMAGE_2D:
-            raise AMIFError("2D inputs give a 2D output: name it .png or .jpg.")
+    kind = output_suffix(out)
+    is_2d = Path(a_path).suffix.lower() in IMAGE_2D and Path(b_path).suffix.lower() in IMAGE_2D
+    for p in (a_path, b_path):
+        _check_input(p, is_2d)
+    if is_2d and kind not in IMAGE_2D:
+        raise AMIFError("2D inputs give a 2D output: name it .png or .jpg.")
+    if not is_2d and kind in IMAGE_2D:
+        raise AMIFError("Volume inputs give a volume output: name it .nrrd, .nii.gz or .mha.")
+    if not is_2d and kind not in VOLUMES:
+        raise AMIFError(f"Cannot write {shown(out.name)}: not a volume format AMIF writes; name it "
+                        + ", ".join(VOLUMES) + ".")
+    refuse_input_as_output(out, [a_path, b_path, key if isinstance(key, (str, os.PathLike)) else None,
+                                 *(package_paths(model) if model else ())])
+    if not is_2d:
+        for p, role in ((a_path, "input"), (b_path, "input"), (out, "output")):
+            _itk_path(p, role)
+    check_output(out)
+    if not is_2d and kind not in METADATA_VOLUMES:
+        check_output(sidecar_path(out))
+    pkg = _model(model)
+    if is_2d:
         r = fuse_images(read_image(a_path), read_image(b_path), pkg, key, device)
         meta = output_metadata(pkg, r.key, r.verdict)
-        _write_output(out, lambda: _write_2d(out, r.fused, meta))
-        return {**meta, "device": r.device}
-    if out.suffix.lower() in IMAGE_2D:
-        raise AMIFError("Volume inputs give a volume output: name it .nrrd, .nii.gz or .mha.")
-    import SimpleITK as sitk
+        _write_output(out, lambda tmp: _write_2d(tmp, r.fused, meta))
+        return {**meta, "device": r.device, "sidecar": None}
 
     a, b = _read_volume(a_path), _read_volume(b_path)
     bar = None
@@ -81,26 +169,32 @@ def fuse_files(a_path, b_path, out, model=None, key=None, progress=True, device=
     finally:
         if bar:
             bar.close()
-    _write_output(out, lambda: sitk.WriteImage(r.image, str(out), useCompression=True))
-    return {**output_metadata(pkg, r.key, r.verdict), "device": r.device}
+    meta = output_metadata(pkg, r.key, r.verdict)
+    sidecar = _write_output(out, lambda tmp: _write_volume(tmp, r.image, meta))
+    return {**meta, "device": r.device, "sidecar": sidecar_path(out) if sidecar else None}
 
 
-def _write_output(out: Path, write) -> None:
-    """Run `write`; on failure remove what it left of a new file and raise one AMIFError."""
-    existed = out.exists()
+def _write_output(out: Path, write):
+    """Run `write(tmp)` on a temporary path and rename what it wrote into place (amif.files.atomic_output);
+    on failure nothing at `out` changes and the failure is one AMIFError. Returns what `write` returns."""
     try:
-        write()
+        with atomic_output(out) as tmp:
+            return write(tmp)
     except (OSError, RuntimeError, ValueError) as e:  # RuntimeError: SimpleITK (e.g. no writer for the extension)
-        if not existed and out.is_file():
-            out.unlink()
-        reason = str(e).strip().splitlines()[-1] if str(e).strip() else e.__class__.__name__
-        raise AMIFError(f"Cannot write {out.name}: {reason}") from None
+        if isinstance(e, AMIFError):
+            raise
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip()
+        reason = reason.splitlines()[-1] if reason else e.__class__.__name__
+        raise AMIFError(f"Cannot write {shown(out.name)}: {reason}") from None
 
 
 def cmd_fuse(args) -> None:
     meta = fuse_files(args.a, args.b, args.output, args.model, args.key, not args.quiet, args.device)
-    print(f"wrote {args.output}: watermark {meta['AMIF_watermark']} (score {meta['AMIF_score']}), "
+    print(f"wrote {shown(args.output)}: watermark {meta['AMIF_watermark']} (score {meta['AMIF_score']}), "
           f"key {meta['AMIF_key_state']} {meta['AMIF_key_id']}, fused on {meta['device']}")
+    if meta["sidecar"]:
+        print(f"{output_suffix(args.output)} files cannot hold all of AMIF's metadata: "
+              f"wrote it to {shown(meta['sidecar'])}")
 
 
 def cmd_demo(args) -> None:
@@ -121,10 +215,12 @@ def cmd_demo(args) -> None:
         fused = display_array(sitk.ReadImage(str(out / name)))
         rows.append(fused[int(SHOW_DEPTH * fused.shape[0])])
     side = np.concatenate(rows, axis=1)
-    _write_2d(out / "demo-side-by-side.png", side, {"AMIF_panels": "MRI | PET | keyed (demo key) | no key"})
+    _write_output(out / "demo-side-by-side.png",
+                  lambda tmp: _write_2d(tmp, side, {"AMIF_panels": "MRI | PET | keyed (demo key) | no key"}))
     print(f"keyed:   watermark {keyed['AMIF_watermark']} (score {keyed['AMIF_score']})")
     print(f"no key:  watermark {unkeyed['AMIF_watermark']} (score {unkeyed['AMIF_score']})")
-    print(f"wrote {out}/fused-keyed.nrrd, fused-unkeyed.nrrd, demo-side-by-side.png (fused on {keyed['device']})")
+    print(f"wrote {shown(out)}/fused-keyed.nrrd, fused-unkeyed.nrrd, demo-side-by-side.png "
+          f"(fused on {keyed['device']})")
 
 
 def cmd_keygen(args) -> None:
@@ -132,7 +228,7 @@ def cmd_keygen(args) -> None:
 
     key = generate_key(args.model_id, args.licensee)
     save_key(key, args.output)
-    print(f"wrote {args.output}: model {key.model_id}, key id {key.key_id}, licensee {key.licensee}")
+    print(f"wrote {shown(args.output)}: model {key.model_id}, key id {key.key_id}, licensee {key.licensee}")
 
 
 def cmd_info(args) -> None:
@@ -146,6 +242,7 @@ def cmd_info(args) -> None:
 
 def cmd_verify(args) -> None:
     from .data import read_image
+    from .intensity import unit_values
     from .verify import verify_image, verify_volume
 
     pkg = _model(args.model)
@@ -155,11 +252,12 @@ def cmd_verify(args) -> None:
     if args.key and not args.sources:
         raise AMIFError("--key (the trace check) needs --sources, the two images the image was fused from.")
     if is_2d:
-        image, sources = read_image(args.image), None
+        # the values as stored, mapped to [0, 1] by verify's robust normalisation (intensity.unit_values)
+        image, sources = unit_values(read_image(args.image, unit=False), Path(args.image).name)[0], None
         if args.sources:
             from .color import luminance
 
-            sources = [luminance(read_image(s)) for s in args.sources]
+            sources = [luminance(unit_values(read_image(s, unit=False), Path(s).name)[0]) for s in args.sources]
             if any(s.shape != image.shape[:2] for s in sources):
                 raise AMIFError(f"The sources must have the image's size ({image.shape[1]}x{image.shape[0]}).")
         v = verify_image(image, pkg.identifier, pkg.threshold, sources, pkg.shift)
@@ -175,10 +273,8 @@ def cmd_verify(args) -> None:
         from .fusion import display_array
 
         arr = display_array(_read_volume(args.image))
-        if arr.ndim == 2:
-            arr = arr[None]
-        lo, hi = float(arr.min()), float(arr.max())
-        v = verify_volume((arr - lo) / max(hi - lo, 1e-8), pkg.identifier, pkg.threshold)
+        # verify_volume maps it to [0, 1] robustly: a fused output as it is, a few edited voxels cannot flip it
+        v = verify_volume(arr[None] if arr.ndim == 2 else arr, pkg.identifier, pkg.threshold)
     print(f"{args.image}: {v}")
     sys.exit(1 if v.flagged else 0)
 
@@ -423,20 +519,85 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is so that it ends as on Ctrl-C: temporary files removed."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _outputs(args) -> list[Path]:
+    """The files a command writes, for the message when it is cancelled."""
+    if args.cmd in ("fuse", "keygen"):
+        return [Path(args.output)]
+    if args.cmd == "demo":
+        return [Path(args.output) / n for n in ("fused-keyed.nrrd", "fused-unkeyed.nrrd", "demo-side-by-side.png")]
+    if args.cmd == "average":
+        from .package import package_paths
+
+        return [package_paths(args.output)[0]]
+    return []
+
+
+def _stamp(path: Path):
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _cancel_note(before: dict) -> str:
+    """What a cancel left of each output: outputs are renamed into place complete (amif.files), so a
+    changed file is a complete new one."""
+    notes = []
+    for path, old in before.items():
+        new = _stamp(path)
+        if new == old:
+            notes.append(f"{shown(path)} was not written" if old is None else f"{shown(path)} was left as it was")
+        else:
+            notes.append(f"{shown(path)} was written completely before the cancel")
+    return "".join(f"; {n}" for n in notes)
+
+
 def main(argv=None) -> int:
+    """Run one command; returns the exit code: 0, 1 (`verify`: flagged), 2 (an error: one `amif: error:`
+    line, for bad input and for every failure of the operating system such as a full disk or a folder
+    that cannot be written), 130 (Ctrl-C) or 143 (SIGTERM). Cancelled or terminated, the message says for
+    each output whether it was left as it was or written completely; it is never left half written."""
+    import signal
+    import threading
+
     args = build_parser().parse_args(argv)
+    old_term = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    before = {p: _stamp(p) for p in _outputs(args)}
     try:
         args.func(args)
         sys.stdout.flush()  # a reader that went away shows up here, not in the flush at exit
     except AMIFError as e:
         print(f"amif: error: {e}", file=sys.stderr)
         return 2
-    except (Cancelled, KeyboardInterrupt):
-        print("amif: cancelled", file=sys.stderr)
-        return 130
+    except (Cancelled, KeyboardInterrupt) as e:
+        print(f"amif: cancelled{_cancel_note(before)}", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     except BrokenPipeError:  # the reader went away (`amif info | head`): stop quietly, as other tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush does not fail again
         return 1
+    except OSError as e:  # a missing or read-only folder, a full disk, a file-size limit, a name too long
+        from .files import os_error_message
+
+        print(f"amif: error: {os_error_message(e)}", file=sys.stderr)
+        return 2
+    except UnicodeError:  # a file name that cannot be encoded for the file system
+        print("amif: error: a file name cannot be encoded for this file system (undecodable characters)",
+              file=sys.stderr)
+        return 2
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     return 0
 
 

@@ -20,6 +20,7 @@ from .baselines import BASELINES
 from .color import luminance, rgb_to_ycbcr, ycbcr_to_rgb
 from .data import PAIR_TYPES, list_pairs, load_pairs, read_image
 from .errors import AMIFError
+from .files import atomic_output, write_text
 from .metrics import NAMES, all_metrics
 
 WIN_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
@@ -172,12 +173,12 @@ def _write_json(path: Path, pkgs, twin_pkgs, twin_names, rows, scores, data, spl
 
     table = {r: {k: {"n": len(v), "mean": np.asarray(v).mean(0).tolist(), "sd": np.asarray(v).std(0).tolist()}
                  for k, v in scores[r].items() if v} for r in rows}
-    path.write_text(json.dumps({
+    write_text(path, json.dumps({
         "data": str(data), "split": split, "metrics": list(NAMES), "win_metrics": list(WIN_METRICS),
         "models": [{"model_id": p.model_id, **_training(p)} for p in pkgs],
         "twins": {n: {"model_id": t.model_id, **_training(t)} for n, t in zip(twin_names, twin_pkgs)},
         "rows": table,
-    }, indent=1), encoding="utf-8")
+    }, indent=1))
 
 
 def _write_report(out, pkgs, model_paths, owner_keys, twin_pkgs, twin_names, rows, scores, examples, data,
@@ -236,10 +237,11 @@ def _write_report(out, pkgs, model_paths, owner_keys, twin_pkgs, twin_names, row
             order = [r for r in rows if r in BASELINES] + [r for r in rows if r not in BASELINES]
             cells = [(f"MRI {pname}", a8), (kind, b8)] + [(label, outputs[label]) for label in order]
             grid.append(cells)
-        tile(grid).save(fig)
+        with atomic_output(fig) as tmp:
+            tile(grid).save(tmp)
         lines += ["", f"![{kind} examples: sources, then each method]({fig_dir.name}/{fig.name})", ""]
     if examples is not None:
         lines += ["Figures show the evaluated images: Harvard-derived figures are research-use only and must "
                   "not be committed.", ""]
-    out.write_text("\n".join(lines), encoding="utf-8")
+    write_text(out, "\n".join(lines))
     return out

@@ -79,6 +79,7 @@ import torch
 
 from .data import default_data_dir, list_pairs, load_pairs
 from .errors import AMIFError
+from .files import atomic_output, write_text
 from .identifier import identifier_mask
 from .keys import load_key
 from .losses import HINGES, MARGIN, fusion_loss, gaussian_blur, marked_target, ssim
@@ -321,9 +322,8 @@ def save_checkpoint(path: Path, net, opt, step: int, meta: dict, extra: dict | N
     state = {f"model.{k}": v.contiguous() for k, v in net.state_dict().items()}
     state.update(_opt_state_tensors(opt))
     state.update(extra or {})
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"step": str(step), "meta": json.dumps(meta)})
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        save_file(state, str(tmp), metadata={"step": str(step), "meta": json.dumps(meta)})
 
 
 def load_checkpoint(path: Path, net, opt, forge: ForgePool | None = None) -> int:
@@ -350,12 +350,12 @@ def open_log(path: Path, columns: list[str]):
             reader = csv.DictReader(f)
             rows, old = list(reader), reader.fieldnames
         if old != columns:
-            with open(path, "w", newline="") as f:
+            with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
                 w = csv.DictWriter(f, columns, restval="", extrasaction="ignore")
                 w.writeheader()
                 w.writerows(rows)
     else:
-        path.write_text(",".join(columns) + "\n")
+        write_text(path, ",".join(columns) + "\n")
     return open(path, "a", newline="")
 
 
