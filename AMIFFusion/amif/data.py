@@ -42,8 +42,10 @@ def list_pairs(root: str | Path, split: str, kinds=None) -> list[Pair]:
     return pairs
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """PNG/JPEG -> float32 in [0, 1]: (h, w) grey or (h, w, 3) RGB."""
+def read_image(path: str | Path, unit: bool = True) -> np.ndarray:
+    """PNG/JPEG -> float32 in [0, 1]: (h, w) grey or (h, w, 3) RGB (8-bit / 255, others by their
+    minimum and maximum). unit=False: the values as stored (uint8, or float64 for 16- and 32-bit
+    modes), for a caller that maps them itself (`amif verify`: intensity.unit_values)."""
     from PIL import Image
 
     try:
@@ -52,7 +54,9 @@ def read_image(path: str | Path) -> np.ndarray:
             arr = np.asarray(im)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise AMIFError(f"Cannot read image {Path(path).name}: {e}") from None
-    if arr.dtype == np.uint8:
+    if not unit:
+        arr = arr if arr.dtype == np.uint8 else arr.astype(np.float64)
+    elif arr.dtype == np.uint8:
         arr = arr.astype(np.float32) / 255.0
     else:
         arr = arr.astype(np.float32)

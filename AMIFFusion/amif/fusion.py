@@ -21,6 +21,8 @@ import numpy as np
 from .color import rgb_to_ycbcr, ycbcr_to_rgb
 from .device import free_memory, full_float32, resolve_device
 from .errors import AMIFError, Cancelled
+from .intensity import normalize as _normalize
+from .intensity import robust_window
 from .keys import KeyFile, load_key
 from .package import ModelPackage
 from .verify import SHIFT_SLICES, Verdict, displacements, verify_image, verify_volume
@@ -97,8 +99,8 @@ def _as_unit(img: np.ndarray, name: str) -> np.ndarray:
     if not np.isfinite(img).all():
         raise AMIFError(f"{name} contains NaN or infinite values.")
     lo, hi = float(img.min()), float(img.max())
-    if lo < 0 or hi > 1:
-        img = (img - lo) / max(hi - lo, 1e-8)
+    if lo < 0 or hi > 1:  # on halves: finite for any finite float64 range
+        img = (img / 2 - lo / 2) / max(hi / 2 - lo / 2, 5e-9)
     return img.astype(np.float32)
 
 
@@ -139,6 +141,46 @@ def run_network(package: ModelPackage, a: np.ndarray, b: np.ndarray, code: np.nd
         return y[:, 0].to("cpu", torch.float32).numpy()
 
 
+TILE_PIXELS = 1024 * 1024  # 2D images with more pixels go through the network in tiles (fuse_images)
+TILE = 512  # side of a tile's core, pixels (a multiple of the network's 4)
+TILE_MARGIN = 32  # context run around each core and cut off (a multiple of 4, beyond the network's reach)
+
+
+def run_network_tiled(package: ModelPackage, a: np.ndarray, b: np.ndarray, code: np.ndarray, device="cpu",
+                      tile: int | None = None, margin: int | None = None) -> np.ndarray:
+    """One (h, w) image pair in [0, 1] -> fused (h, w) float32, through the network in tiles: cores of
+    `tile` x `tile` pixels (default TILE), each run with `margin` (default TILE_MARGIN) pixels of context
+    on every side, cut off after, so the network's memory is that of one (tile + 2 margin)^2 slice
+    whatever the image size. Every tile gets the coordinates of its pixels in the whole image (the network
+    reads its watermark memory there, so the identifier keeps the whole image's layout), and cores and
+    margins are multiples of 4 (the network's down-sampling grid), so the result equals the one-piece
+    run's to float rounding: AMIFNet's reach is under 24 pixels (on the CPU, margins of 24 and more give
+    results bitwise equal to the one-piece run's). The network must take `coords` (AMIFNet does)."""
+    import torch
+
+    tile, margin = TILE if tile is None else tile, TILE_MARGIN if margin is None else margin
+    if tile % 4 or margin % 4 or tile < 4:
+        raise ValueError("tile and margin must be multiples of 4")
+    h, w = a.shape
+    device = resolve_device(device)
+    net = network_on(package, device)
+    ys, xs = ((torch.arange(n, dtype=torch.float32) * 2 + 1) / n - 1 for n in (h, w))  # as network.slice_coords
+    tcode = torch.from_numpy(np.asarray(code, np.float32)).to(device)
+    out = np.empty((h, w), np.float32)
+    with torch.inference_mode(), full_float32(device):
+        for y0 in range(0, h, tile):
+            for x0 in range(0, w, tile):
+                y1, x1 = min(h, y0 + tile), min(w, x0 + tile)
+                ty0, tx0, ty1, tx1 = max(0, y0 - margin), max(0, x0 - margin), min(h, y1 + margin), min(w, x1 + margin)
+                ta, tb = (torch.from_numpy(np.ascontiguousarray(v[ty0:ty1, tx0:tx1], np.float32))[None, None]
+                          .to(device) for v in (a, b))
+                yy, xx = torch.meshgrid(ys[ty0:ty1], xs[tx0:tx1], indexing="ij")
+                coords = torch.stack([xx, yy])[None].to(device)
+                y = net(ta, tb, tcode, coords)
+                out[y0:y1, x0:x1] = y[0, 0, y0 - ty0 : y1 - ty0, x0 - tx0 : x1 - tx0].to("cpu", torch.float32).numpy()
+    return out
+
+
 @dataclass
 class FusionResult:
     fused: np.ndarray  # (h, w) grey or (h, w, 3) RGB, float32 in [0, 1]
@@ -150,7 +192,8 @@ class FusionResult:
 def fuse_images(a, b, package: ModelPackage, key=None, device="auto") -> FusionResult:
     """Fuse 2D image A (grey) with B (grey, or RGB: its Y is fused and its chroma restored).
     `device`: "auto", "cpu", "cuda", "cuda:N" or "mps" (amif.device); one it cannot use is an AMIFError
-    before anything runs."""
+    before anything runs. Images of more than TILE_PIXELS pixels go through the network in tiles
+    (run_network_tiled: the same result to float rounding, the network's memory that of one tile)."""
     device = resolve_device(device)
     a, b = _as_unit(a, "Image A"), _as_unit(b, "Image B")
     if a.ndim == 3 and a.shape[-1] in (3, 4):
@@ -165,7 +208,11 @@ def fuse_images(a, b, package: ModelPackage, key=None, device="auto") -> FusionR
                         f"fusion needs at least {MIN_SIDE}x{MIN_SIDE}.")
     ycc = rgb_to_ycbcr(b[..., :3]) if b.ndim == 3 else None
     by = ycc[..., 0] if ycc is not None else b
-    y = run_network(package, a[None], by[None], code, device)[0]
+    if a.size > TILE_PIXELS:  # memory bounded: a 4096 x 4096 image in one piece would need about 9 GB
+        y = run_network_tiled(package, a, by, code, device)
+    else:
+        y = run_network(package, a[None], by[None], code, device)[0]
+    _check_output(y)
     verdict = verify_image(y, package.identifier, package.threshold, (a, by), package.shift)
     if ycc is not None:
         ycc = ycc.copy()
@@ -222,20 +269,26 @@ def resample_onto(b, a):
     return sitk.Resample(b, a, sitk.Transform(), sitk.sitkLinear, bmin, b.GetPixelID())
 
 
-def robust_window(arr: np.ndarray, lower: float = 0.5, upper: float = 99.5, max_samples: int = 2_000_000):
-    """Percentile window over (a sample of) the voxels."""
-    flat = arr.reshape(-1)
-    if flat.size > max_samples:
-        flat = flat[:: flat.size // max_samples + 1]
-    lo, hi = np.percentile(flat, [lower, upper])
-    if hi <= lo:
-        lo, hi = float(flat.min()), float(flat.max())
-    return float(lo), float(hi) if hi > lo else float(lo) + 1.0
+def colour_window(values: np.ndarray) -> tuple[float, float]:
+    """The window that maps a colour (RGB) volume's values to [0, 1], by its type and range, never by
+    clipping a range it does not have: uint8, and any values all within [0, 255] of which some exceed 1
+    (colours stored as float 0-255): (0, 255); values all within [0, 1]: (0, 1); otherwise the
+    `robust_window` of all channels together."""
+    if values.dtype == np.uint8:
+        return 0.0, 255.0
+    lo, hi = float(np.min(values)), float(np.max(values))
+    if lo >= 0 and hi <= 1:
+        return 0.0, 1.0
+    if lo >= 0 and hi <= 255:
+        return 0.0, 255.0
+    return robust_window(values)
 
 
-def _normalize(x: np.ndarray, window) -> np.ndarray:
-    lo, hi = window
-    return np.clip((x.astype(np.float32) - lo) / (hi - lo), 0, 1)
+def _check_output(y: np.ndarray) -> None:
+    """A network output that is not finite everywhere is an AMIFError: it is never returned or written."""
+    if not np.isfinite(y).all():
+        raise AMIFError("The network produced NaN or infinite values (is the model package damaged?); "
+                        "nothing was written.")
 
 
 DISPLAY_ORIENTATION = "RAI"  # ITK naming: i runs from Right, j from Anterior, k from Inferior
@@ -360,6 +413,7 @@ def fuse_volumes(
             raise AMIFError(f"{name} contains NaN or infinite values.")
     colour = vb.ndim == 4
     window_a = window_a or robust_window(va)
+    window_rgb = colour_window(vb) if colour else None
     if not colour:
         window_b = window_b or robust_window(vb)
     for window in (window_a, window_b) if window_b else (window_a,):
@@ -381,11 +435,12 @@ def fuse_volumes(
         sl = slice(start, min(n, start + batch))
         sa = _normalize(da[sl], window_a)
         if colour:
-            ycc = rgb_to_ycbcr(_normalize(db[sl][..., :3], (0, 255 if vb.dtype == np.uint8 else 1)))
+            ycc = rgb_to_ycbcr(_normalize(db[sl][..., :3], window_rgb))
             sb = ycc[..., 0]
         else:
             sb = _normalize(db[sl], window_b)
         y = run_network(package, sa, sb, code, device)
+        _check_output(y)
         probe = [i - sl.start for i in range(sl.start, sl.stop) if i % stride == stride // 2] if package.shift else []
         if probe:
             moved[sl.start + np.array(probe)] = displacements(y[probe], sa[probe], sb[probe], package.identifier)

@@ -52,6 +52,7 @@ class Verdict:
     displacement: float = 0.0  # the content's move right and down against the sources, px (min of the two)
     shift: int = 0  # the model's mark shift, px (0: the model has no such channel, or no sources were given)
     trace: float = 0.0  # the key holder's trace score (trace.trace_check; 0: not measured)
+    nonfinite: int = 0  # NaN or infinite values of the image, scored as the low end (intensity.unit_values)
 
     @property
     def marked(self) -> bool:
@@ -89,13 +90,15 @@ class Verdict:
     def __str__(self) -> str:
         text = f"{self.state} (score {self.score:.3f}, threshold {self.threshold:.3f}"
         if self.erased:
-            return text + f"; erasure ratio {self.erasure:.3f} < {ERASED})"
-        if self.shifted:
-            return text + f"; content moved {self.displacement:.2f} px, the model's unkeyed shift is {self.shift} px)"
-        if self.trace:
+            text += f"; erasure ratio {self.erasure:.3f} < {ERASED}"
+        elif self.shifted:
+            text += f"; content moved {self.displacement:.2f} px, the model's unkeyed shift is {self.shift} px"
+        elif self.trace:
             from .trace import TRACE_THRESHOLD
 
-            return text + f"; trace score {self.trace:.1f}, threshold {TRACE_THRESHOLD:g})"
+            text += f"; trace score {self.trace:.1f}, threshold {TRACE_THRESHOLD:g}"
+        if self.nonfinite:
+            text += f"; {self.nonfinite} NaN or infinite values ignored"
         return text + ")"
 
 
@@ -263,13 +266,15 @@ def displacements(images: np.ndarray, a: np.ndarray, b: np.ndarray, identifier: 
 
 
 def verify_image(image: np.ndarray, identifier: str, threshold: float, sources=None, shift: int = 0) -> Verdict:
-    """One 2D image: grey (h, w) or RGB (h, w, 3), in [0, 1] (uint8 is scaled). With `sources` (the
-    two grey images it was fused from, in [0, 1]) and the model's `shift`, the shift is measured too."""
+    """One 2D image: grey (h, w) or RGB (h, w, 3) of any real values, mapped to [0, 1] as
+    `intensity.unit_values` does (uint8 / 255, values in [0, 1] as they are, others by a robust
+    percentile window; NaN and infinite values ignored and counted, mostly such values an AMIFError).
+    With `sources` (the two grey images it was fused from, in [0, 1]) and the model's `shift`, the
+    shift is measured too."""
     from .color import luminance
+    from .intensity import unit_values
 
-    image = np.asarray(image)
-    if image.dtype == np.uint8:
-        image = image.astype(np.float32) / 255
+    image, nonfinite = unit_values(image)
     if image.ndim == 3 and image.shape[-1] in (3, 4):
         image = luminance(image[..., :3])
     if image.ndim != 2:
@@ -278,20 +283,26 @@ def verify_image(image: np.ndarray, identifier: str, threshold: float, sources=N
     moved = 0.0
     if sources is not None and shift:
         moved = float(displacements(image[None], *(np.asarray(s)[None] for s in sources), identifier)[0])
-    return Verdict(float(score[0]), threshold, float(erasure[0]), moved, shift if sources is not None else 0)
+    return Verdict(float(score[0]), threshold, float(erasure[0]), moved, shift if sources is not None else 0,
+                   nonfinite=nonfinite)
 
 
 def verify_volume(volume: np.ndarray, identifier: str, threshold: float, min_content: float = 0.02,
                   displacement: np.ndarray | None = None, shift: int = 0) -> Verdict:
-    """A (z, y, x) volume in [0, 1]: the median score and erasure ratio over slices that have content;
-    with `displacement` (per slice, (z,), from `displacements` against the sources; NaN where not
-    measured) and the model's `shift`, the median displacement over the same slices too."""
-    vol = np.asarray(volume, dtype=np.float32)
-    if vol.ndim != 3:
-        raise AMIFError(f"verify_volume needs a 3D array; got shape {vol.shape}.")
+    """A (z, y, x) volume of any real values, mapped to [0, 1] as `intensity.unit_values` does (a fused
+    output, in [0, 1], as it is; others by a robust percentile window, so that a few edited voxels
+    cannot flip the verdict; NaN and infinite values ignored and counted, mostly such values an
+    AMIFError): the median score and erasure ratio over slices that have content; with `displacement`
+    (per slice, (z,), from `displacements` against the sources; NaN where not measured) and the
+    model's `shift`, the median displacement over the same slices too."""
+    from .intensity import unit_values
+
+    if np.ndim(volume) != 3:
+        raise AMIFError(f"verify_volume needs a 3D array; got shape {np.shape(volume)}.")
+    vol, nonfinite = unit_values(volume, "The volume")
     keep = [i for i in range(vol.shape[0]) if vol[i].std() > min_content]
     if not keep:
-        return Verdict(0.0, threshold)
+        return Verdict(0.0, threshold, nonfinite=nonfinite)
     step = max(1, 32 * 256 * 256 // (vol.shape[1] * vol.shape[2]))  # 32 slices of 256x256 at a time: memory bounded
     scores, erasure = (np.concatenate(r) for r in zip(*(scores_and_erasure(vol[keep[i : i + step]], identifier)
                                                        for i in range(0, len(keep), step))))
@@ -301,4 +312,4 @@ def verify_volume(volume: np.ndarray, identifier: str, threshold: float, min_con
         d = d[np.isfinite(d)]
         moved = float(np.median(d)) if d.size else 0.0
     return Verdict(float(np.median(scores)), threshold, float(np.median(erasure)), moved,
-                   shift if displacement is not None else 0)
+                   shift if displacement is not None else 0, nonfinite=nonfinite)
