@@ -98,8 +98,9 @@ KEY_CASES = [
     ("non-UTF-8 bytes", lambda d: b"\xff\xfe\x00\x81garbage", "cannot be read: UnicodeDecodeError"),
     ("UTF-8 BOM", lambda d: b"\xef\xbb\xbf" + json.dumps(d).encode(), "not valid JSON"),
     ("binary noise", lambda d: bytes(range(256)) * 4, "cannot be read"),
-    ("deeply nested JSON", lambda d: "[" * 100_000 + "]" * 100_000, "not valid JSON"),
-    ("5000-digit integer", lambda d: '{"format": "amif-key", "version": ' + "9" * 5000 + "}", "not valid JSON"),
+    ("deeply nested JSON", lambda d: "[" * 2000 + "]" * 2000, "not valid JSON"),
+    ("5000-digit integer", lambda d: '{"format": "amif-key", "version": ' + "9" * 5000 + "}", "too large"),
+    ("4000-digit integer", lambda d: '{"format": "amif-key", "version": ' + "9" * 4000 + "}", "has version 9999"),
     ("JSON list", lambda d: json.dumps([d]), "not an AMIF key file"),
     ("JSON string", lambda d: json.dumps("amif-key"), "not an AMIF key file"),
     ("JSON null", lambda d: "null", "not an AMIF key file"),
@@ -126,10 +127,10 @@ KEY_CASES = [
     ("secret empty", _key_edit(secret=""), "must be 32 bytes, found 0"),
     ("secret 31 bytes", _key_edit(secret=base64.b64encode(bytes(31)).decode()), "must be 32 bytes, found 31"),
     ("secret 33 bytes", _key_edit(secret=base64.b64encode(bytes(33)).decode()), "must be 32 bytes, found 33"),
-    ("secret 1 MB", _key_edit(secret=base64.b64encode(bytes(1 << 20)).decode()), "must be 32 bytes"),
+    ("secret 1 MB", _key_edit(secret=base64.b64encode(bytes(1 << 20)).decode()), "too large: over 4096 bytes"),
     ("key id does not match", _key_edit(key_id="0000-0000-0000-0000"), "damaged"),
     ("model id changed", _key_edit(model_id="test-model-2"), "damaged"),
-    ("a folder", None, "cannot be read: IsADirectoryError"),
+    ("a folder", None, "is not a regular file (a folder)"),
 ]
 
 
@@ -876,9 +877,12 @@ def test_mrml_model_tampered_after_a_good_run(tiny_package, scene, tmp_path):
 def test_mrml_key_state_on_bad_files(tiny_package, tmp_path):
     """The panel's pre-run check: an unreadable key is a state with its reason, a bad manifest an error."""
     package = tiny_package[2] / "tiny.json"
-    (tmp_path / "bad.amifkey").write_bytes(b"[" * 100_000)
+    (tmp_path / "bad.amifkey").write_bytes(b"[" * 2000)
     st = logic.key_state(tmp_path / "bad.amifkey", package)
     assert st.state == "unreadable" and "not valid JSON" in st.message
+    (tmp_path / "bad.amifkey").write_bytes(b"[" * 100_000)
+    st = logic.key_state(tmp_path / "bad.amifkey", package)
+    assert st.state == "unreadable" and "too large" in st.message
     (tmp_path / "m.json").write_bytes(b"\xff\xfe")
     with pytest.raises(AMIFError, match="not readable JSON"):
         logic.key_state(None, tmp_path / "m.json")

@@ -13,8 +13,8 @@ second volume onto the first's grid. The output takes the first volume's geometr
 matrix and parent transform). What the user sees is what gets fused: a volume's display window
 is its intensity window, and a scalar second volume shown through a colour table (PET-Heat,
 Rainbow, ...) is fused in the colours it is shown in (`colortable`), giving a colour output. The
-scene is touched only after the engine succeeded, so an error or a cancel leaves it exactly as it
-was.
+scene is touched only after the engine succeeded and no cancel was asked for, and an exception after
+that undoes what was changed (`SceneUndo`), so an error or a cancel leaves it exactly as it was.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ import numpy as np
 import slicer
 import vtk
 
-from amif.errors import AMIFError
+from amif.errors import AMIFError, Cancelled
 from AMIFFusionLib import colortable
+from AMIFFusionLib.undo import SceneUndo
 
 # MRML node attribute -> the engine's output metadata key. Never the key's secret.
 ATTRIBUTES = {
@@ -180,7 +181,8 @@ def fuse(first_node, second_node, output_node=None, key_path=None, model_path=No
     volume). key_path: an .amifkey file, or None (the output then carries the identifier).
     model_path: a model package (NAME.json), default the bundled demo model. progress(done, total)
     is called per batch of slices; cancel() returning True stops the run (amif.Cancelled is
-    raised). log(text) receives progress messages. Errors are amif.AMIFError; on any error or
+    raised): it is asked before every batch and once more before the output node is written.
+    log(text) receives progress messages. Errors are amif.AMIFError; on any error or
     cancel the scene is left as it was. device: the torch device to fuse on, "auto" (a GPU when torch
     sees one, else the CPU), "cpu", "cuda", "cuda:N" or "mps" (amif.fusion.fuse_volumes).
     use_color_table: when the second volume is scalar and displayed through a colour (not grey)
@@ -221,18 +223,21 @@ def fuse(first_node, second_node, output_node=None, key_path=None, model_path=No
         arr = np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8)
     meta = output_metadata(package, r.key, r.verdict)
 
-    # The engine succeeded: only now is the scene changed.
-    created = output_node is None
-    node = output_node or scene.AddNewNodeByClass(node_class, scene.GenerateUniqueName("AMIF fused"))
+    if cancel and cancel():  # a cancel pressed during the last batch still counts: nothing is written
+        raise Cancelled("Fusion cancelled.")
+
+    # The engine succeeded: only now is the scene changed, and any exception from here on (writing, a
+    # callback, showing the output) undoes every change before it propagates.
+    undo = SceneUndo(scene, output_node)
     try:
+        node = output_node or scene.AddNewNodeByClass(node_class, scene.GenerateUniqueName("AMIF fused"))
         _write(node, arr, first_node, meta, colour)
-    except Exception:
-        if created:
-            scene.RemoveNode(node)
+        log(f"Output '{node.GetName()}': watermark {r.verdict.state} (score {r.verdict.score:.3f}).")
+        if show and getattr(slicer, "app", None) is not None:
+            slicer.util.setSliceViewerLayers(background=node, fit=True)
+    except BaseException:
+        undo.restore()
         raise
-    log(f"Output '{node.GetName()}': watermark {r.verdict.state} (score {r.verdict.score:.3f}).")
-    if show and getattr(slicer, "app", None) is not None:
-        slicer.util.setSliceViewerLayers(background=node, fit=True)
     if mapping is None:
         return Fused(node, r.key, r.verdict, r.windows)
     return Fused(node, r.key, r.verdict, (r.windows[0], mapping.window_range), mapping.name)

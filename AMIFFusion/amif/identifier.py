@@ -105,22 +105,31 @@ def identifier_mask(text: str, height: int, width: int, supersample: int = 4) ->
     """Float mask in [0, 1] of shape (height, width): the identifier laid out on the whole slice.
 
     The lines are repeated in rows down the slice and centred, scaled with the slice so the same
-    layout appears at any image size. Rendered at `supersample` times the size and area-averaged.
+    layout appears at any image size. Rendered at `supersample` times the size and area-averaged, in
+    bands of rows, so memory beyond the result stays a few MB whatever the size.
     """
     lines = layout_lines(text)
     rows = (lines * 4)[: max(3, len(lines))]
     s = supersample
     H, W = height * s, width * s
-    canvas = np.zeros((H, W), np.float32)
     longest = max(len(ln) for ln in rows) * 6 - 1
     unit = min(0.8 * W / longest, 0.8 * H / (len(rows) * 10))  # glyph pixel size
+    placed = []  # (top, left, bitmap, its rows and columns at each canvas pixel) on the supersampled canvas
     for i, line in enumerate(rows):
         bm = _bitmap(line)
         h, w = int(round(7 * unit)), int(round(bm.shape[1] * unit))
         yy = (np.arange(h) / unit).astype(int).clip(0, 6)
         xx = (np.arange(w) / unit).astype(int).clip(0, bm.shape[1] - 1)
-        glyph = bm[yy][:, xx]
-        cy = int(round(H * (i + 0.5) / len(rows) - h / 2))
-        cx = int(round(W / 2 - w / 2))
-        canvas[cy : cy + h, cx : cx + w] = np.maximum(canvas[cy : cy + h, cx : cx + w], glyph)
-    return canvas.reshape(height, s, width, s).mean(axis=(1, 3))
+        placed.append((int(round(H * (i + 0.5) / len(rows) - h / 2)), int(round(W / 2 - w / 2)), bm, yy, xx))
+    out = np.empty((height, width), np.float32)
+    band = max(1, (1 << 20) // (W * s))  # output rows rendered at a time: a canvas of 4 MB (for 1-row bands, more)
+    for r0 in range(0, height, band):
+        r1 = min(height, r0 + band)
+        canvas = np.zeros(((r1 - r0) * s, W), np.float32)
+        for top, left, bm, yy, xx in placed:  # the rows of each line's glyphs inside this band
+            g0, g1 = max(top, r0 * s), min(top + len(yy), r1 * s)
+            if g0 < g1:
+                part = canvas[g0 - r0 * s : g1 - r0 * s, left : left + len(xx)]
+                part[...] = np.maximum(part, bm[yy[g0 - top : g1 - top]][:, xx[: part.shape[1]]])
+        out[r0:r1] = canvas.reshape(r1 - r0, s, width, s).mean(axis=(1, 3))
+    return out

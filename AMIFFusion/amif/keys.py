@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from .errors import AMIFError
+from .reading import read_small_file
 
 KEY_FORMAT = "amif-key"
 KEY_VERSION = 1
 CODE_BITS = 256
+KEY_FILE_LIMIT = 4096  # bytes: a key file is about 270; anything larger is refused unread
 
 
 def hkdf_sha256(secret: bytes, info: bytes, length: int, salt: bytes = b"") -> bytes:
@@ -87,30 +89,40 @@ def generate_key(model_id: str, licensee: str, secret: bytes | None = None) -> K
     if len(secret) != 32:
         raise AMIFError("A key secret must be 32 bytes.")
     created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-    return KeyFile(model_id, fingerprint(secret, model_id), licensee, created, secret)
+    key = KeyFile(model_id, fingerprint(secret, model_id), licensee, created, secret)
+    if len(key.to_json()) + 1 > KEY_FILE_LIMIT:  # load_key reads no more than this
+        raise AMIFError(f"The model id and licensee name are too long for a key file (at most {KEY_FILE_LIMIT} bytes).")
+    return key
 
 
 def save_key(key: KeyFile, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write `key` to `path` (readable by its owner only), atomically (amif.files.atomic_output): the file
+    appears complete or not at all. An existing file is never replaced unless `overwrite`, not even by a
+    second writer racing this one: that is an AMIFError and nothing changes."""
+    from .files import atomic_output
+
     path = Path(path)
-    if path.exists() and not overwrite:
+    if os.path.lexists(path) and not overwrite:
         raise AMIFError(f"{path} exists already; refusing to overwrite a key file.")
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(key.to_json() + "\n")
-    os.replace(tmp, path)
+    try:
+        with atomic_output(path, replace=overwrite) as tmp:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(key.to_json() + "\n")
+    except FileExistsError:
+        raise AMIFError(f"{path} exists already; refusing to overwrite a key file.") from None
     return path
 
 
 def load_key(path: str | os.PathLike) -> KeyFile:
-    """Read and check a key file; every problem is an AMIFError naming the file and the reason."""
+    """Read and check a key file; every problem is an AMIFError naming the file and the reason. Only a
+    regular file of at most KEY_FILE_LIMIT bytes is read (amif.reading)."""
     path = Path(path)
     name = path.name
+    data = read_small_file(path, KEY_FILE_LIMIT, f"Key file {name}")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise AMIFError(f"Key file {name} does not exist.") from None
-    except (OSError, ValueError) as e:  # ValueError: undecodable bytes, or a NUL in the path
+        text = data.decode("utf-8")
+    except ValueError as e:  # undecodable bytes
         raise AMIFError(f"Key file {name} cannot be read: {e.__class__.__name__}.") from None
     try:
         d = json.loads(text)

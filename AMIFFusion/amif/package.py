@@ -16,10 +16,12 @@ from pathlib import Path
 from .errors import AMIFError
 from .identifier import check_text
 from .keys import CODE_BITS
+from .reading import read_small_file
 
 PACKAGE_FORMAT = "amif-model"
 PACKAGE_VERSION = 1
 DEFAULT_THRESHOLD = 0.12
+MANIFEST_LIMIT = 1 << 20  # bytes: the bundled manifest is about 4 KB; anything larger is refused unread
 
 
 @dataclass
@@ -72,45 +74,47 @@ def package_paths(path: str | os.PathLike) -> tuple[Path, Path]:
 
 
 def save_package(path, net, *, model_id: str, key_id: str, identifier: str, **fields) -> Path:
-    """Write weights and manifest (both atomically). Returns the manifest path. An unprotected
-    twin (`twin=True`, for the evaluation only) has no key and an empty identifier."""
+    """Write weights and manifest atomically (amif.files.atomic_output: a failed or interrupted save leaves
+    the package that was there as it was; the weights are renamed into place just before the manifest).
+    Returns the manifest path. An unprotected twin (`twin=True`, for the evaluation only) has no key and
+    an empty identifier."""
     from safetensors.torch import save_file
 
+    from .files import atomic_output
     from .network import flops_per_slice, parameter_count
 
     manifest_path, weights_path = package_paths(path)
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-    tmp = weights_path.with_name(weights_path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"model_id": model_id})
-    os.replace(tmp, weights_path)
-    manifest = {
-        "format": PACKAGE_FORMAT,
-        "format_version": PACKAGE_VERSION,
-        "model_id": model_id,
-        "key_id": key_id,
-        "identifier": check_text(identifier) if identifier or not fields.get("twin") else "",
-        "architecture": {"name": "AMIFNet", **net.cfg.to_dict()},
-        "parameters": parameter_count(net),
-        "flops_per_256_slice": flops_per_slice(net),
-        **fields,
-        "weights": weights_path.name,
-        "weights_sha256": sha256_file(weights_path),
-    }
-    tmp = manifest_path.with_name(manifest_path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, manifest_path)
+    with atomic_output(manifest_path) as tmp_manifest:  # weights and manifest renamed into place together
+        tmp_weights = tmp_manifest.with_name(weights_path.name)
+        save_file(state, str(tmp_weights), metadata={"model_id": model_id})
+        manifest = {
+            "format": PACKAGE_FORMAT,
+            "format_version": PACKAGE_VERSION,
+            "model_id": model_id,
+            "key_id": key_id,
+            "identifier": check_text(identifier) if identifier or not fields.get("twin") else "",
+            "architecture": {"name": "AMIFNet", **net.cfg.to_dict()},
+            "parameters": parameter_count(net),
+            "flops_per_256_slice": flops_per_slice(net),
+            **fields,
+            "weights": weights_path.name,
+            "weights_sha256": sha256_file(tmp_weights),
+        }
+        tmp_manifest.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return manifest_path
 
 
 def read_manifest(path) -> tuple[dict, Path]:
+    """The checked manifest of the package at `path` and its weights' path. Only a regular file of at
+    most MANIFEST_LIMIT bytes is read (amif.reading); every problem is an AMIFError."""
     manifest_path, _ = package_paths(path)
     name = manifest_path.name
+    data = read_small_file(manifest_path, MANIFEST_LIMIT, f"Model package manifest {name}")
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AMIFError(f"Model package manifest {name} does not exist.") from None
-    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad bytes or JSON; Recursion: deep nesting
+        manifest = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # ValueError: bad bytes or JSON; Recursion: deep nesting
         raise AMIFError(f"Model manifest {name} is not readable JSON ({e.__class__.__name__}).") from None
     if not isinstance(manifest, dict) or manifest.get("format") != PACKAGE_FORMAT:
         raise AMIFError(f"{name} is not an AMIF model manifest.")
@@ -245,11 +249,16 @@ def average_packages(paths, out) -> Path:
     rates single checkpoints swing). Parameters are averaged; the fixed buffers (the key's random
     projection) must already be equal. The manifest keeps the training record of the latest
     checkpoint and lists each source's steps and weights hash under training.averaged. Anything that
-    does not match is an AMIFError and nothing is written."""
+    does not match is an AMIFError and nothing is written; so is an `out` that is one of the packages
+    (after symlinks and `..`), before anything is read."""
     import torch
+
+    from .files import refuse_input_as_output
 
     if len(paths) < 2:
         raise AMIFError("Averaging needs at least two model packages.")
+    for o in package_paths(out):
+        refuse_input_as_output(o, [f for p in paths for f in package_paths(p)])
     pkgs = [load_package(p) for p in paths]
     first = pkgs[0]
     hashes = [p.manifest["weights_sha256"] for p in pkgs]
