@@ -9,6 +9,7 @@ and nothing is written; float colour volumes are scaled by their range, not clip
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from test_slicer_logic import blobs as slicer_blobs
 
 from amif.cli import main
 from amif.errors import AMIFError
@@ -133,15 +134,11 @@ def test_a_mostly_nonfinite_volume_is_an_error_not_clean(bundled, fused_crops, t
 
 # ---------------------------------------------------------------- fusion of extreme inputs
 
+SHAPE = (6, 40, 48)
 
-def blobs(shape=(6, 40, 48), seed=0):
-    rng = np.random.default_rng(seed)
-    k, j, i = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
-    vol = np.zeros(shape, np.float32)
-    for _ in range(6):
-        c, r = rng.uniform(-0.6, 0.6, 3), rng.uniform(0.2, 0.5)
-        vol += rng.uniform(50, 200) * np.exp(-((k - c[0]) ** 2 + (j - c[1]) ** 2 + (i - c[2]) ** 2) / r**2)
-    return vol
+
+def blobs(seed=0):
+    return slicer_blobs(SHAPE, seed)
 
 
 def extreme(vol, fraction=0.01, seed=1):
@@ -200,7 +197,7 @@ def test_float_rgb_0_255_is_scaled_by_its_range_not_clipped(tiny_package):
     pkg, _, _ = tiny_package
     mri = sitk.GetImageFromArray(blobs())
     rng = np.random.default_rng(3)
-    rgb8 = np.clip(np.stack([blobs(seed=4), blobs(seed=5), blobs(seed=6)], -1) + rng.integers(0, 40, (6, 40, 48, 3)),
+    rgb8 = np.clip(np.stack([blobs(seed=4), blobs(seed=5), blobs(seed=6)], -1) + rng.integers(0, 40, SHAPE + (3,)),
                    0, 255).astype(np.uint8)
     outs = [sitk.GetArrayFromImage(fuse_volumes(mri, sitk.GetImageFromArray(v, isVector=True), pkg).image)
             for v in (rgb8, rgb8.astype(np.float32))]
