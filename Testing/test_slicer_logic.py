@@ -382,6 +382,15 @@ def test_dependencies_failures_are_one_clear_error():
     with pytest.raises(AMIFError, match="could not be installed"):
         Machine(torch=None).run(utils=FakePyTorchUtils(succeed=False))
     m = Machine(torch="2.13.0", safetensors=False)
+
+    def pip_fails(reqs):
+        raise RuntimeError("pip exited with 1\nERROR: could not reach the package index")
+
+    m.install = pip_fails  # pip itself failed: one message, the status line cleared
+    with pytest.raises(AMIFError, match="could not reach the package index"):
+        m.run(utils=FakePyTorchUtils())
+    assert m.status[-1] == ""
+    m = Machine(torch="2.13.0", safetensors=False)
     m.install = lambda reqs: None  # pip ran but nothing appeared
     with pytest.raises(AMIFError, match="safetensors"):
         m.run(utils=FakePyTorchUtils())

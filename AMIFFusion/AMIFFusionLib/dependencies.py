@@ -114,17 +114,24 @@ def ensure_dependencies(confirm, install, import_pytorch_utils=_import_pytorch_u
     if not confirm(todo.question()):
         return False
     loaded_before = torch_loaded()
-    if todo.torch:
-        status(f"Installing PyTorch {TORCH_REQUIREMENT} (this may take several minutes)...")
-        torch = pytorch_utils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
-                                                                torchVersionRequirement=TORCH_REQUIREMENT)
-        if torch is None:
-            raise AMIFError("PyTorch could not be installed: see the Python console for the reason.")
-    if todo.pip:
-        status("Installing " + ", ".join(todo.pip) + "...")
-        install(todo.pip)
+    try:
+        if todo.torch:
+            status(f"Installing PyTorch {TORCH_REQUIREMENT} (this may take several minutes)...")
+            torch = pytorch_utils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                                    torchVersionRequirement=TORCH_REQUIREMENT)
+            if torch is None:
+                raise AMIFError("PyTorch could not be installed: see the Python console for the reason.")
+        if todo.pip:
+            status("Installing " + ", ".join(todo.pip) + "...")
+            install(todo.pip)
+    except AMIFError:
+        raise
+    except Exception as e:  # pip or the PyTorch extension failed (network, disk, permissions)
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise AMIFError(f"Installing the Python packages failed: {reason}") from e
+    finally:
+        status("")
     importlib.invalidate_caches()
-    status("")
     after = check()
     if after.torch == "upgrade" or (todo.torch == "upgrade" and loaded_before):
         raise AMIFError("PyTorch was updated; restart 3D Slicer to use the new version, then apply again.")
