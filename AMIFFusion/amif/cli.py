@@ -83,7 +83,7 @@ def _check_input(path, is_2d: bool) -> None:
     """Inputs are checked before any work, so that a folder or a missing file is one message (no ITK noise)."""
     p = Path(path)
     what = f"Cannot read image {shown(p.name)}" if is_2d else f"Cannot read {shown(p.name)} as an image volume"
-    if p.is_dir():
+    if p.is_dir() and is_2d:  # a volume input may be a folder: a DICOM series (amif.volumes)
         raise AMIFError(f"{what}: it is a folder.")
     if not p.exists():
         raise AMIFError(f"{what}: it does not exist.")
@@ -100,26 +100,27 @@ def _itk_path(path, role: str) -> str:
     return str(path)
 
 
-def _read_volume(path: str):
-    import SimpleITK as sitk
+def _read_volume(path: str, series=None, frame=None):
+    """amif.volumes.read_volume: a volume file, a DICOM series folder, a frame of a 4D image or an .mgz."""
+    from .volumes import read_volume
 
     _itk_path(path, "volume")
-    if Path(path).is_dir():
-        raise AMIFError(f"{shown(path)} is a folder, not an image volume.")
-    try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError:
-        raise AMIFError(f"Cannot read {shown(Path(path).name)} as an image volume.") from None
+    return read_volume(path, series, frame)
 
 
-def fuse_files(a_path, b_path, out, model=None, key=None, progress=True, device="auto") -> dict:
-    """Fuse two files (2D PNG/JPEG or any volume SimpleITK reads) into `out` on `device` ("auto", "cpu",
-    "cuda", "cuda:N" or "mps"; one it cannot use is an AMIFError before anything is read); returns a
-    summary: the output's AMIF_* metadata, "device", the torch device the network ran on, and "sidecar",
-    the path of OUT.amif.json where the output's format cannot hold the metadata (else None).
+def fuse_files(a_path, b_path, out, model=None, key=None, progress=True, device="auto", series=None,
+               frame=None) -> dict:
+    """Fuse two files (2D PNG/JPEG, or volumes: any file SimpleITK reads, a DICOM series folder, an .mgz
+    with nibabel installed) into `out` on `device` ("auto", "cpu", "cuda", "cuda:N" or "mps"; one it
+    cannot use is an AMIFError before anything is read). `series` (a SeriesInstanceUID) picks the series
+    of the folder inputs that hold it, `frame` (N or "mean") the frame of 4D inputs
+    (amif.volumes.read_volumes). Returns a summary: the output's AMIF_* metadata, "device", the torch
+    device the network ran on, and "sidecar", the path of OUT.amif.json where the output's format cannot
+    hold the metadata (else None).
 
-    Before any work: the inputs exist and are files, the output's format fits the inputs and can be
-    written, its folder exists and is writable, and it is none of the inputs (after symlinks and `..`);
+    Before any work: the inputs exist (as files; a volume input may be a folder), the output's format
+    fits the inputs and can be written, its folder exists and is writable, and it is none of the inputs
+    (after symlinks and `..`);
     anything else is an AMIFError. The output is written atomically (amif.files.atomic_output): a failed
     or interrupted write leaves an existing file at `out` as it was."""
     from .data import read_image
@@ -150,6 +151,10 @@ def fuse_files(a_path, b_path, out, model=None, key=None, progress=True, device=
     check_output(out)
     if not is_2d and kind not in METADATA_VOLUMES:
         check_output(sidecar_path(out))
+    if not is_2d:  # before the model loads: an input that cannot be read is the first error
+        from .volumes import read_volumes
+
+        a, b = read_volumes([a_path, b_path], series, frame)
     pkg = _model(model)
     if is_2d:
         r = fuse_images(read_image(a_path), read_image(b_path), pkg, key, device)
@@ -157,7 +162,6 @@ def fuse_files(a_path, b_path, out, model=None, key=None, progress=True, device=
         _write_output(out, lambda tmp: _write_2d(tmp, r.fused, meta))
         return {**meta, "device": r.device, "sidecar": None}
 
-    a, b = _read_volume(a_path), _read_volume(b_path)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -189,7 +193,8 @@ def _write_output(out: Path, write):
 
 
 def cmd_fuse(args) -> None:
-    meta = fuse_files(args.a, args.b, args.output, args.model, args.key, not args.quiet, args.device)
+    meta = fuse_files(args.a, args.b, args.output, args.model, args.key, not args.quiet, args.device,
+                      args.series, args.frame)
     print(f"wrote {shown(args.output)}: watermark {meta['AMIF_watermark']} (score {meta['AMIF_score']}), "
           f"key {meta['AMIF_key_state']} {meta['AMIF_key_id']}, fused on {meta['device']}")
     if meta["sidecar"]:
@@ -332,6 +337,16 @@ def _device_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _frame_arg(text: str):
+    """argparse type of --frame: a frame number (0 or more) or "mean"."""
+    from .volumes import parse_frame
+
+    try:
+        return parse_frame(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a frame number (0, 1, ...) or mean") from None
+
+
 DEVICE_HELP = "torch device to fuse on: auto (a GPU when torch sees one, else the CPU), cpu, cuda, cuda:N or mps"
 
 
@@ -353,6 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-k", "--key", help=".amifkey file (without it the output carries the identifier)")
     s.add_argument("-m", "--model", help="model package (default: the bundled demo model)")
     s.add_argument("--device", type=_device_arg, default="auto", metavar="auto|cpu|cuda|mps", help=DEVICE_HELP)
+    s.add_argument("--series", metavar="UID",
+                   help="for an input that is a DICOM folder: the SeriesInstanceUID of the series to read "
+                        "(default: the folder's first series)")
+    s.add_argument("--frame", type=_frame_arg, metavar="N|mean",
+                   help="for a 4D input: frame N (from 0) or the mean of its frames (3D inputs ignore it)")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_fuse)
 
