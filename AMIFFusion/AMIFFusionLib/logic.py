@@ -157,9 +157,12 @@ def _check_output_kind(output_node, colour: bool) -> None:
 
 def displayed_colour_image(b, a, mapping):
     """The scalar SimpleITK image `b` as the colours it is displayed in (a uint8 RGB vector image)
-    on `a`'s grid: resampled as the engine resamples a grey second volume (linear; outside it, its
-    minimum), then mapped through `mapping` (a colortable.ColorMapping). NaN or infinite values
-    are an AMIFError, as they are for a grey second volume."""
+    on `a`'s grid: resampled as the engine resamples a grey second volume (linear; outside its extent,
+    its amif.fusion.zero_signal_value), then mapped through `mapping` (a colortable.ColorMapping). So
+    outside its extent it has the colour of its own background: for an ordinary PET or SPECT its
+    minimum, the table's first entry wherever the display window starts at or above it ("no signal");
+    for a signed map with a zero background the colour of 0, as inside its extent (no box). NaN or
+    infinite values are an AMIFError, as they are for a grey second volume."""
     import SimpleITK as sitk
 
     from amif.fusion import resample_onto, same_geometry

@@ -1,9 +1,10 @@
 """Fusion API: 2D images (`fuse_images`) and SimpleITK volumes (`fuse_volumes`).
 
 The key only picks the 256-value code given to the network; the network decides what it writes.
-Volumes: B is resampled onto A's grid when the geometries differ, each volume is normalized to
-[0, 1] with a robust percentile window (or an explicit one), and axial slices go through the
-network in batches, so memory stays bounded whatever the volume size.
+Volumes: B is resampled onto A's grid when the geometries differ (outside its extent: its own
+"no signal" value, `zero_signal_value`), each volume is normalized to [0, 1] with a robust
+percentile window of its own values (B's inside its extent only) or an explicit one, and axial
+slices go through the network in batches, so memory stays bounded whatever the volume size.
 
 Both run on a torch device ("auto": CUDA, else Apple MPS, else the CPU; see amif.device) in float32,
 so every device gives the same result to float32 rounding.
@@ -256,8 +257,39 @@ def same_geometry(a, b, tol: float = 1e-4) -> bool:
     )
 
 
-def resample_onto(b, a):
-    """B resampled onto A's grid (linear); an AMIFError when the two do not overlap."""
+SIGNED_ZERO_FRACTION = 0.05  # a signed volume with at least this fraction of exact zeros has 0 as its background
+
+
+def zero_signal_value(values: np.ndarray) -> float:
+    """The value of a scalar volume that means "no signal": what it is taken to be outside its own extent.
+
+    - A signed map (its `robust_window` has lo < 0 < hi) whose background is 0 (at least
+      SIGNED_ZERO_FRACTION of its values are exactly 0: z, t or difference maps): 0. Its window stays
+      on its own range, so negative values (deactivations) stay darker than its zero background and
+      positive ones brighter; the zero background, inside and outside its extent alike, is the
+      grey (0 - lo) / (hi - lo), about 0.5 for a map of symmetric range.
+    - Any other volume (PET, SPECT, CT, MRI): its minimum, which any window computed on its values
+      (robust_window: lo at or above the minimum) maps to 0, "no signal" for the network.
+    Non-finite values are left out; none finite: 0. The zeros are counted on the regular sample of at
+    most 2,000,000 values that robust_window takes, so no copy of a large volume is made."""
+    flat = np.asarray(values).reshape(-1)
+    sample = flat[:: flat.size // 2_000_000 + 1] if flat.size else flat
+    sample = sample[np.isfinite(sample)] if sample.dtype.kind == "f" else sample
+    if sample.size == 0:
+        return 0.0
+    lo, hi = robust_window(sample)
+    if lo < 0 < hi and np.count_nonzero(sample == 0) >= SIGNED_ZERO_FRACTION * sample.size:
+        return 0.0
+    low = float(np.min(flat))
+    return low if np.isfinite(low) else float(np.min(flat[np.isfinite(flat)]))
+
+
+def resample_with_coverage(b, a, fill: float | None = None):
+    """(B resampled onto A's grid (linear, B's voxel type), coverage): coverage is a bool array in A's
+    array layout (z, y, x), True on A's voxels inside B's extent, where the resampling read B's voxels.
+    Outside it every voxel is `fill`: by default B's `zero_signal_value` for a scalar B (its minimum,
+    or 0 for a signed map with a zero background), black (0) for a colour B. An AMIFError when the
+    two volumes do not overlap, or when B's extent holds none of A's voxel centres."""
     import SimpleITK as sitk
 
     lo_a, hi_a = _bounds(a)
@@ -265,8 +297,26 @@ def resample_onto(b, a):
     overlap = np.minimum(hi_a, hi_b) - np.maximum(lo_a, lo_b)
     if (overlap <= 0).any():
         raise AMIFError("The two volumes do not overlap in space: check that they are registered.")
-    bmin = float(np.min(sitk.GetArrayViewFromImage(b))) if b.GetNumberOfComponentsPerPixel() == 1 else 0.0
-    return sitk.Resample(b, a, sitk.Transform(), sitk.sitkLinear, bmin, b.GetPixelID())
+    if fill is None:
+        scalar = b.GetNumberOfComponentsPerPixel() == 1
+        fill = zero_signal_value(sitk.GetArrayViewFromImage(b)) if scalar else 0.0
+    resampled = sitk.Resample(b, a, sitk.Transform(), sitk.sitkLinear, float(fill), b.GetPixelID())
+    # Nearest neighbour and linear interpolation take the same voxels as inside B (ITK's IsInsideBuffer:
+    # within half a voxel of B's outer voxel centres), so B's extent resampled as ones is the coverage.
+    ones = sitk.Image(b.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(b)
+    inside = sitk.Resample(ones, a, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0, sitk.sitkUInt8)
+    covered = sitk.GetArrayViewFromImage(inside).astype(bool)
+    if not covered.any():
+        raise AMIFError("The second volume's extent holds none of the first volume's voxels: "
+                        "check that they are registered.")
+    return resampled, covered
+
+
+def resample_onto(b, a, fill: float | None = None):
+    """B resampled onto A's grid (linear); outside B's extent, `fill` (default: B's zero_signal_value,
+    see resample_with_coverage); an AMIFError when the two do not overlap."""
+    return resample_with_coverage(b, a, fill)[0]
 
 
 def colour_window(values: np.ndarray) -> tuple[float, float]:
@@ -392,7 +442,15 @@ def fuse_volumes(
     `device`: "auto", "cpu", "cuda", "cuda:N" or "mps" (amif.device); one it cannot use is an AMIFError
     before anything runs. `batch`: slices per network call, counted in 256x256 slices (proportionally
     fewer when slices are larger); None picks it (choose_batch: CPU_BATCH on the CPU, from the free
-    memory on a GPU)."""
+    memory on a GPU).
+
+    Intensity: B on another grid is resampled onto A's (resample_with_coverage); A's voxels outside B's
+    extent take B's zero_signal_value, as if B's own background went on there. `window_a` /
+    `window_b` given (e.g. a viewer's display window) are used as they are; a window not given is the
+    robust_window of the volume's values, for B only those inside its extent (the fill is no part of
+    it). So outside its extent B is "no signal" (0) for an ordinary volume under its own window, and
+    a signed map (negative and positive values, zero background) keeps its sign: its window is on its
+    own range, and its zero background is the same grey inside and outside its extent (no box)."""
     import SimpleITK as sitk
 
     device = resolve_device(device)
@@ -401,8 +459,11 @@ def fuse_volumes(
     if a.GetNumberOfComponentsPerPixel() != 1:
         raise AMIFError("The first volume (MRI) must be a grey (scalar) volume.")
     code, status = code_for(package, key)
+    covered = None  # None: B covers every voxel of A
     if not same_geometry(a, b):
-        b = resample_onto(b, a)
+        b, covered = resample_with_coverage(b, a)
+        if covered.all():
+            covered = None
     # Work in the radiological display orientation (axial slices, anterior up, patient right on
     # the left), so the identifier reads upright in viewers. The display layout is a numpy view
     # (axes permuted and flipped) of A's own array layout: no reoriented copies of the volumes.
@@ -413,9 +474,11 @@ def fuse_volumes(
             raise AMIFError(f"{name} contains NaN or infinite values.")
     colour = vb.ndim == 4
     window_a = window_a or robust_window(va)
-    window_rgb = colour_window(vb) if colour else None
+    inside = vb if covered is None else vb[covered]  # the fill outside B's extent is no part of its window
+    window_rgb = colour_window(inside) if colour else None
     if not colour:
-        window_b = window_b or robust_window(vb)
+        window_b = window_b or robust_window(inside)
+    del inside
     for window in (window_a, window_b) if window_b else (window_a,):
         if not (np.isfinite(window).all() and window[1] > window[0]):
             raise AMIFError("An intensity window must be two finite values, the upper above the lower.")
