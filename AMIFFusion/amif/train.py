@@ -6,7 +6,11 @@ zero code (= no key) and near-miss codes (1-16 bits flipped), the near-miss shar
 (curriculum). Deterministic with a seed: step t draws from RNG(seed, t, rank), so a resumed run
 continues the same sequence. Checkpoints (weights + optimizer, safetensors) go to a folder kept
 out of git; a model package is written at every checkpoint and is itself a valid resume point.
-Under `torchrun` it trains with DistributedDataParallel (gloo); otherwise one process.
+Under `torchrun` it trains with DistributedDataParallel (gloo); otherwise one process. Under torchrun
+`batch` is per rank (the manifest records it with `world_size` and `effective_batch`, batch x world size),
+the time limit (`minutes`) is one decision for all ranks, which stop after the same step with one checkpoint,
+and the checkpoint holds every rank's own state (its forgers and RNG), so a resume on as many ranks continues
+bit for bit as a single-process resume does.
 
 Hardening against white-box surgery: each step also runs the unkeyed codes with the watermark
 memory's grid zeroed, set to its mean, or set to one (the edits an attacker would try first), and
@@ -326,7 +330,26 @@ def save_checkpoint(path: Path, net, opt, step: int, meta: dict, extra: dict | N
         save_file(state, str(tmp), metadata={"step": str(step), "meta": json.dumps(meta)})
 
 
-def load_checkpoint(path: Path, net, opt, forge: ForgePool | None = None) -> int:
+def rank_tensors(forge: ForgePool | None) -> dict:
+    """This process's own training state, beyond the weights and optimizer that every rank shares: the forgers'
+    pool (each rank's forgers descend on its own crops) and torch's global RNG. Each step's draws come from
+    RNG(seed, step, rank), so there is no data-order state to keep."""
+    return {"rng.torch": torch.get_rng_state(), **(forge.tensors() if forge else {})}
+
+
+def gathered_tensors(states: list[dict]) -> dict:
+    """Every rank's rank_tensors as one checkpoint's tensors: rank 0's under their own names (what a
+    single-process run saves and resumes from), rank r's (r >= 1) under 'rank{r}.'."""
+    out = dict(states[0])
+    for r, st in enumerate(states[1:], 1):
+        out.update({f"rank{r}.{k}": v for k, v in st.items()})
+    return out
+
+
+def load_checkpoint(path: Path, net, opt, forge: ForgePool | None = None, rank: int = 0) -> tuple[int, bool]:
+    """Weights and optimizer into `net` and `opt`, and rank `rank`'s own state (rank_tensors) into `forge` and
+    torch's global RNG. Returns the step and whether the checkpoint held that rank's own state (False: a
+    checkpoint from fewer ranks; the rank then takes rank 0's, and the run does not continue bit-exactly)."""
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
@@ -334,9 +357,16 @@ def load_checkpoint(path: Path, net, opt, forge: ForgePool | None = None) -> int
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     _load_opt_state(opt, {k: v for k, v in tensors.items() if k.startswith("opt.")})
+    prefix = f"rank{rank}."
+    own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    found = rank == 0 or bool(own)
+    if not own:
+        own = tensors
     if forge:
-        forge.load(tensors)
-    return step
+        forge.load(own)
+    if "rng.torch" in own:
+        torch.set_rng_state(own["rng.torch"])
+    return step, found
 
 
 LOG_COLUMNS = ["step", "loss", "int", "grad", "ssim", *HINGES, "mark", "ablate", "anchor", "sec_per_step"]
@@ -429,10 +459,10 @@ def train(
         true_code = key.code()
     model_id = Path(out).name if twin else key.model_id
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank = 0
+    rank, world = 0, 1
     if distributed:
         torch.distributed.init_process_group("gloo")
-        rank = torch.distributed.get_rank()
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     torch.manual_seed(cfg.seed)
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     if not data_dir.exists():
@@ -478,8 +508,9 @@ def train(
     ckpt = ckdir / "last.safetensors"
     forge = ForgePool(cfg.forge_pool, true_code.size, cfg) if cfg.forge_pool and not twin else None
     if ckpt.exists():
-        step = load_checkpoint(ckpt, net, opt, forge)
-        log(f"resumed from {ckpt} at step {step}")
+        step, own = load_checkpoint(ckpt, net, opt, forge, rank)
+        log(f"resumed from {ckpt} at step {step}" + ("" if own else f" (rank {rank} takes rank 0's forgers and "
+                                                                   "RNG: the checkpoint is from fewer ranks)"))
     dev = torch.device(cfg.device)
     torch.backends.cudnn.benchmark = dev.type == "cuda"
     net.to(dev)
@@ -491,8 +522,17 @@ def train(
     code_t = torch.from_numpy(true_code).to(dev)
     hinge_args = {f"w_{k}": getattr(cfg, f"{k}_weight") for k in HINGES} | {"sf_floor": cfg.sf_floor}
 
-    def export(step_now: int) -> Path:
-        save_checkpoint(ckpt, net, opt, step_now, meta, forge.tensors() if forge else None)
+    def export(step_now: int, gather: bool = True) -> Path | None:
+        """The checkpoint (every rank's own state, gathered to rank 0; with `gather` False, as after an interrupt
+        when the other ranks may be gone, rank 0's alone) and the package; under torchrun every rank calls it
+        with `gather`, and rank 0 writes."""
+        states = [rank_tensors(forge)]
+        if distributed and gather:
+            states = [None] * world if rank == 0 else None
+            torch.distributed.gather_object(rank_tensors(forge), states, dst=0)
+        if rank != 0:
+            return None
+        save_checkpoint(ckpt, net, opt, step_now, meta | {"world_size": world}, gathered_tensors(states))
         verify = ({"threshold": DEFAULT_THRESHOLD} | ({"shift": cfg.mark_shift} if cfg.mark_shift else {})
                   | ({"trace_strength": cfg.trace_strength} if trace else {}))
         protection = {"twin": True} if twin else {"verify": verify}
@@ -501,7 +541,8 @@ def train(
             training={
                 "data": "Harvard Whole Brain Atlas registered pairs, train split (CT/PET/SPECT-MRI, "
                 f"{len(pairs)} pairs; PET/SPECT as luminance)",
-                "steps": step_now, "batch": cfg.batch, "crop": cfg.crop, "seed": cfg.seed,
+                "steps": step_now, "batch": cfg.batch, "world_size": world, "effective_batch": cfg.batch * world,
+                "crop": cfg.crop, "seed": cfg.seed,
                 **({} if twin else {"mark_alpha": cfg.mark_alpha}),
                 "ablate_weight": 0.0 if twin else cfg.ablate_weight,
                 "forge_pool": 0 if twin else cfg.forge_pool,
@@ -524,8 +565,8 @@ def train(
             **protection,
         )
 
-    logf = open_log(ckdir / "metrics.csv", LOG_COLUMNS)
-    writer = csv.writer(logf)
+    logf = open_log(ckdir / "metrics.csv", LOG_COLUMNS) if rank == 0 else None  # rank 0 logs for every rank
+    writer = csv.writer(logf) if logf else None
     bar = None
     if progress and rank == 0:
         from tqdm import tqdm
@@ -603,20 +644,29 @@ def train(
                 if bar:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss.item():.4f}", mark=f"{loss_m.item():.4f}")
-                out_of_time = cfg.minutes and not distributed and time.time() - start > 60 * cfg.minutes
-                if step % cfg.save_every == 0 or step == cfg.steps or out_of_time:
+            out_of_time = bool(cfg.minutes) and time.time() - start > 60 * cfg.minutes
+            if distributed and cfg.minutes:  # one decision for all ranks: stop when any rank's time is up
+                flag = torch.tensor([float(out_of_time)])
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                out_of_time = bool(flag.item())
+            if step % cfg.save_every == 0 or step == cfg.steps or out_of_time:
+                if logf:
                     logf.flush()
-                    export(step)
-                if out_of_time:
+                export(step)
+            if out_of_time:
+                if rank == 0:
                     log(f"time limit of {cfg.minutes} min reached at step {step}")
-                    break
+                break
+        if distributed:  # no rank takes the process group down while rank 0 still writes or receives
+            torch.distributed.barrier()
     except KeyboardInterrupt:
         if rank == 0:
             log(f"interrupted at step {step}; saving a checkpoint")
-            export(step)
+            export(step, gather=False)
         raise
     finally:
-        logf.close()
+        if logf:
+            logf.close()
         if bar:
             bar.close()
         if distributed:
