@@ -10,10 +10,9 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from test_train import _fake_pairs
 
 from amif.package import load_package
 
@@ -36,17 +35,6 @@ DRIVER = textwrap.dedent(
         f.write("\\n".join(lines))
     """
 )
-
-
-def _fake_pairs(root, n=3):
-    rng = np.random.default_rng(0)
-    for folder, kind in (("CT-MRI", "CT"), ("PET-MRI", "PET")):
-        for mod in ("MRI", kind):
-            d = root / folder / "train" / mod
-            d.mkdir(parents=True)
-            for i in range(n):
-                shape = (64, 64, 3) if mod == "PET" else (64, 64)
-                Image.fromarray((rng.random(shape) * 255).astype(np.uint8)).save(d / f"{i}.png")
 
 
 @pytest.fixture

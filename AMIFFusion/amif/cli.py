@@ -12,6 +12,7 @@ import numpy as np
 
 from .errors import AMIFError, Cancelled
 from .files import atomic_output, check_output, refuse_input_as_output, shown
+from .volumes import itk_path
 
 IMAGE_2D = (".png", ".jpg", ".jpeg")
 # Volume formats SimpleITK writes a fused (float or colour) volume in. The first ones keep every AMIF_*
@@ -89,22 +90,11 @@ def _check_input(path, is_2d: bool) -> None:
         raise AMIFError(f"{what}: it does not exist.")
 
 
-def _itk_path(path, role: str) -> str:
-    """`path` as SimpleITK takes it; a name that is not valid UTF-8 (which would abort the process in
-    SimpleITK's C++) is an AMIFError instead."""
-    try:
-        os.path.abspath(path).encode("utf-8")
-    except UnicodeError:
-        raise AMIFError(f"The {role} {shown(path)} has a name that is not valid UTF-8, which SimpleITK cannot "
-                        "use: rename it.") from None
-    return str(path)
-
-
 def _read_volume(path: str, series=None, frame=None):
     """amif.volumes.read_volume: a volume file, a DICOM series folder, a frame of a 4D image or an .mgz."""
     from .volumes import read_volume
 
-    _itk_path(path, "volume")
+    itk_path(path, "volume")
     return read_volume(path, series, frame)
 
 
@@ -147,7 +137,7 @@ def fuse_files(a_path, b_path, out, model=None, key=None, progress=True, device=
                                  *(package_paths(model) if model else ())])
     if not is_2d:
         for p, role in ((a_path, "input"), (b_path, "input"), (out, "output")):
-            _itk_path(p, role)
+            itk_path(p, role)
     check_output(out)
     if not is_2d and kind not in METADATA_VOLUMES:
         check_output(sidecar_path(out))

@@ -52,13 +52,14 @@ def quiet_itk() -> Iterator[None]:
         sitk.ProcessObject_SetGlobalWarningDisplay(old)
 
 
-def _utf8(path) -> str:
-    """`path` as SimpleITK takes it; a name that is not valid UTF-8 (which aborts SimpleITK's C++) is an AMIFError."""
+def itk_path(path, role: str = "") -> str:
+    """`path` as SimpleITK takes it; a name that is not valid UTF-8 (which aborts SimpleITK's C++) is an
+    AMIFError (naming the path's `role`, e.g. "input", when given)."""
     try:
         os.path.abspath(path).encode("utf-8")
     except UnicodeError:
-        raise AMIFError(f"{shown(path)} has a name that is not valid UTF-8, which SimpleITK cannot use: "
-                        "rename it.") from None
+        what = f"The {role} {shown(path)}" if role else shown(path)
+        raise AMIFError(f"{what} has a name that is not valid UTF-8, which SimpleITK cannot use: rename it.") from None
     return str(path)
 
 
@@ -67,14 +68,14 @@ def dicom_series(folder) -> tuple[str, ...]:
     import SimpleITK as sitk
 
     with quiet_itk():
-        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(_utf8(folder)))
+        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(itk_path(folder)))
 
 
 def _series_files(folder, uid: str) -> tuple[str, ...]:
     import SimpleITK as sitk
 
     with quiet_itk():
-        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(_utf8(folder), uid))
+        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(itk_path(folder), uid))
 
 
 def _read_series(folder: Path, series):
@@ -102,7 +103,7 @@ def _read_file(path: Path):
 
     what = f"Cannot read {shown(path.name)} as an image volume."
     reader = sitk.ImageFileReader()
-    reader.SetFileName(_utf8(path))
+    reader.SetFileName(itk_path(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError:
