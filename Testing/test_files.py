@@ -182,13 +182,19 @@ def _limited(limit: int):
     return apply
 
 
-@pytest.mark.parametrize("kind", list(INPUTS))
-def test_a_failed_write_leaves_the_existing_output(tiny_package, tmp_path, kind):
+def _existing_output(tiny_package, tmp_path, kind):
+    """Inputs of `kind` and an output already fused from them (no key): (a, b, out, key, model folder)."""
     _, key, d = tiny_package
     make, suffix = INPUTS[kind]
     a, b = make(tmp_path)
     out = tmp_path / ("f" + suffix)
     assert main(["fuse", str(a), str(b), "-o", str(out), "-m", str(d / "tiny"), "-q"]) == 0
+    return a, b, out, key, d
+
+
+@pytest.mark.parametrize("kind", list(INPUTS))
+def test_a_failed_write_leaves_the_existing_output(tiny_package, tmp_path, kind):
+    a, b, out, key, d = _existing_output(tiny_package, tmp_path, kind)
     before = _sha(out)
     limit = out.stat().st_size // 2
     p = subprocess.run([sys.executable, "-m", "amif", "fuse", str(a), str(b), "-o", str(out), "-k", str(key),
@@ -291,11 +297,7 @@ def _child(tmp_path: Path, mode: str, args: list[str], **kw) -> subprocess.Popen
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 @pytest.mark.parametrize("kind", list(INPUTS))
 def test_a_signal_during_the_write_leaves_the_old_output(tiny_package, tmp_path, kind, sig):
-    _, key, d = tiny_package
-    make, suffix = INPUTS[kind]
-    a, b = make(tmp_path)
-    out = tmp_path / ("f" + suffix)
-    assert main(["fuse", str(a), str(b), "-o", str(out), "-m", str(d / "tiny"), "-q"]) == 0
+    a, b, out, key, d = _existing_output(tiny_package, tmp_path, kind)
     before = _sha(out)
     proc = _child(tmp_path, "signal", ["fuse", str(a), str(b), "-o", str(out), "-k", str(key), "-m", str(d / "tiny"),
                                        "-q"])
