@@ -10,10 +10,11 @@ HARVARD = ROOT.parent / "shared" / "data" / "harvard"
 
 
 def load_tool(name: str):
-    """A script of tools/ imported as a module (they are not a package)."""
+    """A script of tools/ or research/tools/ imported as a module (they are not a package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    path = ROOT / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path if path.exists() else ROOT / "research" / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -12,16 +12,17 @@ from PIL import Image
 from test_evaluate import _synthetic_pairs
 from torch import nn
 
-from amif import attack as atk
-from amif.attack import AttackOptions, Target
 from amif.cli import main
-from amif.data import list_pairs, load_pairs
 from amif.errors import AMIFError
 from amif.identifier import identifier_mask
 from amif.keys import generate_key, load_key, save_key
-from amif.losses import shift_content
 from amif.network import AMIFNet, NetConfig
 from amif.package import ModelPackage
+from amif_research import attack as atk
+from amif_research import attack_suite as suite
+from amif_research.attack import AttackOptions, Target
+from amif_research.data import list_pairs, load_pairs
+from amif_research.losses import shift_content
 from conftest import ROOT, load_tool
 
 IDENT = "TEST · MARK"
@@ -149,7 +150,7 @@ def test_wrong_keys_flag_every_code_on_a_marking_model(marking):
 
 
 def test_wrong_keys_fail_on_a_model_that_does_not_mark(tiny_package, pairs):
-    from amif.attack import load_target
+    from amif_research.attack_suite import load_target
 
     _, key, d = tiny_package
     t, info = load_target(d / "tiny", key, pairs, "test", limit=1)
@@ -351,7 +352,7 @@ def _forging_json(target, path, **options) -> Path:
     result = atk.key_forging(target, opts, progress=False)
     command = f"amif attack -m m.json --data /machine/data --attacks forging --seed {opts.seed} -o /machine/o.md"
     info = {"key_id": "k", "data": "/machine/data", "split": "test", "command": command}
-    atk.write_json(path, target, info, opts, [result])
+    suite.write_json(path, target, info, opts, [result])
     return path
 
 
@@ -422,14 +423,14 @@ def test_pooled_table_adds_new_runs_as_pooling_them_all_at_once(tiny_package, pa
 
 
 def test_parse_attacks():
-    assert atk.parse_attacks(None) == list(atk.ATTACKS) == [
+    assert suite.parse_attacks(None) == list(suite.ATTACKS) == [
         "wrong-keys", "classical", "surgery", "forging", "learned-removal", "distillation", "fine-tuning"]
-    assert atk.parse_attacks("forging, wrong-keys") == ["wrong-keys", "forging"]
-    assert atk.parse_attacks(["fine-tuning", "distillation"]) == ["distillation", "fine-tuning"]
+    assert suite.parse_attacks("forging, wrong-keys") == ["wrong-keys", "forging"]
+    assert suite.parse_attacks(["fine-tuning", "distillation"]) == ["distillation", "fine-tuning"]
     with pytest.raises(AMIFError, match=r"Unknown attack 'blurr'; choose from: wrong-keys, classical"):
-        atk.parse_attacks("classical,blurr")
+        suite.parse_attacks("classical,blurr")
     with pytest.raises(AMIFError, match="No attack named"):
-        atk.parse_attacks(" , ")
+        suite.parse_attacks(" , ")
 
 
 def _tables(text):
@@ -473,13 +474,13 @@ def test_attack_cli_report(tiny_package, pairs, tmp_path, capsys):
             assert im.size[1] == 64 + 14 and im.size[0] >= 3 * 64
         assert f"(rep-figures/{name}.png)" in text
     doc = json.loads(out.with_suffix(".json").read_text())
-    assert list(doc["attacks"]) == FOUR and doc["not_run"] == list(atk.LEARNED)
+    assert list(doc["attacks"]) == FOUR and doc["not_run"] == list(suite.LEARNED)
     assert doc["options"]["random_codes"] == 12 and doc["pairs"] == 6 and doc["shift"] == 0
     assert len(doc["attacks"]["classical"]["rows"]) == 33
     assert all(isinstance(r["met"], bool) for a in doc["attacks"].values() for r in a["rows"])
     assert all(isinstance(a["met"], bool) for a in doc["attacks"].values())
     forging = doc["attacks"]["forging"]  # its verdict, as the report prints it
-    verdict = atk._yes(forging["met"], forging["undecided"])
+    verdict = atk.yes_no(forging["met"], forging["undecided"])
     row = f"| White-box key forging | < 5% of restarts succeed within 3 steps | {forging['summary']} | {verdict} |"
     assert row in text
     assert not forging["met"] and not any(a["undecided"] for k, a in doc["attacks"].items() if k != "forging")
@@ -542,14 +543,14 @@ def test_attack_groups_in_processes_give_the_same_report(tiny_package, pairs, tm
             return len(x) == len(y) and all(map(same, x, y))
         return x == pytest.approx(y, rel=1e-5, abs=1e-6) if isinstance(x, float) else x == y
 
-    one = atk.attack(out=tmp_path / "one.md", **kw)
-    two = atk.attack(out=tmp_path / "two.md", groups=[["classical"], ["wrong-keys"]], **kw)
+    one = suite.attack(out=tmp_path / "one.md", **kw)
+    two = suite.attack(out=tmp_path / "two.md", groups=[["classical"], ["wrong-keys"]], **kw)
     a, b = (json.loads(p.with_suffix(".json").read_text()) for p in (one, two))
     assert list(b["attacks"]) == ["wrong-keys", "classical"] and same(a["attacks"], b["attacks"])
     b["attacks"]["classical"]["rows"][3]["psnr_after"] += 0.01
     assert not same(a["attacks"], b["attacks"])
     with pytest.raises(AMIFError, match="must cover the selected attacks"):
-        atk.attack(out=tmp_path / "bad.md", groups=[["classical"]], **kw)
+        suite.attack(out=tmp_path / "bad.md", groups=[["classical"]], **kw)
     assert not (tmp_path / "bad.md").exists()
 
 
@@ -596,12 +597,12 @@ def test_the_threat_model_takes_forgings_verdict_from_a_pooled_table_of_the_same
     assert report.threat_model(doc, other) == report.threat_model(doc)
 
 
-@pytest.mark.parametrize("folder", ["attack", "Candidates/attack"])
+@pytest.mark.parametrize("folder", ["docs/reports/attack", "Resources/Candidates/attack"])
 def test_the_committed_attack_reports_threat_model_is_what_its_json_and_pooled_table_give(folder):
     """After more forging runs are pooled, `make_attack_report --threat-model-only` must be run: the published
     threat model is the one its own numbers give, and rewriting it leaves the rest of the report as it is."""
     report = load_tool("make_attack_report")
-    folder = ROOT / "Resources" / folder
+    folder = ROOT / folder
     text = (folder / "report.md").read_text(encoding="utf-8")
     doc = json.loads((folder / "report.json").read_text(encoding="utf-8"))
     model = report.threat_model(doc, report.read_pooled(folder))
@@ -625,7 +626,7 @@ def test_the_published_threat_model_names_the_shift_attacker_only_for_a_shift_mo
 
 
 def test_probe_key_embedding_moves_codes_towards_the_key_and_reports_each_probe(tiny_package, tmp_path, capsys):
-    """tools/probe_key_embedding.py: the arc (amif.train.arc_phases, the partial keys' path) ends at the key's
+    """research/tools/probe_key_embedding.py: the arc (amif_research.train.arc_phases, the partial keys' path) ends at the key's
     angles (mod 2 pi), the matching descent raises the cosine without flipping a sign on the bundled model, and
     the tool runs on a package and pairs."""
     import torch
@@ -633,7 +634,7 @@ def test_probe_key_embedding_moves_codes_towards_the_key_and_reports_each_probe(
 
     from amif.keys import load_key
     from amif.package import load_package
-    from amif.train import arc_phases
+    from amif_research.train import arc_phases
     from conftest import ROOT, load_tool
 
     tool = load_tool("probe_key_embedding")
@@ -678,7 +679,7 @@ def test_probe_key_embedding_forgers_descend_the_fusion_loss(tiny_package):
 
     import torch
 
-    from amif.losses import fusion_loss
+    from amif_research.losses import fusion_loss
     from conftest import load_tool
 
     tool = load_tool("probe_key_embedding")

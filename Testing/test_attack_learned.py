@@ -1,4 +1,4 @@
-"""Learned attacks (`amif.attack_learned`): remover, students, fine-tuning, on a model made to mark."""
+"""Learned attacks (`amif_research.attack_learned`): remover, students, fine-tuning, on a model made to mark."""
 
 import json
 import shutil
@@ -8,11 +8,12 @@ import pytest
 from PIL import Image
 from test_attack import IDENT, MarkingNet, _target, pairs  # noqa: F401  (pairs: a fixture)
 
-from amif import attack as atk
-from amif import attack_learned as learned
-from amif.attack import AttackOptions
 from amif.cli import main
 from amif.errors import AMIFError
+from amif_research import attack as atk
+from amif_research import attack_learned as learned
+from amif_research import attack_suite as suite
+from amif_research.attack import AttackOptions
 
 LEARN = dict(learn_steps=60, learn_batch=4, learn_crop=32, learn_lr=3e-3, learn_images="2,all")
 
@@ -32,11 +33,11 @@ def target(tiny_package, pairs):  # noqa: F811
 
 
 def test_image_counts():
-    assert learned.image_counts("10,100,all", 50) == [10, 50]
-    assert learned.image_counts(" 3, all ,3", 738) == [3, 738]
+    assert atk.image_counts("10,100,all", 50) == [10, 50]
+    assert atk.image_counts(" 3, all ,3", 738) == [3, 738]
     for bad in ("", "ten", "0", "-5", "1.5"):
         with pytest.raises(AMIFError, match="--learn-images"):
-            learned.image_counts(bad, 10)
+            atk.image_counts(bad, 10)
     with pytest.raises(AMIFError, match="--learn-images"):
         AttackOptions(learn_images="some").check()
     with pytest.raises(AMIFError, match="--learn-crop 16 or more"):
@@ -53,7 +54,7 @@ def test_networks_keep_size_and_range():
 def test_learned_removal_gains_over_the_unkeyed_output(target):
     """MarkingNet adds the identifier's strokes to the keyed image: a remover trained on leaked pairs
     learns to take them off, so its output is closer to keyed than the unkeyed one it started from."""
-    r = atk.ATTACKS["learned-removal"].run(target, AttackOptions(**LEARN), progress=False)
+    r = suite.ATTACKS["learned-removal"].run(target, AttackOptions(**LEARN), progress=False)
     assert [d["images"] for d in r.data] == [2, 12] and len(r.rows) == 2
     best = r.data[-1]
     assert best["psnr_mean"] > best["psnr_before"] + 1
@@ -121,7 +122,7 @@ def test_fine_tuning_finds_the_mark_gain(target):
 
 
 def test_figures_show_the_sample_pair(target):
-    a, b = atk.sample_show_pair(target.shape)
+    a, b = suite.sample_show_pair(target.shape)
     assert a.shape == b.shape == target.shape and 0 <= a.min() < a.max() <= 1
     target.show = (a[None], b[None])
     target._figure = None

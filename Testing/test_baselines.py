@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from amif.baselines import BASELINES, laplacian_fusion, laplacian_pyramid, max_fusion, mean_fusion, reconstruct
+from amif_research.baselines import BASELINES, laplacian_fusion, laplacian_pyramid, max_fusion, mean_fusion, reconstruct
 
 
 def _pair(shape=(64, 48)):

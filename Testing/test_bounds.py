@@ -20,6 +20,7 @@ import slicer
 import vtk
 
 import amif.fusion as fusion
+import amif.inference as inference
 from amif.errors import AMIFError, Cancelled
 from amif.keys import generate_key, load_key
 from amif.package import bundled_key_path, bundled_model_path, package_paths, read_manifest
@@ -186,13 +187,13 @@ def test_tiles_give_the_one_piece_result(tiny_package):
     pkg, key, _ = tiny_package
     a, b = _pair(301, 263)  # neither side a multiple of the tile or of 4: partial tiles at both edges
     for code in (load_key(key).code(), np.zeros(256, np.float32)):
-        one = fusion.run_network(pkg, a[None], b[None], code)[0]
+        one = inference.run_network(pkg, a[None], b[None], code)[0]
         for tile, margin in ((64, 32), (128, 24)):
-            tiled = fusion.run_network_tiled(pkg, a, b, code, tile=tile, margin=margin)
+            tiled = inference.run_network_tiled(pkg, a, b, code, tile=tile, margin=margin)
             assert tiled.shape == one.shape and tiled.dtype == np.float32
             assert np.abs(tiled - one).max() <= TOLERANCE, (tile, margin)
     # without context the tiles' borders differ: the margin is what makes them equal
-    assert np.abs(fusion.run_network_tiled(pkg, a, b, code, tile=64, margin=0) - one).max() > 1e-3
+    assert np.abs(inference.run_network_tiled(pkg, a, b, code, tile=64, margin=0) - one).max() > 1e-3
 
 
 def test_fuse_images_tiles_images_over_the_budget(tiny_package, monkeypatch):
@@ -201,9 +202,9 @@ def test_fuse_images_tiles_images_over_the_budget(tiny_package, monkeypatch):
     rgb = np.stack([b, 1 - b, a], -1)
     one = [fusion.fuse_images(a, src, pkg, k) for src in (b, rgb) for k in (key, None)]
     calls = []
-    tiled_run = fusion.run_network_tiled
+    tiled_run = inference.run_network_tiled
     monkeypatch.setattr(fusion, "TILE_PIXELS", 64 * 64)
-    monkeypatch.setattr(fusion, "TILE", 64)
+    monkeypatch.setattr(inference, "TILE", 64)
     monkeypatch.setattr(fusion, "run_network_tiled", lambda *args, **kw: calls.append(1) or tiled_run(*args, **kw))
     tiled = [fusion.fuse_images(a, src, pkg, k) for src in (b, rgb) for k in (key, None)]
     assert len(calls) == 4
@@ -212,7 +213,7 @@ def test_fuse_images_tiles_images_over_the_budget(tiny_package, monkeypatch):
         assert t.verdict.state == o.verdict.state and abs(t.verdict.score - o.verdict.score) < 1e-4
     small = fusion.fuse_images(a[:60, :60], b[:60, :60], pkg, key)  # under the budget: one piece, as before
     assert len(calls) == 4
-    np.testing.assert_array_equal(small.fused, fusion.run_network(pkg, a[None, :60, :60], b[None, :60, :60],
+    np.testing.assert_array_equal(small.fused, inference.run_network(pkg, a[None, :60, :60], b[None, :60, :60],
                                                                   load_key(key).code())[0])
 
 
@@ -228,11 +229,11 @@ def test_tiled_outputs_of_the_bundled_model_keep_the_identifier(monkeypatch):
                                  align_corners=False)[0, 0].numpy()
     a, b = (up(s) for s in sample_slices())
     monkeypatch.setattr(fusion, "TILE_PIXELS", 128 * 128)
-    monkeypatch.setattr(fusion, "TILE", 128)  # 12 tiles, identifier strokes cut across tile borders
+    monkeypatch.setattr(inference, "TILE", 128)  # 12 tiles, identifier strokes cut across tile borders
     keyed = fusion.fuse_images(a, b, pkg, bundled_key_path(), device="cpu")
     unkeyed = fusion.fuse_images(a, b, pkg, None, device="cpu")
     assert unkeyed.verdict.state == "marked" and keyed.verdict.state == "clean", (unkeyed.verdict, keyed.verdict)
-    one = fusion.run_network(pkg, a[None], b[None], np.zeros(256, np.float32))[0]
+    one = inference.run_network(pkg, a[None], b[None], np.zeros(256, np.float32))[0]
     assert np.abs(unkeyed.fused - one).max() <= TOLERANCE
 
 
@@ -241,6 +242,7 @@ TILED_MEMORY = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     import numpy as np, torch
     import amif.fusion as fusion
+    import amif.inference as inference
     from amif.network import AMIFNet, NetConfig
     from amif.package import ModelPackage
     torch.manual_seed(0)
@@ -248,9 +250,9 @@ TILED_MEMORY = textwrap.dedent("""
     pkg = ModelPackage({"model_id": "m", "key_id": "k", "identifier": "TEST"}, net)
     n = int(sys.argv[2])
     a = np.random.default_rng(0).random((n, n), dtype=np.float32)
-    fusion.run_network_tiled(pkg, a[:64, :64], a[:64, :64], np.zeros(256, np.float32))  # torch's set-up not counted
+    inference.run_network_tiled(pkg, a[:64, :64], a[:64, :64], np.zeros(256, np.float32))  # torch's set-up not counted
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    fusion.run_network_tiled(pkg, a, a, np.zeros(256, np.float32))
+    inference.run_network_tiled(pkg, a, a, np.zeros(256, np.float32))
     print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
 """)
 

@@ -2,11 +2,11 @@
 
 import numpy as np
 
-from amif.data import list_pairs, load_pairs
-from amif.fusion import run_network
+from amif.inference import run_network
 from amif.keys import load_key
 from amif.package import bundled_key_path, bundled_model_path, load_package
 from amif.verify import identifier_scores
+from amif_research.data import list_pairs, load_pairs
 from conftest import need_harvard
 
 

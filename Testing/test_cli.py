@@ -5,9 +5,9 @@ import pytest
 from PIL import Image
 
 from amif.cli import main
-from amif.data import list_pairs, load_pairs
 from amif.fusion import key_status
 from amif.package import bundled_key_path, bundled_model_path, load_package
+from amif_research.data import list_pairs, load_pairs
 from conftest import need_harvard
 
 
@@ -98,8 +98,8 @@ def test_demo_writes_both_states(tmp_path, capsys):
     # the bundled model: keyed output clean, no-key output marked (verify exits 1 when marked)
     assert k.GetMetaData("AMIF_watermark") == "clean" and u.GetMetaData("AMIF_watermark") == "marked"
     # ... and the no-key output with the identifier inpainted away is flagged too: its strokes look wiped
-    from amif.attack import identifier_region, inpaint
     from amif.package import bundled_model_path, load_package
+    from amif_research.attack import identifier_region, inpaint
 
     arr = sitk.GetArrayFromImage(u).astype(np.float32)
     wiped = inpaint(arr, identifier_region(load_package(bundled_model_path()).identifier, *arr.shape[1:], 1))
@@ -128,7 +128,7 @@ def test_verify_with_the_owners_key_finds_the_trace_texture(tiny_package, tmp_pa
     import torch
     from test_fusion import _textured_sources
 
-    from amif.fusion import run_network
+    from amif.inference import run_network
     from amif.keys import generate_key, load_key, save_key
     from amif.package import load_package, save_package
     from amif.trace import texture, trace_scale, trace_weights
@@ -170,8 +170,8 @@ def test_verify_with_sources_checks_the_mark_shift(tiny_package, tmp_path, capsy
     import torch
     from test_fusion import _textured_sources
 
-    from amif.losses import shift_content
     from amif.package import save_package
+    from amif_research.losses import shift_content
 
     a, b = _textured_sources(n=96)
     save_package(tmp_path / "shifty", tiny_package[0].net, model_id="test-model", key_id=tiny_package[0].key_id,
@@ -219,15 +219,15 @@ def test_average_command_writes_a_package_or_one_error(tiny_package, tmp_path, c
 
 
 def test_train_command_passes_the_forger_settings(monkeypatch, tmp_path):
-    import amif.train
+    import amif_research.train
 
     seen = {}
-    monkeypatch.setattr(amif.train, "train", lambda *a, cfg=None, **kw: seen.update(cfg=cfg, kw=kw))
+    monkeypatch.setattr(amif_research.train, "train", lambda *a, cfg=None, **kw: seen.update(cfg=cfg, kw=kw))
     args = ["train", "--key", "k.amifkey", "--identifier", "X", "-o", str(tmp_path / "m"), "--steps", "5"]
     assert main(args + ["--forge-restart", "0.02"]) == 0
     assert seen["cfg"].forge_restart == 0.02 and seen["cfg"].steps == 5
-    assert main(args) == 0 and seen["cfg"].forge_restart == amif.train.TrainConfig().forge_restart
-    assert seen["cfg"].forge_detector == 0.0 and seen["cfg"].forge_pool == amif.train.TrainConfig().forge_pool
+    assert main(args) == 0 and seen["cfg"].forge_restart == amif_research.train.TrainConfig().forge_restart
+    assert seen["cfg"].forge_detector == 0.0 and seen["cfg"].forge_pool == amif_research.train.TrainConfig().forge_pool
     assert main(args + ["--forge-pool", "4"]) == 0 and seen["cfg"].forge_pool == 4
     assert main(args + ["--forge-detector", "1.5"]) == 0 and seen["cfg"].forge_detector == 1.5
     assert not seen["cfg"].forge_untraced and main(args + ["--forge-untraced"]) == 0 and seen["cfg"].forge_untraced
@@ -242,7 +242,7 @@ def test_train_command_passes_the_forger_settings(monkeypatch, tmp_path):
     assert main(args + ["--anchor-weight", "10", "--anchor", "t.json"]) == 0 and seen["kw"]["anchor"] == "t.json"
     assert seen["cfg"].mark_alpha == 0.75
     assert main(args + ["--mark-alpha", "1"]) == 0 and seen["cfg"].mark_alpha == 1.0
-    from amif.losses import HINGES
+    from amif_research.losses import HINGES
 
     weights = {k: 0.5 + i for i, k in enumerate(HINGES)}  # each hinge's flag reaches its own weight
     assert main(args + [w for k, v in weights.items() for w in (f"--{k}-weight", str(v))]) == 0

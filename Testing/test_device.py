@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from amif import fusion
+from amif import fusion, inference
 from amif.cli import build_parser, main
 from amif.device import check_device_name, full_float32, mps_available, resolve_device
 from amif.errors import AMIFError
@@ -20,9 +20,9 @@ from amif.fusion import (
     choose_batch,
     fuse_images,
     fuse_volumes,
-    network_on,
     slice_bytes,
 )
+from amif.inference import network_on
 from conftest import load_tool
 
 SHAPE = (12, 32, 40)  # k, j, i: 12 axial slices of 32 x 40
@@ -131,7 +131,7 @@ def test_cuda_without_a_gpu_fails_first_and_changes_nothing(tiny_package, no_cud
         fuse_images(np.zeros((20, 20)), np.zeros((20, 20)), pkg, device="cuda:0")
     assert seen == []
     assert _same_state(pkg.net, state) and all(p.device.type == "cpu" for p in pkg.net.parameters())
-    assert pkg.net not in fusion._DEVICE_NETS
+    assert pkg.net not in inference._DEVICE_NETS
     sitk.WriteImage(_volume(0), str(tmp_path / "a.nrrd"))
     sitk.WriteImage(_volume(1), str(tmp_path / "b.nrrd"))
     out = tmp_path / "fused.nrrd"
@@ -165,7 +165,7 @@ def test_network_copy_per_device_leaves_the_package_alone(tiny_package):
     finally:
         with torch.no_grad():
             first.copy_(state[next(iter(state))])
-        fusion._DEVICE_NETS.pop(net, None)
+        inference._DEVICE_NETS.pop(net, None)
     assert _same_state(net, state)
 
 

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from amif.baselines import BASELINES
 from amif.cli import main
 from amif.errors import AMIFError
-from amif.evaluate import load_twin, tile
-from amif.metrics import NAMES
+from amif_research.baselines import BASELINES
+from amif_research.evaluate import load_twin, tile
+from amif_research.metrics import NAMES
 from conftest import need_harvard
 
 

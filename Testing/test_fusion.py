@@ -8,10 +8,10 @@ from amif.errors import AMIFError, Cancelled
 from amif.fusion import fuse_images, fuse_volumes, key_status
 from amif.identifier import identifier_mask
 from amif.keys import generate_key, save_key
-from amif.losses import marked_target
 from amif.network import NetConfig
 from amif.package import ModelPackage
 from amif.verify import displacements, verify_image, verify_volume
+from amif_research.losses import marked_target
 
 
 def _vol(size=(40, 36, 6), spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0), seed=0):
@@ -150,8 +150,8 @@ def test_verify_tells_marked_from_clean():
 
 
 def test_verify_flags_the_identifier_wiped_off_but_not_clean_or_blurred_images():
-    from amif.attack import gaussian_blur, identifier_region, inpaint
     from amif.verify import ERASED, Verdict, scores_and_erasure
+    from amif_research.attack import gaussian_blur, identifier_region, inpaint
 
     ident = "AMIF DEMO · UNLICENSED"
     rng = np.random.default_rng(1)
@@ -186,9 +186,9 @@ def _textured_sources(seed=3, n=256):
 
 
 def test_verify_measures_the_mark_shift_against_the_sources():
-    from amif.attack import inpaint_textured
-    from amif.losses import shift_content
     from amif.verify import is_shifted
+    from amif_research.attack import inpaint_textured
+    from amif_research.losses import shift_content
 
     ident = "AMIF DEMO · UNLICENSED"
     a, b = _textured_sources()
@@ -228,7 +228,7 @@ class _MaxShiftNet(torch.nn.Module):
     cfg = NetConfig()
 
     def forward(self, a, b, code):
-        from amif.losses import shift_content
+        from amif_research.losses import shift_content
 
         return shift_content(torch.maximum(a, b), 1)
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from amif.baselines import max_fusion
-from amif.metrics import (
+from amif_research.baselines import max_fusion
+from amif_research.metrics import (
     NAMES,
     all_metrics,
     average_gradient,
@@ -149,8 +149,8 @@ def test_all_metrics_order_and_values():
 def test_training_vif_matches_the_metric_and_its_hinge_stops_at_the_max_rule():
     import torch
 
-    from amif.losses import fusion_loss, gaussian_blur, vif
-    from amif.metrics import _vifp
+    from amif_research.losses import fusion_loss, gaussian_blur, vif
+    from amif_research.metrics import _vifp
 
     rng = np.random.default_rng(3)
     a = gaussian_blur(torch.from_numpy(rng.random((1, 1, 96, 80))), 2.0)
@@ -172,10 +172,10 @@ def test_training_vif_matches_the_metric_and_its_hinge_stops_at_the_max_rule():
 def test_training_sd_sf_and_scd_hinges_follow_the_metrics_and_stop_above_the_max_rule():
     import torch
 
-    from amif.losses import MARGIN, fusion_loss, gaussian_blur
-    from amif.losses import scd as scd_t
-    from amif.losses import sf as sf_t
-    from amif.metrics import scd, spatial_frequency
+    from amif_research.losses import MARGIN, fusion_loss, gaussian_blur
+    from amif_research.losses import scd as scd_t
+    from amif_research.losses import sf as sf_t
+    from amif_research.metrics import scd, spatial_frequency
 
     rng = np.random.default_rng(4)
     a = gaussian_blur(torch.from_numpy(rng.random((2, 1, 64, 72))), 1.5)
@@ -216,8 +216,8 @@ def test_training_sd_sf_and_scd_hinges_follow_the_metrics_and_stop_above_the_max
 def test_training_mi_matches_the_metric_and_its_gradient_makes_the_output_predictable():
     import torch
 
-    from amif.losses import MARGIN, fusion_loss, grey_mi
-    from amif.metrics import _mutual_info
+    from amif_research.losses import MARGIN, fusion_loss, grey_mi
+    from amif_research.metrics import _mutual_info
 
     rng = np.random.default_rng(5)
     a = rng.integers(0, 256, (3, 1, 40, 56))

@@ -105,7 +105,8 @@ def _checkpoints(pkg, d, n=3):
 
 
 def test_average_of_checkpoints_is_the_mean_of_their_weights(tiny_package, tmp_path):
-    from amif.package import average_packages, training_steps
+    from amif.package import training_steps
+    from amif_research.averaging import average_packages
 
     pkg, _, _ = tiny_package
     paths = _checkpoints(pkg, tmp_path)
@@ -141,7 +142,8 @@ def test_average_of_checkpoints_is_the_mean_of_their_weights(tiny_package, tmp_p
 ])
 def test_average_refuses_packages_of_different_models_and_writes_nothing(tiny_package, tmp_path, edit, message):
     from amif.network import AMIFNet, NetConfig
-    from amif.package import average_packages, save_package
+    from amif.package import save_package
+    from amif_research.averaging import average_packages
 
     pkg, _, _ = tiny_package
     paths = _checkpoints(pkg, tmp_path, 2)

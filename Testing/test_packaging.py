@@ -87,15 +87,15 @@ def test_published_reports_are_of_the_bundled_model():
     from amif.package import training_steps
 
     manifest = BUNDLED
-    published = ROOT / "Resources"
+    published = ROOT / "docs" / "reports"
     attack = json.loads((published / "attack" / "report.json").read_text())
     assert attack["weights_sha256"] == manifest["weights_sha256"]
     met = classical_on_72(published / "attack" / "classical-72" / "test.json", manifest)  # all 72 test pairs
-    assert f"72 test pairs ([`Resources/attack/classical-72/test.md`](Resources/attack/classical-72/test.md)):\n" \
+    assert f"72 test pairs ([`docs/reports/attack/classical-72/test.md`](docs/reports/attack/classical-72/test.md)):\n" \
            f"    {met}," in (ROOT / "README.md").read_text(encoding="utf-8")
     assert f"({training_steps(manifest)})" in (published / "engine-eval.md").read_text()
     evaluation = json.loads((published / "evaluation" / "harvard-test.json").read_text())
-    twins = [json.loads(p.read_text()) for p in sorted((published / "Twins").glob("*.json"))]
+    twins = [json.loads(p.read_text()) for p in sorted((ROOT / "research" / "twins").glob("*.json"))]
     entries = evaluation["models"] + list(evaluation["twins"].values())
     assert len(entries) == len(twins) + 1 == 3
     for entry, m in zip(entries, [manifest, *twins]):
@@ -106,10 +106,10 @@ def test_published_reports_are_of_the_bundled_model():
 
 def test_published_forging_table_is_of_the_bundled_model_and_adds_up():
     """The pooled forging table measured the model that ships, and its rows are what its counted restarts give."""
-    from amif.attack import pool_forging, pool_setting, rate_upper
+    from amif_research.attack import pool_forging, pool_setting, rate_upper
 
     manifest = BUNDLED
-    attack = ROOT / "Resources" / "attack"
+    attack = ROOT / "docs" / "reports" / "attack"
     table = json.loads((attack / "forging-pooled.json").read_text())
     assert table["setting"]["weights_sha256"] == manifest["weights_sha256"]
     assert table["setting"] == pool_setting(json.loads((attack / "report.json").read_text()))
@@ -140,7 +140,7 @@ def test_candidate_reports_are_of_the_committed_candidate():
     assert manifest["training"]["init"]["weights_sha256"] == PREVIOUS  # the model bundled before the candidates
     assert manifest["model_id"] == bundled["model_id"] and manifest["verify"]["trace_strength"] > 0
     twins = [load_package(p).manifest for p in sorted((candidates / "twins-20200").glob("*.json"))]
-    shipped = [json.loads(p.read_text()) for p in sorted((ROOT / "Resources" / "Twins").glob("*.json"))]
+    shipped = [json.loads(p.read_text()) for p in sorted((ROOT / "research" / "twins").glob("*.json"))]
     assert twins == shipped and len(twins) == 2  # these twins ship with the candidate that was promoted
     for twin in twins:
         assert twin["training"]["steps"] == manifest["training"]["steps"]
@@ -209,7 +209,7 @@ def classical_on_72_said(folder, manifest: dict, section: str) -> dict:
 def check_pooled_forging(folder, runs: list[dict], section: str) -> None:
     """FOLDER's pooled forging table is what RUNS (attack JSON documents) give, and SECTION gives each objective's
     pooled count."""
-    from amif.attack import pool_forging
+    from amif_research.attack import pool_forging
 
     table = json.loads((folder / "forging-pooled.json").read_text())
     assert table["pooled"] == pool_forging(runs)
@@ -262,7 +262,7 @@ def check_texture_candidate(name: str, strength: float):
     assert {k: manifest["training"].get(k) for k in DECOYS} == DECOYS and manifest["training"]["anchor_weight"] == 30
     assert manifest["verify"]["trace_strength"] == strength
     evaluation = json.loads((folder / "evaluation.json").read_text())
-    twins = sorted((ROOT / "Resources" / "Twins").glob("*.json"))
+    twins = sorted((ROOT / "research" / "twins").glob("*.json"))
     shipped = [json.loads(p.read_text())["weights_sha256"] for p in twins]
     assert [e["weights_sha256"] for e in evaluation["models"]] == [manifest["weights_sha256"]]
     assert [e["weights_sha256"] for e in evaluation["twins"].values()] == shipped

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from amif.fusion import run_network
+from amif.inference import run_network
 from amif.keys import load_key
 from amif.package import load_package
 from amif.sample import sample_slices
@@ -56,7 +56,7 @@ def test_only_the_keys_holder_finds_its_texture_and_other_fusions_stay_below_the
 
 
 def _calibrate_trace_on_synthetic_pairs(tmp_path, **kw):
-    """tools/calibrate_trace.py and a folder of synthetic pairs (its test split copied as the train split)."""
+    """research/tools/calibrate_trace.py and a folder of synthetic pairs (its test split copied as the train split)."""
     import shutil
 
     from test_evaluate import _synthetic_pairs

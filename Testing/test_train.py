@@ -9,7 +9,7 @@ from PIL import Image
 from amif.errors import AMIFError
 from amif.network import NetConfig
 from amif.package import load_package
-from amif.train import LR_FLOOR, TrainConfig, lr_factor, sample_negatives, train
+from amif_research.train import LR_FLOOR, TrainConfig, lr_factor, sample_negatives, train
 
 TINY = NetConfig(c1=4, c2=8, c3=8, mem_channels=4, mem_size=16, key_features=32, key_hidden=8)
 
@@ -78,7 +78,7 @@ def test_negative_codes_curriculum():
 def test_memory_surgery_substitutes_zeros_mean_and_ones_in_turn():
     import torch
 
-    from amif.train import memory_surgery
+    from amif_research.train import memory_surgery
 
     grid = torch.randn(1, 4, 8, 8)
     zeros, mean, ones = (memory_surgery(grid, s) for s in (0, 1, 2))
@@ -106,8 +106,8 @@ def test_surgery_loss_changes_training(tiny_package, tmp_path):
 
 def test_twin_trains_without_key_or_identifier(tmp_path):
     from amif.errors import AMIFError
-    from amif.evaluate import _run_twin
     from amif.fusion import fuse_images
+    from amif_research.evaluate import _run_twin
 
     _fake_pairs(tmp_path / "data")
     cfg = TrainConfig(steps=2, batch=2, crop=32)
@@ -129,9 +129,9 @@ def test_twin_trains_without_key_or_identifier(tmp_path):
 def test_forger_pool_descends_the_fusion_loss_and_restarts():
     import torch
 
-    from amif.losses import fusion_loss
     from amif.network import AMIFNet, slice_coords
-    from amif.train import ForgePool
+    from amif_research.losses import fusion_loss
+    from amif_research.train import ForgePool
 
     torch.manual_seed(0)
     net = AMIFNet(TINY).eval()
@@ -225,7 +225,7 @@ def test_forger_pool_size_is_checked_changes_training_and_is_recorded(tiny_packa
 def test_marked_target_opacity():
     import torch
 
-    from amif.losses import contrast_colour, marked_target
+    from amif_research.losses import contrast_colour, marked_target
 
     y, m = torch.rand(1, 1, 16, 16), torch.ones(1, 1, 16, 16)
     assert torch.allclose(marked_target(y, m, 1.0), contrast_colour(y))  # only the stroke colour, no pixel detail left
@@ -236,8 +236,8 @@ def test_score_of_a_crop_at_its_native_scale_matches_the_whole_slice():
     import torch
 
     from amif.identifier import identifier_mask
-    from amif.losses import gaussian_blur
     from amif.verify import score_tensor
+    from amif_research.losses import gaussian_blur
 
     torch.manual_seed(0)
     m = torch.from_numpy(identifier_mask("TEST · MARK", 256, 256))[None, None]
@@ -318,7 +318,7 @@ def test_lr_anneal_slows_the_last_steps_and_is_recorded(tmp_path):
 def test_a_log_from_an_older_version_is_rewritten_under_the_current_columns(tmp_path):
     import csv
 
-    from amif.train import LOG_COLUMNS, open_log
+    from amif_research.train import LOG_COLUMNS, open_log
 
     path = tmp_path / "metrics.csv"
     path.write_text("step,loss,int,grad,ssim,mark,ablate,sec_per_step\n1,0.5,0.1,0.2,0.3,0.04,0,1.5\n")
@@ -355,7 +355,7 @@ def _weights_differ(p, q) -> bool:
 
 
 def test_mark_shift_moves_the_unkeyed_target_and_is_recorded_for_verify(tiny_package, tmp_path):
-    from amif.losses import marked_target, shift_content
+    from amif_research.losses import marked_target, shift_content
 
     y = torch.rand(1, 1, 16, 16)
     none = torch.zeros_like(y)
@@ -422,7 +422,7 @@ def test_forger_memory_is_checked_changes_training_resumes_and_is_recorded(tiny_
 
 
 def test_partial_key_phases_lie_between_the_wrong_codes_and_the_key():
-    from amif.train import partial_key_phases
+    from amif_research.train import partial_key_phases
 
     gen = torch.Generator().manual_seed(0)
     key, wrong = torch.randn(512, generator=gen) * 3, torch.randn(64, 512, generator=gen) * 3
@@ -453,7 +453,7 @@ def test_partial_keys_are_checked_change_training_and_are_recorded(tiny_package,
 
 
 def test_decoy_phases_point_away_from_the_key():
-    from amif.train import decoy_phases
+    from amif_research.train import decoy_phases
 
     gen = torch.Generator().manual_seed(0)
     key, wrong = torch.randn(512, generator=gen) * 3, torch.randn(64, 512, generator=gen) * 3
@@ -467,7 +467,7 @@ def test_decoy_phases_point_away_from_the_key():
 
 
 def test_decoy_opacity_falls_from_the_mark_alpha_away_from_the_key():
-    from amif.train import DECOY_COSINE, decoy_opacity
+    from amif_research.train import DECOY_COSINE, decoy_opacity
 
     cfg = TrainConfig(mark_alpha=0.9, decoy_alpha=0.3)
     cos = torch.tensor([1.0, 0.2, 0.0, -DECOY_COSINE / 2, -DECOY_COSINE, -1.0])

@@ -23,7 +23,7 @@ DRIVER = textwrap.dedent(
     import json, os, sys
 
     from amif.network import NetConfig
-    from amif.train import TrainConfig, train
+    from amif_research.train import TrainConfig, train
 
     args = json.loads(sys.argv[1])
     rank = int(os.environ["RANK"])

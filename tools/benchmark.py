@@ -30,10 +30,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "AMIFFusion"))
 
-from amif.baselines import laplacian_fusion, max_fusion  # noqa: E402
-from amif.fusion import CPU_BATCH, SLICE_BYTES, choose_batch, fuse_volumes, run_network, slice_bytes  # noqa: E402
+from amif.fusion import CPU_BATCH, SLICE_BYTES, choose_batch, fuse_volumes, slice_bytes  # noqa: E402
+from amif.inference import run_network  # noqa: E402
 from amif.network import flops_per_slice, parameter_count  # noqa: E402
 from amif.package import bundled_model_path, load_package  # noqa: E402
+from amif_research.baselines import laplacian_fusion, max_fusion  # noqa: E402
 
 VOLUME_BATCH = CPU_BATCH  # what fuse_volumes uses on the CPU
 
@@ -168,7 +169,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="fewer repeats, a 256x256x32 volume only")
     ap.add_argument("--out", help="also write the Markdown table here")
-    ap.add_argument("--json", help="also write the key figures here (for tools/make_report.py)")
+    ap.add_argument("--json", help="also write the key figures here (for research/tools/make_report.py)")
     ap.add_argument("--gpu-only", action="store_true", help="only the CPU/GPU comparison, as JSON")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Render Resources/color-pet.png: the bundled sample's PET shown through a PET colour table, fused
+"""Render docs/figures/color-pet.png: the bundled sample's PET shown through a PET colour table, fused
 in those colours by the Slicer module's logic (`AMIFFusionLib.logic.fuse`, use_color_table=True).
 
 One axial slice each, in display orientation (anterior up, patient right on the left): the MRI on
@@ -7,7 +7,7 @@ its display window; the PET on the MRI's grid in the colours the slice views sho
 key (marked, the identifier written). It runs on real MRML from the `slicer-core` wheel (the test
 extra), with Slicer's default colour nodes, not in the Slicer application.
 
-    python tools/make_color_pet_figure.py [--color PET-Heat] [--window 0 25000] [-o Resources/color-pet.png]
+    python tools/make_color_pet_figure.py [--color PET-Heat] [--window 0 25000] [-o docs/figures/color-pet.png]
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def main() -> None:
                     help="the PET's display window (default: the brain spans PET-Heat's red to yellow)")
     ap.add_argument("--slice", type=float, default=0.55, help="axial slice, as a fraction from inferior")
     ap.add_argument("--scale", type=int, default=2, help="pixel zoom of the tiles")
-    ap.add_argument("-o", "--output", default=str(ROOT / "Resources" / "color-pet.png"))
+    ap.add_argument("-o", "--output", default=str(ROOT / "docs" / "figures" / "color-pet.png"))
     args = ap.parse_args()
 
     scene = slicer.vtkMRMLScene()

@@ -1,4 +1,4 @@
-"""Render Resources/slicer-preview.png: a PREVIEW of the AMIF Fusion module, not a screenshot of
+"""Render docs/figures/slicer-preview.png: a PREVIEW of the AMIF Fusion module, not a screenshot of
 3D Slicer (no Slicer GUI runs here). The panel is AMIFFusion/Resources/UI/AMIFFusion.ui drawn by Qt
 in the state the module left it when driven with Slicer's own code (no key, grey, Apply done:
 `tools/check_slicer_panel.py --render DIR` writes DIR/panel-no-key.png); the three slice views are
@@ -59,7 +59,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--panel", required=True, help="the panel drawn by check_slicer_panel.py --render")
     p.add_argument("--demo", default="/tmp/amif-demo")
-    p.add_argument("-o", "--output", default=str(ROOT / "Resources" / "slicer-preview.png"))
+    p.add_argument("-o", "--output", default=str(ROOT / "docs" / "figures" / "slicer-preview.png"))
     args = p.parse_args()
     fused = Path(args.demo) / "fused-unkeyed.nrrd"
     if not fused.exists():

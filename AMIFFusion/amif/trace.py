@@ -107,7 +107,7 @@ def null_spread(image: np.ndarray, a: np.ndarray, b: np.ndarray, keyed: np.ndarr
     """Per slice, how far trace_score spreads on an image that does not carry the texture: the standard
     deviation of the scores of `decoys` textures drawn from other secrets. Neighbouring pixels are not
     independent, so this is wider than 1 for a structured image; for an image without the texture,
-    trace_score / null_spread is about N(0, 1) (tools/calibrate_trace.py reads the threshold in these
+    trace_score / null_spread is about N(0, 1) (research/tools/calibrate_trace.py reads the threshold in these
     units). On an image that carries the texture it is inflated: networks that learned g also correlate
     with other textures of its family."""
     others = [trace_weights(hashlib.sha256(b"amif-trace-decoy%d" % i).digest(), "decoy") for i in range(decoys)]
@@ -118,7 +118,7 @@ def trace_check(package, key, image: np.ndarray, a: np.ndarray, b: np.ndarray) -
     """The key holder's check of `image` (n, h, w) fused from sources `a`, `b` (n, h, w), all in [0, 1]:
     one trace score per slice (above TRACE_THRESHOLD: the texture is there). `key`: the owner's key
     file of this model, which the texture is drawn from and which gives the keyed reference."""
-    from .fusion import run_network
+    from .inference import run_network
 
     if not package.trace_strength:
         raise AMIFError(f"Model '{package.model_id}' has no trace channel (it was trained without --trace-strength): "

@@ -136,7 +136,7 @@ def score_tensor(x, mask, scale: float | None = None):
     1 for a crop of a 256-pixel slice)."""
     import torch
 
-    from .losses import contrast_colour, gaussian_blur
+    from .filters import contrast_colour, gaussian_blur
 
     h, w = x.shape[-2:]
     scale = min(h, w) / 256 if scale is None else scale
@@ -159,7 +159,7 @@ def erasure_parts(x, mask):
     4 px (at 256 pixels) from the strokes (the reference), each (n, h * w)."""
     import torch.nn.functional as F
 
-    from .losses import gaussian_blur
+    from .filters import gaussian_blur
 
     h, w = x.shape[-2:]
     scale = min(h, w) / 256
@@ -193,7 +193,7 @@ def displacement_tensor(x, a, b, strokes=None, radius: int = SHIFT_RADIUS):
     import torch
     import torch.nn.functional as F
 
-    from .losses import gaussian_blur, sobel
+    from .filters import gaussian_blur, sobel
 
     h, w = x.shape[-2:]
     sigma = max(1.0, min(h, w) / 256)

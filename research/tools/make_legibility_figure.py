@@ -7,7 +7,7 @@ uptake blurred further (SPECT resolves less) in another colour map. Each second 
 the colour path of `fuse_images` (Y fused, chroma restored) is shown too. Labels give the
 verify score against the model's threshold.
 
-    python tools/make_legibility_figure.py [-m MODEL] [--out Resources/legibility.png]
+    python research/tools/make_legibility_figure.py [-m MODEL] [--out docs/figures/legibility.png]
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "AMIFFusion"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "AMIFFusion"), str(ROOT / "research")]
 
 from amif.fusion import fuse_images  # noqa: E402
 from amif.package import bundled_key_path, bundled_model_path, load_package  # noqa: E402
@@ -65,7 +65,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-m", "--model", default=str(bundled_model_path()))
     ap.add_argument("-k", "--key", default=str(bundled_key_path()))
-    ap.add_argument("--out", default=str(ROOT / "Resources" / "legibility.png"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "figures" / "legibility.png"))
     ap.add_argument("--scale", type=int, default=2, help="pixel zoom of the figure")
     args = ap.parse_args()
     pkg = load_package(args.model)

@@ -1,12 +1,12 @@
 """Pool the key-forging restarts of several `amif attack` runs into one table with its bound.
 
-    python tools/pool_forging.py RUN.json [RUN.json ...] [-o Resources/attack/forging-pooled.md]
-    python tools/pool_forging.py --add-to Resources/attack/forging-pooled.json NEW.json [...]
+    python research/tools/pool_forging.py RUN.json [RUN.json ...] [-o docs/reports/attack/forging-pooled.md]
+    python research/tools/pool_forging.py --add-to docs/reports/attack/forging-pooled.json NEW.json [...]
 
 One run of the attack report has a few forging restarts, which bound the success rate only loosely
 (with no success, 59 restarts are needed to show a rate below 5% at 95%). More restarts come from
 runs with other seeds (`amif attack --attacks forging --seed N`, each seed draws other starting
-codes); this pools them (`amif.attack.pool_forging`: same model, pairs and budget; each restart
+codes); this pools them (`amif_research.attack.pool_forging`: same model, pairs and budget; each restart
 counted once) and writes a Markdown table, with the command of every run, and a JSON beside it.
 With --add-to, the new runs are added to a table pooled before (its JSON), whose runs need not be at hand.
 """
@@ -19,12 +19,12 @@ import shlex
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "AMIFFusion"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "AMIFFusion"), str(ROOT / "research")]
 
-from amif.attack import FORGING_GOAL, _pct, pool_forging, pool_setting  # noqa: E402
+from amif_research.attack import FORGING_GOAL, pct, pool_forging, pool_setting  # noqa: E402
 
-OUT = ROOT / "Resources" / "attack" / "forging-pooled.md"
+OUT = ROOT / "docs" / "reports" / "attack" / "forging-pooled.md"
 
 
 def bound(x: float) -> str:
@@ -67,16 +67,16 @@ def markdown(setting: dict, runs: list[dict], rows: list[dict]) -> str:
     for r in rows:
         lo, hi = r["final_psnr_range"]
         lines.append(f"| {r['variant']} | {r['forge_lr']:g} | {r['restarts']} | {r['successes']}/{r['restarts']} "
-                     f"({_pct(r['success_rate'])}; at most {bound(r['rate_upper_95'])}) | "
+                     f"({pct(r['success_rate'])}; at most {bound(r['rate_upper_95'])}) | "
                      f"{', '.join(map(str, r['steps_to_success'])) or '—'} | "
                      f"{'yes' if r['rate_upper_95'] < FORGING_GOAL else 'no'} | {seed_ranges(r['seeds'])} | "
-                     f"{_pct(r['final_flagged_min'])} | {lo:.1f}–{hi:.1f} |")
+                     f"{pct(r['final_flagged_min'])} | {lo:.1f}–{hi:.1f} |")
     lines += ["", "## Runs", "", "| run | objectives | successes | command |", "|---|---|---|---|"]
     for i, d in enumerate(runs, 1):
         lines.append(f"| {i} | {'; '.join(d['objectives'])} | {'; '.join(d['successes'])} | `{d['command']}` |")
     lines += ["", "Regenerate: run the commands above (`--data` as for the attack report), then "
-              "`python tools/pool_forging.py RUN.json ...` over their JSON files; or add new runs to this table with "
-              "`python tools/pool_forging.py --add-to TABLE.json NEW.json ...`, TABLE.json being the JSON beside this "
+              "`python research/tools/pool_forging.py RUN.json ...` over their JSON files; or add new runs to this table with "
+              "`python research/tools/pool_forging.py --add-to TABLE.json NEW.json ...`, TABLE.json being the JSON beside this "
               "file.", ""]
     return "\n".join(lines)
 

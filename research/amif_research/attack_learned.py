@@ -72,28 +72,6 @@ class PlainCNN(nn.Module):
 STUDENTS = {"U-Net": UNet, "plain CNN": PlainCNN}
 
 
-def image_counts(spec: str, available: int) -> list[int]:
-    """'10,100,all' -> [10, 100, available] (capped at what is available, duplicates dropped)."""
-    from .errors import AMIFError
-
-    out = []
-    for s in str(spec).split(","):
-        s = s.strip().lower()
-        if not s:
-            continue
-        if s == "all":
-            n = available
-        elif s.isdigit() and int(s) > 0:
-            n = min(int(s), available)
-        else:
-            raise AMIFError(f"--learn-images takes positive counts or 'all', comma-separated; got {spec!r}.")
-        if n not in out:
-            out.append(n)
-    if not out:
-        raise AMIFError("--learn-images names no image count.")
-    return out
-
-
 def _crops(rng: np.random.Generator, arrays: list[np.ndarray], idx: np.ndarray, batch: int, crop: int):
     """The same random crops (batch, len(arrays), crop, crop) of images `idx` of every (n, h, w) array."""
     h, w = arrays[0].shape[1:]
@@ -136,7 +114,7 @@ def apply(model: nn.Module, inputs: list[np.ndarray], device, batch: int = 8) ->
 
 def _pool(target) -> tuple[np.ndarray, np.ndarray]:
     """The attacker's own pairs (float32 in [0, 1])."""
-    from .errors import AMIFError
+    from amif.errors import AMIFError
 
     if target.pool is None:
         raise AMIFError("Learned attacks need the attacker's own images: the train split of the data folder "
@@ -160,13 +138,13 @@ def _released_outputs(target, idx: np.ndarray, keyed: bool = False) -> np.ndarra
 
 
 def _row_measure(m) -> list[str]:
-    from .attack import _db, _pct
+    from .attack import db, pct
 
-    return [_pct(m.flagged), f"{_db(m.psnr.mean())} dB · {m.ssim.mean():.3f}", _pct(m.broken)]
+    return [pct(m.flagged), f"{db(m.psnr.mean())} dB · {m.ssim.mean():.3f}", pct(m.broken)]
 
 
 def learned_removal(target, opts, progress: bool = True):
-    from .attack import SUCCESS_SHARE, AttackResult, Measure, _bar, _pct, _yes
+    from .attack import SUCCESS_SHARE, AttackResult, Measure, image_counts, pct, progress_bar, yes_no
 
     t0 = time.perf_counter()
     pa, pb = _pool(target)
@@ -177,7 +155,7 @@ def learned_removal(target, opts, progress: bool = True):
     before = Measure.of(target, target.unkeyed, quality_db=opts.quality_db)
     fig = target.figure_target()
     rows, data, figure = [], [], [("keyed", fig.keyed[0]), ("unkeyed", fig.unkeyed[0])]
-    with _bar(len(counts) * opts.learn_steps, "learned removal", progress) as bar:
+    with progress_bar(len(counts) * opts.learn_steps, "learned removal", progress) as bar:
         for n in counts:
             torch.manual_seed(opts.seed)
             remover = UNet(3)
@@ -187,12 +165,12 @@ def learned_removal(target, opts, progress: bool = True):
             gain = m.psnr.mean() - before.psnr.mean()
             ok = bool(m.flagged >= 0.95 or gain < 0)
             cost = f"{n} / {opts.learn_steps:,} / {secs:.0f}"
-            rows.append([str(n), *_row_measure(m), f"{gain:+.1f}", _yes(ok), cost])
+            rows.append([str(n), *_row_measure(m), f"{gain:+.1f}", yes_no(ok), cost])
             data.append({"images": n, **m.summary(), "psnr_before": float(before.psnr.mean()), "met": ok,
                          "steps": opts.learn_steps, "seconds": secs})
             figure.append((f"remover N={n}", apply(remover, [fig.unkeyed, fig.a, fig.b], opts.device)[0]))
     met = all(d["met"] for d in data)
-    summary = "; ".join(f"N={d['images']}: {_pct(d['flagged'])} flagged, {_pct(d['broken'])} unflagged at keyed "
+    summary = "; ".join(f"N={d['images']}: {pct(d['flagged'])} flagged, {pct(d['broken'])} unflagged at keyed "
                         "quality" for d in data)
     return AttackResult(
         "learned-removal", "Learned removal (U-Net remover on N leaked output pairs)",
@@ -204,7 +182,7 @@ def learned_removal(target, opts, progress: bool = True):
          "and both sources; residual over the unkeyed output) is trained with L1 to the keyed output on N "
          f"(unkeyed, keyed) pairs of the train split, {opts.learn_steps:,} Adam steps (lr {opts.learn_lr:g}, batch "
          f"{opts.learn_batch}, {opts.learn_crop}-pixel crops), then run on the unkeyed outputs of the attacked "
-         f"pairs. Before the attack the unkeyed outputs are {_pct(before.flagged)} flagged at "
+         f"pairs. Before the attack the unkeyed outputs are {pct(before.flagged)} flagged at "
          f"{before.psnr.mean():.1f} dB to keyed. An attacker *succeeds* on an image when it is unflagged with "
          f"PSNR >= {opts.quality_db:g} dB; the attack succeeds on >= {SUCCESS_SHARE:.0%} of images."],
         time.perf_counter() - t0, [figure])
@@ -226,7 +204,7 @@ def run(student, a: np.ndarray, b: np.ndarray, device: str = "cpu") -> np.ndarra
 
 
 def distillation(target, opts, progress: bool = True):
-    from .attack import AttackResult, Measure, _bar, _db, _pct, _yes, psnr
+    from .attack import AttackResult, Measure, db, image_counts, pct, progress_bar, psnr, yes_no
 
     t0 = time.perf_counter()
     pa, pb = _pool(target)
@@ -236,7 +214,7 @@ def distillation(target, opts, progress: bool = True):
     teacher = _released_outputs(target, idx)
     fig = target.figure_target()
     rows, data, figure = [], [], [("keyed", fig.keyed[0]), ("unkeyed", fig.unkeyed[0])]
-    with _bar(len(STUDENTS) * opts.learn_steps, "distillation", progress) as bar:
+    with progress_bar(len(STUDENTS) * opts.learn_steps, "distillation", progress) as bar:
         for label, cls in STUDENTS.items():
             student, secs = distil(cls, sa, sb, teacher, opts, bar)
             out = run(student, target.a, target.b, opts.device)
@@ -244,14 +222,14 @@ def distillation(target, opts, progress: bool = True):
             fidelity = psnr(out, target.unkeyed)
             ok = m.flagged >= 0.95
             params = sum(p.numel() for p in student.parameters())
-            rows.append([label, f"{params:,}", *_row_measure(m), f"{_db(fidelity.mean())} dB", _yes(ok),
+            rows.append([label, f"{params:,}", *_row_measure(m), f"{db(fidelity.mean())} dB", yes_no(ok),
                          f"{n} / {opts.learn_steps:,} / {secs:.0f}"])
             data.append({"student": label, "parameters": params, **m.summary(),
                          "psnr_to_teacher": float(fidelity.mean()), "met": bool(ok), "images": n,
                          "steps": opts.learn_steps, "seconds": secs})
             figure.append((f"student {label}", run(student, fig.a, fig.b, opts.device)[0]))
     met = all(d["met"] for d in data)
-    summary = "; ".join(f"{d['student']}: {_pct(d['flagged'])} flagged, {d['psnr_mean']:.1f} dB to keyed" for d in data)
+    summary = "; ".join(f"{d['student']}: {pct(d['flagged'])} flagged, {d['psnr_mean']:.1f} dB to keyed" for d in data)
     return AttackResult(
         "distillation", "Distillation (students trained on the unkeyed outputs)",
         ">= 95% of the students' outputs flagged", met, summary,
@@ -263,7 +241,7 @@ def distillation(target, opts, progress: bool = True):
          "the attacked pairs."
          + (" 'Flagged' counts the owner's trace check as well (this model's unkeyed outputs carry the key's secret "
             "texture: `verify --key`); the students' outputs it alone flags: "
-            + ", ".join(f"{d['student']} {_pct(d['traced'])}" for d in data) + "."
+            + ", ".join(f"{d['student']} {pct(d['traced'])}" for d in data) + "."
             if target.trace is not None else "")],
         time.perf_counter() - t0, [figure])
 
@@ -313,8 +291,9 @@ def _tune(net, pa, pb, idx, opts, seed, evaluate, bar) -> tuple[list, float]:
 def fine_tuning(target, opts, progress: bool = True):
     import copy
 
-    from .attack import SUCCESS_SHARE, AttackResult, Measure, _bar, _db, _pct, _yes
-    from .network import AMIFNet
+    from amif.network import AMIFNet
+
+    from .attack import SUCCESS_SHARE, AttackResult, Measure, db, image_counts, pct, progress_bar, yes_no
 
     t0 = time.perf_counter()
     pa, pb = _pool(target)
@@ -328,7 +307,7 @@ def fine_tuning(target, opts, progress: bool = True):
                 "ssim_mean": float(m.ssim.mean())}
 
     first = lambda ev, key, ok: next((e["step"] for e in ev if ok(e[key])), None)  # noqa: E731
-    with _bar(2 * len(counts) * opts.learn_steps, "fine-tuning", progress) as bar:
+    with progress_bar(2 * len(counts) * opts.learn_steps, "fine-tuning", progress) as bar:
         for n in counts:
             idx = _subset(len(pa), n, opts.seed)
             runs = {}
@@ -348,8 +327,8 @@ def fine_tuning(target, opts, progress: bool = True):
             step_txt = lambda s: "—" if s is None else f"{s:,}"  # noqa: E731
             rows.append([str(n), step_txt(ft["unflagged_step"]), step_txt(ft["success_step"]),
                          step_txt(sc["success_step"]),
-                         f"{_pct(end_ft['flagged'])} · {_db(end_ft['psnr_mean'])} dB",
-                         f"{_db(end_sc['psnr_mean'])} dB", _yes(ok),
+                         f"{pct(end_ft['flagged'])} · {db(end_ft['psnr_mean'])} dB",
+                         f"{db(end_sc['psnr_mean'])} dB", yes_no(ok),
                          f"{n} / {opts.learn_steps:,} / {ft['seconds']:.0f} (+{sc['seconds']:.0f} scratch)"])
             data.append({"images": n, "steps": opts.learn_steps, "fine_tuned": ft, "scratch": sc, "met": ok,
                          "seconds": ft["seconds"] + sc["seconds"]})

@@ -49,19 +49,16 @@ restricted data can publish its figures.
 from __future__ import annotations
 
 import io
-import json
-import shlex
 import time
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
 
+from amif.errors import AMIFError
+
 from .baselines import max_fusion
 from .data import PAIR_TYPES
-from .errors import AMIFError
-from .files import atomic_output, write_text
 
 KINDS = tuple(PAIR_TYPES.values())
 PSNR_CAP = 100.0
@@ -74,6 +71,27 @@ def forging_verdict(rows) -> tuple[bool, bool]:
     met when every objective's bound is below FORGING_GOAL; undecided when not, yet no restart succeeded."""
     met = all(r["rate_upper_95"] < FORGING_GOAL for r in rows)
     return met, not met and not any(r["successes"] for r in rows)
+
+
+def image_counts(spec: str, available: int) -> list[int]:
+    """'10,100,all' -> [10, 100, available] (capped at what is available, duplicates dropped)."""
+    out = []
+    for s in str(spec).split(","):
+        s = s.strip().lower()
+        if not s:
+            continue
+        if s == "all":
+            n = available
+        elif s.isdigit() and int(s) > 0:
+            n = min(int(s), available)
+        else:
+            raise AMIFError(f"--learn-images takes positive counts or 'all', comma-separated; got {spec!r}.")
+        if n not in out:
+            out.append(n)
+    if not out:
+        raise AMIFError("--learn-images names no image count.")
+    return out
+
 
 
 @dataclass
@@ -116,8 +134,6 @@ class AttackOptions:
         if self.learn_steps < 1 or self.learn_batch < 1 or self.learn_crop < 16 or not self.learn_lr > 0:
             raise AMIFError("--learn-steps and --learn-batch must be 1 or more, --learn-crop 16 or more and "
                             "--learn-lr above 0.")
-        from .attack_learned import image_counts
-
         image_counts(self.learn_images, 1)
         return self
 
@@ -189,7 +205,7 @@ class Target:
         """The identifier's mask as a (1, 1, h, w) tensor on the device."""
         import torch
 
-        from .identifier import identifier_mask
+        from amif.identifier import identifier_mask
 
         return torch.from_numpy(identifier_mask(self.identifier, *self.shape))[None, None].to(self.device)
 
@@ -263,7 +279,7 @@ def ssim(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 def scores(target: Target, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """verify's identifier scores and erasure ratios of a stack of images."""
-    from .verify import scores_and_erasure
+    from amif.verify import scores_and_erasure
 
     return scores_and_erasure(np.clip(images, 0, 1), target.identifier)
 
@@ -287,7 +303,7 @@ class Measure:
     @classmethod
     def of(cls, target: Target, images: np.ndarray, ref: np.ndarray | None = None, quality_db: float = 30.0):
         """Images (n, h, w) that are outputs for the target's n pairs, in order."""
-        from .verify import displacements
+        from amif.verify import displacements
 
         ref = target.keyed if ref is None else ref
         moved = displacements(np.clip(images, 0, 1), target.a, target.b, target.identifier) if target.shift else None
@@ -301,7 +317,7 @@ class Measure:
     def with_traces(self, target: Target, unflagged: np.ndarray, pairs: np.ndarray) -> Measure:
         """With the owner's trace scores of the images verify does not flag otherwise (`unflagged`: those
         images, in order, fused from the target's pairs `pairs`), for a model with a trace channel."""
-        from .trace import trace_score
+        from amif.trace import trace_score
 
         traces = np.zeros(len(self.scores))
         if len(pairs):
@@ -316,13 +332,13 @@ class Measure:
 
     @property
     def _shifted(self) -> np.ndarray:
-        from .verify import is_shifted
+        from amif.verify import is_shifted
 
         return np.zeros(len(self.scores), bool) if self.moved is None else is_shifted(self.moved, self.shift)
 
     @property
     def _traced(self) -> np.ndarray:
-        from .trace import TRACE_THRESHOLD
+        from amif.trace import TRACE_THRESHOLD
 
         return np.zeros(len(self.scores), bool) if self.traces is None else self.traces > TRACE_THRESHOLD
 
@@ -330,7 +346,7 @@ class Measure:
     def flags(self) -> np.ndarray:
         """Per image: flagged by verify (the identifier there, its strokes wiped, or the content shifted)
         or, for a model with a trace channel, by the owner's trace check."""
-        from .verify import ERASED
+        from amif.verify import ERASED
 
         return (self.scores >= self.threshold) | (self.erasure < ERASED) | self._shifted | self._traced
 
@@ -341,14 +357,14 @@ class Measure:
     @property
     def erased(self) -> float:
         """Share of images flagged by the erasure check and not by the identifier."""
-        from .verify import ERASED
+        from amif.verify import ERASED
 
         return float(np.mean((self.scores < self.threshold) & (self.erasure < ERASED)))
 
     @property
     def shifted(self) -> float:
         """Share of images flagged by the shift alone (no identifier, strokes not wiped)."""
-        from .verify import ERASED
+        from amif.verify import ERASED
 
         return float(np.mean((self.scores < self.threshold) & (self.erasure >= ERASED) & self._shifted))
 
@@ -370,15 +386,15 @@ class Measure:
                 "ssim_mean": float(self.ssim.mean()), "ssim_max": float(self.ssim.max())}
 
 
-def _pct(x: float) -> str:
+def pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def _db(x: float) -> str:
+def db(x: float) -> str:
     return "inf" if x >= PSNR_CAP else f"{x:.1f}"
 
 
-def _yes(ok: bool, undecided: bool = False) -> str:
+def yes_no(ok: bool, undecided: bool = False) -> str:
     return "yes" if ok else "not shown" if undecided else "**no**"
 
 
@@ -403,7 +419,7 @@ def rate_upper(successes: int, trials: int, confidence: float = 0.95) -> float:
     return hi
 
 
-def _bar(total: int, desc: str, progress: bool):
+def progress_bar(total: int, desc: str, progress: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="it", disable=not progress, leave=False)
@@ -418,7 +434,7 @@ def code_trials(target: Target, codes: np.ndarray, batch: int = 16, quality_db: 
     and the decoder takes `batch` codes at a time. Returns the measure of the len(codes) outputs."""
     import torch
 
-    from .verify import diagonal_move, erasure_tensor, score_tensor
+    from amif.verify import diagonal_move, erasure_tensor, score_tensor
 
     codes = np.asarray(codes, np.float32).reshape(-1, target.code.size)
     out = {k: np.zeros(len(codes)) for k in ("s", "e", "p", "q", "d")}
@@ -470,7 +486,7 @@ class CodeGroup:
 
 def wrong_codes(target: Target, opts: AttackOptions) -> list[CodeGroup]:
     """Every group of wrong codes, and the owner's code as the reference (last)."""
-    from .keys import code_from_secret, generate_key
+    from amif.keys import code_from_secret, generate_key
 
     rng = np.random.default_rng([opts.seed, 1])
     code, bits = target.code, target.code.size
@@ -516,7 +532,7 @@ def wrong_keys(target: Target, opts: AttackOptions, progress: bool = True) -> At
     t0 = time.perf_counter()
     groups = wrong_codes(target, opts)
     rows, data, met, measured = [], [], True, {}
-    with _bar(sum(len(g.codes) for g in groups if g.parent is None), "wrong keys", progress) as bar:
+    with progress_bar(sum(len(g.codes) for g in groups if g.parent is None), "wrong keys", progress) as bar:
         for g in groups:
             t1 = time.perf_counter()
             if g.parent:  # a slice of a measured group
@@ -530,18 +546,18 @@ def wrong_keys(target: Target, opts: AttackOptions, progress: bool = True) -> At
             met &= ok
             s = m.summary()
             images = min(target.n, len(g.codes))
-            rows.append([("&nbsp;&nbsp;" if g.parent else "") + g.label, str(s["n"]), _pct(s["flagged"]),
+            rows.append([("&nbsp;&nbsp;" if g.parent else "") + g.label, str(s["n"]), pct(s["flagged"]),
                          f"{s['score_min']:.3f}", f"{s['score_median']:.3f}",
-                         "—" if keyed_row else f"{_db(s['psnr_mean'])} / {_db(s['psnr_max'])}",
+                         "—" if keyed_row else f"{db(s['psnr_mean'])} / {db(s['psnr_max'])}",
                          "—" if keyed_row else f"{s['ssim_mean']:.3f} / {s['ssim_max']:.3f}",
-                         _pct(s["broken"]), g.goal, _yes(ok),
+                         pct(s["broken"]), g.goal, yes_no(ok),
                          "(above)" if g.parent else f"{images} / {len(g.codes):,} / {secs:.1f}"])
             data.append({"codes": g.label, "part_of": g.parent, **s, "target": g.goal, "met": ok,
                          "images": images, "steps": len(g.codes), "seconds": secs})
     wrong = [d for d in data if d["target"] == "100%" and not d["part_of"]]
     worst = min(wrong, key=lambda d: d["flagged"])
-    summary = (f"{sum(d['steps'] for d in wrong):,} wrong codes; lowest flagged share {_pct(worst['flagged'])} "
-               f"({worst['codes']}); keyed outputs flagged {_pct(data[-1]['flagged'])}")
+    summary = (f"{sum(d['steps'] for d in wrong):,} wrong codes; lowest flagged share {pct(worst['flagged'])} "
+               f"({worst['codes']}); keyed outputs flagged {pct(data[-1]['flagged'])}")
     return AttackResult(
         "wrong-keys", "Wrong keys at scale", "100% of wrong, near-miss, foreign, structured and zero codes flagged; "
         "<= 1% of keyed outputs flagged", met, summary,
@@ -574,14 +590,14 @@ def _code_figure(target: Target, groups: list[CodeGroup]) -> list:
 # ----------------------------------------------------------------- classical removal
 
 
-def _u8(x: np.ndarray) -> np.ndarray:
+def u8(x: np.ndarray) -> np.ndarray:
     return np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
 
 
 def _pil_map(images: np.ndarray, fn) -> np.ndarray:
     from PIL import Image
 
-    return np.stack([np.asarray(fn(Image.fromarray(_u8(x))), np.float32) / 255 for x in images])
+    return np.stack([np.asarray(fn(Image.fromarray(u8(x))), np.float32) / 255 for x in images])
 
 
 def gaussian_blur(images: np.ndarray, sigma: float) -> np.ndarray:
@@ -671,7 +687,7 @@ def identifier_region(identifier: str, h: int, w: int, dilate: int = 0) -> np.nd
     import torch
     import torch.nn.functional as F
 
-    from .identifier import identifier_mask
+    from amif.identifier import identifier_mask
 
     m = torch.from_numpy(identifier_mask(identifier, h, w) > 0.02)[None, None].float()
     if dilate:
@@ -684,8 +700,8 @@ def inpaint_textured(images: np.ndarray, identifier: str, dilate: int, seed: int
     back, scaled so that their fine detail matches the check's reference region (verify.erasure_parts)."""
     import torch
 
-    from .identifier import identifier_mask
-    from .verify import erasure_parts
+    from amif.identifier import identifier_mask
+    from amif.verify import erasure_parts
 
     h, w = images.shape[1:]
     mask = torch.from_numpy(identifier_mask(identifier, h, w))[None, None]
@@ -742,7 +758,7 @@ def classical_removal(target: Target, opts: AttackOptions, progress: bool = True
     fig = target.figure_target()
     rows, data, met, figure = [], [], True, [("keyed", fig.keyed[0]), ("unkeyed", fig.unkeyed[0])]
     attacks = [c for c in CLASSICAL if target.shift or c[1] not in SHIFT_ONLY]
-    with _bar(sum(len(c[3]) for c in attacks), "classical", progress) as bar:
+    with progress_bar(sum(len(c[3]) for c in attacks), "classical", progress) as bar:
         for label, short, plabel, params, fn in attacks:
             for p in params:
                 t1 = time.perf_counter()
@@ -754,14 +770,14 @@ def classical_removal(target: Target, opts: AttackOptions, progress: bool = True
                 ok = bool(after.flagged >= 0.95 or after.psnr.mean() < before.psnr.mean())
                 met &= ok
                 setting = plabel.format(p)
-                by = ", ".join(f"{_pct(v)} {k}" for k, v in (("erased", after.erased), ("shifted", after.shifted),
+                by = ", ".join(f"{pct(v)} {k}" for k, v in (("erased", after.erased), ("shifted", after.shifted),
                                                                    ("traced", after.traced)) if v)
                 by = f" ({by})" if by else ""  # which check alone flags them
-                rows.append([label, setting, f"{_pct(before.flagged)} → {_pct(after.flagged)}{by}",
-                             f"{_db(before.psnr.mean())} → {_db(after.psnr.mean())}",
+                rows.append([label, setting, f"{pct(before.flagged)} → {pct(after.flagged)}{by}",
+                             f"{db(before.psnr.mean())} → {db(after.psnr.mean())}",
                              f"{after.psnr.mean() - before.psnr.mean():+.1f}",
-                             f"{before.ssim.mean():.3f} → {after.ssim.mean():.3f}", _db(own.mean()),
-                             _pct(after.broken), _yes(ok), f"{target.n} / 1 / {secs:.2f}"])
+                             f"{before.ssim.mean():.3f} → {after.ssim.mean():.3f}", db(own.mean()),
+                             pct(after.broken), yes_no(ok), f"{target.n} / 1 / {secs:.2f}"])
                 data.append({"attack": label, "setting": setting, "flagged_before": before.flagged,
                              "flagged_after": after.flagged, "erased_after": after.erased,
                              "shifted_after": after.shifted, "traced_after": after.traced,
@@ -795,8 +811,8 @@ def classical_removal(target: Target, opts: AttackOptions, progress: bool = True
          + (" This model's unkeyed outputs also carry a secret texture (manifest `verify.trace_strength`); the "
             "owner's check (`verify --key`, the key's texture against the keyed output) flags an output that "
             "still carries it ('traced' in the table)." if target.trace is not None else "")
-         + f" For scale: the sources' max rule alone, no model at all, is {_db(no_model.mean())} dB to the keyed "
-           f"output ({_pct((no_model >= opts.quality_db).mean())} of images at keyed quality, "
+         + f" For scale: the sources' max rule alone, no model at all, is {db(no_model.mean())} dB to the keyed "
+           f"output ({pct((no_model >= opts.quality_db).mean())} of images at keyed quality, "
            f">= {opts.quality_db:g} dB); filling the strokes from it needs only the sources, which every user has."],
         time.perf_counter() - t0, [figure])
 
@@ -891,7 +907,7 @@ def surgery(target: Target, opts: AttackOptions, progress: bool = True, edits=("
     gen = torch.Generator().manual_seed(opts.seed)
     targets = surgery_targets(net, max_depth, tensors)
     rows, data, best = [], [], []
-    with _bar(len(targets) * len(edits), "surgery", progress) as bar:
+    with progress_bar(len(targets) * len(edits), "surgery", progress) as bar:
         for name, kind, names in targets:
             size = sum(state[n].numel() for n in names)
             cells, worst = [], None
@@ -905,7 +921,7 @@ def surgery(target: Target, opts: AttackOptions, progress: bool = True, edits=("
                 t1 = time.perf_counter()
                 m, out = run_edit(target, repl, opts.quality_db)
                 secs = time.perf_counter() - t1
-                cells.append(f"{_pct(m.flagged)} · {_db(m.psnr.mean())} dB · {m.ssim.mean():.3f}"
+                cells.append(f"{pct(m.flagged)} · {db(m.psnr.mean())} dB · {m.ssim.mean():.3f}"
                              + (f" ({label})" if edit == "bypass" else ""))
                 d = {"target": name, "kind": kind, "size": size, "edit": edit, "how": label, **m.summary(),
                      "met": m.broken < SUCCESS_SHARE, "images": target.n, "steps": 1, "seconds": secs}
@@ -914,14 +930,14 @@ def surgery(target: Target, opts: AttackOptions, progress: bool = True, edits=("
                 if worst is None or m.broken > worst["broken"]:
                     worst = d
             rows.append([f"`{name}`", kind, f"{size:,}", *cells,
-                         _pct(worst["broken"]) + (f" ({worst['edit']})" if worst["broken"] else "")])
+                         pct(worst["broken"]) + (f" ({worst['edit']})" if worst["broken"] else "")])
     broken = [d for d in data if d["broken"] >= SUCCESS_SHARE]
     unflagged = [d for d in data if d["flagged"] == 0]
     top = max(unflagged, key=lambda d: d["psnr_mean"], default=None)
     summary = (f"{len(data)} edits; {len(broken)} give unflagged outputs at keyed quality (>= {opts.quality_db:g} dB) "
                f"on >= {SUCCESS_SHARE:.0%} of images"
                + (f": {', '.join(d['target'] + ' ' + d['how'] for d in broken[:5])}" if broken else "")
-               + (f"; best fully unflagged edit: `{top['target']}` {top['how']} at {_db(top['psnr_mean'])} dB"
+               + (f"; best fully unflagged edit: `{top['target']}` {top['how']} at {db(top['psnr_mean'])} dB"
                   if top else "; no edit leaves every image unflagged"))
     best.sort(key=lambda r: (r[0], r[1], r[2]), reverse=True)
     fig = target.figure_target()
@@ -955,8 +971,9 @@ def _forge_images(target: Target, k: int) -> list[int]:
 def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> AttackResult:
     import torch
 
+    from amif.verify import ERASED, diagonal_move, erasure_tensor, is_shifted, score_tensor
+
     from .losses import fusion_loss
-    from .verify import ERASED, diagonal_move, erasure_tensor, is_shifted, score_tensor
 
     opts.check()
     t0 = time.perf_counter()
@@ -981,7 +998,7 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
         variants.append((f"fusion loss + {opts.forge_detector:g} x detector score", opts.forge_detector))
     fig = target.figure_target()
     rows, data, figure = [], [], [("keyed", fig.keyed[0]), ("unkeyed", fig.unkeyed[0])]
-    with _bar(len(variants) * opts.forge_restarts * opts.forge_steps, "forging", progress) as bar:
+    with progress_bar(len(variants) * opts.forge_restarts * opts.forge_steps, "forging", progress) as bar:
         for label, weight in variants:
             t1 = time.perf_counter()
             runs = []
@@ -1039,14 +1056,14 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
             fin = {k: float(np.mean([x["final"][k] for x in runs])) for k in ("flagged", "psnr_mean", "ssim_mean")}
             sig = {k: float(np.mean([x["sign"][k] for x in runs])) for k in ("flagged", "psnr_mean")}
             every = {k: float(np.mean([x["all_pairs"][k] for x in runs])) for k in ("flagged", "psnr_mean", "broken")}
-            rows.append([label, f"{len(wins)}/{len(runs)} ({_pct(rate)}; at most {_pct(upper)})",
+            rows.append([label, f"{len(wins)}/{len(runs)} ({pct(rate)}; at most {pct(upper)})",
                          ", ".join(str(w) for w in wins) or "—", str(opts.forge_steps),
-                         _pct(max(x["best_broken"] for x in runs)),
-                         _db(max(best_p)) if best_p else "—",
-                         f"{_pct(fin['flagged'])} · {_db(fin['psnr_mean'])} dB · {fin['ssim_mean']:.3f}",
-                         f"{_pct(sig['flagged'])} · {_db(sig['psnr_mean'])} dB",
-                         f"{_pct(every['flagged'])} · {_db(every['psnr_mean'])} dB · {_pct(every['broken'])}",
-                         _yes(ok, not wins), f"{len(idx)} / {sum(x['steps'] for x in runs):,} / {secs:.1f}"])
+                         pct(max(x["best_broken"] for x in runs)),
+                         db(max(best_p)) if best_p else "—",
+                         f"{pct(fin['flagged'])} · {db(fin['psnr_mean'])} dB · {fin['ssim_mean']:.3f}",
+                         f"{pct(sig['flagged'])} · {db(sig['psnr_mean'])} dB",
+                         f"{pct(every['flagged'])} · {db(every['psnr_mean'])} dB · {pct(every['broken'])}",
+                         yes_no(ok, not wins), f"{len(idx)} / {sum(x['steps'] for x in runs):,} / {secs:.1f}"])
             data.append({"variant": label, "detector_weight": weight, "restarts": len(runs), "successes": len(wins),
                          "success_rate": rate, "rate_upper_95": upper, "steps_to_success": wins,
                          "step_budget": opts.forge_steps,
@@ -1054,7 +1071,7 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
                          "seconds": secs})
     met, undecided = forging_verdict(data)
     summary = "; ".join(f"{d['variant']}: {d['successes']}/{d['restarts']} restarts succeed within "
-                        f"{d['step_budget']:,} steps (rate at most {_pct(d['rate_upper_95'])})" for d in data)
+                        f"{d['step_budget']:,} steps (rate at most {pct(d['rate_upper_95'])})" for d in data)
     return AttackResult(
         "forging", "White-box key forging", f"< 5% of restarts succeed within {opts.forge_steps:,} steps", met, summary,
         ["objective", "successes (rate; 95% upper bound)", "steps to success", "step budget",
@@ -1088,7 +1105,7 @@ def pool_forging(docs: list[dict], earlier: dict | None = None) -> list[dict]:
     """Pool the forging restarts of several `amif attack` runs (their JSON documents) of one model and
     setting, so that runs from other seeds add up: one row per objective and learning rate, each
     restart counted once (its run's seed and index fix its starting code), with the success rate's
-    one-sided 95% upper bound. `earlier`, a table pooled before (the JSON `tools/pool_forging.py`
+    one-sided 95% upper bound. `earlier`, a table pooled before (the JSON `research/tools/pool_forging.py`
     writes: its setting and rows), is added to: its rows list the restarts they counted, which are not
     counted again. Runs that differ in model, pairs or budget are refused."""
     runs = [d for d in docs if "forging" in d.get("attacks", {})]
@@ -1129,273 +1146,3 @@ def pool_forging(docs: list[dict], earlier: dict | None = None) -> list[dict]:
 
 
 # ----------------------------------------------------------------- registry and report
-
-
-def _learned(name: str) -> Callable:
-    """An attack of amif.attack_learned, imported when it runs."""
-
-    def run(target: Target, opts: AttackOptions, progress: bool = True) -> AttackResult:
-        from . import attack_learned
-
-        return getattr(attack_learned, name)(target, opts, progress)
-
-    run.__name__ = name
-    return run
-
-
-@dataclass(frozen=True)
-class Attack:
-    name: str
-    title: str
-    run: Callable  # (Target, AttackOptions, progress) -> AttackResult
-
-
-ATTACKS = {a.name: a for a in (
-    Attack("wrong-keys", "Wrong keys at scale", wrong_keys),
-    Attack("classical", "Classical removal on unkeyed outputs", classical_removal),
-    Attack("surgery", "White-box surgery", surgery),
-    Attack("forging", "White-box key forging", key_forging),
-    Attack("learned-removal", "Learned removal (U-Net remover on N leaked output pairs)", _learned("learned_removal")),
-    Attack("distillation", "Distillation (students trained on the unkeyed outputs)", _learned("distillation")),
-    Attack("fine-tuning", "White-box fine-tuning (released weights, fusion loss, no key)", _learned("fine_tuning")),
-)}
-LEARNED = ("learned-removal", "distillation", "fine-tuning")  # need the attacker's own pairs (Target.pool)
-
-
-def parse_attacks(spec) -> list[str]:
-    """'a,b' or a list of names -> the selected attacks in canonical order (all when empty)."""
-    if spec is None or spec == "" or spec == []:
-        return list(ATTACKS)
-    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec)]
-    names = [s for s in names if s]
-    if not names:
-        raise AMIFError("No attack named; choose from: " + ", ".join(ATTACKS) + ".")
-    for s in names:
-        if s not in ATTACKS:
-            raise AMIFError(f"Unknown attack {s!r}; choose from: {', '.join(ATTACKS)}.")
-    return [n for n in ATTACKS if n in names]
-
-
-def sample_show_pair(shape: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """The bundled sample's MRI and PET at the demo's axial slice (amif.sample.sample_slices), resized
-    to `shape`: a pair that figures may show whatever data was attacked."""
-    import torch
-    import torch.nn.functional as F
-
-    from .sample import sample_slices
-
-    out = []
-    for sl in sample_slices():
-        x = torch.from_numpy(sl.astype(np.float32))
-        out.append(F.interpolate(x[None, None], size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy())
-    return out[0], out[1]
-
-
-def load_target(model=None, key=None, data=None, split: str = "test", limit: int | None = None,
-                device: str = "cpu", pool: bool = False, show_sample: bool = False) -> tuple[Target, dict]:
-    """The attacked package (default: the bundled one, with its public key), its owner's key and the pairs;
-    with `pool`, the attacker's pairs (the train split); with `show_sample`, figures show the bundled sample."""
-    from .data import default_data_dir, list_pairs, load_pairs
-    from .keys import load_key
-    from .package import bundled_key_path, bundled_model_path, load_package
-
-    model_path = Path(model) if model else bundled_model_path()
-    pkg = load_package(model_path)
-    if pkg.manifest.get("twin"):
-        raise AMIFError(f"Model '{pkg.model_id}' is an unprotected twin: there is no protection to attack.")
-    if key is None:
-        if model_path.resolve() != bundled_model_path().resolve():
-            raise AMIFError("amif attack needs the model owner's key (-k KEY.amifkey) for the keyed reference outputs.")
-        key = bundled_key_path()
-    k = load_key(key)
-    if (k.model_id, k.key_id) != (pkg.model_id, pkg.key_id):
-        raise AMIFError(f"The key {Path(key).name} (model '{k.model_id}', key {k.key_id}) is not the owner's key of "
-                        f"model '{pkg.model_id}' (key {pkg.key_id}).")
-    data = Path(data) if data else default_data_dir()
-    pairs = list_pairs(data, split)
-    if limit:
-        pairs = [p for kind in KINDS for p in [q for q in pairs if q.kind == kind][:limit]]
-    try:
-        a8, b8 = load_pairs(pairs)
-    except ValueError:
-        raise AMIFError(f"The pairs under {data} differ in size; attacks need pairs of one size.") from None
-    pool_ab = None
-    if pool:
-        try:
-            own = list_pairs(data, "train")
-        except AMIFError as e:
-            raise AMIFError(f"The learned attacks train on the attacker's own pairs, the train split: {e}") from None
-        try:
-            pa8, pb8 = load_pairs(own)
-        except ValueError:
-            raise AMIFError(f"The train pairs under {data} differ in size; learned attacks need one size.") from None
-        if pa8.shape[1:] != a8.shape[1:]:
-            raise AMIFError(f"The train pairs ({pa8.shape[2]}x{pa8.shape[1]}) and the attacked pairs "
-                            f"({a8.shape[2]}x{a8.shape[1]}) differ in size.")
-        pool_ab = (pa8.astype(np.float32) / 255, pb8.astype(np.float32) / 255)
-    show = sample_show_pair(a8.shape[1:]) if show_sample else None
-    t = Target(pkg, k.code(), a8.astype(np.float32) / 255, b8.astype(np.float32) / 255,
-               [p.kind for p in pairs], [p.name for p in pairs], device, pool_ab, show)
-    t.owner_secret = k.secret  # for the owner's-secret-under-other-ids codes only; never written anywhere
-    if pkg.trace_strength:  # the owner's check counts, as `verify --key` does
-        from .trace import trace_weights
-
-        t.trace = trace_weights(k.secret, k.model_id)
-    info = {"model_path": str(model_path), "key_path": str(key), "key_id": k.key_id, "data": str(data),
-            "split": split, "pairs": len(pairs), "limit": limit, "attacker_pairs": len(pool_ab[0]) if pool else 0,
-            "show_sample": show_sample}
-    return t, info
-
-
-def command_line(info: dict, attacks: list, out, opts: AttackOptions, figures: bool) -> str:
-    """The `amif attack` command that reproduces a run (options at their defaults left out)."""
-    args = ["amif", "attack", "-m", info["model_path"], "-k", info["key_path"], "--data", info["data"],
-            "--split", info["split"]]
-    if info.get("limit"):
-        args += ["--limit", str(info["limit"])]
-    if list(attacks) != list(ATTACKS):
-        args += ["--attacks", ",".join(attacks)]
-    defaults = AttackOptions()
-    for f, v in asdict(opts).items():
-        if v != getattr(defaults, f):
-            args += [f"--{f.replace('_', '-')}"] + ([] if isinstance(v, bool) else [str(v)])  # a bool is a switch
-    args += ["-o", str(out)]
-    if figures:
-        args.append("--figures")
-    if info.get("show_sample"):
-        args.append("--figures-on-sample")
-    return shlex.join(args)
-
-
-def run_attacks(target: Target, attacks=None, opts: AttackOptions | None = None,
-                progress: bool = True) -> list[AttackResult]:
-    opts = (opts or AttackOptions()).check()
-    return [ATTACKS[name].run(target, opts, progress) for name in parse_attacks(attacks)]
-
-
-def _run_group(names, target_args, show_sample, opts, progress) -> list[AttackResult]:
-    """One worker process's attacks, on its own copy of the target, one CPU thread."""
-    import torch
-
-    torch.set_num_threads(1)
-    target, _ = load_target(*target_args, pool=any(n in LEARNED for n in names), show_sample=show_sample)
-    return run_attacks(target, names, opts, progress)
-
-
-def attack(model=None, key=None, data=None, split: str = "test", limit: int | None = None, attacks=None,
-           out="amif-attack.md", opts: AttackOptions | None = None, figures: bool = False,
-           progress: bool = True, show_sample: bool = False, groups=None) -> Path:
-    """Run the selected attacks and write the Markdown report (+ `<report>.json`, + figures with
-    `figures`, showing the bundled sample instead of the attacked pairs with `show_sample`); returns
-    the report's path. `groups` (lists of attack names covering the selection) run in parallel
-    processes, one CPU thread each; the report is the same as from one process."""
-    opts = (opts or AttackOptions()).check()
-    names = parse_attacks(attacks)  # a bad name or option fails before anything loads
-    groups = [parse_attacks(g) for g in groups or ()]
-    if groups and sorted(n for g in groups for n in g) != sorted(names):
-        raise AMIFError("The attack groups must cover the selected attacks, each once.")
-    out = Path(out)
-    if not out.parent.exists():
-        raise AMIFError(f"The report's folder {out.parent} does not exist.")
-    target, info = load_target(model, key, data, split, limit, opts.device,
-                               pool=not groups and any(n in LEARNED for n in names), show_sample=show_sample)
-    t0 = time.perf_counter()
-    if groups:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        target_args = (model, key, data, split, limit, opts.device)
-        with ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("spawn")) as pool:
-            jobs = [pool.submit(_run_group, g, target_args, show_sample, opts, progress and i == 0)
-                    for i, g in enumerate(groups)]
-            results = sorted((r for j in jobs for r in j.result()), key=lambda r: names.index(r.name))
-    else:
-        results = run_attacks(target, names, opts, progress)
-    info["seconds"] = time.perf_counter() - t0
-    info["command"] = command_line(info, names, out, opts, figures)
-    write_json(out.with_suffix(".json"), target, info, opts, results)
-    return write_report(out, target, info, opts, results, figures)
-
-
-def _header(target: Target, info: dict, opts: AttackOptions) -> list[str]:
-    from .package import training_steps
-
-    pkg = target.package
-    counts = ", ".join(f"{k} {target.kinds.count(k)}" for k in dict.fromkeys(target.kinds))
-    ref = Measure.of(target, target.unkeyed, quality_db=opts.quality_db)
-    keyed_flagged = Measure.of(target, target.keyed).flagged
-    return [
-        "# AMIF attack report", "",
-        f"* Model `{pkg.model_id}` (`{Path(info['model_path']).name}`, {training_steps(pkg.manifest)}), identifier "
-        f"`{pkg.identifier}`, verify threshold {target.threshold:.3f}.",
-        f"* Owner's key {info['key_id']}: used for the keyed reference outputs only, never by an attack.",
-        f"* Data: `{info['data']}`, split **{info['split']}**, {target.n} pairs ({counts}), "
-        f"{target.shape[1]}x{target.shape[0]}; MRI and the luminance of CT/PET/SPECT, as the network sees them.",
-        f"* Command: `{info['command']}`",
-        f"* Reference: keyed outputs flagged {_pct(keyed_flagged)}; unkeyed (zero-code) outputs flagged "
-        f"{_pct(ref.flagged)}, PSNR to keyed {_db(ref.psnr.mean())} dB, SSIM {ref.ssim.mean():.3f}.",
-        f"* Keyed quality: PSNR >= {opts.quality_db:g} dB to the keyed output. An attacker's code or edit "
-        f"*succeeds* when at least {SUCCESS_SHARE:.0%} of its images are unflagged at keyed quality. PSNR on [0, 1] "
-        f"images (capped at {PSNR_CAP:g} dB, shown as inf); SSIM: Gaussian window, sigma 1.5.",
-        f"* Run time {info.get('seconds', 0):.0f} s on {opts.device}.", ""]
-
-
-def write_report(out: Path, target: Target, info: dict, opts: AttackOptions, results: list[AttackResult],
-                 figures: bool = False) -> Path:
-    out = Path(out)
-    lines = _header(target, info, opts)
-    lines += ["## Summary", "", "| attack | target | result | met |", "|---|---|---|---|"]
-    for r in results:
-        lines.append(f"| {r.title} | {r.target} | {r.summary} | {_yes(r.met, r.undecided)} |")
-    lines.append("")
-    fig_dir = out.with_name(out.stem + "-figures")
-    for r in results:
-        lines += [f"## {r.title}", "", f"Target: {r.target}. Met: {_yes(r.met, r.undecided)}. ({r.seconds:.1f} s)", "",
-                  "| " + " | ".join(r.columns) + " |", "|---" * len(r.columns) + "|"]
-        lines += ["| " + " | ".join(row) + " |" for row in r.rows]
-        lines.append("")
-        lines += [*r.notes, ""]
-        if figures and r.figure:
-            from .evaluate import tile
-
-            fig_dir.mkdir(parents=True, exist_ok=True)
-            grid = [[(label, _u8(img)) for label, img in row] for row in r.figure]
-            with atomic_output(fig_dir / f"{r.name}.png") as tmp:
-                tile(grid).save(tmp)
-            lines += [f"![{r.title}: first attacked pair]({fig_dir.name}/{r.name}.png)", ""]
-    ran = {r.name for r in results}
-    lines += ["## Not run", ""]
-    for name, a in ATTACKS.items():
-        if name not in ran:
-            lines.append(f"* {a.title}: not selected.")
-    lines.append("")
-    if figures and target.show is not None:
-        lines += ["Figures show the bundled MNI-based sample (MRI and PET at the demo slice) put through each "
-                  "attack's transform, edit, code or trained network; the attacked pairs appear only as numbers.", ""]
-    elif figures:
-        lines += ["Figures show attacked outputs of the evaluated pairs: figures of Harvard-derived images are "
-                  "research-use only and must not be committed.", ""]
-    write_text(out, "\n".join(lines))
-    return out
-
-
-def write_json(path: Path, target: Target, info: dict, opts: AttackOptions, results: list[AttackResult]) -> None:
-    doc = {"model_id": target.package.model_id, "weights_sha256": target.package.manifest.get("weights_sha256"),
-           "key_id": info["key_id"], "identifier": target.identifier,
-           "threshold": target.threshold, "shift": target.shift, "data": info["data"], "split": info["split"],
-           "pairs": target.n,
-           "command": info["command"], "options": asdict(opts), "success_share": SUCCESS_SHARE,
-           "attacks": {r.name: {"title": r.title, "target": r.target, "met": r.met, "undecided": r.undecided,
-                                "summary": r.summary, "seconds": r.seconds, "rows": r.data} for r in results},
-           "not_run": [n for n in ATTACKS if n not in {r.name for r in results}]}
-    write_text(path, json.dumps(doc, indent=1, default=_json_value))
-
-
-def _json_value(v):
-    if isinstance(v, np.bool_):
-        return bool(v)
-    if isinstance(v, np.integer):
-        return int(v)
-    if isinstance(v, (np.floating, np.ndarray)):
-        return v.tolist()
-    raise TypeError(f"not JSON serializable: {type(v).__name__}")

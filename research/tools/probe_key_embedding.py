@@ -1,6 +1,6 @@
 """Is a key embedding near the key's enough for a clean output? Three probes (model-history).
 
-    python tools/probe_key_embedding.py -m PACKAGE [-m ...] -k OWNER.amifkey [--data DIR] [--codes 8]
+    python research/tools/probe_key_embedding.py -m PACKAGE [-m ...] -k OWNER.amifkey [--data DIR] [--codes 8]
 
 (The forged probe takes most of the time: with --codes 4, about 5 minutes per model on one core.)
 
@@ -24,8 +24,8 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "AMIFFusion"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "AMIFFusion"), str(ROOT / "research")]
 
 ARCS = (0.25, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
 MATCH_STEPS = (10, 20, 40)
@@ -72,7 +72,7 @@ def forged_codes(net, enc, a, b, codes, steps: int, lr: float = 0.05):
     through the key's clean region and out again, and an attacker keeps the code that fused best."""
     import torch
 
-    from amif.losses import fusion_loss
+    from amif_research.losses import fusion_loss
 
     out = []
     for start in codes:
@@ -95,10 +95,11 @@ def probe(model, key, data=None, n: int = 8, seed: int = 0) -> list[tuple]:
     forger descends), *stage_distances) for each probe."""
     import torch
 
-    from amif.attack import _forge_images, _frozen_copy, load_target
-    from amif.losses import fusion_loss
-    from amif.train import arc_phases
     from amif.verify import score_tensor
+    from amif_research.attack import _forge_images, _frozen_copy
+    from amif_research.attack_suite import load_target
+    from amif_research.losses import fusion_loss
+    from amif_research.train import arc_phases
 
     target, _ = load_target(model, key, data, "test", 1)
     sub = target.subset(_forge_images(target, 2))

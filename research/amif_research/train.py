@@ -81,16 +81,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from amif.errors import AMIFError
+from amif.files import atomic_output, write_text
+from amif.identifier import identifier_mask
+from amif.keys import load_key
+from amif.network import AMIFNet, NetConfig, slice_coords, widen_decoder
+from amif.package import DEFAULT_THRESHOLD, load_package, save_package
+from amif.trace import texture, trace_scale, trace_weights
+from amif.verify import score_tensor
+
 from .data import default_data_dir, list_pairs, load_pairs
-from .errors import AMIFError
-from .files import atomic_output, write_text
-from .identifier import identifier_mask
-from .keys import load_key
 from .losses import HINGES, MARGIN, fusion_loss, gaussian_blur, marked_target, ssim
-from .network import AMIFNet, NetConfig, slice_coords, widen_decoder
-from .package import DEFAULT_THRESHOLD, load_package, save_package
-from .trace import texture, trace_scale, trace_weights
-from .verify import score_tensor
 
 
 @dataclass

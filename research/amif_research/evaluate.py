@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from amif.color import luminance, rgb_to_ycbcr, ycbcr_to_rgb
+from amif.errors import AMIFError
+from amif.files import atomic_output, write_text
+
 from .baselines import BASELINES
-from .color import luminance, rgb_to_ycbcr, ycbcr_to_rgb
 from .data import PAIR_TYPES, list_pairs, load_pairs, read_image
-from .errors import AMIFError
-from .files import atomic_output, write_text
 from .metrics import NAMES, all_metrics
 
 WIN_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
@@ -36,7 +37,7 @@ def _grey255(img: np.ndarray) -> np.ndarray:
 def _run_twin(twin, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """An unprotected twin on the zero code, with fuse_images' colour handling (Y fused, chroma
     restored) but no key and no verification."""
-    from .fusion import run_network
+    from amif.inference import run_network
 
     ycc = rgb_to_ycbcr(b[..., :3]) if b.ndim == 3 else None
     by = ycc[..., 0] if ycc is not None else b
@@ -48,7 +49,7 @@ def _run_twin(twin, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def load_twin(path):
-    from .package import load_package
+    from amif.package import load_package
 
     pkg = load_package(path)
     if pkg.manifest.get("twin") is not True:
@@ -58,8 +59,8 @@ def load_twin(path):
 
 def _keys_for(models: list, model_paths: list, keys: list) -> list:
     """The owner's key for each model (None when none was given); a given key fitting no model is an error."""
-    from .keys import load_key
-    from .package import bundled_key_path, bundled_model_path
+    from amif.keys import load_key
+    from amif.package import bundled_key_path, bundled_model_path
 
     loaded = [load_key(k) for k in keys]
     used, out = set(), []
@@ -110,9 +111,10 @@ def evaluate(models=(None,), data=None, split: str = "test", keys=(), twins=(), 
     with `figures`, a folder of example images; returns the report's path."""
     from tqdm import tqdm
 
+    from amif.fusion import fuse_images
+    from amif.package import bundled_model_path, load_package
+
     from .data import default_data_dir
-    from .fusion import fuse_images
-    from .package import bundled_model_path, load_package
 
     model_paths = [m or bundled_model_path() for m in (models or [None])]
     pkgs = [load_package(p) for p in model_paths]
@@ -183,7 +185,7 @@ def _write_json(path: Path, pkgs, twin_pkgs, twin_names, rows, scores, data, spl
 
 def _write_report(out, pkgs, model_paths, owner_keys, twin_pkgs, twin_names, rows, scores, examples, data,
                   split, pairs) -> Path:
-    from .package import training_steps
+    from amif.package import training_steps
 
     fig_dir = out.with_name(out.stem + "-figures")
     if examples is not None:

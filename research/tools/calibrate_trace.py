@@ -1,12 +1,12 @@
 """How far the owner's trace check puts images that carry a model's texture from images that do not.
 
-    python tools/calibrate_trace.py -m MODEL.json -k OWNER.amifkey [--split test] [--limit 6]
+    python research/tools/calibrate_trace.py -m MODEL.json -k OWNER.amifkey [--split test] [--limit 6]
         [--learn-steps 1000] [--learn-batch 8] [--students U-Net,CNN] [--synthetic S] [-o trace.json]
 
 For a model trained with `amif train --trace-strength S`, on the pairs of a Harvard split, it prints the
 trace scores (amif.trace.trace_score, threshold TRACE_THRESHOLD) of
 * images that must stay below the threshold: other fusions of the same sources (mean, max rule,
-  Laplacian pyramid), the unprotected twins in Resources/Twins (or --twins), the model's own keyed outputs as they
+  Laplacian pyramid), the unprotected twins in research/twins (or --twins), the model's own keyed outputs as they
   are and after JPEG 50, Gaussian blur (1 px) and noise (5/255), a student of the keyed outputs (a
   licensee distilling their own licensed outputs), and a student of the unkeyed outputs of the bundled
   model when that has no trace channel;
@@ -35,19 +35,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "AMIFFusion"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "AMIFFusion"), str(ROOT / "research")]
 
-from amif.attack import AttackOptions, gaussian_blur, gaussian_noise, identifier_region, jpeg, load_target  # noqa: E402
-from amif.attack_learned import STUDENTS, distil, run  # noqa: E402
-from amif.baselines import BASELINES  # noqa: E402
-from amif.data import default_data_dir  # noqa: E402
 from amif.errors import AMIFError  # noqa: E402
 from amif.keys import load_key  # noqa: E402
 from amif.package import bundled_model_path, load_package  # noqa: E402
 from amif.trace import TRACE_THRESHOLD, null_spread, texture, trace_scale, trace_score, trace_weights  # noqa: E402
+from amif_research.attack import AttackOptions, gaussian_blur, gaussian_noise, identifier_region, jpeg  # noqa: E402
+from amif_research.attack_learned import STUDENTS, distil, run  # noqa: E402
+from amif_research.attack_suite import load_target  # noqa: E402
+from amif_research.baselines import BASELINES  # noqa: E402
+from amif_research.data import default_data_dir  # noqa: E402
 
-TWINS = ROOT / "Resources" / "Twins"
+TWINS = ROOT / "research" / "twins"
 CLEANUPS = {"blur 1 px": lambda x: gaussian_blur(x, 1.0), "JPEG 50": lambda x: jpeg(x, 50),
             "noise 5/255": lambda x: gaussian_noise(x, 5, 0)}
 

@@ -1,8 +1,8 @@
-"""Publish the evaluation report of the bundled model under Resources/evaluation/.
+"""Publish the evaluation report of the bundled model under docs/reports/evaluation/.
 
-    python tools/make_report.py [--data ../shared/data/harvard] [--twin PKG ...] [--skip-benchmark]
+    python research/tools/make_report.py [--data ../shared/data/harvard] [--twin PKG ...] [--skip-benchmark]
 
-Writes Resources/evaluation/report.md (targets, per-modality metric tables on the Harvard test
+Writes docs/reports/evaluation/report.md (targets, per-modality metric tables on the Harvard test
 split, speed and memory), harvard-test.json (the aggregates behind the tables), ratios.png (each
 method's metrics as a ratio to the max rule's) and sample.png (sources, baselines, keyed and
 unkeyed AMIF and the twin on slices of the bundled MNI-based sample). Only aggregates of the
@@ -22,16 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "AMIFFusion"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "AMIFFusion"), str(ROOT / "research")]
 
-from amif.data import default_data_dir  # noqa: E402
-from amif.evaluate import KINDS, evaluate  # noqa: E402
-from amif.losses import HINGES  # noqa: E402
 from amif.package import bundled_key_path, bundled_model_path, load_package, read_manifest, training_steps  # noqa: E402
+from amif_research.data import default_data_dir  # noqa: E402
+from amif_research.evaluate import KINDS, evaluate  # noqa: E402
+from amif_research.losses import HINGES  # noqa: E402
 
-OUT = ROOT / "Resources" / "evaluation"
-TWINS = sorted((ROOT / "Resources" / "Twins").glob("*.json"))
+OUT = ROOT / "docs" / "reports" / "evaluation"
+TWINS = sorted((ROOT / "research" / "twins").glob("*.json"))
 PLOT_ROWS = ("AMIF keyed", "AMIF unkeyed", "twins (mean)", "mean", "Laplacian")
 SAMPLE_SLICES = (0.45, 0.55)  # fractions of the sample's axial extent
 
@@ -133,7 +133,7 @@ def targets(agg: dict, bench: dict | None) -> list[str]:
 
 
 def hinges(training: dict) -> str:
-    """The fusion-loss hinge weights a package was last trained with, in amif.losses.HINGES order."""
+    """The fusion-loss hinge weights a package was last trained with, in amif_research.losses.HINGES order."""
     return " / ".join(str(training.get(f"{k}_weight", 0)) for k in HINGES)
 
 
@@ -177,7 +177,7 @@ def main() -> None:
         f" (hinge weights of the last training run, {' / '.join(h.upper() for h in HINGES)}:"
         f" model {hinges(pkg.manifest['training'])},"
         f" twins {', '.join(hinges(v) for v in agg['twins'].values()) or '-'}).", "",
-        "Regenerate (about 10 minutes on 2 cores, needs `../shared/data/harvard`): `python tools/make_report.py`", "",
+        "Regenerate (about 10 minutes on 2 cores, needs `../shared/data/harvard`): `python research/tools/make_report.py`", "",
         "## Targets", "", *targets(agg, bench), "",
         "![Ratio of each method's mean metric to the max rule's, per pair type](ratios.png)", "",
         "*Each method's mean over the test images divided by the element-wise max rule's (1 = max rule).*", "",

@@ -7,7 +7,7 @@ Prints, and writes as Markdown (+ a keyed/unkeyed figure) to --out:
     same images (ratio keyed / max), computed by `amif evaluate` so they match the evaluation report;
   * single-module surgery (each module zeroed, no key).
 
-    python tools/evaluate_engine.py [-m MODEL] [--data ../shared/data/harvard] [--out Resources/engine-eval]
+    python research/tools/evaluate_engine.py [-m MODEL] [--data ../shared/data/harvard] [--out Resources/engine-eval]
 """
 
 from __future__ import annotations
@@ -20,20 +20,20 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "AMIFFusion"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "AMIFFusion"), str(ROOT / "research")]
 
-from amif.attack import Measure, Target, code_trials, run_edit, surgery_edit, surgery_targets  # noqa: E402
-from amif.data import default_data_dir, list_pairs, load_pairs  # noqa: E402
-from amif.evaluate import evaluate  # noqa: E402
 from amif.keys import load_key  # noqa: E402
 from amif.package import bundled_key_path, bundled_model_path, load_package, training_steps  # noqa: E402
 from amif.verify import ERASED  # noqa: E402
+from amif_research.attack import Measure, Target, code_trials, run_edit, surgery_edit, surgery_targets  # noqa: E402
+from amif_research.data import default_data_dir, list_pairs, load_pairs  # noqa: E402
+from amif_research.evaluate import evaluate  # noqa: E402
 
 
 def surgery(target: Target):
     """Zero each module (to one dot deep) and the memory grid alone, and run without a key: the zero
-    edits of amif.attack's white-box surgery (`amif attack --attacks surgery` runs them all)."""
+    edits of amif_research.attack's white-box surgery (`amif attack --attacks surgery` runs them all)."""
     net = target.net
     state = {k: v.detach() for k, v in net.named_parameters()}
     targets = [("memory.spatial (grid only)", ["memory.spatial"])]
@@ -120,7 +120,7 @@ def main() -> None:
     lines += ["", "The script also writes a keyed-vs-unkeyed figure (one CT, one PET, one SPECT test pair: "
               "MRI, second modality, keyed, no key) to `out/`; it shows Harvard images, so it is never "
               "committed. The committed figure in the README uses the bundled MNI-based sample instead.", "",
-              "Regenerate: `python tools/evaluate_engine.py`"]
+              "Regenerate: `python research/tools/evaluate_engine.py`"]
     text = "\n".join(lines) + "\n"
     Path(args.report).write_text(text)
     print(text)

@@ -1,19 +1,19 @@
-"""Publish the attack report of the bundled model under Resources/attack/ (or of another model, to --out).
+"""Publish the attack report of the bundled model under docs/reports/attack/ (or of another model, to --out).
 
-    python tools/make_attack_report.py [--data ../shared/data/harvard] [--limit 6] [--forge-steps 1000]
+    python research/tools/make_attack_report.py [--data ../shared/data/harvard] [--limit 6] [--forge-steps 1000]
                                        [-m MODEL -k KEY --out FOLDER]
 
 Runs every `amif attack` family on the Harvard test split (the learned attacks train on its train
 split), with figures that show the bundled MNI-based sample put through each attack (the Harvard
 images are research-use only; only aggregates of them are published), then adds the threat model
 and success curves (curves.png: learned removal against leaked pairs N; fine-tuning and training
-from scratch against steps) to Resources/attack/report.md. The defaults take about 55 minutes on
+from scratch against steps) to docs/reports/attack/report.md. The defaults take about 55 minutes on
 2 CPU cores (two processes; forging, 6 restarts x 2 objectives, is one of them); the exact
 `amif attack` command is written into the report. Key forging's verdict in the threat model comes
-from the pooled table beside the report (forging-pooled.json, `tools/pool_forging.py`: more restarts
+from the pooled table beside the report (forging-pooled.json, `research/tools/pool_forging.py`: more restarts
 from runs with other seeds) when it pools this model and setting; after pooling more runs,
 
-    python tools/make_attack_report.py --threat-model-only
+    python research/tools/make_attack_report.py --threat-model-only
 
 rewrites the threat model from report.json and that table without running any attack.
 """
@@ -25,14 +25,15 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "AMIFFusion"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "AMIFFusion"), str(ROOT / "research")]
 
-from amif.attack import AttackOptions, attack, forging_verdict, pool_setting  # noqa: E402
-from amif.data import default_data_dir  # noqa: E402
+from amif_research.attack import AttackOptions, forging_verdict, pool_setting  # noqa: E402
+from amif_research.attack_suite import attack  # noqa: E402
+from amif_research.data import default_data_dir  # noqa: E402
 
-OUT = ROOT / "Resources" / "attack"
-POOLED = "forging-pooled"  # tools/pool_forging.py's table beside the report: forging over more seeds
+OUT = ROOT / "docs" / "reports" / "attack"
+POOLED = "forging-pooled"  # research/tools/pool_forging.py's table beside the report: forging over more seeds
 
 WHAT = {  # what each attack family stands for in the threat model
     "wrong-keys": "runs the package with any code they can guess or derive, or with no key",
@@ -48,7 +49,7 @@ WHAT = {  # what each attack family stands for in the threat model
 
 def with_pooled_forging(doc: dict, pooled: dict | None) -> dict:
     """`doc` with its forging verdict taken from a table pooled over more seeds (the JSON of
-    tools/pool_forging.py) when that table is of this report's model and setting: met when every objective's
+    research/tools/pool_forging.py) when that table is of this report's model and setting: met when every objective's
     pooled 95% bound is below the goal, not shown when no pooled restart succeeded but some bound is not."""
     att = doc["attacks"]
     if not pooled or "forging" not in att or pooled.get("setting") != pool_setting(doc):
@@ -201,7 +202,7 @@ def main(argv=None) -> int:
         extra += "\n![Success curves: learned removal against N, fine-tuning against steps](curves.png)\n"
     named = "".join(f"--{k} {portable(str(Path(v).resolve()))} " for k, v in
                     (("model", args.model), ("key", args.key), ("out", args.out)) if v and v != OUT)
-    extra += (f"\nRegenerate: `python tools/make_attack_report.py {named}--limit {args.limit} --forge-steps "
+    extra += (f"\nRegenerate: `python research/tools/make_attack_report.py {named}--limit {args.limit} --forge-steps "
               f"{args.forge_steps} --forge-restarts {args.forge_restarts} --forge-images {args.forge_images} "
               f"--learn-steps {args.learn_steps} --learn-batch {args.learn_batch}` (two processes, one CPU core "
               "each; the `amif attack` command above gives the same tables in one process).\n\n")

@@ -1,0 +1,1 @@
+"""AMIF research: training, evaluation, metrics, baselines and attacks, on top of the `amif` runtime."""

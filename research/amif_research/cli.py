@@ -1,0 +1,196 @@
+"""The research subcommands of `amif` (train, average, evaluate, attack), added to its parser through
+the `amif.commands` entry point when amif-research is installed."""
+
+from __future__ import annotations
+
+from amif.errors import AMIFError
+from amif.package import package_paths
+
+
+def cmd_train(args) -> None:
+    from .losses import HINGES
+    from .train import TrainConfig, train
+
+    if not args.twin and not (args.key and args.identifier):
+        raise AMIFError("amif train needs --key and --identifier (or --twin for the unprotected twin).")
+    cfg = TrainConfig(steps=args.steps, batch=args.batch, seed=args.seed, save_every=args.save_every,
+                      minutes=args.minutes, device=args.device, sf_floor=args.sf_floor,
+                      **{f"{k}_weight": getattr(args, f"{k}_weight") for k in HINGES},
+                      lr_anneal=args.lr_anneal, mark_shift=args.mark_shift, trace_strength=args.trace_strength,
+                      widen_decoder=args.widen_decoder,
+                      forge_pool=args.forge_pool, forge_restart=args.forge_restart, forge_repeat=args.forge_repeat,
+                      forge_detector=args.forge_detector, forge_untraced=args.forge_untraced,
+                      forge_memory=args.forge_memory,
+                      partial_keys=args.partial_keys, decoy_alpha=args.decoy_alpha, decoys=args.decoys,
+                      anchor_weight=args.anchor_weight, mark_alpha=args.mark_alpha)
+    train(args.key, args.output, args.identifier, data_dir=args.data, checkpoint_dir=args.checkpoints,
+          init=args.init, cfg=cfg, twin=args.twin, anchor=args.anchor)
+
+
+def cmd_average(args) -> None:
+    from .averaging import average_packages
+
+    print(f"wrote {average_packages(args.packages, args.output)}")
+
+
+def cmd_evaluate(args) -> None:
+    from .evaluate import evaluate
+
+    out = evaluate(args.model or [None], args.data, args.split, args.key or [], args.twin or [], args.output,
+                   args.limit, not args.quiet, not args.no_figures)
+    print(f"wrote {out}, {out.with_suffix('.json').name}" + ("" if args.no_figures else f" and {out.stem}-figures/"))
+
+
+def cmd_attack(args) -> None:
+    from .attack import AttackOptions
+    from .attack_suite import attack
+
+    opts = AttackOptions(**{f: getattr(args, f) for f in AttackOptions.__dataclass_fields__})
+    out = attack(args.model, args.key, args.data, args.split, args.limit, args.attacks, args.output, opts,
+                 args.figures or args.figures_on_sample, not args.quiet, args.figures_on_sample)
+    print(f"wrote {out}, {out.with_suffix('.json').name}" + (f" and {out.stem}-figures/" if args.figures else ""))
+
+
+def register(sub) -> None:
+    """Add train, average, evaluate and attack to `amif`'s subparsers."""
+    from .attack import AttackOptions
+    from .attack_suite import ATTACKS
+
+    s = sub.add_parser("train", help="train a model under an owner's key")
+    s.add_argument("--key", help="the owner's .amifkey")
+    s.add_argument("--identifier", help='e.g. "MY LAB · UNLICENSED"')
+    s.add_argument("--twin", action="store_true", help="train the unprotected twin (no key, no identifier)")
+    s.add_argument("-o", "--output", required=True, help="model package path (NAME)")
+    s.add_argument("--data", help="folder of registered pairs (default ../shared/data/harvard)")
+    s.add_argument("--checkpoints", default="checkpoints")
+    s.add_argument("--init", help="start from this model package")
+    s.add_argument("--steps", type=int, default=20000)
+    s.add_argument("--batch", type=int, default=8)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--save-every", type=int, default=250)
+    s.add_argument("--vif-weight", type=float, default=0.0,
+                   help="weight of the VIF (information fidelity) term in the fusion loss")
+    s.add_argument("--sd-weight", type=float, default=0.0,
+                   help="weight of the SD (contrast) hinge against the max rule in the fusion loss")
+    s.add_argument("--sf-weight", type=float, default=0.0,
+                   help="weight of the SF (spatial frequency) hinge against the max rule in the fusion loss")
+    s.add_argument("--sf-floor", type=float, default=1.01,
+                   help="the SF hinge's floor as a multiple of the max rule's SF (default 1.01)")
+    s.add_argument("--scd-weight", type=float, default=0.0,
+                   help="weight of the SCD hinge against the max rule in the fusion loss")
+    s.add_argument("--mi-weight", type=float, default=0.0,
+                   help="weight of the MI (mutual information over 256 grey levels) hinge against the max rule "
+                   "in the fusion loss")
+    s.add_argument("--lr-anneal", type=int, default=0, metavar="N",
+                   help="cosine-anneal the learning rates to 1%% over the last N of --steps (default 0: constant)")
+    s.add_argument("--forge-pool", type=int, default=2, metavar="N",
+                   help="forgers among each step's --batch wrong-key codes (default 2; 0 turns the forgers off)")
+    s.add_argument("--forge-restart", type=float, default=0.005, metavar="P",
+                   help="per-step chance that a forger of the training pool restarts from a random code (default "
+                        "0.005, a mean life of 200 steps; higher keeps the forgers in their first steps)")
+    s.add_argument("--forge-repeat", type=int, default=1, metavar="N",
+                   help="Adam steps each forger of the training pool takes per training step, on that step's crops "
+                        "with the weights frozen (default 1; more lets the forgers reach the depth of `amif attack`'s)")
+    s.add_argument("--forge-memory", type=int, default=0, metavar="N",
+                   help="N of each step's --batch wrong-key codes are drawn from the training forgers' past codes (one "
+                        "kept per forger every 10 of its Adam steps, the last 512), so training keeps marking where "
+                        "earlier forgers went (default 0)")
+    s.add_argument("--forge-detector", type=float, default=0.0, metavar="W",
+                   help="every second forger of the training pool also descends W x verify's score, as the second "
+                        "variant of `amif attack` forging does (default 0: the fusion loss alone)")
+    s.add_argument("--forge-untraced", action="store_true",
+                   help="with --trace-strength: the training forgers' target is the identifier without the texture, "
+                        "so a forger's descent drops the texture but keeps the identifier (default: texture too)")
+    s.add_argument("--partial-keys", type=float, default=0.0, metavar="P",
+                   help="chance that a sampled wrong-key code is replaced by a partial key: a key embedding part of "
+                        "the way to the key's (measured: white-box forgers delayed, not stopped; default 0: none)")
+    s.add_argument("--decoy-alpha", type=float, default=0.0, metavar="A",
+                   help="the identifier's opacity in outputs of wrong codes whose key embedding points away from the "
+                        "key's (cosine -0.5 and below; --mark-alpha from cosine 0 up): a lighter mark there, so a "
+                        "forger's descent of the fusion loss ends there, still flagged (default 0: off)")
+    s.add_argument("--decoys", type=float, default=0.0, metavar="P",
+                   help="with --decoy-alpha: chance that a sampled wrong-key code is moved part of the way to the "
+                        "opposite of the key's embedding, so the lighter mark is learned there (default 0: none)")
+    s.add_argument("--anchor-weight", type=float, default=0.0, metavar="W",
+                   help="with --init or --anchor: weight of the L1 distance of keyed outputs to the --init "
+                        "package's keyed outputs on the same crops, so that authorized quality stays where it was "
+                        "(default 0: off)")
+    s.add_argument("--anchor", metavar="PACKAGE",
+                   help="with --anchor-weight: hold the keyed outputs near this package's outputs instead: an "
+                        "unprotected twin (under the zero code) or a package of the key's model (default: --init)")
+    s.add_argument("--mark-alpha", type=float, default=0.75, metavar="A",
+                   help="the identifier's opacity in unkeyed outputs, in (0, 1] (default 0.75; 1 leaves no content "
+                        "under the strokes for a remover to recover)")
+    s.add_argument("--mark-shift", type=int, default=0, metavar="PX",
+                   help="unkeyed outputs also move their content PX pixels right and down: a second identifier "
+                        "channel that survives erasing the strokes and distillation (default 0: off)")
+    s.add_argument("--trace-strength", type=float, default=0.0, metavar="S",
+                   help="unkeyed outputs also carry a secret texture of this std drawn from the key (0 to 0.25; "
+                        "e.g. 0.06), which students distilled from them inherit and the key's holder can find "
+                        "(default 0: off)")
+    s.add_argument("--widen-decoder", type=int, default=1, metavar="K",
+                   help="with --init: train on with K times the package's decoder channels, starting from the same "
+                        "function (default 1: as it is)")
+    s.add_argument("--minutes", type=float, default=0, help="stop with a checkpoint after this wall time")
+    s.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("average", help="mean of the weights of several checkpoints of one model, as a new package")
+    s.add_argument("packages", nargs="+", help="model packages (checkpoints of one training run)")
+    s.add_argument("-o", "--output", required=True, help="model package path (NAME)")
+    s.set_defaults(func=cmd_average, outputs=lambda args: [package_paths(args.output)[0]])
+
+    s = sub.add_parser("evaluate", help="fusion metrics of models, twins and baselines on registered pairs")
+    s.add_argument("-m", "--model", action="append", help="model package (repeatable; default: the bundled one)")
+    s.add_argument("-k", "--key", action="append", help="owner's key of a model (repeatable)")
+    s.add_argument("--twin", action="append", help="unprotected twin package (repeatable, one per seed)")
+    s.add_argument("--data", help="folder of registered pairs (default ../shared/data/harvard)")
+    s.add_argument("--split", default="test")
+    s.add_argument("--limit", type=int, help="at most N pairs per pair type")
+    s.add_argument("-o", "--output", default="amif-eval.md", help="Markdown report (figures in a folder beside it)")
+    s.add_argument("--no-figures", action="store_true",
+                   help="tables only, no example images (to publish results on data whose images may not be shared)")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_evaluate)
+
+    d = AttackOptions()
+    s = sub.add_parser("attack", help="attack a model package's protection on registered pairs (Markdown report)")
+    s.add_argument("-m", "--model", help="model package (default: the bundled one)")
+    s.add_argument("-k", "--key", help="the owner's key, for the keyed reference (default: the bundled model's)")
+    s.add_argument("--data", help="folder of registered pairs (default ../shared/data/harvard)")
+    s.add_argument("--split", default="test")
+    s.add_argument("--limit", type=int, help="at most N pairs per pair type")
+    s.add_argument("--attacks", help=f"comma-separated, from: {','.join(ATTACKS)} (default: all)")
+    s.add_argument("-o", "--output", default="amif-attack.md", help="Markdown report (+ .json beside it)")
+    s.add_argument("--figures", action="store_true", help="write example figures to a folder beside the report")
+    s.add_argument("--figures-on-sample", action="store_true",
+                   help="figures show the bundled sample through each attack, not the attacked pairs "
+                   "(implies --figures)")
+    for flag, helptext in (
+        ("--random-codes", "random +-1 codes"),
+        ("--near-miss-codes", "the owner's code with bits flipped"),
+        ("--near-miss-max-bits", "near-miss code i flips 1 + (i mod this) bits"),
+        ("--foreign-codes", "codes of keys for other model ids"),
+        ("--code-batch", "codes per decoder batch"),
+        ("--quality-db", "keyed quality: PSNR to the keyed output in dB"),
+        ("--forge-steps", "Adam steps per forging restart"),
+        ("--forge-restarts", "forging restarts per objective"),
+        ("--forge-images", "pairs the forger optimizes on"),
+        ("--forge-lr", "forging learning rate"),
+        ("--forge-detector", "weight of the detector score in the second forging objective (0: fusion loss only)"),
+        ("--forge-detector-only", "forge with the detector-term objective only, not the plain fusion loss as well"),
+        ("--learn-images", "attacker's pairs (train split) for the remover and fine-tuning: counts or 'all'"),
+        ("--learn-steps", "Adam steps of each remover, student and fine-tuning run"),
+        ("--learn-batch", "batch of the learned attacks"),
+        ("--learn-crop", "crop size of the learned attacks"),
+        ("--learn-lr", "learning rate of the learned attacks"),
+        ("--seed", "random seed of the codes, edits and restarts"),
+    ):
+        default = getattr(d, flag[2:].replace("-", "_"))
+        if isinstance(default, bool):  # a switch, as `amif.attack.command_line` writes it
+            s.add_argument(flag, action="store_true", help=helptext)
+        else:
+            s.add_argument(flag, type=type(default), default=default, help=f"{helptext} (default %(default)s)")
+    s.add_argument("--device", default=d.device, help="torch device, e.g. cuda")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_attack)
