@@ -14,7 +14,8 @@ def load_tool(name: str):
     import importlib.util
 
     path = ROOT / "tools" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path if path.exists() else ROOT / "research" / "tools" / f"{name}.py")
+    path = path if path.exists() else ROOT / "research" / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -2,6 +2,7 @@
 source tree, installed into a folder of its own, runs `amif info` and `amif demo` from elsewhere."""
 
 import importlib.util
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,9 +14,14 @@ from conftest import ROOT
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
-    out = tmp_path_factory.mktemp("wheel")
+    """The wheel of a copy of the source tree as a clone has it (no build/ or egg-info folders left over)."""
+    out, src = tmp_path_factory.mktemp("wheel"), tmp_path_factory.mktemp("src") / "amif"
+    leftovers = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    shutil.copytree(ROOT / "AMIFFusion", src / "AMIFFusion", ignore=leftovers)
+    for name in ("pyproject.toml", "README.md", "LICENSE.txt"):
+        shutil.copy2(ROOT / name, src / name)
     isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(out), *isolation],
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "-q", "-w", str(out), *isolation],
                    check=True, cwd=out)
     (built,) = out.glob("amif-*.whl")
     return built
@@ -42,3 +48,27 @@ def test_installed_wheel_runs_the_demo_from_another_folder(wheel, tmp_path):
                           cwd=work, capture_output=True, text=True)
     assert demo.returncode == 0, demo.stderr[-2000:]
     assert {"fused-keyed.nrrd", "fused-unkeyed.nrrd"} <= {p.name for p in (work / "out").iterdir()}
+
+
+def test_wheel_carries_the_runtime_only(wheel):
+    """Training, evaluation and attacks are not in the runtime's wheel (they come with amif-research)."""
+    names = zipfile.ZipFile(wheel).namelist()
+    modules = {n.split("/")[-1] for n in names if n.endswith(".py")}
+    assert {"fusion.py", "verify.py", "cli.py"} <= modules
+    assert not modules & {"train.py", "attack.py", "evaluate.py", "losses.py", "metrics.py", "baselines.py"}
+    assert not [n for n in names if n.startswith("amif_research/")]
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "amif.commands" not in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_research_commands_come_from_the_plugin_only(monkeypatch):
+    """`amif train`, `evaluate`, `attack` exist when a plugin adds them, and not otherwise."""
+    from amif import cli
+
+    def commands():
+        sub = next(a for a in cli.build_parser()._actions if a.dest == "cmd")
+        return set(sub.choices)
+
+    assert {"train", "evaluate", "attack", "average"} <= commands()  # amif-research is installed for the tests
+    monkeypatch.setattr(cli, "_command_plugins", lambda: [])
+    assert commands() == {"demo", "fuse", "keygen", "info", "verify"}
