@@ -9,9 +9,10 @@ from PIL import Image
 from amif.errors import AMIFError
 from amif.network import NetConfig
 from amif.package import load_package
-from amif_research.train import LR_FLOOR, TrainConfig, lr_factor, sample_negatives, train
+from amif_research.train import LR_FLOOR, PROTECTION, TrainConfig, flat_record, lr_factor, sample_negatives, train
 
 TINY = NetConfig(c1=4, c2=8, c3=8, mem_channels=4, mem_size=16, key_features=32, key_hidden=8)
+flat_cfg = TrainConfig.from_flat  # settings by their flat names, as `amif train`'s flags name them
 
 
 def _fake_pairs(root, n=3, blocks=1):
@@ -39,9 +40,9 @@ def test_train_writes_package_and_resumes_deterministically(tiny_package, tmp_pa
     _fake_pairs(tmp_path / "data")
     kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
     cfg = dict(batch=2, crop=32, save_every=2)
-    train(key, tmp_path / "a" / "m", checkpoint_dir=tmp_path / "a" / "ck", cfg=TrainConfig(steps=4, **cfg), **kw)
-    train(key, tmp_path / "b" / "m", checkpoint_dir=tmp_path / "b" / "ck", cfg=TrainConfig(steps=2, **cfg), **kw)
-    train(key, tmp_path / "b" / "m", checkpoint_dir=tmp_path / "b" / "ck", cfg=TrainConfig(steps=4, **cfg), **kw)
+    train(key, tmp_path / "a" / "m", checkpoint_dir=tmp_path / "a" / "ck", cfg=flat_cfg(steps=4, **cfg), **kw)
+    train(key, tmp_path / "b" / "m", checkpoint_dir=tmp_path / "b" / "ck", cfg=flat_cfg(steps=2, **cfg), **kw)
+    train(key, tmp_path / "b" / "m", checkpoint_dir=tmp_path / "b" / "ck", cfg=flat_cfg(steps=4, **cfg), **kw)
     pa, pb = load_package(tmp_path / "a" / "m"), load_package(tmp_path / "b" / "m")
     assert pa.manifest["training"]["steps"] == pb.manifest["training"]["steps"] == 4
     for (n, x), (_, y) in zip(pa.net.state_dict().items(), pb.net.state_dict().items()):
@@ -50,7 +51,7 @@ def test_train_writes_package_and_resumes_deterministically(tiny_package, tmp_pa
     assert log[0].startswith("step,loss") and len(log) == 5
     # a committed package is a resume point: its step count carries on, in a new checkpoint folder
     train(key, tmp_path / "c" / "m", checkpoint_dir=tmp_path / "c" / "ck", init=tmp_path / "b" / "m",
-          cfg=TrainConfig(steps=6, **cfg), **kw)
+          cfg=flat_cfg(steps=6, **cfg), **kw)
     c = load_package(tmp_path / "c" / "m").manifest
     assert c["training"]["steps"] == 6
     assert len((tmp_path / "c" / "ck" / "metrics.csv").read_text().splitlines()) == 3
@@ -63,8 +64,8 @@ def test_train_writes_package_and_resumes_deterministically(tiny_package, tmp_pa
 def test_negative_codes_curriculum():
     true = np.where(np.random.default_rng(1).random(256) > 0.5, 1.0, -1.0).astype(np.float32)
     cfg = TrainConfig()
-    early = sample_negatives(np.random.default_rng(0), true, 400, 0, cfg)
-    late = sample_negatives(np.random.default_rng(0), true, 400, cfg.near_miss_ramp, cfg)
+    early = sample_negatives(np.random.default_rng(0), true, 400, 0, cfg.negatives)
+    late = sample_negatives(np.random.default_rng(0), true, 400, cfg.negatives.near_miss_ramp, cfg.negatives)
     for codes in (early, late):
         assert not any(np.array_equal(c, true) for c in codes)
     flips = (late != true[None]).sum(1)
@@ -95,7 +96,7 @@ def test_surgery_loss_changes_training(tiny_package, tmp_path):
     kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
     nets = {}
     for w in (0.0, 1.0):
-        cfg = TrainConfig(steps=2, batch=2, crop=32, ablate_weight=w, ablate_ssim=-1.0)
+        cfg = flat_cfg(steps=2, batch=2, crop=32, ablate_weight=w, ablate_ssim=-1.0)
         train(key, tmp_path / f"w{w}" / "m", checkpoint_dir=tmp_path / f"w{w}" / "ck", cfg=cfg, **kw)
         nets[w] = load_package(tmp_path / f"w{w}" / "m").net.state_dict()
         rows = [r.split(",") for r in (tmp_path / f"w{w}" / "ck" / "metrics.csv").read_text().splitlines()]
@@ -110,13 +111,13 @@ def test_twin_trains_without_key_or_identifier(tmp_path):
     from amif_research.evaluate import _run_twin
 
     _fake_pairs(tmp_path / "data")
-    cfg = TrainConfig(steps=2, batch=2, crop=32)
+    cfg = flat_cfg(steps=2, batch=2, crop=32)
     out = train(None, tmp_path / "twin", checkpoint_dir=tmp_path / "ck", cfg=cfg, twin=True, identifier="IGNORED",
                 data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
     pkg = load_package(out)
     m = pkg.manifest
     assert m["twin"] is True and m["key_id"] == "" and m["identifier"] == "" and m["model_id"] == "twin"
-    assert m["training"]["ablate_weight"] == 0.0 and "verify" not in m
+    assert not set(PROTECTION) & set(m["training"]) and "verify" not in m  # a twin's record: no protection
     rows = [r.split(",") for r in (tmp_path / "ck" / "metrics.csv").read_text().splitlines()]
     mark = rows[0].index("mark")
     assert [float(r[mark]) for r in rows[1:]] == [0.0, 0.0]
@@ -136,7 +137,7 @@ def test_forger_pool_descends_the_fusion_loss_and_restarts():
     torch.manual_seed(0)
     net = AMIFNet(TINY).eval()
     a, b = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
-    pool, rng = ForgePool(2, TINY.key_bits, TrainConfig(forge_restart=0.0)), np.random.default_rng(0)
+    pool, rng = ForgePool(2, TINY.key_bits, flat_cfg(forge_restart=0.0)), np.random.default_rng(0)
     start = pool.start(rng)
     assert set(np.unique(start.numpy())) == {-1.0, 1.0}
     losses = []
@@ -189,19 +190,20 @@ def test_protection_setting_is_checked_changes_training_and_is_recorded(tiny_pac
     cfg = dict(steps=3, batch=2, crop=crop, forge_pool=2)
     for v in bad:
         with pytest.raises(AMIFError, match=match):
-            train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad", cfg=TrainConfig(**{field: v}, **cfg),
+            train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad", cfg=flat_cfg(**{field: v}, **cfg),
                   **kw)
         assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
     nets = []
     for v in values:
         pkg = load_package(train(key, tmp_path / f"v{v}" / "m", checkpoint_dir=tmp_path / f"ck{v}",
-                                 cfg=TrainConfig(**{field: v}, **cfg), **kw))
-        assert pkg.manifest["training"].get(field) == (v or None)  # a detector weight of 0 is not written
+                                 cfg=flat_cfg(**{field: v}, **cfg), **kw))
+        default = TrainConfig().flat()[field]  # a setting at its default is not written
+        assert flat_record(pkg.manifest["training"]).get(field) == (None if v == default else v)
         nets.append(pkg.net.state_dict())
     assert any(not np.allclose(nets[0][k].numpy(), nets[1][k].numpy()) for k in nets[1])
     twin = load_package(train(None, tmp_path / "t" / "m", checkpoint_dir=tmp_path / "ckt",
-                              cfg=TrainConfig(**{field: values[1]}, **cfg), **{**kw, "twin": True}))
-    assert twin.manifest["training"]["forge_pool"] == 0 and field not in twin.manifest["training"]
+                              cfg=flat_cfg(**{field: values[1]}, **cfg), **{**kw, "twin": True}))
+    assert not {"forgers", "identifier", "research"} & set(twin.manifest["training"])
 
 
 def test_forger_pool_size_is_checked_changes_training_and_is_recorded(tiny_package, tmp_path):
@@ -209,15 +211,15 @@ def test_forger_pool_size_is_checked_changes_training_and_is_recorded(tiny_packa
     _fake_pairs(tmp_path / "data")
     kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
     for bad in (-1, 3):  # more forgers than the batch's wrong-key codes
-        with pytest.raises(AMIFError, match="forgers must be 0 to --batch"):
+        with pytest.raises(AMIFError, match="forgers must be 0 (or more|to --batch)"):
             train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad",
-                  cfg=TrainConfig(steps=2, batch=2, crop=32, forge_pool=bad), **kw)
+                  cfg=flat_cfg(steps=2, batch=2, crop=32, forge_pool=bad), **kw)
         assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
     nets = []
     for pool in (1, 2):
         pkg = load_package(train(key, tmp_path / f"p{pool}" / "m", checkpoint_dir=tmp_path / f"ck{pool}",
-                                 cfg=TrainConfig(steps=3, batch=2, crop=32, forge_pool=pool), **kw))
-        assert pkg.manifest["training"]["forge_pool"] == pool
+                                 cfg=flat_cfg(steps=3, batch=2, crop=32, forge_pool=pool), **kw))
+        assert pkg.manifest["training"].get("forgers", {}).get("pool", TrainConfig().forgers.pool) == pool
         nets.append(pkg.net.state_dict())
     assert any(not np.allclose(nets[0][k].numpy(), nets[1][k].numpy()) for k in nets[1])
 
@@ -262,29 +264,29 @@ def test_fusion_hinge_changes_training_and_is_recorded(tmp_path, term, active):
     kw = _blocky_twin_run(tmp_path)
     outs = {}
     for w in (0.0, 1.0):
-        cfg = TrainConfig(steps=3, batch=2, crop=48, **{f"{term}_weight": w})
+        cfg = flat_cfg(steps=3, batch=2, crop=48, **{f"{term}_weight": w})
         out = train(None, tmp_path / f"w{w}" / "twin", checkpoint_dir=tmp_path / f"ck{w}", cfg=cfg, **kw)
         outs[w] = load_package(out)
         rows = [r.split(",") for r in (tmp_path / f"ck{w}" / "metrics.csv").read_text().splitlines()]
         logged = [float(r[rows[0].index(term)]) for r in rows[1:]]
         assert len(logged) == 3 and (any(logged) if w and active else logged == [0.0, 0.0, 0.0])
-        assert outs[w].manifest["training"][f"{term}_weight"] == w
+        assert outs[w].manifest["training"].get("fusion", {}).get(f"{term}_weight") == (w or None)
     sa, sb = outs[0.0].net.state_dict(), outs[1.0].net.state_dict()  # same seed: only the hinge differs
     assert any(not np.allclose(sa[k].numpy(), sb[k].numpy()) for k in sa) == active
     if term == "vif":  # four decimated VIF scales need 48 pixels
         with pytest.raises(AMIFError, match="crop of at least 48"):
             train(None, tmp_path / "small" / "twin", checkpoint_dir=tmp_path / "cks",
-                  cfg=TrainConfig(steps=1, batch=2, crop=32, vif_weight=1.0), **kw)
+                  cfg=flat_cfg(steps=1, batch=2, crop=32, vif_weight=1.0), **kw)
 
 
 def test_sf_floor_reaches_the_sf_hinge_and_is_recorded(tmp_path):
     kw = _blocky_twin_run(tmp_path)
     logged, nets = {}, {}
     for floor in (0.0, 3.0):  # the hinge is linear: a floor changes training only by which crops fall short
-        cfg = TrainConfig(steps=2, batch=2, crop=48, sf_weight=1.0, sf_floor=floor)
+        cfg = flat_cfg(steps=2, batch=2, crop=48, sf_weight=1.0, sf_floor=floor)
         pkg = load_package(train(None, tmp_path / f"f{floor}" / "twin", checkpoint_dir=tmp_path / f"ck{floor}",
                                  cfg=cfg, **kw))
-        assert pkg.manifest["training"]["sf_floor"] == floor
+        assert pkg.manifest["training"]["fusion"]["sf_floor"] == floor
         rows = [r.split(",") for r in (tmp_path / f"ck{floor}" / "metrics.csv").read_text().splitlines()]
         logged[floor] = float(rows[1][rows[0].index("sf")])
         nets[floor] = pkg.net.state_dict()
@@ -293,23 +295,23 @@ def test_sf_floor_reaches_the_sf_hinge_and_is_recorded(tmp_path):
 
 
 def test_lr_factor_is_constant_then_a_half_cosine_to_the_floor():
-    cfg = TrainConfig(steps=100, lr_anneal=40)
+    cfg = flat_cfg(steps=100, lr_anneal=40)
     f = [lr_factor(s, cfg) for s in range(100)]
     assert f[:61] == [1.0] * 61 and f[99] == pytest.approx(LR_FLOOR)
     assert all(a > b for a, b in zip(f[60:], f[61:]))  # strictly falling over the last 40 steps
     assert f[60 + 39 // 2] == pytest.approx((1 + LR_FLOOR) / 2, abs=0.05)  # half way: half way down
-    assert [lr_factor(s, TrainConfig(steps=100)) for s in (0, 99)] == [1.0, 1.0]  # 0 = no anneal
+    assert [lr_factor(s, flat_cfg(steps=100)) for s in (0, 99)] == [1.0, 1.0]  # 0 = no anneal
 
 
 def test_lr_anneal_slows_the_last_steps_and_is_recorded(tmp_path):
     kw = _blocky_twin_run(tmp_path)
     moved = {}
     start = load_package(train(None, tmp_path / "s" / "twin", checkpoint_dir=tmp_path / "cks",
-                               cfg=TrainConfig(steps=1, batch=2, crop=48), **kw)).net.state_dict()
+                               cfg=flat_cfg(steps=1, batch=2, crop=48), **kw)).net.state_dict()
     for n in (0, 3):  # same seed and data: the anneal alone differs; Adam's step size scales with the rate
-        cfg = TrainConfig(steps=3, batch=2, crop=48, lr_anneal=n)
+        cfg = flat_cfg(steps=3, batch=2, crop=48, lr_anneal=n)
         pkg = load_package(train(None, tmp_path / f"a{n}" / "twin", checkpoint_dir=tmp_path / f"ck{n}", cfg=cfg, **kw))
-        assert pkg.manifest["training"]["lr_anneal"] == n
+        assert pkg.manifest["training"].get("lr_anneal") == (n or None)
         sd = pkg.net.state_dict()
         moved[n] = sum(float((sd[k].float() - start[k].float()).abs().sum()) for k in sd)
     assert moved[3] < 0.8 * moved[0]
@@ -345,7 +347,7 @@ def _runs_differing_in(tiny_package, tmp_path, field: str, values) -> dict:
     for v in values:
         out = tmp_path / f"{field}-{v}" / "m"
         train(key, out, checkpoint_dir=tmp_path / f"{field}-{v}" / "ck",
-              cfg=TrainConfig(steps=2, batch=2, crop=32, **{field: v}), **kw)
+              cfg=flat_cfg(steps=2, batch=2, crop=32, **{field: v}), **kw)
         pkgs[v] = load_package(out)
     return pkgs
 
@@ -363,7 +365,7 @@ def test_mark_shift_moves_the_unkeyed_target_and_is_recorded_for_verify(tiny_pac
     assert torch.equal(marked_target(y, none), y)
     assert torch.equal(shift_content(shift_content(y, 1), -1)[..., :-1, :-1], y[..., :-1, :-1])  # moved back
     with pytest.raises(AMIFError, match="mark shift"):
-        train(None, tmp_path / "x", "", cfg=TrainConfig(mark_shift=4), twin=True)
+        train(None, tmp_path / "x", "", cfg=flat_cfg(mark_shift=4), twin=True)
     pkgs = _runs_differing_in(tiny_package, tmp_path, "mark_shift", (0, 1))
     assert pkgs[0].shift == 0 and "shift" not in pkgs[0].manifest["verify"] and pkgs[1].shift == 1
     assert _weights_differ(*pkgs.values())  # the shifted target changes what the network learns
@@ -371,7 +373,7 @@ def test_mark_shift_moves_the_unkeyed_target_and_is_recorded_for_verify(tiny_pac
 
 def test_trace_strength_adds_the_keys_texture_to_the_unkeyed_target_and_is_recorded(tiny_package, tmp_path):
     with pytest.raises(AMIFError, match="trace strength"):
-        train(None, tmp_path / "x", "", cfg=TrainConfig(trace_strength=0.5), twin=True)
+        train(None, tmp_path / "x", "", cfg=flat_cfg(trace_strength=0.5), twin=True)
     pkgs = _runs_differing_in(tiny_package, tmp_path, "trace_strength", (0.0, 0.06))
     assert "trace_strength" not in pkgs[0.0].manifest["verify"]
     assert pkgs[0.06].manifest["verify"]["trace_strength"] == 0.06
@@ -386,13 +388,13 @@ def test_untraced_forgers_need_a_trace_change_training_and_are_recorded(tiny_pac
     for bad in (dict(trace_strength=0.0), dict(trace_strength=0.06, forge_pool=0)):
         with pytest.raises(AMIFError, match="Untraced forgers need"):
             train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad",
-                  cfg=TrainConfig(**{**cfg, **bad, "forge_untraced": True}), **kw)
+                  cfg=flat_cfg(**{**cfg, **bad, "forge_untraced": True}), **kw)
         assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
     pkgs = {u: load_package(train(key, tmp_path / f"u{u}" / "m", checkpoint_dir=tmp_path / f"ck{u}",
-                                  cfg=TrainConfig(trace_strength=0.06, forge_untraced=u, **cfg), **kw))
+                                  cfg=flat_cfg(trace_strength=0.06, forge_untraced=u, **cfg), **kw))
             for u in (False, True)}
-    assert "forge_untraced" not in pkgs[False].manifest["training"]
-    assert pkgs[True].manifest["training"]["forge_untraced"] is True
+    assert "research" not in pkgs[False].manifest["training"]
+    assert pkgs[True].manifest["training"]["research"] == {"forge_untraced": True}
     assert _weights_differ(*pkgs.values())  # the untraced target changes what is learned
 
 
@@ -406,16 +408,16 @@ def test_forger_memory_is_checked_changes_training_resumes_and_is_recorded(tiny_
                        (dict(forge_memory=1, forge_pool=0), "need forgers")):
         with pytest.raises(AMIFError, match=match):
             train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad",
-                  cfg=TrainConfig(steps=2, **{**cfg, **bad}), **kw)
+                  cfg=flat_cfg(steps=2, **{**cfg, **bad}), **kw)
         assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
     pkgs = {m: load_package(train(key, tmp_path / f"m{m}" / "m", checkpoint_dir=tmp_path / f"ck{m}",
-                                  cfg=TrainConfig(steps=13, forge_memory=m, **cfg), **kw)) for m in (0, 2)}
-    assert "forge_memory" not in pkgs[0].manifest["training"]
-    assert pkgs[2].manifest["training"]["forge_memory"] == 2
+                                  cfg=flat_cfg(steps=13, forge_memory=m, **cfg), **kw)) for m in (0, 2)}
+    assert "memory" not in pkgs[0].manifest["training"]["forgers"]
+    assert pkgs[2].manifest["training"]["forgers"]["memory"] == 2
     assert _weights_differ(*pkgs.values())  # the recalled codes change what is learned
     # the memory is in the checkpoint: stopping after step 11 and resuming gives the same weights
     for steps in (11, 13):
-        train(key, tmp_path / "r" / "m", checkpoint_dir=tmp_path / "ckr", cfg=TrainConfig(steps=steps, forge_memory=2,
+        train(key, tmp_path / "r" / "m", checkpoint_dir=tmp_path / "ckr", cfg=flat_cfg(steps=steps, forge_memory=2,
                                                                                          **cfg), **kw)
     resumed = load_package(tmp_path / "r" / "m").net.state_dict()
     assert all(np.allclose(v.numpy(), resumed[k].numpy(), atol=1e-6) for k, v in pkgs[2].net.state_dict().items())
@@ -443,12 +445,12 @@ def test_partial_keys_are_checked_change_training_and_are_recorded(tiny_package,
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(AMIFError, match="partial-key"):
             train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad",
-                  cfg=TrainConfig(partial_keys=bad, **cfg), **kw)
+                  cfg=flat_cfg(partial_keys=bad, **cfg), **kw)
         assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
     pkgs = {p: load_package(train(key, tmp_path / f"p{p}" / "m", checkpoint_dir=tmp_path / f"ck{p}",
-                                  cfg=TrainConfig(partial_keys=p, **cfg), **kw)) for p in (0.0, 1.0)}
-    assert "partial_keys" not in pkgs[0.0].manifest["training"]
-    assert pkgs[1.0].manifest["training"]["partial_keys"] == 1.0
+                                  cfg=flat_cfg(partial_keys=p, **cfg), **kw)) for p in (0.0, 1.0)}
+    assert "negatives" not in pkgs[0.0].manifest["training"]
+    assert pkgs[1.0].manifest["training"]["negatives"] == {"partial_keys": 1.0}
     assert _weights_differ(*pkgs.values())  # the partial keys change what is learned
 
 
@@ -469,9 +471,9 @@ def test_decoy_phases_point_away_from_the_key():
 def test_decoy_opacity_falls_from_the_mark_alpha_away_from_the_key():
     from amif_research.train import DECOY_COSINE, decoy_opacity
 
-    cfg = TrainConfig(mark_alpha=0.9, decoy_alpha=0.3)
+    ident = flat_cfg(mark_alpha=0.9, decoy_alpha=0.3).identifier
     cos = torch.tensor([1.0, 0.2, 0.0, -DECOY_COSINE / 2, -DECOY_COSINE, -1.0])
-    assert torch.allclose(decoy_opacity(cos, cfg), torch.tensor([0.9, 0.9, 0.9, 0.6, 0.3, 0.3]))
+    assert torch.allclose(decoy_opacity(cos, ident), torch.tensor([0.9, 0.9, 0.9, 0.6, 0.3, 0.3]))
 
 
 def test_decoys_are_checked_change_training_and_are_recorded(tiny_package, tmp_path):
@@ -484,15 +486,16 @@ def test_decoys_are_checked_change_training_and_are_recorded(tiny_package, tmp_p
                        (dict(decoy_alpha=0.3, decoys=0.5, partial_keys=0.6), "decoy negatives"),
                        (dict(decoy_alpha=0.3, decoys=-0.1), "decoy negatives")):
         with pytest.raises(AMIFError, match=match):
-            train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad", cfg=TrainConfig(**cfg, **bad), **kw)
+            train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad", cfg=flat_cfg(**cfg, **bad), **kw)
         assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
     runs = {"off": {}, "alpha": dict(decoy_alpha=0.3), "decoys": dict(decoy_alpha=0.3, decoys=1.0)}
     pkgs = {name: load_package(train(key, tmp_path / name / "m", checkpoint_dir=tmp_path / f"ck{name}",
-                                     cfg=TrainConfig(**cfg, **extra), **kw)) for name, extra in runs.items()}
-    assert not {"decoy_alpha", "decoys"} & set(pkgs["off"].manifest["training"])
-    assert pkgs["alpha"].manifest["training"]["decoy_alpha"] == 0.3
-    assert "decoys" not in pkgs["alpha"].manifest["training"]
-    assert pkgs["decoys"].manifest["training"]["decoys"] == 1.0
+                                     cfg=flat_cfg(**cfg, **extra), **kw)) for name, extra in runs.items()}
+    flat = {name: flat_record(p.manifest["training"]) for name, p in pkgs.items()}
+    assert not {"decoy_alpha", "decoys"} & set(flat["off"])
+    assert pkgs["alpha"].manifest["training"]["identifier"]["decoy_alpha"] == 0.3
+    assert "decoys" not in flat["alpha"]
+    assert pkgs["decoys"].manifest["training"]["negatives"]["decoys"] == 1.0
     assert _weights_differ(pkgs["off"], pkgs["alpha"])  # the opacity follows the codes' embeddings
     assert _weights_differ(pkgs["alpha"], pkgs["decoys"])  # the decoy codes change what is learned
 
@@ -500,16 +503,16 @@ def test_decoys_are_checked_change_training_and_are_recorded(tiny_package, tmp_p
 def test_widened_decoder_trains_on_from_a_package_and_is_recorded(tmp_path):
     kw = _blocky_twin_run(tmp_path)
     cfg = dict(batch=2, crop=32, save_every=2)
-    train(None, tmp_path / "t", checkpoint_dir=tmp_path / "ck0", cfg=TrainConfig(steps=2, **cfg), **kw)
+    train(None, tmp_path / "t", checkpoint_dir=tmp_path / "ck0", cfg=flat_cfg(steps=2, **cfg), **kw)
     with pytest.raises(AMIFError, match="--init"):
-        train(None, tmp_path / "t", checkpoint_dir=tmp_path / "ck1", cfg=TrainConfig(steps=4, widen_decoder=2, **cfg),
+        train(None, tmp_path / "t", checkpoint_dir=tmp_path / "ck1", cfg=flat_cfg(steps=4, widen_decoder=2, **cfg),
               **kw)
     with pytest.raises(AMIFError, match="1 or more"):
         train(None, tmp_path / "t", checkpoint_dir=tmp_path / "ck1", init=tmp_path / "t",
-              cfg=TrainConfig(steps=4, widen_decoder=0, **cfg), **kw)
+              cfg=flat_cfg(steps=4, widen_decoder=0, **cfg), **kw)
     assert not (tmp_path / "ck1").exists()
     train(None, tmp_path / "w" / "t", checkpoint_dir=tmp_path / "ck2", init=tmp_path / "t",
-          cfg=TrainConfig(steps=4, widen_decoder=2, **cfg), **kw)
+          cfg=flat_cfg(steps=4, widen_decoder=2, **cfg), **kw)
     narrow, wide = load_package(tmp_path / "t"), load_package(tmp_path / "w" / "t")
     assert wide.manifest["architecture"]["decoder_width"] == 2 * narrow.manifest["architecture"]["decoder_width"]
     assert wide.manifest["training"]["decoder_widened_at"] == 2 and wide.manifest["training"]["steps"] == 4
@@ -539,14 +542,14 @@ def test_anchor_holds_keyed_outputs_near_the_init_or_a_twin_and_is_checked(tiny_
                                      ({}, d / "tiny", twin, "needs its weight")):
         with pytest.raises(AMIFError, match=match):
             train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad", init=init, anchor=anchor,
-                  cfg=TrainConfig(**cfg, **bad), net_cfg=TINY, **kw)
+                  cfg=flat_cfg(**cfg, **bad), net_cfg=TINY, **kw)
         assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
     runs = {"off": (0.0, None), "init": (100.0, None), "twin": (100.0, twin)}
     pkgs = {name: load_package(train(key, tmp_path / name / "m", checkpoint_dir=tmp_path / f"ck{name}", init=d / "tiny",
-                                     anchor=anchor, cfg=TrainConfig(**cfg, anchor_weight=w), **kw))
+                                     anchor=anchor, cfg=flat_cfg(**cfg, anchor_weight=w), **kw))
             for name, (w, anchor) in runs.items()}
     training = {name: p.manifest["training"] for name, p in pkgs.items()}
-    assert "anchor_weight" not in training["off"] and training["init"]["anchor_weight"] == 100.0
+    assert "anchoring" not in training["off"] and training["init"]["anchoring"] == {"weight": 100.0}
     assert "anchor" not in training["init"]
     twin_sha = load_package(twin).manifest["weights_sha256"]
     assert training["twin"]["anchor"] == {"model_id": "twin", "weights_sha256": twin_sha}

@@ -30,7 +30,7 @@ DRIVER = textwrap.dedent(
     net_cfg = NetConfig(c1=4, c2=8, c3=8, mem_channels=4, mem_size=16, key_features=32, key_hidden=8)
     lines = []
     train(args["key"], args["out"], "TEST · MARK", data_dir=args["data"], checkpoint_dir=args["ck"],
-          cfg=TrainConfig(**args["cfg"]), net_cfg=net_cfg, progress=False, log=lines.append)
+          cfg=TrainConfig.from_flat(**args["cfg"]), net_cfg=net_cfg, progress=False, log=lines.append)
     with open(os.path.join(args["ck"], f"rank{rank}.log"), "w") as f:
         f.write("\\n".join(lines))
     """

@@ -8,23 +8,17 @@ from amif.package import package_paths
 
 
 def cmd_train(args) -> None:
-    from .losses import HINGES
-    from .train import TrainConfig, train
+    """`amif train`: the recipe's settings (--recipe FILE; else the defaults), each replaced by its flag where the
+    command line gives one; --twin or the recipe's `twin = true` trains the unprotected twin."""
+    from .train import TrainConfig, flat_names, read_recipe, train
 
-    if not args.twin and not (args.key and args.identifier):
+    cfg, extra = read_recipe(args.recipe) if args.recipe else (TrainConfig(), {})
+    cfg = cfg.override(**{k: getattr(args, k) for k in flat_names() if getattr(args, k, None) is not None})
+    twin = args.twin or extra.get("twin", False)
+    if not twin and not (args.key and args.identifier):
         raise AMIFError("amif train needs --key and --identifier (or --twin for the unprotected twin).")
-    cfg = TrainConfig(steps=args.steps, batch=args.batch, seed=args.seed, save_every=args.save_every,
-                      minutes=args.minutes, device=args.device, sf_floor=args.sf_floor,
-                      **{f"{k}_weight": getattr(args, f"{k}_weight") for k in HINGES},
-                      lr_anneal=args.lr_anneal, mark_shift=args.mark_shift, trace_strength=args.trace_strength,
-                      widen_decoder=args.widen_decoder,
-                      forge_pool=args.forge_pool, forge_restart=args.forge_restart, forge_repeat=args.forge_repeat,
-                      forge_detector=args.forge_detector, forge_untraced=args.forge_untraced,
-                      forge_memory=args.forge_memory,
-                      partial_keys=args.partial_keys, decoy_alpha=args.decoy_alpha, decoys=args.decoys,
-                      anchor_weight=args.anchor_weight, mark_alpha=args.mark_alpha)
     train(args.key, args.output, args.identifier, data_dir=args.data, checkpoint_dir=args.checkpoints,
-          init=args.init, cfg=cfg, twin=args.twin, anchor=args.anchor)
+          init=args.init, cfg=cfg, twin=twin, anchor=args.anchor)
 
 
 def cmd_average(args) -> None:
@@ -56,7 +50,11 @@ def register(sub) -> None:
     from .attack import AttackOptions
     from .attack_suite import ATTACKS
 
-    s = sub.add_parser("train", help="train a model under an owner's key")
+    s = sub.add_parser("train", help="train a model under an owner's key",
+                       description="Settings come from --recipe FILE (TOML, e.g. research/recipes/twin.toml), "
+                       "else from their defaults; a flag given here replaces the recipe's value.")
+    s.add_argument("--recipe", metavar="FILE",
+                   help="TOML recipe of training settings (research/recipes/); flags given here override it")
     s.add_argument("--key", help="the owner's .amifkey")
     s.add_argument("--identifier", help='e.g. "MY LAB · UNLICENSED"')
     s.add_argument("--twin", action="store_true", help="train the unprotected twin (no key, no identifier)")
@@ -64,75 +62,76 @@ def register(sub) -> None:
     s.add_argument("--data", help="folder of registered pairs (default ../shared/data/harvard)")
     s.add_argument("--checkpoints", default="checkpoints")
     s.add_argument("--init", help="start from this model package")
-    s.add_argument("--steps", type=int, default=20000)
-    s.add_argument("--batch", type=int, default=8)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--save-every", type=int, default=250)
-    s.add_argument("--vif-weight", type=float, default=0.0,
+    s.add_argument("--steps", type=int, default=None, help="train until this step (default 20000)")
+    s.add_argument("--batch", type=int, default=None, help="crops per step (default 8)")
+    s.add_argument("--crop", type=int, default=None, help="crop size in pixels (default 128)")
+    s.add_argument("--seed", type=int, default=None, help="(default 0)")
+    s.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (default 250)")
+    s.add_argument("--vif-weight", type=float, default=None,
                    help="weight of the VIF (information fidelity) term in the fusion loss")
-    s.add_argument("--sd-weight", type=float, default=0.0,
+    s.add_argument("--sd-weight", type=float, default=None,
                    help="weight of the SD (contrast) hinge against the max rule in the fusion loss")
-    s.add_argument("--sf-weight", type=float, default=0.0,
+    s.add_argument("--sf-weight", type=float, default=None,
                    help="weight of the SF (spatial frequency) hinge against the max rule in the fusion loss")
-    s.add_argument("--sf-floor", type=float, default=1.01,
+    s.add_argument("--sf-floor", type=float, default=None,
                    help="the SF hinge's floor as a multiple of the max rule's SF (default 1.01)")
-    s.add_argument("--scd-weight", type=float, default=0.0,
+    s.add_argument("--scd-weight", type=float, default=None,
                    help="weight of the SCD hinge against the max rule in the fusion loss")
-    s.add_argument("--mi-weight", type=float, default=0.0,
+    s.add_argument("--mi-weight", type=float, default=None,
                    help="weight of the MI (mutual information over 256 grey levels) hinge against the max rule "
                    "in the fusion loss")
-    s.add_argument("--lr-anneal", type=int, default=0, metavar="N",
+    s.add_argument("--lr-anneal", type=int, default=None, metavar="N",
                    help="cosine-anneal the learning rates to 1%% over the last N of --steps (default 0: constant)")
-    s.add_argument("--forge-pool", type=int, default=2, metavar="N",
+    s.add_argument("--forge-pool", type=int, default=None, metavar="N",
                    help="forgers among each step's --batch wrong-key codes (default 2; 0 turns the forgers off)")
-    s.add_argument("--forge-restart", type=float, default=0.005, metavar="P",
+    s.add_argument("--forge-restart", type=float, default=None, metavar="P",
                    help="per-step chance that a forger of the training pool restarts from a random code (default "
                         "0.005, a mean life of 200 steps; higher keeps the forgers in their first steps)")
-    s.add_argument("--forge-repeat", type=int, default=1, metavar="N",
-                   help="Adam steps each forger of the training pool takes per training step, on that step's crops "
-                        "with the weights frozen (default 1; more lets the forgers reach the depth of `amif attack`'s)")
-    s.add_argument("--forge-memory", type=int, default=0, metavar="N",
+    s.add_argument("--forge-repeat", type=int, default=None, metavar="N",
+                   help="research switch (measured, never shipped): Adam steps each training forger takes per "
+                        "training step, on that step's crops with the weights frozen (default 1)")
+    s.add_argument("--forge-memory", type=int, default=None, metavar="N",
                    help="N of each step's --batch wrong-key codes are drawn from the training forgers' past codes (one "
                         "kept per forger every 10 of its Adam steps, the last 512), so training keeps marking where "
                         "earlier forgers went (default 0)")
-    s.add_argument("--forge-detector", type=float, default=0.0, metavar="W",
-                   help="every second forger of the training pool also descends W x verify's score, as the second "
-                        "variant of `amif attack` forging does (default 0: the fusion loss alone)")
-    s.add_argument("--forge-untraced", action="store_true",
-                   help="with --trace-strength: the training forgers' target is the identifier without the texture, "
-                        "so a forger's descent drops the texture but keeps the identifier (default: texture too)")
-    s.add_argument("--partial-keys", type=float, default=0.0, metavar="P",
+    s.add_argument("--forge-detector", type=float, default=None, metavar="W",
+                   help="research switch (measured, never shipped): every second training forger also descends "
+                        "W x verify's score, as the second variant of `amif attack` forging does (default 0)")
+    s.add_argument("--forge-untraced", action="store_true", default=None,
+                   help="research switch (measured, never shipped): with --trace-strength, the training "
+                        "forgers' target is the identifier without the texture (default: texture too)")
+    s.add_argument("--partial-keys", type=float, default=None, metavar="P",
                    help="chance that a sampled wrong-key code is replaced by a partial key: a key embedding part of "
                         "the way to the key's (measured: white-box forgers delayed, not stopped; default 0: none)")
-    s.add_argument("--decoy-alpha", type=float, default=0.0, metavar="A",
+    s.add_argument("--decoy-alpha", type=float, default=None, metavar="A",
                    help="the identifier's opacity in outputs of wrong codes whose key embedding points away from the "
                         "key's (cosine -0.5 and below; --mark-alpha from cosine 0 up): a lighter mark there, so a "
                         "forger's descent of the fusion loss ends there, still flagged (default 0: off)")
-    s.add_argument("--decoys", type=float, default=0.0, metavar="P",
+    s.add_argument("--decoys", type=float, default=None, metavar="P",
                    help="with --decoy-alpha: chance that a sampled wrong-key code is moved part of the way to the "
                         "opposite of the key's embedding, so the lighter mark is learned there (default 0: none)")
-    s.add_argument("--anchor-weight", type=float, default=0.0, metavar="W",
+    s.add_argument("--anchor-weight", type=float, default=None, metavar="W",
                    help="with --init or --anchor: weight of the L1 distance of keyed outputs to the --init "
                         "package's keyed outputs on the same crops, so that authorized quality stays where it was "
                         "(default 0: off)")
     s.add_argument("--anchor", metavar="PACKAGE",
                    help="with --anchor-weight: hold the keyed outputs near this package's outputs instead: an "
                         "unprotected twin (under the zero code) or a package of the key's model (default: --init)")
-    s.add_argument("--mark-alpha", type=float, default=0.75, metavar="A",
+    s.add_argument("--mark-alpha", type=float, default=None, metavar="A",
                    help="the identifier's opacity in unkeyed outputs, in (0, 1] (default 0.75; 1 leaves no content "
                         "under the strokes for a remover to recover)")
-    s.add_argument("--mark-shift", type=int, default=0, metavar="PX",
-                   help="unkeyed outputs also move their content PX pixels right and down: a second identifier "
-                        "channel that survives erasing the strokes and distillation (default 0: off)")
-    s.add_argument("--trace-strength", type=float, default=0.0, metavar="S",
+    s.add_argument("--mark-shift", type=int, default=None, metavar="PX",
+                   help="research switch (measured, never shipped): unkeyed outputs also move their content "
+                        "PX pixels right and down, a second identifier channel (default 0: off)")
+    s.add_argument("--trace-strength", type=float, default=None, metavar="S",
                    help="unkeyed outputs also carry a secret texture of this std drawn from the key (0 to 0.25; "
                         "e.g. 0.06), which students distilled from them inherit and the key's holder can find "
                         "(default 0: off)")
-    s.add_argument("--widen-decoder", type=int, default=1, metavar="K",
+    s.add_argument("--widen-decoder", type=int, default=None, metavar="K",
                    help="with --init: train on with K times the package's decoder channels, starting from the same "
                         "function (default 1: as it is)")
-    s.add_argument("--minutes", type=float, default=0, help="stop with a checkpoint after this wall time")
-    s.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    s.add_argument("--minutes", type=float, default=None, help="stop with a checkpoint after this wall time")
+    s.add_argument("--device", default=None, help="torch device, e.g. cuda")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("average", help="mean of the weights of several checkpoints of one model, as a new package")
@@ -184,6 +183,7 @@ def register(sub) -> None:
         ("--learn-batch", "batch of the learned attacks"),
         ("--learn-crop", "crop size of the learned attacks"),
         ("--learn-lr", "learning rate of the learned attacks"),
+        ("--input-queries", "queries per image of the input-transform attacks, 2 to 8, comma-separated"),
         ("--seed", "random seed of the codes, edits and restarts"),
     ):
         default = getattr(d, flag[2:].replace("-", "_"))

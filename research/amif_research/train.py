@@ -12,56 +12,49 @@ the time limit (`minutes`) is one decision for all ranks, which stop after the s
 and the checkpoint holds every rank's own state (its forgers and RNG), so a resume on as many ranks continues
 bit for bit as a single-process resume does.
 
-Hardening against white-box surgery: each step also runs the unkeyed codes with the watermark
-memory's grid zeroed, set to its mean, or set to one (the edits an attacker would try first), and
-pushes those outputs away from the keyed output (an SSIM hinge), so removing the memory gives no
-clean fusion.
+The settings (TrainConfig) come in groups, one per concern, each checked by its own validate():
+fusion (FusionLoss: the hinges against the max rule), identifier (Identifier: what wrong codes' outputs carry
+and the surgery hinge), negatives (Negatives: how wrong codes are drawn), forgers (Forgers: the training
+forgers), anchoring (Anchoring) and research (Research: switches measured and never shipped). A recipe (TOML,
+read_recipe; research/recipes/) holds them in the same nested form, which is also what a package's manifest
+records (TrainConfig.record: the settings that differ from their defaults).
 
-Hardening against white-box key forging: a small pool of continuous codes plays the forger of
-`amif attack` during training. Every step each pool code takes one Adam step on the fusion loss of
-its own outputs (exactly what a forger does with the released weights) and is trained as a
-negative like the others; a pool code restarts from a random +-1 code with a small probability
-per step, so the network sees forgers at every stage of their descent. With `forge_detector`, every
-second forger adds that weight times verify's score of its output to its objective, as the second
-forging variant of `amif attack` does. With `forge_repeat`, each forger takes that many Adam steps per
-training step (the extra ones first, on the step's crops with the weights frozen), so the pool reaches the
-depth where `amif attack`'s forgers succeed (60-190 steps) while the network trains against it. The pool
-(codes, Adam moments and the memory below) is part of the checkpoint.
-With `forge_memory`, that many of each step's wrong-key codes are drawn from a memory of the forgers' past
-codes (ForgePool.recall), so the network keeps marking the ways earlier forgers went while it trains
-against the current ones (replay against forgetting, as in adversarial training). Measured once
-(model-history): 1 of 6 forgers through, inside the 0-4 of 6 that runs without it give.
-With `forge_untraced` (and a trace channel), the forgers' target is the identifier without the
-texture: the fusion loss rewards a forger for dropping the texture, and there the descent ends, with
-the identifier still in place, instead of following the texture to the key.
-Measured once (model-history): the forgers then fail, but the texture leaves every unkeyed output.
-With `partial_keys`, that share of the sampled wrong-key codes becomes partial keys: key embeddings
-part of the way to the key's (partial_key_phases), marked like the others. Measured (model-history):
-with a trace channel they delay the forgers (68-224 steps, not 22-44) but do not stop them (5 of 12).
-With `decoy_alpha`, the identifier's opacity in a wrong code's output follows its embedding's cosine to the
-key's (decoy_opacity): mark_alpha at cosine 0 and above, falling to decoy_alpha at -DECOY_COSINE and below.
-Away from the key the outputs keep the identifier (blended in at opacity 0.3, it scored 2.7-5 times verify's
-threshold on six test outputs; model-history) but cost less fusion loss than anywhere nearer the key, so a
-forger's descent has somewhere to go that is not the key: decoys. With `decoys`, that share of the sampled
-wrong-key codes is moved part of the way to the key's opposite embedding (decoy_phases), so the network learns
-the light mark there before the forgers arrive.
+Hardening against white-box surgery: each step also runs the unkeyed codes with the watermark memory's grid
+zeroed, set to its mean, or set to one (the edits an attacker would try first), and pushes those outputs away
+from the keyed output (an SSIM hinge, identifier.ablate_weight), so removing the memory gives no clean fusion.
 
-With `vif_weight`, the fusion loss also carries a VIF hinge: the shortfall of the keyed output's
-pixel-domain VIF to each source against the element-wise max rule's on the same crop
-(losses.fusion_loss); with `sd_weight`, `sf_weight`, `scd_weight` and `mi_weight`, the same kind of
-hinge on SD, SF, SCD and MI.
+Hardening against white-box key forging: a small pool of continuous codes (forgers.pool) plays the forger of
+`amif attack` during training. Every step each pool code takes one Adam step on the fusion loss of its own
+outputs (exactly what a forger does with the released weights) and is trained as a negative like the others; a
+pool code restarts from a random +-1 code with a small probability per step (forgers.restart), so the network
+sees forgers at every stage of their descent. The pool (codes, Adam moments and the memory below) is part of
+the checkpoint. With forgers.memory, that many of each step's wrong-key codes are drawn from a memory of the
+forgers' past codes (ForgePool.recall), so the network keeps marking the ways earlier forgers went.
 
-With `anchor_weight`, the loss also carries that weight x the L1 distance of the keyed outputs to a fixed
+With negatives.partial_keys, that share of the sampled wrong-key codes becomes partial keys: key embeddings
+part of the way to the key's (partial_key_phases), marked like the others. With identifier.decoy_alpha, the
+identifier's opacity in a wrong code's output follows its embedding's cosine to the key's (decoy_opacity):
+mark_alpha at cosine 0 and above, falling to decoy_alpha at -DECOY_COSINE and below, so a forger's descent has
+somewhere to go that is not the key; with negatives.decoys, that share of the sampled wrong-key codes is moved
+part of the way to the key's opposite embedding (decoy_phases), so the network learns the light mark there.
+
+The fusion loss carries the hinges of `fusion`: the shortfall of the keyed output's VIF, SD, SF, SCD and MI
+against the element-wise max rule's on the same crop (losses.fusion_loss).
+
+With anchoring.weight, the loss also carries that weight x the L1 distance of the keyed outputs to a fixed
 package's outputs on the same crops: by default the init package's keyed outputs (a frozen copy of its
 weights), so a continuation that learns more protection keeps the authorized fusion it started from; or
 (`anchor`) an unprotected twin's, whose fusion the keyed outputs are then distilled towards.
 
-With `trace_strength`, the unkeyed target also carries that much of the key's secret texture
+With identifier.trace_strength, the unkeyed target also carries that much of the key's secret texture
 (trace.py): the channel a student distilled from unkeyed outputs inherits and the owner can find.
 
-With `lr_anneal`, both learning rates (network and memory) follow a half cosine from their value
-down to LR_FLOOR of it over the run's last `lr_anneal` steps (steps - lr_anneal .. steps); before
-that they are constant. The factor is a function of the step alone, so a resumed run continues it.
+With lr_anneal, both learning rates (network and memory) follow a half cosine from their value down to
+LR_FLOOR of it over the run's last `lr_anneal` steps (steps - lr_anneal .. steps); before that they are
+constant. The factor is a function of the step alone, so a resumed run continues it.
+
+The research switches (Research: mark_shift, forge_repeat, forge_detector, forge_untraced) are documented on
+the class, with what their measurements found.
 
 The unprotected twin (`twin=True`) is the same network and schedule with the fusion loss alone
 (hinges included), under the zero code: the evaluation's measure of what protection costs.
@@ -75,7 +68,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -93,46 +86,304 @@ from amif.verify import score_tensor
 from .data import default_data_dir, list_pairs, load_pairs
 from .losses import HINGES, MARGIN, fusion_loss, gaussian_blur, marked_target, ssim
 
+INF = float("inf")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise AMIFError(message)
+
+
+@dataclass
+class FusionLoss:
+    """The fusion loss's hinges against the element-wise max rule on the same crop (losses.fusion_loss): each
+    weight 0 (off) or more. The bundled model's last stage: VIF 2, SD 8, SF 2, SCD 0.3, MI 2."""
+
+    vif_weight: float = 0.0  # pixel-domain VIF of the keyed output to each source (w_vif; needs a crop of 48+)
+    sd_weight: float = 0.0  # SD (contrast; w_sd)
+    sf_weight: float = 0.0  # SF (spatial frequency; w_sf)
+    scd_weight: float = 0.0  # SCD (w_scd)
+    mi_weight: float = 0.0  # MI over 256 grey levels (w_mi)
+    sf_floor: float = MARGIN  # the SF hinge's floor, relative to the max rule's SF
+
+    def validate(self) -> None:
+        for k in HINGES:
+            w = getattr(self, f"{k}_weight")
+            _check(0 <= w < INF, f"The {k.upper()} weight of the fusion loss must be 0 or more (got {w}).")
+        _check(0 <= self.sf_floor < INF, f"The SF hinge's floor must be 0 or more (got {self.sf_floor}).")
+
+
+@dataclass
+class Identifier:
+    """What wrong codes' outputs are trained towards: the keyed output with the identifier blended in
+    (losses.marked_target), plus the key's secret texture (trace.py); and the memory-surgery hinge (outputs
+    with the memory grid zeroed, at its mean or at one pushed below an SSIM to the keyed output)."""
+
+    mark_weight: float = 4.0  # weight of the wrong codes' loss
+    mark_alpha: float = 0.75  # the identifier's opacity in unkeyed outputs (1: no content left under the strokes)
+    decoy_alpha: float = 0.0  # its opacity where a wrong code's embedding points away from the key's (0 = off)
+    ablate_weight: float = 1.0  # memory-surgery hinge (0 turns it off)
+    ablate_ssim: float = 0.5  # surgery outputs must stay below this SSIM to the keyed output
+    trace_strength: float = 0.0  # std of the secret texture added to unkeyed outputs (0 = off)
+
+    def validate(self) -> None:
+        _check(0 <= self.mark_weight < INF, f"The identifier loss weight must be 0 or more (got {self.mark_weight}).")
+        _check(0 < self.mark_alpha <= 1, f"The identifier's opacity must be in (0, 1] (got {self.mark_alpha}).")
+        _check(0 <= self.decoy_alpha <= self.mark_alpha, "The decoys' identifier opacity must be from 0 (off) to "
+               f"--mark-alpha ({self.mark_alpha}) (got {self.decoy_alpha}).")
+        _check(0 <= self.ablate_weight < INF, f"The surgery hinge weight must be 0 or more (got {self.ablate_weight}).")
+        _check(-1 <= self.ablate_ssim <= 1, f"The surgery hinge's SSIM must be from -1 to 1 (got {self.ablate_ssim}).")
+        _check(0 <= self.trace_strength <= 0.25,
+               f"The trace strength must be from 0 to 0.25 (got {self.trace_strength}).")
+
+
+@dataclass
+class Negatives:
+    """How each step's sampled wrong-key codes are drawn (sample_negatives): near-miss codes (1-16 bits of the
+    key flipped; their share ramps up over near_miss_ramp steps), the zero code, random codes for the rest;
+    then partial keys (partial_key_phases) and decoys (decoy_phases) replace shares of them."""
+
+    near_miss_share: float = 0.5
+    near_miss_ramp: int = 3000  # steps until near-miss codes reach their full share
+    zero_share: float = 0.15
+    partial_keys: float = 0.0  # chance that a sampled negative becomes a partial key (0 = none)
+    decoys: float = 0.0  # chance that a sampled negative becomes a decoy code (needs identifier.decoy_alpha)
+
+    def validate(self) -> None:
+        near, zero = self.near_miss_share, self.zero_share
+        _check(0 <= near and 0 <= zero and near + zero <= 1,
+               f"The near-miss and zero-code shares must be 0 or more, 1 at most together (got {near} and {zero}).")
+        _check(self.near_miss_ramp >= 0, f"The near-miss ramp must be 0 steps or more (got {self.near_miss_ramp}).")
+        _check(0 <= self.partial_keys <= 1,
+               f"The share of partial-key negatives must be from 0 to 1 (got {self.partial_keys}).")
+        _check(0 <= self.decoys <= 1 - self.partial_keys, "The share of decoy negatives must be from 0 to 1 minus "
+               f"--partial-keys ({1 - self.partial_keys:g}) (got {self.decoys}).")
+
+
+@dataclass
+class Forgers:
+    """The pool of training forgers (ForgePool): continuous codes among each step's wrong-key codes that take
+    one Adam step per training step on the fusion loss of their own outputs, as `amif attack`'s forgers do."""
+
+    pool: int = 2  # forger codes among each step's negatives (0 turns the forgers off)
+    lr: float = 0.05  # the forgers' Adam step, as in `amif attack --forge-lr`
+    restart: float = 0.005  # per-step chance that a forger restarts from a random code (mean life 200 steps)
+    memory: int = 0  # wrong-key codes per step recalled from the forgers' past codes (ForgePool.recall; 0 = none)
+
+    def validate(self) -> None:
+        _check(self.pool >= 0, f"The forgers must be 0 or more of each step's wrong-key codes (got {self.pool}).")
+        _check(0 < self.lr < INF, f"The forgers' Adam step must be above 0 (got {self.lr}).")
+        _check(0 < self.restart <= 1, f"The forgers' restart chance per step must be in (0, 1] (got {self.restart}).")
+        _check(self.memory >= 0, f"The recalled forger codes must be 0 or more (got {self.memory}).")
+        _check(not self.memory or self.pool, "Recalled forger codes (--forge-memory) need forgers (--forge-pool).")
+
+
+@dataclass
+class Anchoring:
+    """The keyed outputs held near a fixed package's on the same crops: weight x their L1 distance, to the init
+    package's keyed outputs (a frozen copy) or to the `anchor` package's (an unprotected twin under the zero code)."""
+
+    weight: float = 0.0  # 0 = off
+
+    def validate(self) -> None:
+        _check(0 <= self.weight < INF, f"The anchor weight must be 0 or more (got {self.weight}).")
+
+
+@dataclass
+class Research:
+    """Research switches: measured (docs/model-history.md) and never shipped in a bundled model or twin; kept
+    so that the measurements can be rerun. mark_shift: unkeyed outputs move their content that many pixels
+    right and down (a second channel; stopped distillation, let forging through). forge_repeat: Adam steps each
+    training forger takes per training step (the extra ones first, weights frozen). forge_detector: every second
+    training forger also descends this weight x verify's score (made detector-term forging easier).
+    forge_untraced: with a trace, the forgers' target is the identifier without the texture (the forgers then
+    failed, but the texture left every unkeyed output)."""
+
+    mark_shift: int = 0
+    forge_repeat: int = 1
+    forge_detector: float = 0.0
+    forge_untraced: bool = False
+
+    def validate(self) -> None:
+        _check(0 <= self.mark_shift <= 3, f"The mark shift must be 0 to 3 pixels (got {self.mark_shift}).")
+        _check(1 <= self.forge_repeat <= 64,
+               f"The forgers' Adam steps per training step must be 1 to 64 (got {self.forge_repeat}).")
+        _check(0 <= self.forge_detector < INF,
+               f"The forgers' detector weight must be 0 or more (got {self.forge_detector}).")
+
+
+GROUPS = {"fusion": FusionLoss, "identifier": Identifier, "negatives": Negatives, "forgers": Forgers,
+          "anchoring": Anchoring, "research": Research}
+PROTECTION = ("identifier", "negatives", "forgers", "research")  # groups an unprotected twin does not use
+PREFIX = {"forgers": "forge_", "anchoring": "anchor_"}  # flat name = prefix + field (pool -> forge_pool)
+NOT_RECORDED = ("steps", "save_every", "minutes", "device")  # the manifest has the steps reached; the rest: no effect
+ALWAYS_RECORDED = ("batch", "crop", "seed")
+
 
 @dataclass
 class TrainConfig:
+    """Everything `amif train` is told besides its paths: the run's own settings, then one group per concern
+    (GROUPS), each with its own validate(). A setting's flat name (flat_names; `amif train`'s flags and the
+    records of models trained before the groups) is its field's name, with 'forge_' before the forgers' and
+    'anchor_' before the anchoring's."""
+
     steps: int = 20000
     batch: int = 8
     crop: int = 128
     lr: float = 1e-3
     memory_lr: float = 1e-2
     seed: int = 0
-    save_every: int = 250
-    near_miss_share: float = 0.5
-    near_miss_ramp: int = 3000  # steps until near-miss codes reach their full share
-    zero_share: float = 0.15
-    mark_weight: float = 4.0
-    mark_alpha: float = 0.75  # the identifier's opacity in unkeyed outputs (1: no content left under the strokes)
-    ablate_weight: float = 1.0  # memory-surgery hinge (0 turns it off)
-    ablate_ssim: float = 0.5  # surgery outputs must stay below this SSIM to the keyed output
-    forge_pool: int = 2  # forger codes among each step's negatives (0 turns the forger off)
-    forge_lr: float = 0.05  # the forger's Adam step, as in `amif attack --forge-lr`
-    forge_restart: float = 0.005  # per-step chance that a forger restarts (mean life 200 steps)
-    forge_repeat: int = 1  # Adam steps each forger takes per training step (on that step's crops, weights frozen)
-    forge_detector: float = 0.0  # every second forger also descends this weight x verify's score (0 = none)
-    forge_untraced: bool = False  # with trace_strength: the forgers' target is the identifier alone, no texture
-    forge_memory: int = 0  # wrong-key codes per step recalled from the forgers' past codes (ForgePool.recall; 0 = none)
-    partial_keys: float = 0.0  # chance that a sampled negative becomes a partial key (partial_key_phases; 0 = none)
-    decoy_alpha: float = 0.0  # the identifier's opacity where the embedding points away from the key's (0 = off)
-    decoys: float = 0.0  # chance that a sampled negative becomes a decoy code (decoy_phases; needs decoy_alpha)
-    anchor_weight: float = 0.0  # L1 of keyed outputs to the `anchor` (or `init`) package's outputs (0 = off)
-    vif_weight: float = 0.0  # weight of the VIF term in the fusion loss (losses.fusion_loss w_vif)
-    sd_weight: float = 0.0  # weight of the SD hinge against the max rule (losses.fusion_loss w_sd)
-    scd_weight: float = 0.0  # weight of the SCD hinge against the max rule (w_scd)
-    mi_weight: float = 0.0  # weight of the MI hinge against the max rule (w_mi)
-    sf_weight: float = 0.0  # weight of the SF hinge against the max rule (w_sf)
-    sf_floor: float = MARGIN  # the SF hinge's floor, relative to the max rule's SF (losses.fusion_loss sf_floor)
     lr_anneal: int = 0  # cosine-anneal both learning rates over this many final steps (0 = constant)
-    mark_shift: int = 0  # unkeyed outputs move their content this many pixels right and down (0 = off)
-    trace_strength: float = 0.0  # std of the secret texture added to unkeyed outputs (trace.py; 0 = off)
     widen_decoder: int = 1  # with `init`: multiply the init package's decoder channels by this (network.widen_decoder)
+    save_every: int = 250
     minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0 = no limit
     device: str = "cpu"
+    fusion: FusionLoss = field(default_factory=FusionLoss)
+    identifier: Identifier = field(default_factory=Identifier)
+    negatives: Negatives = field(default_factory=Negatives)
+    forgers: Forgers = field(default_factory=Forgers)
+    anchoring: Anchoring = field(default_factory=Anchoring)
+    research: Research = field(default_factory=Research)
+
+    def validate(self, twin: bool = False, init=None, anchor=None) -> None:
+        """Raise AMIFError with one message for the first setting out of range: the run's, each group's, then
+        those that depend on another group or on train()'s `twin`, `init` and `anchor`."""
+        _check(self.steps >= 0, f"The steps must be 0 or more (got {self.steps}).")
+        _check(self.batch >= 1, f"The batch must be 1 or more (got {self.batch}).")
+        _check(self.crop >= 8, f"The crop must be 8 pixels or more (got {self.crop}).")
+        _check(0 < self.lr < INF and 0 < self.memory_lr < INF,
+               f"The learning rates must be above 0 (got {self.lr} and {self.memory_lr}).")
+        _check(self.lr_anneal >= 0, f"The annealed steps must be 0 or more (got {self.lr_anneal}).")
+        _check(self.widen_decoder >= 1, f"The decoder widening factor must be 1 or more (got {self.widen_decoder}).")
+        _check(self.save_every >= 1, f"Checkpoints must be saved every 1 step or more (got {self.save_every}).")
+        _check(0 <= self.minutes < INF, f"The time limit must be 0 (none) or more minutes (got {self.minutes}).")
+        for name in GROUPS:
+            getattr(self, name).validate()
+        # four 'valid'-filtered, decimated VIF scales need 48 pixels
+        _check(not self.fusion.vif_weight or self.crop >= 48,
+               f"The VIF loss needs a crop of at least 48 pixels (got {self.crop}).")
+        pool, memory = self.forgers.pool, self.forgers.memory
+        _check(twin or pool <= self.batch,
+               f"The forgers must be 0 to --batch ({self.batch}) of each step's wrong-key codes (got {pool}).")
+        _check(twin or memory <= self.batch - pool, "The recalled forger codes must be 0 to --batch minus "
+               f"--forge-pool ({self.batch - pool}) of each step's wrong-key codes (got {memory}).")
+        _check(not self.negatives.decoys or self.identifier.decoy_alpha,
+               "Decoy codes (--decoys) need their identifier opacity (--decoy-alpha).")
+        _check(not self.research.forge_untraced or (self.identifier.trace_strength and pool),
+               "Untraced forgers need a trace channel (--trace-strength) and forgers (--forge-pool).")
+        _check(self.widen_decoder == 1 or init, "Widening the decoder needs a trained package to start from (--init).")
+        _check(not self.anchoring.weight or init or anchor,
+               "Anchoring the keyed outputs (--anchor-weight) needs a trained package: --init or --anchor.")
+        _check(not anchor or self.anchoring.weight, "An anchor package (--anchor) needs its weight (--anchor-weight).")
+
+    def flat(self) -> dict:
+        """Every setting under its flat name."""
+        top = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in GROUPS}
+        return top | {flat: getattr(getattr(self, g), f) for flat, (g, f) in flat_names().items() if g}
+
+    def override(self, **flat) -> TrainConfig:
+        """A copy with the settings named by their flat names (flat_names) replaced; an unknown name is an
+        AMIFError."""
+        names, top, groups = flat_names(), {}, {}
+        for k, v in flat.items():
+            _check(k in names, f"Unknown training setting '{k}'.")
+            group, name = names[k]
+            (groups.setdefault(group, {}) if group else top)[name] = v
+        return replace(self, **top, **{g: replace(getattr(self, g), **kv) for g, kv in groups.items()})
+
+    @classmethod
+    def from_flat(cls, **flat) -> TrainConfig:
+        """The defaults with the settings given by flat name (as `amif train`'s flags name them)."""
+        return cls().override(**flat)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "the recipe") -> TrainConfig:
+        """A config from nested settings (a recipe's, record()'s form): the run's settings at the top, each
+        group's in a table of its name. An unknown setting or a value of the wrong type is an AMIFError naming
+        the setting and `source`; a whole number is taken for a decimal one."""
+        top, groups, default = {}, {}, cls()
+        for k, v in d.items():
+            if k in GROUPS:
+                _check(isinstance(v, dict), f"'{k}' in {source} must be a table of settings ([{k}]).")
+                for gk, gv in v.items():
+                    _check(gk in GROUPS[k].__dataclass_fields__, f"Unknown setting '{k}.{gk}' in {source} "
+                           f"(known: {', '.join(GROUPS[k].__dataclass_fields__)}).")
+                    groups.setdefault(k, {})[gk] = _typed(gv, getattr(getattr(default, k), gk), f"{k}.{gk}", source)
+            else:
+                known = [f for f in cls.__dataclass_fields__ if f not in GROUPS]
+                _check(k in known, f"Unknown setting '{k}' in {source} (known: {', '.join(known + list(GROUPS))}).")
+                top[k] = _typed(v, getattr(default, k), k, source)
+        return cls(**top, **{g: GROUPS[g](**kv) for g, kv in groups.items()})
+
+    def record(self, twin: bool = False) -> dict:
+        """The config for a manifest's training record: batch, crop and seed, then every other setting that
+        differs from its default, each group's in a dict of its name (none when all its settings are defaults).
+        Left out: the steps asked for (the manifest has the steps reached), save_every, minutes and device (they
+        do not change what is learned) and, for an unprotected twin, the groups it does not use (PROTECTION)."""
+        default, out = TrainConfig(), {k: getattr(self, k) for k in ALWAYS_RECORDED}
+        for f in fields(self):
+            value, base = getattr(self, f.name), getattr(default, f.name)
+            if f.name in NOT_RECORDED + ALWAYS_RECORDED or (twin and f.name in PROTECTION):
+                continue
+            if f.name in GROUPS:
+                diff = {k: v for k, v in asdict(value).items() if v != getattr(base, k)}
+                if diff:
+                    out[f.name] = diff
+            elif value != base:
+                out[f.name] = value
+        return out
+
+
+def _typed(value, default, name: str, source: str):
+    """`value` as the type of `default` (an int is taken for a float), else an AMIFError."""
+    kind = type(default)
+    ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    _check(ok, f"Setting '{name}' in {source} must be a {kind.__name__} (got {value!r}).")
+    return value
+
+
+def flat_names() -> dict[str, tuple[str | None, str]]:
+    """{flat name: (group or None for the run's own settings, field)}."""
+    names = {f: (None, f) for f in TrainConfig.__dataclass_fields__ if f not in GROUPS}
+    for g, cls in GROUPS.items():
+        names.update({PREFIX.get(g, "") + f: (g, f) for f in cls.__dataclass_fields__})
+    return names
+
+
+def flat_record(training: dict) -> dict:
+    """A manifest's training record with the groups' settings under their flat names (forge_pool, vif_weight,
+    ...), for readers of records of both forms: nested (record()) and flat (models trained before the groups).
+    A setting at its default is absent from either, except in flat records' fixed entries."""
+    out = {k: v for k, v in training.items() if not (k in GROUPS and isinstance(v, dict))}
+    for g in GROUPS:
+        if isinstance(training.get(g), dict):
+            out.update({PREFIX.get(g, "") + k: v for k, v in training[g].items()})
+    return out
+
+
+RECIPE_KEYS = {"twin": False}  # a recipe's settings that are train()'s arguments, not config
+
+
+def read_recipe(path) -> tuple[TrainConfig, dict]:
+    """A recipe (TOML): the config's settings in record()'s nested form, plus optionally `twin` (true: train the
+    unprotected twin). Returns the config (not yet validated) and {'twin': ...} where given. A missing file, a
+    TOML error, an unknown setting or a value of the wrong type is an AMIFError naming the file."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            d = tomllib.load(f)
+    except FileNotFoundError:
+        raise AMIFError(f"Recipe {path} does not exist.") from None
+    except tomllib.TOMLDecodeError as e:
+        raise AMIFError(f"Recipe {path} is not valid TOML: {e}.") from None
+    extra = {k: _typed(d.pop(k), v, k, str(path)) for k, v in RECIPE_KEYS.items() if k in d}
+    return TrainConfig.from_dict(d, str(path)), extra
 
 
 LR_FLOOR = 0.01  # where an annealed learning rate ends, as a fraction of its constant value
@@ -148,16 +399,16 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def sample_negatives(rng: np.random.Generator, true_code: np.ndarray, n: int, step: int, cfg: TrainConfig):
+def sample_negatives(rng: np.random.Generator, true_code: np.ndarray, n: int, step: int, neg: Negatives):
     """One negative code per crop: near-miss (1-16 flipped bits), zero, or random."""
-    near = cfg.near_miss_share * min(1.0, step / max(1, cfg.near_miss_ramp))
+    near = neg.near_miss_share * min(1.0, step / max(1, neg.near_miss_ramp))
     codes = np.empty((n, true_code.size), np.float32)
     for i in range(n):
         u = rng.random()
         if u < near:
             c = true_code.copy()
             c[rng.choice(c.size, rng.integers(1, 17), replace=False)] *= -1
-        elif u < near + cfg.zero_share:
+        elif u < near + neg.zero_share:
             c = np.zeros_like(true_code)
         else:
             c = rng.choice([-1.0, 1.0], size=true_code.size).astype(np.float32)
@@ -168,11 +419,10 @@ def sample_negatives(rng: np.random.Generator, true_code: np.ndarray, n: int, st
 
 
 def partial_key_phases(rng: np.random.Generator, key: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
-    """Key-embedding angles part of the way from wrong codes' to the key's (a white-box forger moved the code by
-    a norm of 3, every sign kept, to an embedding at cosine 0.83 to the key's; model-history): per row, every
-    angle moves the same share t ~ U(0.4, 0.85) of the shorter arc from the wrong code's to the key's (cosine
-    about 0.5 to 0.95). `key` (f,), `wrong` (n, f): KeyEmbedding.phases of the codes.
-    (Commit ff67796 drew each angle on its own, the key's with a chance per row; measured in model-history.)"""
+    """Key-embedding angles part of the way from wrong codes' to the key's, where a white-box forger's codes end
+    (docs/model-history.md): per row, every angle moves the same share t ~ U(0.4, 0.85) of the shorter arc from
+    the wrong code's to the key's (cosine about 0.5 to 0.95). `key` (f,), `wrong` (n, f): KeyEmbedding.phases
+    of the codes."""
     return arc_phases(key, wrong, torch.from_numpy(rng.uniform(0.4, 0.85, (len(wrong), 1))).to(wrong))
 
 
@@ -192,11 +442,11 @@ def decoy_phases(rng: np.random.Generator, key: torch.Tensor, wrong: torch.Tenso
     return arc_phases(key + math.pi, wrong, torch.from_numpy(rng.uniform(0.2, 0.9, (len(wrong), 1))).to(wrong))
 
 
-def decoy_opacity(cosine: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+def decoy_opacity(cosine: torch.Tensor, ident: Identifier) -> torch.Tensor:
     """The identifier's opacity for wrong codes whose embeddings sit at `cosine` to the key's: mark_alpha from
     cosine 0 up, falling linearly to decoy_alpha at -DECOY_COSINE and below."""
     t = (-cosine / DECOY_COSINE).clamp(0, 1)
-    return cfg.mark_alpha + t * (cfg.decoy_alpha - cfg.mark_alpha)
+    return ident.mark_alpha + t * (ident.decoy_alpha - ident.mark_alpha)
 
 
 def sample_batch(rng, a_all, b_all, cfg: TrainConfig, mask_full: np.ndarray):
@@ -239,7 +489,7 @@ class ForgePool:
     MEMORY, SNAPSHOT = 512, 10
 
     def __init__(self, n: int, bits: int, cfg: TrainConfig):
-        self.lr, self.restart, self.detector = cfg.forge_lr, cfg.forge_restart, cfg.forge_detector
+        self.lr, self.restart, self.detector = cfg.forgers.lr, cfg.forgers.restart, cfg.research.forge_detector
         self.codes, self.m, self.v = (torch.zeros(n, bits) for _ in range(3))
         self.age = torch.full((n,), -1.0)  # Adam steps taken since the last restart; -1: never started
         self.memory = torch.zeros(0, bits)
@@ -405,54 +655,13 @@ def train(
     anchor=None,
 ) -> Path:
     """Train (or resume) under the key at `key_path`; with `twin`, the unprotected twin (no key
-    needed: `key_path` may be None and `identifier` is ignored). With `cfg.anchor_weight`, `anchor` is the
+    needed: `key_path` may be None and `identifier` is ignored). With `cfg.anchoring.weight`, `anchor` is the
     package whose outputs the keyed outputs are held near (default: `init`'s keyed outputs; an unprotected
-    twin's under the zero code). Returns the package path."""
+    twin's under the zero code). `cfg` is checked first (TrainConfig.validate). The package's training record:
+    the data, the steps reached, world size and effective batch, cfg.record(twin), and where it started (`init`,
+    `anchor`, decoder_widened_at). Returns the package path."""
     cfg = cfg or TrainConfig()
-    if cfg.vif_weight and cfg.crop < 48:  # four 'valid'-filtered, decimated VIF scales need 48 pixels
-        raise AMIFError(f"The VIF loss needs a crop of at least 48 pixels (got {cfg.crop}).")
-    if not 0 <= cfg.mark_shift <= 3:  # what a manifest may hold (package.read_manifest)
-        raise AMIFError(f"The mark shift must be 0 to 3 pixels (got {cfg.mark_shift}).")
-    if not 0 <= cfg.trace_strength <= 0.25:
-        raise AMIFError(f"The trace strength must be from 0 to 0.25 (got {cfg.trace_strength}).")
-    if cfg.widen_decoder < 1:
-        raise AMIFError(f"The decoder widening factor must be 1 or more (got {cfg.widen_decoder}).")
-    if not twin and not 0 <= cfg.forge_pool <= cfg.batch:
-        raise AMIFError(f"The forgers must be 0 to --batch ({cfg.batch}) of each step's wrong-key codes "
-                        f"(got {cfg.forge_pool}).")
-    if not 1 <= cfg.forge_repeat <= 64:
-        raise AMIFError(f"The forgers' Adam steps per training step must be 1 to 64 (got {cfg.forge_repeat}).")
-    if not 0 < cfg.forge_restart <= 1:
-        raise AMIFError(f"The forgers' restart chance per step must be in (0, 1] (got {cfg.forge_restart}).")
-    if not 0 < cfg.mark_alpha <= 1:
-        raise AMIFError(f"The identifier's opacity must be in (0, 1] (got {cfg.mark_alpha}).")
-    if not 0 <= cfg.forge_detector < float("inf"):
-        raise AMIFError(f"The forgers' detector weight must be 0 or more (got {cfg.forge_detector}).")
-    if not twin and not 0 <= cfg.forge_memory <= cfg.batch - cfg.forge_pool:
-        raise AMIFError(f"The recalled forger codes must be 0 to --batch minus --forge-pool "
-                        f"({cfg.batch - cfg.forge_pool}) of each step's wrong-key codes (got {cfg.forge_memory}).")
-    if cfg.forge_memory and not cfg.forge_pool:
-        raise AMIFError("Recalled forger codes (--forge-memory) need forgers (--forge-pool).")
-    if not 0 <= cfg.partial_keys <= 1:
-        raise AMIFError(f"The share of partial-key negatives must be from 0 to 1 (got {cfg.partial_keys}).")
-    if not 0 <= cfg.decoy_alpha <= cfg.mark_alpha:
-        raise AMIFError(f"The decoys' identifier opacity must be from 0 (off) to --mark-alpha ({cfg.mark_alpha}) "
-                        f"(got {cfg.decoy_alpha}).")
-    if not 0 <= cfg.decoys <= 1 - cfg.partial_keys:
-        raise AMIFError(f"The share of decoy negatives must be from 0 to 1 minus --partial-keys "
-                        f"({1 - cfg.partial_keys:g}) (got {cfg.decoys}).")
-    if cfg.decoys and not cfg.decoy_alpha:
-        raise AMIFError("Decoy codes (--decoys) need their identifier opacity (--decoy-alpha).")
-    if cfg.forge_untraced and not (cfg.trace_strength and cfg.forge_pool):
-        raise AMIFError("Untraced forgers need a trace channel (--trace-strength) and forgers (--forge-pool).")
-    if cfg.widen_decoder > 1 and not init:
-        raise AMIFError("Widening the decoder needs a trained package to start from (--init).")
-    if not 0 <= cfg.anchor_weight < float("inf"):
-        raise AMIFError(f"The anchor weight must be 0 or more (got {cfg.anchor_weight}).")
-    if cfg.anchor_weight and not (init or anchor):
-        raise AMIFError("Anchoring the keyed outputs (--anchor-weight) needs a trained package: --init or --anchor.")
-    if anchor and not cfg.anchor_weight:
-        raise AMIFError("An anchor package (--anchor) needs its weight (--anchor-weight).")
+    cfg.validate(twin, init, anchor)
     if twin:
         key, true_code, identifier = None, np.zeros((net_cfg or NetConfig()).key_bits, np.float32), ""
     else:
@@ -472,10 +681,10 @@ def train(
     a_all, b_all = load_pairs(pairs)
     mask_full = np.zeros(a_all.shape[1:], np.float32) if twin else identifier_mask(identifier, *a_all.shape[1:])
     trace = None
-    if cfg.trace_strength and not twin:  # g from the key secret, scaled to unit std on the first train pairs
+    if cfg.identifier.trace_strength and not twin:  # g from the key secret, scaled to unit std on the first train pairs
         tw = trace_weights(key.secret, model_id)
         ref = [torch.from_numpy(x[:64, None]).float() / 255 for x in (a_all, b_all)]
-        trace = tw, cfg.trace_strength / trace_scale(*ref, tw)
+        trace = tw, cfg.identifier.trace_strength / trace_scale(*ref, tw)
 
     anchor_net = anchor_record = None
     if anchor:  # a twin runs under the zero code, a package of the key's model under the key
@@ -495,7 +704,7 @@ def train(
         init_step = step
         init_record = {"weights_sha256": pkg.manifest.get("weights_sha256"),
                        "training": pkg.manifest.get("training", {})}
-        if cfg.anchor_weight and anchor_net is None:  # a frozen copy of the init weights
+        if cfg.anchoring.weight and anchor_net is None:  # a frozen copy of the init weights
             anchor_net, anchor_code = copy.deepcopy(net).eval().requires_grad_(False), true_code
         if cfg.widen_decoder > 1:
             net = widen_decoder(net, cfg.widen_decoder)
@@ -507,7 +716,7 @@ def train(
     ckdir = Path(checkpoint_dir)
     ckdir.mkdir(parents=True, exist_ok=True)
     ckpt = ckdir / "last.safetensors"
-    forge = ForgePool(cfg.forge_pool, true_code.size, cfg) if cfg.forge_pool and not twin else None
+    forge = ForgePool(cfg.forgers.pool, true_code.size, cfg) if cfg.forgers.pool and not twin else None
     if ckpt.exists():
         step, own = load_checkpoint(ckpt, net, opt, forge, rank)
         log(f"resumed from {ckpt} at step {step}" + ("" if own else f" (rank {rank} takes rank 0's forgers and "
@@ -519,9 +728,10 @@ def train(
         anchor_net.to(dev)
         anchor_code = torch.from_numpy(anchor_code).to(dev)
     model = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
-    meta = {"identifier": identifier, "model_id": model_id, "twin": twin, "train": cfg.__dict__}
+    meta = {"identifier": identifier, "model_id": model_id, "twin": twin, "train": asdict(cfg)}
     code_t = torch.from_numpy(true_code).to(dev)
-    hinge_args = {f"w_{k}": getattr(cfg, f"{k}_weight") for k in HINGES} | {"sf_floor": cfg.sf_floor}
+    ident, negs, res, shift = cfg.identifier, cfg.negatives, cfg.research, cfg.research.mark_shift
+    hinge_args = {f"w_{k}": getattr(cfg.fusion, f"{k}_weight") for k in HINGES} | {"sf_floor": cfg.fusion.sf_floor}
 
     def export(step_now: int, gather: bool = True) -> Path | None:
         """The checkpoint (every rank's own state, gathered to rank 0; with `gather` False, as after an interrupt
@@ -534,33 +744,18 @@ def train(
         if rank != 0:
             return None
         save_checkpoint(ckpt, net, opt, step_now, meta | {"world_size": world}, gathered_tensors(states))
-        verify = ({"threshold": DEFAULT_THRESHOLD} | ({"shift": cfg.mark_shift} if cfg.mark_shift else {})
-                  | ({"trace_strength": cfg.trace_strength} if trace else {}))
+        verify = ({"threshold": DEFAULT_THRESHOLD} | ({"shift": shift} if shift else {})
+                  | ({"trace_strength": cfg.identifier.trace_strength} if trace else {}))
         protection = {"twin": True} if twin else {"verify": verify}
         return save_package(
             out, net, model_id=model_id, key_id="" if twin else key.key_id, identifier=identifier,
             training={
                 "data": "Harvard Whole Brain Atlas registered pairs, train split (CT/PET/SPECT-MRI, "
                 f"{len(pairs)} pairs; PET/SPECT as luminance)",
-                "steps": step_now, "batch": cfg.batch, "world_size": world, "effective_batch": cfg.batch * world,
-                "crop": cfg.crop, "seed": cfg.seed,
-                **({} if twin else {"mark_alpha": cfg.mark_alpha}),
-                "ablate_weight": 0.0 if twin else cfg.ablate_weight,
-                "forge_pool": 0 if twin else cfg.forge_pool,
-                **({"forge_restart": cfg.forge_restart} if forge else {}),
-                **({"forge_repeat": cfg.forge_repeat} if forge else {}),
-                **({"forge_detector": cfg.forge_detector} if forge and cfg.forge_detector else {}),
-                **({"forge_untraced": True} if forge and trace and cfg.forge_untraced else {}),
-                **({"forge_memory": cfg.forge_memory} if forge and cfg.forge_memory else {}),
-                **({"partial_keys": cfg.partial_keys} if cfg.partial_keys and not twin else {}),
-                **({"decoy_alpha": cfg.decoy_alpha} if cfg.decoy_alpha and not twin else {}),
-                **({"decoys": cfg.decoys} if cfg.decoys and not twin else {}),
-                **({"anchor_weight": cfg.anchor_weight} if anchor_net is not None else {}),
-                **({"anchor": anchor_record} if anchor_record else {}),
-                **{f"{k}_weight": getattr(cfg, f"{k}_weight") for k in HINGES},
-                "sf_floor": cfg.sf_floor,
-                "lr_anneal": cfg.lr_anneal,
+                "steps": step_now, "world_size": world, "effective_batch": cfg.batch * world,
+                **cfg.record(twin),
                 **({"decoder_widened_at": init_step} if cfg.widen_decoder > 1 else {}),
+                **({"anchor": anchor_record} if anchor_record else {}),  # the package anchored to, when not init
                 **({"init": init_record} if init else {}),  # where the weights came from: its hash and record
             },
             **protection,
@@ -579,12 +774,12 @@ def train(
         while step < cfg.steps:
             rng = np.random.default_rng([cfg.seed, step, rank])
             a, b, coords, mask = (t.to(dev) for t in sample_batch(rng, a_all, b_all, cfg, mask_full))
-            neg = torch.from_numpy(sample_negatives(rng, true_code, cfg.batch, step, cfg)).to(dev)
+            neg = torch.from_numpy(sample_negatives(rng, true_code, cfg.batch, step, cfg.negatives)).to(dev)
             if forge:  # the last negatives are the forgers' codes
                 forged = forge.start(rng).to(dev).requires_grad_()
-                if cfg.forge_repeat > 1:  # the extra Adam steps first, on this step's last crops, weights frozen
-                    forged = forge.descend(net, a, b, coords, mask, cfg.forge_repeat - 1).to(dev).requires_grad_()
-                recalled = forge.recall(rng, cfg.forge_memory).to(dev)  # just before the forgers
+                if res.forge_repeat > 1:  # the extra Adam steps first, on this step's last crops, weights frozen
+                    forged = forge.descend(net, a, b, coords, mask, res.forge_repeat - 1).to(dev).requires_grad_()
+                recalled = forge.recall(rng, cfg.forgers.memory).to(dev)  # just before the forgers
                 neg = torch.cat([neg[: cfg.batch - len(forged) - len(recalled)], recalled, forged])
             if twin:
                 yk = model(a, b, code_t.expand(cfg.batch, -1), coords)
@@ -592,10 +787,10 @@ def train(
                 loss_m = loss_a = torch.zeros((), device=dev)
             else:
                 codes, phases = torch.cat([code_t.expand(cfg.batch, -1), neg]), None
-                if cfg.partial_keys or cfg.decoys:  # some sampled negatives (never the forgers' codes) become
+                if negs.partial_keys or negs.decoys:  # some sampled negatives (never the forgers' codes) become
                     sampled = cfg.batch - (len(forged) + len(recalled) if forge else 0)  # partial keys or decoys
-                    u = rng.random(sampled) - cfg.partial_keys
-                    rows, decoy_rows = (cfg.batch + np.flatnonzero(c) for c in (u < 0, (u >= 0) & (u < cfg.decoys)))
+                    u = rng.random(sampled) - negs.partial_keys
+                    rows, decoy_rows = (cfg.batch + np.flatnonzero(c) for c in (u < 0, (u >= 0) & (u < negs.decoys)))
                     if len(rows) or len(decoy_rows):
                         phases = net.key.phases(codes)
                         phases[rows] = partial_key_phases(rng, phases[0].detach(), phases[rows].detach())
@@ -603,14 +798,14 @@ def train(
                 y = model(a, b, codes, coords, phases)
                 yk, yn = y[: cfg.batch], y[cfg.batch :]
                 loss_f, parts = fusion_loss(yk, a, b, **hinge_args)
-                alpha = cfg.mark_alpha
-                if cfg.decoy_alpha:  # each wrong code's opacity from where its embedding points
+                alpha = ident.mark_alpha
+                if ident.decoy_alpha:  # each wrong code's opacity from where its embedding points
                     ph = (net.key.phases(codes) if phases is None else phases).detach()
-                    alpha = decoy_opacity(net.key.cosine(ph[cfg.batch:], ph[0]), cfg)[:, None, None, None]
-                target = marked_target(yk.detach(), mask, alpha, cfg.mark_shift)
+                    alpha = decoy_opacity(net.key.cosine(ph[cfg.batch:], ph[0]), ident)[:, None, None, None]
+                target = marked_target(yk.detach(), mask, alpha, shift)
                 if trace:
                     tex = trace[1] * texture(a, b, trace[0])
-                    if forge and cfg.forge_untraced:  # the forgers' descent may drop the texture, never the mark
+                    if forge and res.forge_untraced:  # the forgers' descent may drop the texture, never the mark
                         tex = torch.cat([tex[: cfg.batch - len(forged)], torch.zeros_like(tex[-len(forged):])])
                     target = target + tex
                 wmap = 1 + 9 * (gaussian_blur(mask, 2.0) > 0.02).float()
@@ -620,17 +815,17 @@ def train(
                     forge_loss = forge.objective(yn[-k:], a[-k:], b[-k:], mask[-k:])
                     forge.update(torch.autograd.grad(forge_loss, forged, retain_graph=True)[0])
                 loss_a = torch.zeros((), device=dev)
-                if cfg.ablate_weight:
+                if ident.ablate_weight:
                     grid = {"memory.spatial": memory_surgery(net.memory.spatial, step)}
                     ya = torch.func.functional_call(net, grid, (a, b, neg.detach(), coords))
-                    loss_a = torch.relu(ssim(ya, yk.detach()) - cfg.ablate_ssim).mean()
-                loss = loss_f + cfg.mark_weight * loss_m + cfg.ablate_weight * loss_a
+                    loss_a = torch.relu(ssim(ya, yk.detach()) - ident.ablate_ssim).mean()
+                loss = loss_f + ident.mark_weight * loss_m + ident.ablate_weight * loss_a
             loss_k = torch.zeros((), device=dev)
             if anchor_net is not None:  # the keyed outputs stay near the anchor's on the same crops
                 with torch.no_grad():
                     y0 = anchor_net(a, b, anchor_code.expand(cfg.batch, -1), coords)
                 loss_k = (yk - y0).abs().mean()
-                loss = loss + cfg.anchor_weight * loss_k
+                loss = loss + cfg.anchoring.weight * loss_k
             opt.zero_grad(set_to_none=True)
             loss.backward()
             for group, base in zip(opt.param_groups, base_lrs):
