@@ -1,4 +1,5 @@
-"""The Slicer extension's packaging, checked without Slicer: CMake lists, catalog entry, icon."""
+"""The Slicer extension's packaging, checked without Slicer (CMake lists, catalog entry, icons), and the published
+reports' JSON: of the model and twins that ship, and meeting the targets the docs state (numbers against thresholds)."""
 
 import json
 import re
@@ -72,246 +73,217 @@ def test_icons():
     assert Image.open(MODULE / "Resources" / "Icons" / "AMIFFusion.png").size == (128, 128)
 
 
-def classical_on_72(path, manifest: dict) -> str:
-    """'N of M' classical settings met in the `amif attack --attacks classical --limit 24` report at PATH, after
-    checking that it measured MANIFEST's weights on 72 pairs."""
-    doc = json.loads(path.read_text())
-    assert doc["weights_sha256"] == manifest["weights_sha256"] and doc["pairs"] == 72
-    met = [r["met"] for r in doc["attacks"]["classical"]["rows"]]
-    return f"{sum(met)} of {len(met)}"
+REPORTS = ROOT / "docs" / "reports"
+TWINS = [json.loads(p.read_text()) for p in sorted((ROOT / "research" / "twins").glob("*.json"))]  # shipped twins
+TWIN_BUDGET = 0.98  # keyed within 2% of the twins' mean on every metric (research/tools/make_report.py's target)
+MAX_RULE_WINS = 5  # keyed at or above the max rule on at least 5 of the 8 win metrics per pair type
 
 
-def test_published_reports_are_of_the_bundled_model():
-    """The committed engine, evaluation and attack reports measured the model and twins that ship (the evaluation
-    JSON records each package's training and its weights' hash)."""
-    from amif.package import training_steps
+def report(*parts: str) -> dict:
+    return json.loads(REPORTS.joinpath(*parts).read_text(encoding="utf-8"))
 
-    manifest = BUNDLED
-    published = ROOT / "docs" / "reports"
-    attack = json.loads((published / "attack" / "report.json").read_text())
-    assert attack["weights_sha256"] == manifest["weights_sha256"]
-    met = classical_on_72(published / "attack" / "classical-72" / "test.json", manifest)  # all 72 test pairs
-    assert f"72 test pairs ([`docs/reports/attack/classical-72/test.md`](docs/reports/attack/classical-72/test.md)):\n" \
-           f"    {met}," in (ROOT / "README.md").read_text(encoding="utf-8")
-    assert f"({training_steps(manifest)})" in (published / "engine-eval.md").read_text()
-    evaluation = json.loads((published / "evaluation" / "harvard-test.json").read_text())
-    twins = [json.loads(p.read_text()) for p in sorted((ROOT / "research" / "twins").glob("*.json"))]
+
+def classical_met(row: dict) -> bool:
+    """A classical-removal setting's target, from its numbers: >= 95% still flagged, or PSNR to the keyed output
+    lower after the attack than before."""
+    return row["flagged_after"] >= 0.95 or row["psnr_after"] < row["psnr_before"]
+
+
+def check_classical(doc: dict) -> list[bool]:
+    """Each setting's recorded verdict is the one its numbers give, and the family's verdict is all of them."""
+    rows = doc["attacks"]["classical"]["rows"]
+    met = [classical_met(r) for r in rows]
+    assert [r["met"] for r in rows] == met
+    assert doc["attacks"]["classical"]["met"] == all(met)
+    return met
+
+
+def test_published_attack_reports_are_of_the_bundled_model_and_meet_the_classical_target():
+    """The attack report and the classical report on all 72 test pairs measured the weights that ship, and every
+    classical setting meets its target (the verdicts recomputed from the numbers)."""
+    attack = report("attack", "report.json")
+    assert attack["weights_sha256"] == BUNDLED["weights_sha256"] and attack["model_id"] == BUNDLED["model_id"]
+    on_72 = report("attack", "classical-72", "test.json")
+    assert on_72["weights_sha256"] == BUNDLED["weights_sha256"] and on_72["pairs"] == 72
+    for doc in (attack, on_72):
+        met = check_classical(doc)
+        assert len(met) >= 30 and all(met), [r["setting"] for r, m in zip(doc["attacks"]["classical"]["rows"], met)
+                                             if not m]
+    students = attack["attacks"]["distillation"]["rows"]  # both students' outputs flagged (>= 95%)
+    assert len(students) == 2 and all(r["flagged"] >= 0.95 for r in students)
+    wrong = attack["attacks"]["wrong-keys"]["rows"]  # every wrong code flagged, the owner's key's outputs <= 1%
+    owner = [r for r in wrong if r["target"].startswith("<=")]  # the reference row: the owner's key
+    assert len(owner) == 1 and owner[0]["flagged"] <= 0.01
+    assert sum(r["n"] for r in wrong if r["part_of"] is None and r not in owner) >= 10_000
+    assert all(r["flagged"] == 1.0 for r in wrong if r not in owner)
+
+
+def twin_ratios(evaluation: dict) -> dict:
+    """Per pair type, the keyed model's mean of each metric over the twins' mean."""
+    rows, twins = evaluation["rows"], list(evaluation["twins"])
+    return {kind: [k / (sum(rows[t][kind]["mean"][i] for t in twins) / len(twins)) for i, k in enumerate(r["mean"])]
+            for kind, r in rows["AMIF keyed"].items()}
+
+
+def test_published_evaluation_is_of_the_bundled_model_and_twins_and_meets_the_fusion_targets():
+    """The evaluation JSON records each package's training and weights' hash: the bundled model and the shipped
+    twins; keyed fusion is within 2% of the twins' mean on all 30 metrics and beats the max rule on >= 5 of 8."""
+    evaluation = report("evaluation", "harvard-test.json")
     entries = evaluation["models"] + list(evaluation["twins"].values())
-    assert len(entries) == len(twins) + 1 == 3
-    for entry, m in zip(entries, [manifest, *twins]):
+    assert len(entries) == len(TWINS) + 1 == 3
+    for entry, m in zip(entries, [BUNDLED, *TWINS]):
         assert entry["model_id"] == m["model_id"] and entry["steps"] == m["training"]["steps"]
         assert entry["averaged_steps"] == [a["steps"] for a in m["training"].get("averaged", [])]
         assert entry["weights_sha256"] == m["weights_sha256"]
+    ratios = twin_ratios(evaluation)
+    assert sum(len(r) for r in ratios.values()) == 30
+    assert {kind: [m for m, x in zip(evaluation["metrics"], r) if x < TWIN_BUDGET] for kind, r in ratios.items()} \
+        == {kind: [] for kind in ratios}
+    rows, win = evaluation["rows"], [evaluation["metrics"].index(m) for m in evaluation["win_metrics"]]
+    for kind, keyed in rows["AMIF keyed"].items():
+        assert sum(keyed["mean"][i] >= rows["max"][kind]["mean"][i] for i in win) >= MAX_RULE_WINS, kind
 
 
-def test_published_forging_table_is_of_the_bundled_model_and_adds_up():
-    """The pooled forging table measured the model that ships, and its rows are what its counted restarts give."""
-    from amif_research.attack import pool_forging, pool_setting, rate_upper
+def test_published_benchmark_meets_the_speed_and_memory_targets():
+    """docs/reports/evaluation/benchmark.json: <= 60 ms per 256x256 slice, a 256x256x128 volume under 10 s, a
+    512x512x300 volume under 2 GiB peak resident memory, for the bundled architecture's parameter count."""
+    bench = report("evaluation", "benchmark.json")
+    assert bench["parameters"] == BUNDLED["parameters"]
+    assert bench["ms_batch1"] <= 60
+    assert bench["volumes"]["256x256x128"]["seconds"] < 10
+    assert bench["volumes"]["512x512x300"]["peak_mib"] < 2048
 
-    manifest = BUNDLED
-    attack = ROOT / "docs" / "reports" / "attack"
-    table = json.loads((attack / "forging-pooled.json").read_text())
-    assert table["setting"]["weights_sha256"] == manifest["weights_sha256"]
-    assert table["setting"] == pool_setting(json.loads((attack / "report.json").read_text()))
+
+def test_published_forging_table_is_of_the_bundled_model_adds_up_and_bounds_the_rate_below_the_goal():
+    """The pooled forging table measured the model that ships, its rows are what its counted restarts give, and
+    every objective's 95% upper bound is below the 5% goal."""
+    from amif_research.attack import FORGING_GOAL, pool_forging, pool_setting, rate_upper
+
+    table = report("attack", "forging-pooled.json")
+    assert table["setting"]["weights_sha256"] == BUNDLED["weights_sha256"]
+    assert table["setting"] == pool_setting(report("attack", "report.json"))
     assert pool_forging([], table) == table["pooled"]
+    assert len(table["pooled"]) == 2  # the fusion-loss and the detector-term objectives
     for row in table["pooled"]:
         seeds = {c[0] for c in row["counted"]}
         assert row["restarts"] == len({tuple(c) for c in row["counted"]}) and sorted(seeds) == row["seeds"]
         assert row["rate_upper_95"] == rate_upper(row["successes"], row["restarts"])
         assert seeds <= {r["seed"] for r in table["runs"] if row["variant"] in r["objectives"]}
-    count = {"detector" in row["variant"]: f"{row['successes']} of {row['restarts']}" for row in table["pooled"]}
-    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())  # its Security section's counts
-    assert f"**{count[False]} with the fusion loss and {count[True]} with the detector score" in readme
+        assert row["rate_upper_95"] < FORGING_GOAL, row["variant"]
 
 
-PROMOTED = "amif-trace-s10"  # the candidate that is the bundled model (amif-trace-anchor was, before it)
-PREVIOUS = BUNDLED["training"]["init"]["weights_sha256"]  # the model bundled before it, which every candidate continues
+# docs/reports/candidates.json: the candidate models and superseded forging tables that left the tree
+CANDIDATES = report("candidates.json")
 
 
-def test_candidate_reports_are_of_the_committed_candidate():
-    """Resources/Candidates: the package loads (its hash checks), continues the model bundled before the candidates,
-    its twins are the ones that now ship, and its evaluation, calibration and attack reports measured these weights."""
-    from amif.package import load_package
+def git_history() -> bool:
+    """Whether this checkout has the history candidates.json points into (not a shallow clone, git present)."""
+    import shutil
+    import subprocess
 
-    candidates = ROOT / "Resources" / "Candidates"
-    bundled = BUNDLED
-    package = load_package(candidates / "amif-trace-005.json")
-    manifest = package.manifest
-    assert manifest["training"]["init"]["weights_sha256"] == PREVIOUS  # the model bundled before the candidates
-    assert manifest["model_id"] == bundled["model_id"] and manifest["verify"]["trace_strength"] > 0
-    twins = [load_package(p).manifest for p in sorted((candidates / "twins-20200").glob("*.json"))]
-    shipped = [json.loads(p.read_text()) for p in sorted((ROOT / "research" / "twins").glob("*.json"))]
-    assert twins == shipped and len(twins) == 2  # these twins ship with the candidate that was promoted
-    for twin in twins:
-        assert twin["training"]["steps"] == manifest["training"]["steps"]
-    evaluation = json.loads((candidates / "evaluation.json").read_text())
-    assert [e["weights_sha256"] for e in evaluation["models"] + list(evaluation["twins"].values())] == [
-        m["weights_sha256"] for m in [manifest, *twins]]
-    calibration = json.loads((candidates / "calibration.json").read_text())
-    assert calibration["weights_sha256"] == manifest["weights_sha256"]
-    assert {f"twin {t['model_id']}" for t in twins} <= set(calibration["groups"]["must stay below"])
-    attack = json.loads((candidates / "attack" / "report.json").read_text())
-    assert attack["weights_sha256"] == manifest["weights_sha256"]
-    forging = {row["variant"]: row for row in attack["attacks"]["forging"]["rows"]}["fusion loss"]
-    steps = forging["steps_to_success"]
-    claim = f"{forging['successes']} of {forging['restarts']} restarts within"
-    assert f"{claim} {min(steps)}–{max(steps)} steps" in (candidates / "README.md").read_text(encoding="utf-8")
-    assert f"{claim} {max(steps)} steps" in (ROOT / "README.md").read_text(encoding="utf-8")
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        return False
+    out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--is-shallow-repository"], capture_output=True,
+                         text=True)
+    return out.returncode == 0 and out.stdout.strip() == "false"
 
 
-DECOYS = {"forge_memory": 2, "decoy_alpha": 0.3, "decoys": 0.2}
+def need_history():
+    if not git_history():
+        pytest.skip("no full git history here (shallow clone or no git): candidates.json points into it")
 
 
-def candidate_package(name: str) -> tuple:
-    """Resources/Candidates/NAME and its manifest, after checking that the package loads (its hash checks), continues
-    the model bundled before the candidates, and is the bundled model only if it is the promoted one."""
-    from amif.package import load_package
+def git_blob(commit: str, path: str) -> bytes:
+    import subprocess
 
-    folder = ROOT / "Resources" / "Candidates" / name
-    manifest = load_package(folder / f"{name}.json").manifest
-    assert manifest["training"]["init"]["weights_sha256"] == PREVIOUS
-    assert (manifest["weights_sha256"] == BUNDLED["weights_sha256"]) == (name == PROMOTED)  # the one that ships
-    return folder, manifest
+    out = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:{path}"], capture_output=True)
+    assert out.returncode == 0, f"{commit}:{path}: {out.stderr.decode()}"
+    return out.stdout
 
 
-def candidate_section(name: str) -> str:
-    """The section of Resources/Candidates/README.md about NAME/: its heading, up to the next one."""
-    readme = (ROOT / "Resources" / "Candidates" / "README.md").read_text(encoding="utf-8")
-    section = readme[re.search(rf"^## .*`{name}/`", readme, re.M).start():]
-    end = section.find("\n## ")
-    return section if end < 0 else section[:end]
+def test_every_file_candidates_json_names_is_in_the_commit_it_names():
+    """Each candidate's manifest, weights and reports, each twin and each superseded table can be checked out of
+    history: `git show COMMIT:PATH` retrieves them, and the weights there hash to the recorded SHA-256."""
+    import hashlib
+
+    need_history()
+    entries = CANDIDATES["candidates"] + CANDIDATES["twins"]
+    assert len(CANDIDATES["candidates"]) >= 2 and entries
+    git_blob(CANDIDATES["notebook"]["commit"], CANDIDATES["notebook"]["path"])
+    for entry in entries:
+        manifest = json.loads(git_blob(entry["commit"], entry["manifest"]))
+        assert manifest["weights_sha256"] == entry["weights_sha256"]
+        assert hashlib.sha256(git_blob(entry["commit"], entry["weights"])).hexdigest() == entry["weights_sha256"]
+        for path in entry.get("files", []):
+            git_blob(entry["commit"], path)
+    for table in CANDIDATES["superseded_pools"]:
+        for path in table["files"]:
+            git_blob(table["commit"], path)
+    for superseded in CANDIDATES["superseded_reports"]:
+        assert json.loads(git_blob(superseded["commit"], superseded["path"]))["weights_sha256"] == \
+            superseded["weights_sha256"]
 
 
-def within_budget(evaluation: dict) -> int:
-    """How many of the evaluation's 30 metrics the keyed model has within 2% of its twins' mean (or above)."""
-    rows, twins = evaluation["rows"], list(evaluation["twins"])
-    return sum(k >= 0.98 * sum(rows[t][kind]["mean"][i] for t in twins) / len(twins)
-               for kind, r in rows["AMIF keyed"].items() for i, k in enumerate(r["mean"]))
+def test_candidates_json_is_what_summarize_candidates_reads_from_history(tmp_path):
+    """docs/reports/candidates.json is research/tools/summarize_candidates.py's output for this history: every number
+    in it is read from the candidates' own JSON reports, none typed in."""
+    from conftest import load_tool
+
+    need_history()
+    tool = load_tool("summarize_candidates")
+    assert tool.main(["-o", str(tmp_path / "c.json")]) == 0
+    assert json.loads((tmp_path / "c.json").read_text(encoding="utf-8")) == CANDIDATES
 
 
-def forging_runs(folder, manifest: dict) -> list[dict]:
-    """FOLDER's forging runs (forging-s*.json, at least one per objective), after checking they attacked MANIFEST's
-    weights."""
-    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("forging-s*.json"))]
-    assert len(runs) >= 2 and {r["weights_sha256"] for r in runs} == {manifest["weights_sha256"]}
-    return runs
+def test_candidates_continue_the_model_bundled_before_them_and_one_is_the_bundled_model():
+    """Every candidate continues the model bundled before the candidates (the bundled model's init); exactly one has
+    the bundled weights, and its summarized reports are the published ones: the classical count on 72 test pairs, the
+    pooled forging rows, and fusion within the 2% budget on all 30 metrics. The twins measured are the shipped ones."""
+    previous = BUNDLED["training"]["init"]["weights_sha256"]
+    entries = CANDIDATES["candidates"]
+    assert {e["training"]["init_weights_sha256"] for e in entries} == {previous}
+    assert all(e["model_id"] == BUNDLED["model_id"] and e["verify"]["trace_strength"] > 0 for e in entries)
+    shipped = [e for e in entries if e["weights_sha256"] == BUNDLED["weights_sha256"]]
+    assert len(shipped) == 1
+    entry = shipped[0]
+    assert entry["training"] == {k: v for k, v in BUNDLED["training"].items() if k not in ("init", "data")} | {
+        "init_weights_sha256": previous, "init_steps": BUNDLED["training"]["init"]["training"]["steps"]}
+    assert entry["verify"] == BUNDLED["verify"]
+    met = [classical_met(r) for r in report("attack", "classical-72", "test.json")["attacks"]["classical"]["rows"]]
+    assert entry["classical_72"]["test"]["met_settings"] == [sum(met), len(met)]
+    published = report("attack", "forging-pooled.json")["pooled"]
+    assert [(r["variant"], r["successes"], r["restarts"]) for r in entry["forging_pooled"]["pooled"]] == [
+        (r["variant"], r["successes"], r["restarts"]) for r in published]
+    assert entry["evaluation"]["within_budget"] == entry["evaluation"]["of"] == 30
+    assert [t["weights_sha256"] for t in CANDIDATES["twins"]] == [t["weights_sha256"] for t in TWINS]
+    assert list(entry["evaluation"]["twins_weights_sha256"].values()) == [t["weights_sha256"] for t in TWINS]
 
 
-def classical_on_72_said(folder, manifest: dict, section: str) -> dict:
-    """FOLDER's classical reports on 72 pairs of each split (classical-72/{train,test}.json) measured MANIFEST's
-    weights, and SECTION gives each split's count; returns the counts by split."""
-    met = {split: classical_on_72(folder / "classical-72" / f"{split}.json", manifest) for split in ("train", "test")}
-    for split, count in met.items():
-        assert f"{split} split **{count}**" in section
-    return met
+def test_candidates_summaries_are_of_their_own_weights_and_add_up():
+    """Each candidate's summarized reports measured its weights; its fusion count is the number of metric ratios at or
+    above the budget; its trace-check shares are of the recorded threshold; pooled bounds are what the counts give."""
+    from amif_research.attack import rate_upper
 
-
-def check_pooled_forging(folder, runs: list[dict], section: str) -> None:
-    """FOLDER's pooled forging table is what RUNS (attack JSON documents) give, and SECTION gives each objective's
-    pooled count."""
-    from amif_research.attack import pool_forging
-
-    table = json.loads((folder / "forging-pooled.json").read_text())
-    assert table["pooled"] == pool_forging(runs)
-    for row in table["pooled"]:  # each objective's pooled count, where the section gives it
-        count = f"{row['successes']} of {row['restarts']}"
-        said = re.search(rf"detector-term objective[^*]*\*\*{count}\*\*", section) if "detector" in row["variant"] \
-            else f"{count} restarts" in section
-        assert said, (row["variant"], count)
-
-
-def check_students_traced(folder, manifest: dict, section: str) -> None:
-    """FOLDER's trace check measured MANIFEST's weights, and SECTION gives the share of each student's outputs that
-    it traces."""
-    calibration = json.loads((folder / "calibration.json").read_text())
-    assert calibration["weights_sha256"] == manifest["weights_sha256"]
-    scores = calibration["groups"]["should be above"]
-    for student in ("U-Net", "plain CNN"):
-        s = scores[f"{student} student of the unkeyed outputs"]
-        share = sum(x > calibration["threshold"] for x in s) / len(s)
-        assert f"{student} student{' of the unkeyed outputs' if student == 'U-Net' else ''} **{share:.0%}**" in section
-
-
-@pytest.mark.parametrize("name, recipe", [("amif-trace-fm2", {"forge_memory": 2}), ("amif-trace-decoy", DECOYS),
-                                          ("amif-trace-anchor", DECOYS | {"anchor_weight": 30.0})])
-def test_the_forging_candidates_reports_are_of_their_weights(name, recipe):
-    """Resources/Candidates/NAME: the package loads (its hash checks), continues the model bundled before the
-    candidates with the training settings its README section names (only the promoted one is the bundled model), its
-    evaluation, trace check, forging runs and attack report (where run) measured these weights, the pooled table is
-    what its runs give, and the counts in its README section are the reports'."""
-    folder, manifest = candidate_package(name)
-    assert {k: manifest["training"].get(k) for k in recipe} == recipe and manifest["verify"]["trace_strength"] > 0
-    evaluation = json.loads((folder / "evaluation.json").read_text())
-    assert [e["weights_sha256"] for e in evaluation["models"]] == [manifest["weights_sha256"]]
-    section = candidate_section(name)
-    check_pooled_forging(folder, forging_runs(folder, manifest), section)
-    if (folder / "attack" / "report.json").exists():  # the other attack families, where run on the candidate
-        attacked = json.loads((folder / "attack" / "report.json").read_text())
-        assert attacked["weights_sha256"] == manifest["weights_sha256"] and "forging" not in attacked["attacks"]
-        met = [r["met"] for r in attacked["attacks"]["classical"]["rows"]]
-        assert f"classical removal {sum(met)} of {len(met)} settings" in section
-    assert f"**{within_budget(evaluation)}/30**" in section  # the fusion claim: metrics within 2% of the twins' mean
-    check_students_traced(folder, manifest, section)
-
-
-def check_texture_candidate(name: str, strength: float):
-    """Resources/Candidates/NAME: the package loads (its hash checks), continues the model bundled before the
-    candidates with the anchor recipe at trace strength STRENGTH, its evaluation measured these weights against the
-    shipped twins, and its README section gives the evaluation's count. Returns (folder, manifest, section)."""
-    folder, manifest = candidate_package(name)
-    assert {k: manifest["training"].get(k) for k in DECOYS} == DECOYS and manifest["training"]["anchor_weight"] == 30
-    assert manifest["verify"]["trace_strength"] == strength
-    evaluation = json.loads((folder / "evaluation.json").read_text())
-    twins = sorted((ROOT / "research" / "twins").glob("*.json"))
-    shipped = [json.loads(p.read_text())["weights_sha256"] for p in twins]
-    assert [e["weights_sha256"] for e in evaluation["models"]] == [manifest["weights_sha256"]]
-    assert [e["weights_sha256"] for e in evaluation["twins"].values()] == shipped
-    section = candidate_section(name)
-    assert f"**{within_budget(evaluation)}/30**" in section
-    return folder, manifest, section
-
-
-def check_attack_report(folder, manifest: dict, section: str) -> None:
-    """FOLDER's attack report (attack/report.json) and forging runs measured MANIFEST's weights, the first forging
-    runs (one per objective, the report's seed), where run apart, are the report's first restarts, the pooled table
-    is the report's restarts with the other seeds' (each counted once), and SECTION gives the report's classical
-    and students' counts."""
-    report = json.loads((folder / "attack" / "report.json").read_text())
-    runs = forging_runs(folder, manifest)
-    assert report["weights_sha256"] == manifest["weights_sha256"]
-    attacked = report["attacks"]
-    met = [r["met"] for r in attacked["classical"]["rows"]]
-    assert f"classical removal {sum(met)} of {len(met)} settings" in section
-    students = sorted({f"{r['flagged']:.0%}" for r in attacked["distillation"]["rows"]})
-    assert len(students) == 1 and f"students **{students[0]} flagged**" in section
-    finals = {v["detector_weight"]: [r["final"] for r in v["runs"]] for v in attacked["forging"]["rows"]}
-    first_runs = [r for r in runs if r["options"]["seed"] == report["options"]["seed"]]
-    assert len(first_runs) in (0, 2)  # where run apart, the first forging runs are the report's first restarts
-    for first in first_runs:
-        for v in first["attacks"]["forging"]["rows"]:
-            assert [r["final"] for r in v["runs"]] == finals[v["detector_weight"]][:len(v["runs"])]
-    check_pooled_forging(folder, [report, *runs], section)  # restarts counted once by (seed, restart)
-
-
-def test_the_stronger_texture_candidate_is_what_its_section_says():
-    """Resources/Candidates/amif-trace-s08 (see check_texture_candidate): its trace check (see
-    check_students_traced), first forging runs and attack report (see check_attack_report) measured these weights,
-    and its README section gives classical removal's (the report's and on 72 pairs of each split) and the students'
-    counts."""
-    folder, manifest, section = check_texture_candidate("amif-trace-s08", 0.08)
-    check_students_traced(folder, manifest, section)
-    check_attack_report(folder, manifest, section)
-    classical_on_72_said(folder, manifest, section)
-
-
-def test_the_strength_010_candidate_is_what_its_section_says():
-    """Resources/Candidates/amif-trace-s10 (see check_texture_candidate): its README section gives classical
-    removal's count on 72 pairs of each split (all of the test split), the trace check's students, its attack report
-    (see check_attack_report) and the pooled forging counts, measured on these weights, and the README's Security
-    section says it meets every classical setting only if it does."""
-    folder, manifest, section = check_texture_candidate("amif-trace-s10", 0.10)
-    met = classical_on_72_said(folder, manifest, section)
-    check_students_traced(folder, manifest, section)
-    check_attack_report(folder, manifest, section)
-    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())  # the README's Security section
-    assert ("meets all 33 classical settings on all 72 test pairs" in readme) == (met["test"] == "33 of 33")
+    for entry in CANDIDATES["candidates"]:
+        sha = entry["weights_sha256"]
+        ev = entry["evaluation"]
+        assert ev["model_weights_sha256"] == [sha] and entry["calibration"]["weights_sha256"] == sha
+        assert ev["within_budget"] == sum(x >= ev["budget"] for k in ev["by_type"].values()
+                                          for x in k["ratio_to_twins"].values())
+        for kind in ev["by_type"].values():
+            assert kind["within_budget"] == sum(x >= ev["budget"] for x in kind["ratio_to_twins"].values())
+            assert kind["worst"][1] == min(kind["ratio_to_twins"].values())
+        for group in entry["calibration"]["groups"].values():
+            for scores in group.values():
+                assert scores["min"] <= scores["max"] and 0 <= scores["above"] <= 1
+                assert (scores["above"] == 1) <= (scores["min"] > entry["calibration"]["threshold"])
+        if "attack" in entry:
+            assert entry["attack"]["weights_sha256"] == sha
+        tables = [entry["forging_pooled"]] if "forging_pooled" in entry else []
+        for table in tables + CANDIDATES["superseded_pools"]:
+            for row in table["pooled"]:
+                assert row["rate_upper_95"] == pytest.approx(rate_upper(row["successes"], row["restarts"]), abs=1e-4)
+        if tables:
+            assert tables[0]["setting"]["weights_sha256"] == sha
+    superseded = {t["setting"]["weights_sha256"] for t in CANDIDATES["superseded_pools"]}
+    assert BUNDLED["weights_sha256"] not in superseded  # the bundled model's own table is published, not superseded

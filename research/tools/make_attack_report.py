@@ -4,8 +4,9 @@
                                        [-m MODEL -k KEY --out FOLDER]
 
 Runs every `amif attack` family on the Harvard test split (the learned attacks train on its train
-split), with figures that show the bundled MNI-based sample put through each attack (the Harvard
-images are research-use only; only aggregates of them are published), then adds the threat model
+split; the Harvard images are research-use only, only aggregates of them are published), with
+--figures also figures that show the bundled MNI-based sample put through each attack (about 1 MB:
+left out of the published tree, which keeps the repository lean), then adds the threat model
 and success curves (curves.png: learned removal against leaked pairs N; fine-tuning and training
 from scratch against steps) to docs/reports/attack/report.md. The defaults take about 55 minutes on
 2 CPU cores (two processes; forging, 6 restarts x 2 objectives, is one of them); the exact
@@ -142,10 +143,19 @@ def curves(doc: dict, path: Path) -> bool:
     return True
 
 
-# two processes, one core each; forging, the longest at the defaults, runs alone (measured on 2 cores:
-# wrong keys 20 min, classical 3, surgery 4, fine-tuning 7, learned removal 4, distillation 2 |
-# forging 55: about 4.6 min per restart and objective, 6 restarts x 2 objectives)
+# The published report's families, in two processes of one core each; forging, the longest at the defaults,
+# runs alone (run times: docs/security.md). Input transforms and reslicing have a report of their own.
 GROUPS = (("wrong-keys", "classical", "surgery", "fine-tuning", "learned-removal", "distillation"), ("forging",))
+
+
+def doc_figures():
+    """research/tools/make_doc_figures.py, which draws the published figures from the reports' JSON."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_doc_figures", Path(__file__).with_name("make_doc_figures.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def read_pooled(out: Path) -> dict | None:
@@ -172,6 +182,8 @@ def main(argv=None) -> int:
     p.add_argument("--learn-steps", type=int, default=300)
     p.add_argument("--learn-batch", type=int, default=4)
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--figures", action="store_true",
+                   help="also write each attack's figure of the bundled sample (report-figures/, not published)")
     p.add_argument("--threat-model-only", action="store_true",
                    help="run no attack: rewrite the threat model of the report in --out from its JSON and the "
                         f"pooled forging table beside it ({POOLED}.json), after more forging runs were pooled")
@@ -187,8 +199,8 @@ def main(argv=None) -> int:
     opts = AttackOptions(forge_steps=args.forge_steps, forge_restarts=args.forge_restarts,
                          forge_images=args.forge_images, learn_steps=args.learn_steps,
                          learn_batch=args.learn_batch).check()
-    attack(args.model, args.key, data=args.data, limit=args.limit, out=report, opts=opts, figures=True,
-           show_sample=True, groups=GROUPS)
+    attack(args.model, args.key, data=args.data, limit=args.limit, attacks=[n for g in GROUPS for n in g], out=report,
+           opts=opts, figures=args.figures, show_sample=True, groups=GROUPS)
 
     def portable(t: str) -> str:  # no paths of this machine in published files
         return t.replace(str(args.data), "../shared/data/harvard").replace(str(ROOT) + "/", "")
@@ -198,7 +210,7 @@ def main(argv=None) -> int:
     doc = json.loads(js.read_text(encoding="utf-8"))
     text = portable(report.read_text(encoding="utf-8"))
     extra = threat_model(doc, read_pooled(args.out))
-    if curves(doc, args.out / "curves.png"):
+    if doc_figures().draw("attack/curves.png", js.read_bytes(), args.out / "curves.png"):  # curves() from the JSON
         extra += "\n![Success curves: learned removal against N, fine-tuning against steps](curves.png)\n"
     named = "".join(f"--{k} {portable(str(Path(v).resolve()))} " for k, v in
                     (("model", args.model), ("key", args.key), ("out", args.out)) if v and v != OUT)

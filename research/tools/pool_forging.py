@@ -75,9 +75,9 @@ def markdown(setting: dict, runs: list[dict], rows: list[dict]) -> str:
     for i, d in enumerate(runs, 1):
         lines.append(f"| {i} | {'; '.join(d['objectives'])} | {'; '.join(d['successes'])} | `{d['command']}` |")
     lines += ["", "Regenerate: run the commands above (`--data` as for the attack report), then "
-              "`python research/tools/pool_forging.py RUN.json ...` over their JSON files; or add new runs to this table with "
-              "`python research/tools/pool_forging.py --add-to TABLE.json NEW.json ...`, TABLE.json being the JSON beside this "
-              "file.", ""]
+              "`python research/tools/pool_forging.py RUN.json ...` over their JSON files; or add new runs to this "
+              "table with `python research/tools/pool_forging.py --add-to TABLE.json NEW.json ...`, TABLE.json being "
+              "the JSON beside this file.", ""]
     return "\n".join(lines)
 
 
