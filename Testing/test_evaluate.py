@@ -10,6 +10,7 @@ from amif.errors import AMIFError
 from amif_research.baselines import BASELINES
 from amif_research.evaluate import load_twin, tile
 from amif_research.metrics import NAMES
+from amif_research.reader import READER_NAMES
 from conftest import need_harvard
 
 
@@ -39,11 +40,25 @@ def _twin_copy(pkg_dir, dest, stem):
 
 
 def _table(text, heading):
+    """The rows of the metric table (the section's first table) under `heading`."""
     part = text.split(f"## {heading}")[1].split("\n## ")[0]
-    return [line for line in part.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    block = next(b for b in part.split("\n\n") if b.startswith("| method"))
+    return [line for line in block.splitlines() if line.startswith("| ") and not line.startswith("| method")]
 
 
-def test_evaluate_report_on_synthetic_pairs(tiny_package, tmp_path):
+@pytest.fixture
+def unclamped_rim(monkeypatch):
+    """The slice rim's coordinates unclamped (inference.coord_bounds), so that a twin copy, which has no identifier,
+    reads the network's coordinates exactly as the keyed model's unkeyed run does."""
+    from amif import inference
+
+    monkeypatch.setattr(inference, "EDGE_COORD", 1.0)
+    inference.coord_bounds.cache_clear()
+    yield
+    inference.coord_bounds.cache_clear()
+
+
+def test_evaluate_report_on_synthetic_pairs(tiny_package, tmp_path, unclamped_rim):
     _, key, d = tiny_package
     data = _synthetic_pairs(tmp_path / "data")
     twins = [_twin_copy(d, tmp_path, f"twin{s}") for s in (1, 2)]
@@ -68,7 +83,8 @@ def test_evaluate_report_on_synthetic_pairs(tiny_package, tmp_path):
         with Image.open(fig) as im:
             im.verify()
         with Image.open(fig) as im:
-            assert im.format == "PNG" and im.mode == "L" and im.size[1] == 2 * (64 + 14) and im.size[0] == 64 * 9
+            assert im.format == "PNG" and im.mode == "L" and im.size[1] == 2 * (64 + 14)
+            assert im.size[0] == 64 * (2 + 4 + len(BASELINES))  # sources, AMIF keyed/unkeyed, 2 twins, baselines
         assert f"(report-figures/{kind}.png)" in text
     assert text.count("Within 2% of twin (AMIF keyed") == 3
     # the JSON beside the report holds the same aggregates as its tables
@@ -80,6 +96,13 @@ def test_evaluate_report_on_synthetic_pairs(tiny_package, tmp_path):
     sha = json.loads((d / "tiny.json").read_text())["weights_sha256"]
     assert agg["models"][0]["weights_sha256"] == sha and len(sha) == 64
     assert [t["weights_sha256"] for t in agg["twins"].values()] == [sha, sha]
+    # the reader measures: one table per pair type, their aggregates under "reader" (no colour for CT)
+    assert text.count("| method | anatomy under function |") == 3
+    reader = agg["reader"]
+    assert reader["measures"] == list(READER_NAMES) and set(reader["rows"]) == set(agg["rows"])
+    ct, pet = reader["rows"]["max"]["CT"], reader["rows"]["max"]["PET"]
+    assert ct["mean"][3:] == [None, None] and ct["n"][3:] == [0, 0] and pet["n"][3:] == [2, 2]
+    assert ct["mean"][1:3] == [0.0, 0.0]  # the max rule never leaves the sources' range
 
 
 def test_evaluate_without_figures(tiny_package, tmp_path):

@@ -3,9 +3,12 @@ baselines on a folder of registered pairs, written as a Markdown report with exa
 
 For each pair type (CT, PET, SPECT) the report has one table: rows are keyed AMIF, unkeyed AMIF
 (zero code), each twin (the same architecture trained without keys, run with the zero code), the
-twins' mean ± sd over seeds when several are given, and the baselines (mean, max, Laplacian);
+twins' mean ± sd over seeds when several are given, and the baselines (mean, max, Laplacian, GFF);
 columns are the ten metrics of `amif.metrics` as mean ± sd over the images (population sd), and
 "wins vs max": on how many of EN, SD, SF, MI, SCD, VIF, Qabf, SSIM the row is >= the max rule.
+A second table per pair type has the reader measures of `amif_research.reader` (anatomy under
+function, rims and halos near strong edges, and for PET/SPECT the colour error where the source is
+hot) as mean ± sd over the images where each is defined.
 PET and SPECT are fused on their luminance (colour restored by `fuse_images`); every metric is
 computed on grey 0-255 integers: the sources' luminance and the outputs' luminance, rounded.
 """
@@ -23,6 +26,7 @@ from amif.files import atomic_output, write_text
 from .baselines import BASELINES
 from .data import PAIR_TYPES, list_pairs, load_pairs, read_image
 from .metrics import NAMES, all_metrics
+from .reader import READER_NAMES, reader_measures
 
 WIN_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
 KINDS = tuple(PAIR_TYPES.values())
@@ -32,6 +36,16 @@ FIGURE_PAIRS = 2
 def _grey255(img: np.ndarray) -> np.ndarray:
     """Float output in [0, 1] (grey or RGB) -> its luminance as integers 0..255 (float64)."""
     return np.clip(np.round(luminance(np.asarray(img, np.float64)) * 255), 0, 255)
+
+
+def _colour(grey255: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    """A grey fused output (0-255) coloured as `fuse_images` does (its Y, the chroma of colour source
+    B, RGB in [0, 1]); None for a grey B."""
+    if b.ndim != 3:
+        return None
+    ycc = rgb_to_ycbcr(b[..., :3])
+    ycc[..., 0] = grey255 / 255
+    return ycbcr_to_rgb(ycc)
 
 
 def _run_twin(twin, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -136,55 +150,105 @@ def evaluate(models=(None,), data=None, split: str = "test", keys=(), twins=(), 
     twin_names = [f"twin ({Path(t).stem})" for t in twins]
     rows = [r[0] for r in amif_rows] + twin_names + list(BASELINES)
     scores = {r: {k: [] for k in KINDS} for r in rows}
+    reader = {r: {k: [] for k in KINDS} for r in rows}
     examples = {k: [] for k in KINDS}
 
     for pair in tqdm(pairs, desc="evaluate", unit="pair", disable=not progress):
         a8, b8 = (x[0].astype(np.float64) for x in load_pairs([pair]))
         a, b = read_image(pair.mri), read_image(pair.other)
-        outputs = {}
+        outputs, colour = {}, {}
         for label, pkg, key in amif_rows:
-            outputs[label] = _grey255(fuse_images(a, b, pkg, key, device="cpu").fused)
+            colour[label] = fuse_images(a, b, pkg, key, device="cpu").fused
         for label, twin in zip(twin_names, twin_pkgs):
-            outputs[label] = _grey255(_run_twin(twin, a, b))
+            colour[label] = _run_twin(twin, a, b)
+        for label, rgb in colour.items():
+            outputs[label] = _grey255(rgb)
         for label, fn in BASELINES.items():
             outputs[label] = np.clip(np.round(fn(a8, b8)), 0, 255)
+            colour[label] = _colour(outputs[label], b)
+        src = b[..., :3] if b.ndim == 3 else None
         for label, f in outputs.items():
             m = all_metrics(a8, b8, f)
             scores[label][pair.kind].append([m[k] for k in NAMES])
+            rgb = colour[label] if src is not None else None
+            reader[label][pair.kind].append(reader_measures(f, a8, b8, rgb, src))
         if len(examples[pair.kind]) < FIGURE_PAIRS:
             examples[pair.kind].append((pair.name, a8, b8, outputs))
 
     out = Path(out)
-    _write_json(out.with_suffix(".json"), pkgs, twin_pkgs, twin_names, rows, scores, data, split)
+    _write_json(out.with_suffix(".json"), pkgs, twin_pkgs, twin_names, rows, scores, data, split, reader)
     return _write_report(out, pkgs, model_paths, owner_keys, twin_pkgs, twin_names, rows, scores,
-                         examples if figures else None, data, split, pairs)
+                         examples if figures else None, data, split, pairs, reader)
 
 
 def _training(pkg) -> dict:
     from .losses import HINGES  # torch: imported where a package is at hand anyway
+    from .train import flat_record
 
-    t = pkg.manifest.get("training", {})
+    t = flat_record(pkg.manifest.get("training", {}))
     return {"weights_sha256": pkg.manifest.get("weights_sha256"), "steps": t.get("steps"),
             "averaged_steps": [a.get("steps") for a in t.get("averaged", [])],
             **{f"{k}_weight": t.get(f"{k}_weight", 0.0) for k in HINGES}}
 
 
-def _write_json(path: Path, pkgs, twin_pkgs, twin_names, rows, scores, data, split) -> None:
-    """Aggregates only (means and sds over images per pair type), for plots and target checks."""
+def _nan_aggregate(v) -> dict:
+    """Per column of the (images, measures) list v: how many images define it, its mean and population
+    sd over those (None where no image does)."""
+    v = np.asarray(v, np.float64)
+    ok = ~np.isnan(v)
+    n = ok.sum(0)
+
+    def col(f):
+        return [float(f(v[ok[:, i], i])) if n[i] else None for i in range(v.shape[1])]
+
+    return {"n": n.tolist(), "mean": col(np.mean), "sd": col(np.std)}
+
+
+def _write_json(path: Path, pkgs, twin_pkgs, twin_names, rows, scores, data, split, reader=None) -> None:
+    """Aggregates only (means and sds over images per pair type), for plots and target checks; the
+    reader measures under "reader" (per row and pair type: images defining each measure, means, sds)."""
     import json
+
+    from .reader import DOMINANCE_LEVELS, EDGE_LEVELS, HOT_LEVEL, HUE_MIN_SATURATION, RIM_LEVELS, RIM_RADIUS
 
     table = {r: {k: {"n": len(v), "mean": np.asarray(v).mean(0).tolist(), "sd": np.asarray(v).std(0).tolist()}
                  for k, v in scores[r].items() if v} for r in rows}
+    extra = {}
+    if reader is not None:
+        extra["reader"] = {
+            "measures": list(READER_NAMES),
+            "constants": {"DOMINANCE_LEVELS": DOMINANCE_LEVELS, "EDGE_LEVELS": EDGE_LEVELS, "RIM_RADIUS": RIM_RADIUS,
+                          "RIM_LEVELS": RIM_LEVELS, "HOT_LEVEL": HOT_LEVEL,
+                          "HUE_MIN_SATURATION": HUE_MIN_SATURATION},
+            "rows": {r: {k: _nan_aggregate(v) for k, v in reader[r].items() if v} for r in rows},
+        }
     write_text(path, json.dumps({
         "data": str(data), "split": split, "metrics": list(NAMES), "win_metrics": list(WIN_METRICS),
         "models": [{"model_id": p.model_id, **_training(p)} for p in pkgs],
         "twins": {n: {"model_id": t.model_id, **_training(t)} for n, t in zip(twin_names, twin_pkgs)},
-        "rows": table,
+        "rows": table, **extra,
     }, indent=1))
 
 
+def _reader_cell(v: np.ndarray, scale: float = 1.0, digits: int = 3) -> str:
+    v = v[~np.isnan(v)] * scale
+    return f"{v.mean():.{digits}f} ± {v.std():.{digits}f}" if v.size else "-"
+
+
+def _reader_table(reader: dict, rows: list, kind: str) -> list[str]:
+    """The reader measures of one pair type: anatomy gain, under/overshoot as % of near-edge pixels,
+    hue error in degrees and saturation error (PET/SPECT)."""
+    lines = ["| method | anatomy under function | undershoot % | overshoot % | hue err ° (hot) | sat err (hot) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        v = np.asarray(reader[r][kind], np.float64)
+        lines.append(f"| {r} | {_reader_cell(v[:, 0])} | {_reader_cell(v[:, 1], 100, 2)} | "
+                     f"{_reader_cell(v[:, 2], 100, 2)} | {_reader_cell(v[:, 3], 1, 1)} | {_reader_cell(v[:, 4])} |")
+    return lines + [""]
+
+
 def _write_report(out, pkgs, model_paths, owner_keys, twin_pkgs, twin_names, rows, scores, examples, data,
-                  split, pairs) -> Path:
+                  split, pairs, reader=None) -> Path:
     from amif.package import training_steps
 
     fig_dir = out.with_name(out.stem + "-figures")
@@ -231,6 +295,11 @@ def _write_report(out, pkgs, model_paths, owner_keys, twin_pkgs, twin_names, row
                              f"{len(NAMES) - len(short)}/{len(NAMES)} metrics, {verdict}.")
         else:
             lines.append("Within 2% of twin: no twin given.")
+        if reader is not None:
+            lines += ["", "Reader measures (`amif_research.reader`): MRI detail gain where the second modality "
+                      "dominates (1 = all kept); pixels near strong edges darker (undershoot) or brighter "
+                      "(overshoot) than both sources; hue and saturation error where the source is hot.", "",
+                      *_reader_table(reader, rows, kind)]
         if examples is None:
             continue
         fig = fig_dir / f"{kind}.png"

@@ -2,12 +2,14 @@
 
     python research/tools/make_report.py [--data ../shared/data/harvard] [--twin PKG ...] [--skip-benchmark]
 
-Writes docs/reports/evaluation/report.md (targets, per-modality metric tables on the Harvard test
-split, speed and memory), harvard-test.json (the aggregates behind the tables), ratios.png (each
-method's metrics as a ratio to the max rule's) and sample.png (sources, baselines, keyed and
-unkeyed AMIF and the twin on slices of the bundled MNI-based sample). Only aggregates of the
+Writes docs/reports/evaluation/report.md (targets, the reader targets with pass/fail per modality,
+per-modality metric and reader-measure tables on the Harvard test split, speed and memory),
+harvard-test.json (the aggregates behind the tables, the reader measures under "reader"),
+ratios.png (each method's metrics as a ratio to the max rule's) and sample.png (sources,
+baselines, keyed and unkeyed AMIF and the twin on slices of the bundled MNI-based sample). Only aggregates of the
 Harvard images are published: their images are research-use only, so the example figure uses the
-bundled sample. Takes about 10 minutes on 2 cores (the 512x512x300 benchmark volume is most of it).
+bundled sample. Takes about 25 minutes on 2 cores: the Harvard evaluation (72 pairs, the model keyed and
+unkeyed, two twins, four baselines) about 16, the benchmark (skipped with --skip-benchmark) the rest.
 """
 
 from __future__ import annotations
@@ -26,13 +28,19 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "AMIFFusion"), str(ROOT / "research")]
 
 from amif.package import bundled_key_path, bundled_model_path, load_package, read_manifest, training_steps  # noqa: E402
+from amif_research import reader as measures  # noqa: E402
 from amif_research.data import default_data_dir  # noqa: E402
 from amif_research.evaluate import KINDS, evaluate  # noqa: E402
 from amif_research.losses import HINGES  # noqa: E402
 
 OUT = ROOT / "docs" / "reports" / "evaluation"
 TWINS = sorted((ROOT / "research" / "twins").glob("*.json"))
-PLOT_ROWS = ("AMIF keyed", "AMIF unkeyed", "twins (mean)", "mean", "Laplacian")
+PLOT_ROWS = ("AMIF keyed", "AMIF unkeyed", "twins (mean)", "mean", "Laplacian", "GFF")
+RIM_MARGIN = 0.005  # keyed AMIF's undershoot share may exceed the max rule's by at most this (of near-edge pixels)
+SAT_MARGIN = 0.02  # ... its saturation error where the source is hot, the max rule's by at most this
+HUE_MARGIN = 2.0  # ... its hue error there (degrees), the max rule's by at most this
+NOT_MEASURED = ("IFCNN (Zhang et al., Inf. Fusion 2020)", "MATR (Tang et al., IEEE TIP 2022)",
+                "GeSeNet (Li et al., IEEE TNNLS 2023)")
 SAMPLE_SLICES = (0.45, 0.55)  # fractions of the sample's axial extent
 
 
@@ -132,8 +140,59 @@ def targets(agg: dict, bench: dict | None) -> list[str]:
     return lines
 
 
+def reader_targets(agg: dict) -> list[str]:
+    """Pass/fail per pair type of the reader targets, from the JSON's "reader" and "rows" sections."""
+    if "reader" not in agg or "GFF" not in agg["rows"]:
+        return ["Reader targets: not measured (the JSON has no reader measures or no GFF row)."]
+    rd, names = agg["reader"], agg["reader"]["measures"]
+
+    def val(row, kind, name):
+        v = rd["rows"][row][kind]["mean"][names.index(name)]
+        return float("nan") if v is None else v
+
+    def verdict(flags):
+        return "yes" if all(flags) else "**no**"
+
+    lines = ["| reader target | CT | PET | SPECT | met |", "|---|---|---|---|---|"]
+    cells, flags = [], []
+    for kind in KINDS:
+        k, mx, g = (val(r, kind, "anatomy") for r in ("AMIF keyed", "max", "GFF"))
+        flags.append(k >= 2 * mx and k >= g)
+        cells.append(f"{k:.3f} (max {mx:.3f}, GFF {g:.3f}) {'yes' if flags[-1] else 'no'}")
+    lines.append(f"| anatomy under function: keyed AMIF ≥ 2 × max rule and ≥ GFF | {' | '.join(cells)} | "
+                 f"{verdict(flags)} |")
+    cells, flags = [], []
+    for kind in KINDS:
+        k, mx = (val(r, kind, "undershoot") for r in ("AMIF keyed", "max"))
+        flags.append(k <= mx + RIM_MARGIN)
+        cells.append(f"{100 * k:.2f}% (max {100 * mx:.2f}%) {'yes' if flags[-1] else 'no'}")
+    lines.append(f"| rims: keyed AMIF's undershoot share ≤ max rule's + {100 * RIM_MARGIN:.1f}% of near-edge pixels | "
+                 f"{' | '.join(cells)} | {verdict(flags)} |")
+    cells, flags = ["n/a (grey)"], []
+    for kind in KINDS[1:]:
+        ks, ms, kh, mh = (val(r, kind, m) for m in ("sat_err", "hue_err") for r in ("AMIF keyed", "max"))
+        flags.append(ks <= ms + SAT_MARGIN and kh <= mh + HUE_MARGIN)
+        cells.append(f"sat {ks:.3f} (max {ms:.3f}), hue {kh:.1f}° (max {mh:.1f}°) {'yes' if flags[-1] else 'no'}")
+    lines.append(f"| colour where the source is hot: keyed AMIF's saturation error ≤ max rule's + {SAT_MARGIN}, "
+                 f"hue error ≤ max rule's + {HUE_MARGIN:g}° | {' | '.join(cells)} | {verdict(flags)} |")
+    win_idx = [agg["metrics"].index(m) for m in agg["win_metrics"]]
+    for ref, label in (("max", "max rule"), ("GFF", "GFF")):
+        cells, flags = [], []
+        for kind in KINDS:
+            k, r = np.asarray(agg["rows"]["AMIF keyed"][kind]["mean"]), np.asarray(agg["rows"][ref][kind]["mean"])
+            wins = int(sum(k[i] >= r[i] for i in win_idx))
+            flags.append(wins >= 6)
+            cells.append(f"{wins}/8")
+        lines.append(f"| keyed AMIF ≥ {label} on ≥ 6 of EN/SD/SF/MI/SCD/VIF/Qabf/SSIM | {' | '.join(cells)} | "
+                     f"{verdict(flags)} |")
+    return lines
+
+
 def hinges(training: dict) -> str:
     """The fusion-loss hinge weights a package was last trained with, in amif_research.losses.HINGES order."""
+    from amif_research.train import flat_record
+
+    training = flat_record(training)
     return " / ".join(str(training.get(f"{k}_weight", 0)) for k in HINGES)
 
 
@@ -165,7 +224,9 @@ def main() -> None:
         if (OUT / "benchmark.json").exists():
             bench = json.loads((OUT / "benchmark.json").read_text())
     agg = with_twin_mean(json.loads((OUT / "harvard-test.json").read_text()))
-    plot_ratios(agg, OUT / "ratios.png")
+    doc_figures = ROOT / "research" / "tools" / "make_doc_figures.py"  # plot_ratios from the JSON, as published
+    subprocess.run([sys.executable, str(doc_figures), "--reports", str(OUT.parent), "--out", str(OUT.parent)],
+                   check=True)
     twin_steps = ", ".join(f"{m['model_id']} ({training_steps(m)})"
                            for m in (read_manifest(t)[0] for t in twins)) or "none"
     lines = [
@@ -177,13 +238,29 @@ def main() -> None:
         f" (hinge weights of the last training run, {' / '.join(h.upper() for h in HINGES)}:"
         f" model {hinges(pkg.manifest['training'])},"
         f" twins {', '.join(hinges(v) for v in agg['twins'].values()) or '-'}).", "",
-        "Regenerate (about 10 minutes on 2 cores, needs `../shared/data/harvard`): `python research/tools/make_report.py`", "",
+        "Regenerate (about 25 minutes on 2 cores, needs `../shared/data/harvard`): "
+        "`python research/tools/make_report.py`", "",
         "## Targets", "", *targets(agg, bench), "",
+        "### What a reader sees", "",
+        "Measures of `research/amif_research/reader.py` (definitions and thresholds in its docstrings; the "
+        "thresholds are also in the JSON under `reader.constants`): *anatomy under function*, the gain of the "
+        "MRI's high-pass (image minus its 5-tap binomial blur) in the output's, where the second modality's grey "
+        f"exceeds the MRI's by more than {measures.DOMINANCE_LEVELS} levels (1 = all MRI detail kept); "
+        f"*undershoot/overshoot*, the share of pixels within {measures.RIM_RADIUS} px of a strong source edge (a "
+        f"4-neighbour step of at least {measures.EDGE_LEVELS} levels) where the output is darker/brighter than both "
+        f"sources by more than {measures.RIM_LEVELS} levels; *colour error*, where the PET/SPECT source's "
+        f"luminance is at least {measures.HOT_LEVEL}, the mean HSV hue difference (degrees) and the mean absolute "
+        "HSV saturation difference of the output's colour against the source's. Means over the test images.", "",
+        *reader_targets(agg), "",
+        "Baselines a reader would pick: GFF (guided-filter fusion, Li, Kang and Hu, IEEE TIP 2013) is "
+        "implemented in `research/amif_research/baselines.py` and measured in every table below. "
+        + "; ".join(NOT_MEASURED) + ": **not measured here** (their code and weights are not run in this "
+        "project, and published figures use other metric code and test subsets, so they are not copied).", "",
         "![Ratio of each method's mean metric to the max rule's, per pair type](ratios.png)", "",
         "*Each method's mean over the test images divided by the element-wise max rule's (1 = max rule).*", "",
         "![Bundled sample: MRI, PET-like, baselines, keyed and unkeyed AMIF, the twin](sample.png)", "",
-        "*Two axial slices of the bundled MNI-based sample (not Harvard): sources, the three baselines, "
-        "keyed AMIF, unkeyed AMIF (identifier written) and the first twin.*", "",
+        "*Two axial slices of the bundled MNI-based sample (not Harvard): sources, the four baselines "
+        "(mean, max, Laplacian, GFF), keyed AMIF, unkeyed AMIF (identifier written) and the first twin.*", "",
         "## Metric tables (Harvard test split)", "",
         *["#" + line if line.startswith("## ") else line for line in tables.splitlines()[1:]], "",
         "## Speed and memory (`python tools/benchmark.py`)", "",
