@@ -113,6 +113,7 @@ class AttackOptions:
     learn_batch: int = 8
     learn_crop: int = 128
     learn_lr: float = 1e-3
+    input_queries: str = "2,3,5,8"  # queries per image of the input-transform attacks (2 to 8 each)
     seed: int = 0
     device: str = "cpu"
 

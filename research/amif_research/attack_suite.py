@@ -32,6 +32,7 @@ from .attack import (
     wrong_keys,
     yes_no,
 )
+from .attack_inputs import input_transforms, reslice
 
 
 def _learned(name: str) -> Callable:
@@ -61,6 +62,9 @@ ATTACKS = {a.name: a for a in (
     Attack("learned-removal", "Learned removal (U-Net remover on N leaked output pairs)", _learned("learned_removal")),
     Attack("distillation", "Distillation (students trained on the unkeyed outputs)", _learned("distillation")),
     Attack("fine-tuning", "White-box fine-tuning (released weights, fusion loss, no key)", _learned("fine_tuning")),
+    Attack("input-transforms", "Input transforms (queries on transformed inputs, undone and merged)",
+           input_transforms),
+    Attack("reslice", "Reslicing volumes (axes permuted, fused, mapped back, median of 3 orientations)", reslice),
 )}
 LEARNED = ("learned-removal", "distillation", "fine-tuning")  # need the attacker's own pairs (Target.pool)
 
