@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from functools import lru_cache
 
 import numpy as np
 
@@ -32,17 +33,71 @@ def network_on(package: ModelPackage, device):
     return kept[1]
 
 
+EDGE_COORD = 0.85  # slice coordinates the network reads at most (beyond the identifier's strokes: coord_bounds)
+
+
+@lru_cache(maxsize=64)
+def coord_bounds(identifier: str, h: int, w: int) -> tuple[float, float]:
+    """(x, y) bounds of the slice coordinates the network is given for an (h, w) slice: EDGE_COORD, or
+    0.05 beyond the identifier's strokes where they reach further. The network's coordinate-addressed
+    memory blacks out content at its outer rim (|x| or |y| near 1: the training slices had background
+    there), so tissue that touches a slice's edge would be lost; coordinates clamped to these bounds read
+    the memory just inside the rim there instead, while every pixel of the identifier's strokes (and
+    so the identifier's layout) keeps its own coordinates. No identifier (a twin): EDGE_COORD."""
+    from .identifier import identifier_mask
+
+    if not identifier:  # an unprotected twin: no strokes to keep
+        return EDGE_COORD, EDGE_COORD
+    strokes = identifier_mask(identifier, h, w) > 0.02
+    bounds = []
+    for n, axis in ((w, 0), (h, 1)):
+        at = np.flatnonzero(strokes.any(axis))
+        reach = max(abs((at[0] * 2 + 1) / n - 1), abs((at[-1] * 2 + 1) / n - 1)) if at.size else 0.0
+        bounds.append(float(max(EDGE_COORD, reach + 0.05)))
+    return bounds[0], bounds[1]
+
+
+def network_coords(package: ModelPackage, h: int, w: int):
+    """Per-axis pixel-centre coordinates (ys (h,), xs (w,)) for the network, as network.slice_coords lays them
+    out, clamped to coord_bounds."""
+    import torch
+
+    bx, by = coord_bounds(package.identifier, h, w)
+    ys, xs = ((torch.arange(n, dtype=torch.float32) * 2 + 1) / n - 1 for n in (h, w))
+    return ys.clamp(-by, by), xs.clamp(-bx, bx)
+
+
+def _grid(ys, xs, device):
+    import torch
+
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([xx, yy])[None].to(device)
+
+
+def _takes_coords(net) -> bool:
+    import inspect
+
+    return "coords" in inspect.signature(net.forward).parameters
+
+
 def run_network(package: ModelPackage, a: np.ndarray, b: np.ndarray, code: np.ndarray, device="cpu") -> np.ndarray:
     """(n, h, w) float arrays in [0, 1] -> fused (n, h, w), a float32 numpy array. The network runs on
-    `device` (a name or torch.device; see amif.device) in float32; inputs go there, the result comes back."""
+    `device` (a name or torch.device; see amif.device) in float32; inputs go there, the result comes back.
+    A network whose forward takes `coords` (AMIFNet) is given those of `network_coords` (its own layout,
+    clamped near the rim); others (stand-ins) are called with (a, b, code)."""
     import torch
 
     device = resolve_device(device)
     net = network_on(package, device)
+    n, h, w = np.shape(a)
     with torch.inference_mode(), full_float32(device):
         ta = torch.from_numpy(np.ascontiguousarray(a, np.float32))[:, None].to(device)
         tb = torch.from_numpy(np.ascontiguousarray(b, np.float32))[:, None].to(device)
-        y = net(ta, tb, torch.from_numpy(np.asarray(code, np.float32)).to(device))
+        tcode = torch.from_numpy(np.asarray(code, np.float32)).to(device)
+        if _takes_coords(net):
+            y = net(ta, tb, tcode, _grid(*network_coords(package, h, w), device).expand(n, -1, -1, -1))
+        else:
+            y = net(ta, tb, tcode)
         return y[:, 0].to("cpu", torch.float32).numpy()
 
 
@@ -60,7 +115,8 @@ def run_network_tiled(package: ModelPackage, a: np.ndarray, b: np.ndarray, code:
     reads its watermark memory there, so the identifier keeps the whole image's layout), and cores and
     margins are multiples of 4 (the network's down-sampling grid), so the result equals the one-piece
     run's to float rounding: AMIFNet's reach is under 24 pixels (on the CPU, margins of 24 and more give
-    results bitwise equal to the one-piece run's). The network must take `coords` (AMIFNet does)."""
+    results bitwise equal to the one-piece run's). The coordinates are run_network's (network_coords).
+    The network must take `coords` (AMIFNet does)."""
     import torch
 
     tile, margin = TILE if tile is None else tile, TILE_MARGIN if margin is None else margin
@@ -69,7 +125,7 @@ def run_network_tiled(package: ModelPackage, a: np.ndarray, b: np.ndarray, code:
     h, w = a.shape
     device = resolve_device(device)
     net = network_on(package, device)
-    ys, xs = ((torch.arange(n, dtype=torch.float32) * 2 + 1) / n - 1 for n in (h, w))  # as network.slice_coords
+    ys, xs = network_coords(package, h, w)
     tcode = torch.from_numpy(np.asarray(code, np.float32)).to(device)
     out = np.empty((h, w), np.float32)
     with torch.inference_mode(), full_float32(device):
@@ -79,8 +135,7 @@ def run_network_tiled(package: ModelPackage, a: np.ndarray, b: np.ndarray, code:
                 ty0, tx0, ty1, tx1 = max(0, y0 - margin), max(0, x0 - margin), min(h, y1 + margin), min(w, x1 + margin)
                 ta, tb = (torch.from_numpy(np.ascontiguousarray(v[ty0:ty1, tx0:tx1], np.float32))[None, None]
                           .to(device) for v in (a, b))
-                yy, xx = torch.meshgrid(ys[ty0:ty1], xs[tx0:tx1], indexing="ij")
-                coords = torch.stack([xx, yy])[None].to(device)
+                coords = _grid(ys[ty0:ty1], xs[tx0:tx1], device)
                 y = net(ta, tb, tcode, coords)
                 out[y0:y1, x0:x1] = y[0, 0, y0 - ty0 : y1 - ty0, x0 - tx0 : x1 - tx0].to("cpu", torch.float32).numpy()
     return out

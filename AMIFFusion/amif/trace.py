@@ -23,12 +23,8 @@ import torch.nn.functional as F
 from .errors import AMIFError
 from .keys import KeyFile, hkdf_sha256, load_key
 
-# z above which an image carries the texture. Provisional: pixels are not independent, so z's spread without
-# the texture is wider than 1 (null_spread). With this texture added after the fact to the bundled model's
-# unkeyed outputs at strength 0.06, the unprotected twins scored at most 12 on 18 test pairs (null spread at
-# most 8.4) and a U-Net student trained as the attack report trains one at least 102, blurred too. Trained in
-# (1,000 steps, 0.06): twins at most 17.7, other fusions 31.3; students 104+, cleaned up 51.7+ (model-history:
-# "A trace channel"; 18 test pairs, so provisional).
+# z above which an image carries the texture, in null-spread units (null_spread); provisional. How it was
+# calibrated and its margins: docs/security.md, "Calibration".
 TRACE_THRESHOLD = 40.0
 HIDDEN = 16  # channels of the texture's first convolution
 DECOYS = 32  # textures of other secrets that null_spread scores

@@ -9,21 +9,26 @@ A second check catches the identifier wiped off: inside the strokes an inpainted
 image has almost no fine detail, while the rest of the image keeps the anatomy's. The erasure ratio
 (detail inside the strokes / detail elsewhere, over pixels with content) is about 1 on clean images
 (the strokes are nowhere special), above 1 on marked ones and near 0 on wiped ones. An image is
-flagged when it carries the identifier (score >= threshold) or shows it wiped (ratio < ERASED).
-An attacker who paints texture back into the strokes defeats the second check (README, Security).
+flagged when it carries the identifier (|score| >= threshold, or a weaker score with strokes that
+have the extra detail a written identifier gives them: small matrices score lower) or shows it
+wiped (ratio < ERASED).
+A negative score is the identifier written against the contrast the local content predicts (dark
+strokes on the mid-grey background of a signed map under its window); clean images score near 0
+either way.
+An attacker who paints texture back into the strokes defeats the second check (docs/security.md).
 
 A model trained with a mark shift (manifest `verify.shift`, pixels) has a second channel that lives
 in the content rather than at fixed places: its unkeyed outputs move the whole image that many
 pixels right and down. Given the two sources, `displacements` measures where the image's edges sit
 against the edges of each source and of both combined (the peak of their normalized cross-correlation
 over shifts of up to SHIFT_RADIUS pixels, refined to sub-pixel); an output moved by at least half the
-model's shift right and down, against the reference it matches best, is flagged 'shifted' (against
-the combined edges alone, 16 of the 738 train-split CT/PET/SPECT images, compared with their own
-pairs, sat 0.5-2 px off: the two modalities' edges do not always coincide).
+model's shift right and down, against the reference it matches best, is flagged 'shifted' (the
+reference that matches best, because the two modalities' edges do not always coincide: against the
+combined edges alone some sources sit 0.5-2 px off their own pairs).
 Fusing outputs sit at 0 (the fusion loss ties them to the sources). Erasing the strokes leaves the
 shift; so does a student network trained to copy unkeyed outputs (a translation is local, unlike the
 identifier's layout). An attacker who knows the shift (it is in the manifest) moves the image back
-(README, Security).
+(docs/security.md).
 """
 
 from __future__ import annotations
@@ -36,10 +41,14 @@ import numpy as np
 from .errors import AMIFError
 from .identifier import identifier_mask
 
-# erasure ratio below which the strokes count as wiped. Harvard train split, every 12th pair: keyed outputs,
-# sources and keyed outputs after JPEG 30 or equalization >= 0.63; inpainted over the mask dilated 2-20 px <= 0.11
+# erasure ratio below which the strokes count as wiped (its calibration: docs/security.md, "Calibration")
 ERASED = 0.4
+# a score of at least WEAK x threshold counts as the identifier when the erasure ratio is at least STROKE_DETAIL
+# (small matrices score lower); keyed outputs and sources stay well under WEAK x threshold (docs/security.md)
+WEAK = 0.5
+STROKE_DETAIL = 1.5
 MIN_DETAIL = 1 / 255  # mean fine detail the reference region needs before a ratio means anything (else 1)
+NO_EVIDENCE = 1.0  # the erasure ratio of an image without enough content for one (erasure_tensor)
 SHIFT_RADIUS = 3  # largest displacement `displacement` looks for, in pixels along each axis
 SHIFT_SLICES = 16  # about this many slices of a volume get their displacement measured (it costs ~ a network pass)
 
@@ -56,8 +65,10 @@ class Verdict:
 
     @property
     def marked(self) -> bool:
-        """The identifier is there."""
-        return self.score >= self.threshold
+        """The identifier is there, in either contrast: |score| >= threshold, or |score| >= WEAK x threshold
+        with the strokes' extra fine detail of a written identifier (erasure ratio >= STROKE_DETAIL)."""
+        s = abs(self.score)
+        return s >= self.threshold or (s >= WEAK * self.threshold and self.erasure >= STROKE_DETAIL)
 
     @property
     def erased(self) -> bool:
@@ -173,14 +184,14 @@ def erasure_parts(x, mask):
 
 def erasure_tensor(x, mask):
     """The erasure ratio as a torch function, shapes as in `score_tensor` -> (n,): mean fine detail
-    over the strokes' pixels with content, over its mean on the reference (`erasure_parts`); 1 (no
-    evidence) where either has under 50 pixels or the reference is flat."""
+    over the strokes' pixels with content, over its mean on the reference (`erasure_parts`); exactly
+    NO_EVIDENCE (1) where either has under 50 pixels or the reference is flat."""
     d, inner, ref = erasure_parts(x, mask)
     n_in, n_ref = inner.sum(1), ref.sum(1)
     d_in = (d * inner).sum(1) / n_in.clamp_min(1)
     d_ref = (d * ref).sum(1) / n_ref.clamp_min(1)
     enough = (n_in >= 50) & (n_ref >= 50) & (d_ref >= MIN_DETAIL)
-    return (d_in / d_ref.clamp_min(MIN_DETAIL)).where(enough, x.new_ones(len(x)))
+    return (d_in / d_ref.clamp_min(MIN_DETAIL)).where(enough, x.new_full((len(x),), NO_EVIDENCE))
 
 
 def displacement_tensor(x, a, b, strokes=None, radius: int = SHIFT_RADIUS):
@@ -292,9 +303,9 @@ def verify_volume(volume: np.ndarray, identifier: str, threshold: float, min_con
     """A (z, y, x) volume of any real values, mapped to [0, 1] as `intensity.unit_values` does (a fused
     output, in [0, 1], as it is; others by a robust percentile window, so that a few edited voxels
     cannot flip the verdict; NaN and infinite values ignored and counted, mostly such values an
-    AMIFError): the median score and erasure ratio over slices that have content; with `displacement`
-    (per slice, (z,), from `displacements` against the sources; NaN where not measured) and the
-    model's `shift`, the median displacement over the same slices too."""
+    AMIFError): `volume_verdict` of the slices that have content (standard deviation above
+    `min_content`); with `displacement` (per slice, (z,), from `displacements` against the sources; NaN
+    where not measured) and the model's `shift`, the displacements of the same slices too."""
     from .intensity import unit_values
 
     if np.ndim(volume) != 3:
@@ -306,10 +317,30 @@ def verify_volume(volume: np.ndarray, identifier: str, threshold: float, min_con
     step = max(1, 32 * 256 * 256 // (vol.shape[1] * vol.shape[2]))  # 32 slices of 256x256 at a time: memory bounded
     scores, erasure = (np.concatenate(r) for r in zip(*(scores_and_erasure(vol[keep[i : i + step]], identifier)
                                                        for i in range(0, len(keep), step))))
+    d = None if displacement is None else np.asarray(displacement, np.float64)[keep]
+    return volume_verdict(scores, erasure, threshold, d, shift, nonfinite)
+
+
+def volume_verdict(scores, erasure, threshold: float, displacement=None, shift: int = 0,
+                   nonfinite: int = 0) -> Verdict:
+    """A volume's verdict from its scored slices' scores and erasure ratios ((k,) each, slices with
+    content only) and, with the model's `shift`, their displacements ((k,), NaN where not measured):
+      score: the median over slices of |score|, so that a volume whose slices carry the identifier in
+        both contrasts (bright strokes on anatomy, dark ones on a signed map's grey background outside
+        the brain) is not scored near 0 by slices of opposite sign;
+      erasure: the median over the slices where the ratio has evidence (not NO_EVIDENCE: enough stroke
+        and reference pixels with content); NO_EVIDENCE when none has;
+      displacement: the median of the measured ones (0 when none is).
+    No slices: score 0, a clean verdict."""
+    scores, erasure = np.asarray(scores, np.float64), np.asarray(erasure, np.float64)
+    if not scores.size:
+        return Verdict(0.0, threshold, nonfinite=nonfinite)
+    evident = erasure[erasure != NO_EVIDENCE]
     moved = 0.0
     if displacement is not None:
-        d = np.asarray(displacement, np.float64)[keep]
+        d = np.asarray(displacement, np.float64)
         d = d[np.isfinite(d)]
         moved = float(np.median(d)) if d.size else 0.0
-    return Verdict(float(np.median(scores)), threshold, float(np.median(erasure)), moved,
+    return Verdict(float(np.median(np.abs(scores))), threshold,
+                   float(np.median(evident)) if evident.size else NO_EVIDENCE, moved,
                    shift if displacement is not None else 0, nonfinite=nonfinite)
