@@ -98,11 +98,15 @@ def test_demo_writes_both_states(tmp_path, capsys):
     # the bundled model: keyed output clean, no-key output marked (verify exits 1 when marked)
     assert k.GetMetaData("AMIF_watermark") == "clean" and u.GetMetaData("AMIF_watermark") == "marked"
     # ... and the no-key output with the identifier inpainted away is flagged too: its strokes look wiped
+    from amif.fusion import display_view
     from amif.package import bundled_model_path, load_package
     from amif_research.attack import identifier_region, inpaint
 
-    arr = sitk.GetArrayFromImage(u).astype(np.float32)
-    wiped = inpaint(arr, identifier_region(load_package(bundled_model_path()).identifier, *arr.shape[1:], 1))
+    view = display_view(u)  # the identifier is written in display orientation
+    arr = np.ascontiguousarray(view(sitk.GetArrayFromImage(u).astype(np.float32)))
+    wiped = np.empty(sitk.GetArrayViewFromImage(u).shape, np.float32)
+    view(wiped)[...] = inpaint(arr, identifier_region(load_package(bundled_model_path()).identifier,
+                                                      *arr.shape[1:], 1))
     img = sitk.GetImageFromArray(wiped)
     img.CopyInformation(u)
     sitk.WriteImage(img, str(tmp_path / "wiped.nrrd"))
@@ -219,15 +223,18 @@ def test_average_command_writes_a_package_or_one_error(tiny_package, tmp_path, c
 
 
 def test_train_command_passes_the_forger_settings(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
     import amif_research.train
 
     seen = {}
-    monkeypatch.setattr(amif_research.train, "train", lambda *a, cfg=None, **kw: seen.update(cfg=cfg, kw=kw))
+    flat = lambda cfg: SimpleNamespace(**cfg.flat())  # noqa: E731  (settings by flat name, as the flags)
+    monkeypatch.setattr(amif_research.train, "train", lambda *a, cfg=None, **kw: seen.update(cfg=flat(cfg), kw=kw))
     args = ["train", "--key", "k.amifkey", "--identifier", "X", "-o", str(tmp_path / "m"), "--steps", "5"]
     assert main(args + ["--forge-restart", "0.02"]) == 0
     assert seen["cfg"].forge_restart == 0.02 and seen["cfg"].steps == 5
-    assert main(args) == 0 and seen["cfg"].forge_restart == amif_research.train.TrainConfig().forge_restart
-    assert seen["cfg"].forge_detector == 0.0 and seen["cfg"].forge_pool == amif_research.train.TrainConfig().forge_pool
+    assert main(args) == 0 and seen["cfg"].forge_restart == amif_research.train.TrainConfig().forgers.restart
+    assert seen["cfg"].forge_detector == 0.0 and seen["cfg"].forge_pool == 2
     assert main(args + ["--forge-pool", "4"]) == 0 and seen["cfg"].forge_pool == 4
     assert main(args + ["--forge-detector", "1.5"]) == 0 and seen["cfg"].forge_detector == 1.5
     assert not seen["cfg"].forge_untraced and main(args + ["--forge-untraced"]) == 0 and seen["cfg"].forge_untraced

@@ -71,4 +71,4 @@ def test_research_commands_come_from_the_plugin_only(monkeypatch):
 
     assert {"train", "evaluate", "attack", "average"} <= commands()  # amif-research is installed for the tests
     monkeypatch.setattr(cli, "_command_plugins", lambda: [])
-    assert commands() == {"demo", "fuse", "keygen", "info", "verify"}
+    assert commands() == {"demo", "fuse", "fuse-batch", "keygen", "info", "verify"}

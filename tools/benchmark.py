@@ -14,6 +14,8 @@ speedup, max_abs_diff, ...; with "skipped" and no timings when there is no GPU);
 
     python tools/benchmark.py [-m MODEL] [--threads 2] [--quick] [--out FILE]
     python tools/benchmark.py --gpu-only [-m MODEL] [--threads 2]
+    python tools/benchmark.py --threads-sweep [-m MODEL]     # ms per slice on 1, 2, ... threads, same run
+    python tools/benchmark.py --memory 512x512x64 [-m MODEL]  # peak RSS of fuse_volumes on W x H x D
 """
 
 from __future__ import annotations
@@ -157,6 +159,31 @@ def gpu_line(g: dict) -> str:
             f"256x256 slice (estimate {g['slice_bytes_estimate'] / 2**20:.0f} MiB).")
 
 
+def threads_sweep(pkg, repeat: int = 5) -> dict:
+    """ms per 256x256 slice (batch VOLUME_BATCH, best of `repeat`) on 1, 2, ... up to the machine's cores
+    (at least 2), measured in one run and interleaved (1, 2, ..., 1, 2, ...) so that a load that comes and
+    goes weighs on each alike; "ratio" is ms on 2 threads / ms on 1 (below 1: 2 threads are faster)."""
+    import os
+
+    import torch
+
+    rng = np.random.default_rng(0)
+    code = np.zeros(pkg.net.cfg.key_bits, np.float32)
+    a, b = (rng.random((VOLUME_BATCH, 256, 256), dtype=np.float32) for _ in range(2))
+    counts = list(range(1, max(2, os.cpu_count() or 1) + 1))
+    best = {n: float("inf") for n in counts}
+    old = torch.get_num_threads()
+    try:
+        for _ in range(repeat):
+            for n in counts:
+                torch.set_num_threads(n)
+                best[n] = min(best[n], best_of(lambda: run_network(pkg, a, b, code), 1) / VOLUME_BATCH)
+    finally:
+        torch.set_num_threads(old)
+    ms = {n: 1000 * t for n, t in best.items()}
+    return {"cores": os.cpu_count(), "ms_per_slice": ms, "ratio": ms[2] / ms[1]}
+
+
 def run_volume(model: str, shape: str, threads: int) -> dict:
     cmd = [sys.executable, __file__, "--child", shape, "-m", model, "--threads", str(threads)]
     res = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -171,15 +198,24 @@ def main(argv=None) -> None:
     ap.add_argument("--out", help="also write the Markdown table here")
     ap.add_argument("--json", help="also write the key figures here (for research/tools/make_report.py)")
     ap.add_argument("--gpu-only", action="store_true", help="only the CPU/GPU comparison, as JSON")
+    ap.add_argument("--threads-sweep", action="store_true",
+                    help="only ms per slice on 1, 2, ... threads in one run, as JSON (picks amif's default)")
+    ap.add_argument("--memory", metavar="WxHxD", help="only seconds and peak RSS of fuse_volumes on one volume")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         volume_child(args.model, args.child, args.threads)
         return
+    if args.memory:
+        print(json.dumps(run_volume(args.model, args.memory, args.threads)))
+        return
     import torch
 
     torch.set_num_threads(args.threads)
     pkg = load_package(args.model)
+    if args.threads_sweep:
+        print(json.dumps(threads_sweep(pkg, 3 if args.quick else 5)))
+        return
     if args.gpu_only:
         print(json.dumps(gpu_comparison(pkg), indent=1))
         return

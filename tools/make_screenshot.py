@@ -28,16 +28,16 @@ def views(path: Path, size=300):
     """Axial, sagittal and coronal slices through the centre, each fitted into size x size."""
     import SimpleITK as sitk
 
-    from amif.fusion import display_array
+    from amif.fusion import DISPLAY_ORIENTATION, display_array
 
     img = sitk.ReadImage(str(path))
-    arr = display_array(img)  # DICOMOrient "RAI": z towards inferior, y towards anterior, x towards right
-    sx, sy, sz = sitk.DICOMOrient(img, "RAI").GetSpacing()
+    arr = display_array(img)  # z towards inferior, y towards posterior, x towards the patient's left
+    sx, sy, sz = sitk.DICOMOrient(img, DISPLAY_ORIENTATION).GetSpacing()
     _, y, x = (n // 2 for n in arr.shape)
     z = int(arr.shape[0] * 0.55)
     slices = [
         ("Red (axial)", arr[z], (sx, sy)),
-        ("Yellow (sagittal)", arr[:, ::-1, x], (sy, sz)),
+        ("Yellow (sagittal)", arr[:, :, x], (sy, sz)),  # anterior on the left, as Slicer shows it
         ("Green (coronal)", arr[:, y, :], (sx, sz)),
     ]
     out = []

@@ -1,4 +1,4 @@
-"""`amif` command line: demo, fuse, keygen, info, verify, and the subcommands that installed plugins add
+"""`amif` command line: demo, fuse, fuse-batch, keygen, info, verify, and the subcommands that installed plugins add
 (the research package adds train, average, evaluate and attack)."""
 
 from __future__ import annotations
@@ -100,12 +100,13 @@ def _read_volume(path: str, series=None, frame=None):
 
 
 def fuse_files(a_path, b_path, out, model=None, key=None, progress=True, device="auto", series=None,
-               frame=None) -> dict:
+               frame=None, package=None) -> dict:
     """Fuse two files (2D PNG/JPEG, or volumes: any file SimpleITK reads, a DICOM series folder, an .mgz
     with nibabel installed) into `out` on `device` ("auto", "cpu", "cuda", "cuda:N" or "mps"; one it
     cannot use is an AMIFError before anything is read). `series` (a SeriesInstanceUID) picks the series
     of the folder inputs that hold it, `frame` (N or "mean") the frame of 4D inputs
-    (amif.volumes.read_volumes). Returns a summary: the output's AMIF_* metadata, "device", the torch
+    (amif.volumes.read_volumes). `package`: the model package `model` names, already loaded (fuse-batch
+    loads it once); None: loaded here. Returns a summary: the output's AMIF_* metadata, "device", the torch
     device the network ran on, and "sidecar", the path of OUT.amif.json where the output's format cannot
     hold the metadata (else None).
 
@@ -146,7 +147,7 @@ def fuse_files(a_path, b_path, out, model=None, key=None, progress=True, device=
         from .volumes import read_volumes
 
         a, b = read_volumes([a_path, b_path], series, frame)
-    pkg = _model(model)
+    pkg = package or _model(model)
     if is_2d:
         r = fuse_images(read_image(a_path), read_image(b_path), pkg, key, device)
         meta = output_metadata(pkg, r.key, r.verdict)
@@ -183,7 +184,32 @@ def _write_output(out: Path, write):
         raise AMIFError(f"Cannot write {shown(out.name)}: {reason}") from None
 
 
+# torch threads for fusion on the CPU: half the cores, at least 1. Threads that must wait for busy cores cost
+# far more than they give (measured with tools/benchmark.py --threads-sweep; figures in docs/evaluation.md).
+DEFAULT_THREADS = max(1, (os.cpu_count() or 2) // 2)
+THREADS_HELP = (f"CPU threads for the network (default here: {DEFAULT_THREADS}, half the cores: on a busy "
+                "machine more threads than free cores are several times slower)")
+
+
+def set_threads(n: int | None) -> None:
+    """torch.set_num_threads(n) (None: DEFAULT_THREADS)."""
+    import torch
+
+    torch.set_num_threads(DEFAULT_THREADS if n is None else n)
+
+
+def _threads_arg(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of threads, 1 or more")
+    return n
+
+
 def cmd_fuse(args) -> None:
+    set_threads(args.threads)
     meta = fuse_files(args.a, args.b, args.output, args.model, args.key, not args.quiet, args.device,
                       args.series, args.frame)
     print(f"wrote {shown(args.output)}: watermark {meta['AMIF_watermark']} (score {meta['AMIF_score']}), "
@@ -191,6 +217,30 @@ def cmd_fuse(args) -> None:
     if meta["sidecar"]:
         print(f"{output_suffix(args.output)} files cannot hold all of AMIF's metadata: "
               f"wrote it to {shown(meta['sidecar'])}")
+
+
+def cmd_fuse_batch(args) -> None:
+    """Fuse every subject of a CSV or a folder of subject folders; the summary table is printed and
+    written beside the outputs. Any failed subject: an AMIFError after the batch (exit code 2)."""
+    from .batch import SUMMARY_NAME, list_subjects, prepare_output, run_batch, summary_table
+
+    fmt = args.format if args.format.startswith(".") else "." + args.format
+    if fmt.lower() not in VOLUMES + IMAGE_2D:
+        raise AMIFError(f"--format {shown(args.format)}: give one of " + ", ".join(VOLUMES + IMAGE_2D) + ".")
+    subjects = list_subjects(args.subjects, args.pattern_a, args.pattern_b)
+    prepare_output(subjects, args.output)
+    set_threads(args.threads)
+    package = _model(args.model)  # once for the batch
+
+    def fuse(a, b, out, key):
+        return fuse_files(a, b, out, args.model, key, False, args.device, args.series, args.frame, package=package)
+
+    rows = run_batch(subjects, args.output, fuse, fmt, args.key, not args.quiet)
+    print(summary_table(rows))
+    failed = sum(r["state"] != "ok" for r in rows)
+    print(f"wrote {shown(Path(args.output) / SUMMARY_NAME)}: {len(rows) - failed} of {len(rows)} subjects fused")
+    if failed:
+        raise AMIFError(f"{failed} of {len(rows)} subjects failed (see the table above).")
 
 
 def cmd_demo(args) -> None:
@@ -336,8 +386,37 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the folder's first series)")
     s.add_argument("--frame", type=_frame_arg, metavar="N|mean",
                    help="for a 4D input: frame N (from 0) or the mean of its frames (3D inputs ignore it)")
+    s.add_argument("--threads", type=_threads_arg, metavar="N", help=THREADS_HELP)
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_fuse)
+
+    s = sub.add_parser(
+        "fuse-batch", help="fuse many subjects with one model load (a CSV or a folder of subject folders)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Fuse many subjects in one process: the model loads once. A subject that fails is reported "
+                    "and the others go on; a summary table is printed and written to OUTPUT/amif-batch-summary.csv"
+                    "; the exit code is 2 when any subject failed.",
+        epilog="SUBJECTS is either\n"
+               "  a CSV file with a header row and the columns subject,a,b[,key,output] (relative paths from\n"
+               "  the CSV's folder; output: a file name in OUTPUT, default SUBJECT plus --format), or\n"
+               "  a folder of subject folders: each subfolder is a subject named after it; A is its one entry\n"
+               "  (file or DICOM folder) matching --pattern-a, B the one matching --pattern-b or, without it,\n"
+               "  the one other entry (names match regardless of case; hidden entries are left out).\n"
+               "Outputs: OUTPUT/SUBJECT.nrrd (or --format); an input is never overwritten.")
+    s.add_argument("subjects", metavar="SUBJECTS", help="a .csv file or a folder of subject folders")
+    s.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="folder for the outputs and the summary")
+    s.add_argument("--format", default=".nrrd", help="output format of each subject (default .nrrd)")
+    s.add_argument("--pattern-a", default="mri*", metavar="GLOB",
+                   help="folder mode: the name of A in each subject folder (default mri*)")
+    s.add_argument("--pattern-b", metavar="GLOB", help="folder mode: the name of B (default: the other entry)")
+    s.add_argument("-k", "--key", help=".amifkey for every subject (a CSV's key column overrides it)")
+    s.add_argument("-m", "--model", help="model package (default: the bundled demo model)")
+    s.add_argument("--device", type=_device_arg, default="auto", metavar="auto|cpu|cuda|mps", help=DEVICE_HELP)
+    s.add_argument("--series", metavar="UID", help="as for fuse")
+    s.add_argument("--frame", type=_frame_arg, metavar="N|mean", help="as for fuse")
+    s.add_argument("--threads", type=_threads_arg, metavar="N", help=THREADS_HELP)
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_fuse_batch)
 
     s = sub.add_parser("keygen", help="create a key file for a model id")
     s.add_argument("--model-id", required=True)

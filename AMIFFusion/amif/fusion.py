@@ -21,12 +21,13 @@ import numpy as np
 from .color import rgb_to_ycbcr, ycbcr_to_rgb
 from .device import free_memory, resolve_device
 from .errors import AMIFError, Cancelled
+from .identifier import identifier_mask
 from .inference import TILE_PIXELS, run_network, run_network_tiled
 from .intensity import normalize as _normalize
 from .intensity import robust_window
 from .keys import KeyFile, load_key
 from .package import ModelPackage
-from .verify import SHIFT_SLICES, Verdict, displacements, verify_image, verify_volume
+from .verify import SHIFT_SLICES, Verdict, displacements, erasure_tensor, score_tensor, verify_image, volume_verdict
 
 
 @dataclass(frozen=True)
@@ -264,12 +265,18 @@ def _check_output(y: np.ndarray) -> None:
                         "nothing was written.")
 
 
-DISPLAY_ORIENTATION = "RAI"  # ITK naming: i runs from Right, j from Anterior, k from Inferior
+# sitk.DICOMOrient's code: the directions in which the indices i, j, k increase (in ITK's LPS world "LPS" is
+# the identity). Array rows (j) run anterior to posterior and columns (i) patient right to left: the
+# radiological axial view (Slicer's: anterior up, patient right on the screen's left), so the identifier
+# reads upright there; slices (k) run superior to inferior.
+DISPLAY_ORIENTATION = "LPI"
 
 
 def display_array(img) -> np.ndarray:
     """A SimpleITK image as a float32 array of axial slices in display orientation (the layout
-    in which fuse_volumes writes the identifier); colour images give their luminance."""
+    in which fuse_volumes writes the identifier: arr[k] is an axial slice, superior to inferior, as the
+    radiological view shows it, row 0 most anterior, column 0 patient right); colour images give their
+    luminance."""
     import SimpleITK as sitk
 
     arr = sitk.GetArrayViewFromImage(img)
@@ -281,9 +288,9 @@ def display_array(img) -> np.ndarray:
     return arr
 
 
-def display_view(img) -> Callable[[np.ndarray], np.ndarray]:
-    """For a 3D image, a function taking an array in its (z, y, x[, c]) layout to a view in display
-    orientation: the same layout as sitk.DICOMOrient(img, DISPLAY_ORIENTATION), without a copy."""
+def display_axes(img) -> tuple[list[int], tuple[int, int, int]]:
+    """(perm, flips) of a 3D image: its (z, y, x) array transposed by `perm` and reversed along the axes
+    where `flips` is -1 is the layout of sitk.DICOMOrient(img, DISPLAY_ORIENTATION)."""
     import itertools
 
     import SimpleITK as sitk
@@ -295,10 +302,17 @@ def display_view(img) -> Callable[[np.ndarray], np.ndarray]:
     perm = [src.shape.index(n) for n in target.shape]
     moved = np.transpose(src, perm)
     for flips in itertools.product((1, -1), repeat=3):
-        index = tuple(slice(None, None, f) for f in flips)
-        if np.array_equal(moved[index], target):
-            return lambda arr: np.transpose(arr, perm + list(range(3, arr.ndim)))[index]
+        if np.array_equal(moved[tuple(slice(None, None, f) for f in flips)], target):
+            return perm, flips
     raise AMIFError("Could not orient the volume for display.")  # unreachable for valid direction cosines
+
+
+def display_view(img) -> Callable[[np.ndarray], np.ndarray]:
+    """For a 3D image, a function taking an array in its (z, y, x[, c]) layout to a view in display
+    orientation: the same layout as sitk.DICOMOrient(img, DISPLAY_ORIENTATION), without a copy."""
+    perm, flips = display_axes(img)
+    index = tuple(slice(None, None, f) for f in flips)
+    return lambda arr: np.transpose(arr, perm + list(range(3, arr.ndim)))[index]
 
 
 CPU_BATCH = 2  # 256x256 slices per network call on the CPU: the fastest per slice on 2 threads (tools/benchmark.py)
@@ -373,7 +387,12 @@ def fuse_volumes(
     robust_window of the volume's values, for B only those inside its extent (the fill is no part of
     it). So outside its extent B is "no signal" (0) for an ordinary volume under its own window, and
     a signed map (negative and positive values, zero background) keeps its sign: its window is on its
-    own range, and its zero background is the same grey inside and outside its extent (no box)."""
+    own range, and its zero background is the same grey inside and outside its extent (no box).
+
+    Memory: beyond the inputs (and B resampled, when it is), the output image (float32, A's size) and one
+    batch's work: slices are normalized, fused, written into the output image and verified batch by batch;
+    no whole float copy of an input or of the output is made (B resampled: its values inside its extent are
+    gathered once, in its own type, for its window)."""
     import SimpleITK as sitk
 
     device = resolve_device(device)
@@ -390,10 +409,11 @@ def fuse_volumes(
     # Work in the radiological display orientation (axial slices, anterior up, patient right on
     # the left), so the identifier reads upright in viewers. The display layout is a numpy view
     # (axes permuted and flipped) of A's own array layout: no reoriented copies of the volumes.
+    axes = display_axes(a)
     to_display = display_view(a)
     va, vb = sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b)
     for v, name in ((va, "The first volume"), (vb, "The second volume")):
-        if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all():
+        if np.issubdtype(v.dtype, np.floating) and not all(np.isfinite(s).all() for s in _slabs(v)):
             raise AMIFError(f"{name} contains NaN or infinite values.")
     colour = vb.ndim == 4
     window_a = window_a or robust_window(va)
@@ -405,8 +425,7 @@ def fuse_volumes(
     for window in (window_a, window_b) if window_b else (window_a,):
         if not (np.isfinite(window).all() and window[1] > window[0]):
             raise AMIFError("An intensity window must be two finite values, the upper above the lower.")
-    out = np.empty(va.shape + ((3,) if colour else ()), np.float32)  # A's layout
-    da, db, dout = to_display(va), to_display(vb), to_display(out)
+    da, db = to_display(va), to_display(vb)
     n, h, w = da.shape[:3]
     # the mark shift (verify) is measured against the sources on every stride-th slice (NaN: not measured)
     moved, stride = np.full(n, np.nan, np.float32) if package.shift else None, max(1, n // SHIFT_SLICES)
@@ -415,6 +434,11 @@ def fuse_volumes(
                         f"{MIN_SIDE}x{MIN_SIDE} (a single sagittal or coronal slice cannot be fused).")
     per_slice = slice_bytes(h, w, package.net.cfg)
     batch = choose_batch(device, h, w, None if batch is not None else free_memory(device), per_slice, batch)
+    # the output is written into its image slab by slab: no whole copy of it is ever made
+    img = sitk.Image(a.GetSize(), sitk.sitkVectorFloat32 if colour else sitk.sitkFloat32, 3 if colour else 1)
+    img.CopyInformation(a)
+    scores = np.full((2, n), np.nan)  # verify's score and erasure ratio of each slice with content
+    mask = _identifier_tensor(package.identifier, h, w)  # drawn once: verify draws it at every call
     for start in range(0, n, batch):
         if cancel and cancel():
             raise Cancelled("Fusion cancelled.")
@@ -432,20 +456,70 @@ def fuse_volumes(
             moved[sl.start + np.array(probe)] = displacements(y[probe], sa[probe], sb[probe], package.identifier)
         if colour:
             ycc[..., 0] = y
-            dout[sl] = ycbcr_to_rgb(ycc)
-        else:
-            dout[sl] = y
+            y = ycbcr_to_rgb(ycc).astype(np.float32)
+        _paste(img, y, sl, axes, va.shape)
+        grey = rgb_to_ycbcr(y)[..., 0] if colour else y
+        keep = np.flatnonzero(grey.std(axis=(1, 2)) > MIN_CONTENT)
+        if keep.size:
+            scores[:, sl.start + keep] = _scores(grey[keep], mask)
         if progress:
             progress(sl.stop, n)
-    grey = np.stack([rgb_to_ycbcr(s)[..., 0] for s in dout]) if colour else dout
-    verdict = verify_volume(grey, package.identifier, package.threshold, displacement=moved, shift=package.shift)
-    del da, db, dout, grey
-    img = sitk.GetImageFromArray(out, isVector=colour)
-    del out
-    img.CopyInformation(a)
+    del da, db
+    verdict = _volume_verdict(scores, moved, package)
     for k, v in output_metadata(package, status, verdict).items():
         img.SetMetaData(k, v)
     return VolumeResult(img, status, verdict, (window_a, window_b), str(device))
+
+
+MIN_CONTENT = 0.02  # verify_volume's min_content: slices of a smaller standard deviation are not scored
+SLAB_VALUES = 1 << 24  # values per slab where a whole volume is checked slab by slab (64 MB of float32)
+
+
+def _slabs(arr: np.ndarray):
+    """Views of `arr` along its first axis, each of about SLAB_VALUES values (at least one index)."""
+    step = max(1, SLAB_VALUES // max(1, arr[:1].size))
+    return (arr[i : i + step] for i in range(0, arr.shape[0], step))
+
+
+def _paste(img, y: np.ndarray, sl: slice, axes, shape) -> None:
+    """Write display slices `sl` (y: (k, h, w[, 3]) in display layout) into `img`, a SimpleITK image of
+    array layout `shape` whose display_axes are `axes`, in place: only a slab of y's size is copied."""
+    import SimpleITK as sitk
+
+    perm, flips = axes
+    axis = perm[0]  # the array axis along which display slices run
+    lo = shape[axis] - sl.stop if flips[0] == -1 else sl.start
+    slab_shape = list(shape[:3])
+    slab_shape[axis] = sl.stop - sl.start
+    slab = np.empty(slab_shape + list(y.shape[3:]), np.float32)
+    np.transpose(slab, perm + list(range(3, slab.ndim)))[tuple(slice(None, None, f) for f in flips)] = y
+    region = [slice(None)] * 3
+    region[2 - axis] = slice(lo, lo + slab_shape[axis])  # SimpleITK indexes (x, y, z)
+    img[tuple(region)] = sitk.GetImageFromArray(slab, isVector=y.ndim == 4)
+
+
+def _identifier_tensor(identifier: str, h: int, w: int):
+    import torch
+
+    return torch.from_numpy(identifier_mask(identifier, h, w))[None, None]
+
+
+def _scores(grey: np.ndarray, mask) -> np.ndarray:
+    """verify's (scores, erasure ratios) of finite slices (n, h, w) in [0, 1], shape (2, n); `mask` is
+    _identifier_tensor's (verify.scores_and_erasure without drawing the mask again)."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(grey, np.float32))[:, None]
+    return np.stack([score_tensor(x, mask).numpy(), erasure_tensor(x, mask).numpy()])
+
+
+def _volume_verdict(scores: np.ndarray, moved, package: ModelPackage) -> Verdict:
+    """verify_volume's verdict (verify.volume_verdict) from the per-slice scores and erasure ratios (NaN: a
+    slice without content, not scored) and displacements (None: the model has no mark shift) that
+    fuse_volumes measured slab by slab."""
+    keep = np.isfinite(scores[0])
+    return volume_verdict(scores[0, keep], scores[1, keep], package.threshold,
+                          None if moved is None else moved[keep], package.shift)
 
 
 def output_metadata(package: ModelPackage, status: KeyStatus, verdict: Verdict) -> dict[str, str]:
