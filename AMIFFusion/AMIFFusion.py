@@ -227,8 +227,9 @@ class AMIFFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(str(e), windowTitle="AMIF Fusion")
             return False
         if not ready:
-            self.setState(self.ui.outputStateLabel, "Output: not fused (the packages were not installed).",
-                          panel.ORANGE)
+            self.setState(
+                self.ui.outputStateLabel, "Output: not fused (the packages were not installed).", panel.ORANGE
+            )
         return ready
 
     def onApply(self):
@@ -248,8 +249,9 @@ class AMIFFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             with slicer.util.tryWithErrorDisplay("AMIF Fusion failed.", waitCursor=True):
                 try:
-                    fused = fuse(**arguments, progress=self.onProgress, cancel=lambda: self._cancelRequested,
-                                 log=logging.info)
+                    fused = fuse(
+                        **arguments, progress=self.onProgress, cancel=lambda: self._cancelRequested, log=logging.info
+                    )
                 except Cancelled:
                     self.setState(self.ui.outputStateLabel, "Output: cancelled; the scene is unchanged.", panel.ORANGE)
                     return

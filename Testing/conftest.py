@@ -44,6 +44,7 @@ def tiny_package(tmp_path_factory):
     net = AMIFNet(NetConfig(c1=4, c2=8, c3=8, mem_channels=4, mem_size=32, key_features=64, key_hidden=16))
     key = generate_key("test-model", "Test Lab", secret=bytes(range(32)))
     save_key(key, d / "owner.amifkey")
-    save_package(d / "tiny", net, model_id="test-model", key_id=key.key_id, identifier="TEST · MARK",
-                 verify={"threshold": 0.12})
+    save_package(
+        d / "tiny", net, model_id="test-model", key_id=key.key_id, identifier="TEST · MARK", verify={"threshold": 0.12}
+    )
     return load_package(d / "tiny"), d / "owner.amifkey", d

@@ -167,8 +167,9 @@ def test_classical_removal_on_a_marking_model(marking):
     assert len(r.data) == sum(len(c[3]) for c in atk.CLASSICAL if c[1] not in atk.SHIFT_ONLY) == len(r.rows)
     assert {d["attack"] for d in r.data} == {c[0] for c in atk.CLASSICAL if c[1] not in atk.SHIFT_ONLY}
     for d in r.data:
-        assert d["flagged_before"] == 1.0 and d["met"] == (d["flagged_after"] >= 0.95
-                                                           or d["psnr_after"] < d["psnr_before"])
+        assert d["flagged_before"] == 1.0 and d["met"] == (
+            d["flagged_after"] >= 0.95 or d["psnr_after"] < d["psnr_before"]
+        )
     # noise only costs quality; blurring the clean output costs it more the stronger it is
     noise = [d for d in r.data if d["attack"] == "Gaussian noise"]
     assert all(d["flagged_after"] == 1.0 and d["psnr_after"] < d["psnr_before"] for d in noise)
@@ -203,8 +204,12 @@ def test_the_shift_channel_flags_textured_inpainting_until_the_shift_is_undone(t
     from test_fusion import _textured_sources
 
     key = load_key(tiny_package[1])
-    manifest = {"model_id": key.model_id, "key_id": key.key_id, "identifier": IDENT,
-                "verify": {"threshold": 0.12, "shift": 1}}
+    manifest = {
+        "model_id": key.model_id,
+        "key_id": key.key_id,
+        "identifier": IDENT,
+        "verify": {"threshold": 0.12, "shift": 1},
+    }
     a, b = (np.stack(v) for v in zip(*(_textured_sources(seed=s, n=128) for s in range(4))))
     t = Target(ModelPackage(manifest, MarkingNet(key.code(), shift=1).eval()), key.code(), a, b)
     m = atk.code_trials(t, np.stack([t.code, np.zeros_like(t.code)]))
@@ -293,7 +298,7 @@ def test_forging_fails_on_a_gradient_free_mark_and_succeeds_on_a_weak_one(tiny_p
     r = atk.key_forging(marking, opts, progress=False)
     (d,) = r.data
     assert d["successes"] == 0 and d["steps_to_success"] == [] and d["steps"] == 2 * 12
-    assert d["rate_upper_95"] == pytest.approx(1 - 0.05 ** 0.5) and "(rate at most 77.6%)" in r.summary
+    assert d["rate_upper_95"] == pytest.approx(1 - 0.05**0.5) and "(rate at most 77.6%)" in r.summary
     # no success in 2 restarts does not show a rate below 5%: not met, not failed either
     assert not r.met and not d["met"] and r.undecided and r.rows[0][-2] == "not shown"
     assert all(run["final"]["flagged"] == 1.0 for run in d["runs"])
@@ -319,8 +324,11 @@ def test_forging_fails_on_a_gradient_free_mark_and_succeeds_on_a_weak_one(tiny_p
     r = atk.key_forging(weak, AttackOptions(**{**SMALL, "forge_steps": 2, "forge_restarts": 1}), progress=False)
     assert [d["detector_weight"] for d in r.data] == [0.0, 1.0] and len(r.rows) == 2
     # --forge-detector-only: the detector variant alone, its restarts those of the same seed's second row
-    only = atk.key_forging(weak, AttackOptions(**{**SMALL, "forge_steps": 2, "forge_restarts": 1,
-                                                  "forge_detector_only": True}), progress=False)
+    only = atk.key_forging(
+        weak,
+        AttackOptions(**{**SMALL, "forge_steps": 2, "forge_restarts": 1, "forge_detector_only": True}),
+        progress=False,
+    )
     assert [d["detector_weight"] for d in only.data] == [1.0] and len(only.rows) == 1
     assert only.data[0]["runs"][0]["final"] == r.data[1]["runs"][0]["final"]
     with pytest.raises(AMIFError, match="--forge-detector-only needs"):
@@ -358,13 +366,18 @@ def _forging_json(target, path, **options) -> Path:
 
 def test_forging_runs_pool_each_restart_once(tiny_package, pairs, marking, tmp_path, capsys):
     weak = _target(tiny_package, pairs, weak=True)
-    runs = [_forging_json(marking, tmp_path / "s1.json", seed=1),  # 2 restarts, none succeeds
-            _forging_json(weak, tmp_path / "s0.json", seed=0),  # 2 restarts that succeed
-            _forging_json(weak, tmp_path / "s0-more.json", seed=0, forge_restarts=3),  # restarts 0, 1 again + 2
-            _forging_json(marking, tmp_path / "det.json", seed=2, forge_detector=1.0, forge_restarts=1)]
+    runs = [
+        _forging_json(marking, tmp_path / "s1.json", seed=1),  # 2 restarts, none succeeds
+        _forging_json(weak, tmp_path / "s0.json", seed=0),  # 2 restarts that succeed
+        _forging_json(weak, tmp_path / "s0-more.json", seed=0, forge_restarts=3),  # restarts 0, 1 again + 2
+        _forging_json(marking, tmp_path / "det.json", seed=2, forge_detector=1.0, forge_restarts=1),
+    ]
     docs = [json.loads(p.read_text()) for p in runs]
-    outcome = {(d["options"]["seed"], r["restart"]): r["success_step"] is not None
-               for d in docs[:3] for r in d["attacks"]["forging"]["rows"][0]["runs"]}
+    outcome = {
+        (d["options"]["seed"], r["restart"]): r["success_step"] is not None
+        for d in docs[:3]
+        for r in d["attacks"]["forging"]["rows"][0]["runs"]
+    }
     assert len(outcome) == 5 and 0 < sum(outcome.values()) < 5
     rows = atk.pool_forging(docs + docs[:1])  # a run given twice counts once
     fusion, detector = ({r["detector_weight"]: r for r in rows}[w] for w in (0.0, 1.0))
@@ -372,8 +385,9 @@ def test_forging_runs_pool_each_restart_once(tiny_package, pairs, marking, tmp_p
     wins = sum(outcome.values()) + docs[3]["attacks"]["forging"]["rows"][0]["successes"]
     assert fusion["successes"] == wins and fusion["rate_upper_95"] == atk.rate_upper(wins, 6)
     assert len(fusion["steps_to_success"]) == wins and detector["restarts"] == 1 and detector["seeds"] == [2]
-    lrs = atk.pool_forging([*docs[:1], json.loads(_forging_json(marking, tmp_path / "lr.json", seed=1, forge_lr=0.2)
-                                                  .read_text())])
+    lrs = atk.pool_forging(
+        [*docs[:1], json.loads(_forging_json(marking, tmp_path / "lr.json", seed=1, forge_lr=0.2).read_text())]
+    )
     assert [(r["forge_lr"], r["restarts"]) for r in lrs] == [(0.05, 2), (0.2, 2)]  # other rates are other rows
 
     tool = load_tool("pool_forging")
@@ -396,10 +410,12 @@ def test_forging_runs_pool_each_restart_once(tiny_package, pairs, marking, tmp_p
 
 def test_pooled_table_adds_new_runs_as_pooling_them_all_at_once(tiny_package, pairs, marking, tmp_path, capsys):
     weak = _target(tiny_package, pairs, weak=True)
-    runs = [_forging_json(marking, tmp_path / "s1.json", seed=1),
-            _forging_json(weak, tmp_path / "s0.json", seed=0),
-            _forging_json(weak, tmp_path / "s0-more.json", seed=0, forge_restarts=3),  # restarts 0, 1 again + 2
-            _forging_json(marking, tmp_path / "det.json", seed=2, forge_detector=1.0, forge_restarts=1)]
+    runs = [
+        _forging_json(marking, tmp_path / "s1.json", seed=1),
+        _forging_json(weak, tmp_path / "s0.json", seed=0),
+        _forging_json(weak, tmp_path / "s0-more.json", seed=0, forge_restarts=3),  # restarts 0, 1 again + 2
+        _forging_json(marking, tmp_path / "det.json", seed=2, forge_detector=1.0, forge_restarts=1),
+    ]
     tool = load_tool("pool_forging")
     whole, first, added = (tmp_path / f"{n}.md" for n in ("whole", "first", "added"))
     assert tool.main([*map(str, runs), "-o", str(whole)]) == 0
@@ -423,9 +439,21 @@ def test_pooled_table_adds_new_runs_as_pooling_them_all_at_once(tiny_package, pa
 
 
 def test_parse_attacks():
-    assert suite.parse_attacks(None) == list(suite.ATTACKS) == [
-        "wrong-keys", "classical", "surgery", "forging", "learned-removal", "distillation", "fine-tuning",
-        "input-transforms", "reslice"]
+    assert (
+        suite.parse_attacks(None)
+        == list(suite.ATTACKS)
+        == [
+            "wrong-keys",
+            "classical",
+            "surgery",
+            "forging",
+            "learned-removal",
+            "distillation",
+            "fine-tuning",
+            "input-transforms",
+            "reslice",
+        ]
+    )
     assert suite.parse_attacks("forging, wrong-keys") == ["wrong-keys", "forging"]
     assert suite.parse_attacks(["fine-tuning", "distillation"]) == ["distillation", "fine-tuning"]
     with pytest.raises(AMIFError, match=r"Unknown attack 'blurr'; choose from: wrong-keys, classical"):
@@ -447,29 +475,67 @@ def _tables(text):
 def test_attack_cli_report(tiny_package, pairs, tmp_path, capsys):
     _, key, d = tiny_package
     out = tmp_path / "rep.md"
-    argv = ["attack", "-m", str(d / "tiny"), "-k", str(key), "--data", str(pairs), "-o", str(out), "-q",
-            "--random-codes", "12", "--near-miss-codes", "8", "--near-miss-max-bits", "4", "--foreign-codes", "2",
-            "--forge-steps", "3", "--forge-restarts", "1", "--attacks", ",".join(FOUR), "--figures"]
+    argv = [
+        "attack",
+        "-m",
+        str(d / "tiny"),
+        "-k",
+        str(key),
+        "--data",
+        str(pairs),
+        "-o",
+        str(out),
+        "-q",
+        "--random-codes",
+        "12",
+        "--near-miss-codes",
+        "8",
+        "--near-miss-max-bits",
+        "4",
+        "--foreign-codes",
+        "2",
+        "--forge-steps",
+        "3",
+        "--forge-restarts",
+        "1",
+        "--attacks",
+        ",".join(FOUR),
+        "--figures",
+    ]
     assert main(argv) == 0
     assert "wrote" in capsys.readouterr().out
     text = out.read_text()
     tables = _tables(text)
-    assert list(tables) == ["Summary", "Wrong keys at scale", "Classical removal on unkeyed outputs",
-                            "White-box surgery (single edits, no key)", "White-box key forging", "Not run"]
+    assert list(tables) == [
+        "Summary",
+        "Wrong keys at scale",
+        "Classical removal on unkeyed outputs",
+        "White-box surgery (single edits, no key)",
+        "White-box key forging",
+        "Not run",
+    ]
     assert tables["Summary"] == [tables_name for tables_name in list(tables)[1:5]]
     assert tables["Wrong keys at scale"] == [
-        "random codes (12)", "near-miss codes, 1-4 bits (8)", "&nbsp;&nbsp;near-miss, 1 bit (2)",
-        "&nbsp;&nbsp;near-miss, 2-4 bits (6)", "other model ids, fresh secrets (2)",
-        "other model ids, the owner's secret (2)", "structured: all +1, all -1, owner's code negated (3)",
-        "zero code = no key (6)", "owner's key, reference (6)"]
+        "random codes (12)",
+        "near-miss codes, 1-4 bits (8)",
+        "&nbsp;&nbsp;near-miss, 1 bit (2)",
+        "&nbsp;&nbsp;near-miss, 2-4 bits (6)",
+        "other model ids, fresh secrets (2)",
+        "other model ids, the owner's secret (2)",
+        "structured: all +1, all -1, owner's code negated (3)",
+        "zero code = no key (6)",
+        "owner's key, reference (6)",
+    ]
     assert len(tables["Classical removal on unkeyed outputs"]) == sum(len(c[3]) for c in atk.CLASSICAL) - 4 == 33
     assert "`memory.spatial`" in tables["White-box surgery (single edits, no key)"]
     assert tables["White-box key forging"] == ["fusion loss", "fusion loss + 1 x detector score"]
     assert "* Distillation (students trained on the unkeyed outputs): not selected." in text
     assert "* Data: `" in text and "6 pairs (CT 2, PET 2, SPECT 2), 64x64" in text
-    assert (f"* Command: `amif attack -m {d / 'tiny'} -k {key} --data {pairs} --split test --attacks "
-            f"{','.join(FOUR)} --random-codes 12 --near-miss-codes 8 --near-miss-max-bits 4 --foreign-codes 2 "
-            f"--forge-steps 3 --forge-restarts 1 -o {out} --figures`") in text
+    assert (
+        f"* Command: `amif attack -m {d / 'tiny'} -k {key} --data {pairs} --split test --attacks "
+        f"{','.join(FOUR)} --random-codes 12 --near-miss-codes 8 --near-miss-max-bits 4 --foreign-codes 2 "
+        f"--forge-steps 3 --forge-restarts 1 -o {out} --figures`"
+    ) in text
     for name in FOUR:
         with Image.open(tmp_path / "rep-figures" / f"{name}.png") as im:
             assert im.size[1] == 64 + 14 and im.size[0] >= 3 * 64
@@ -503,10 +569,28 @@ def test_attack_cli_selection_and_errors(tiny_package, pairs, tmp_path, capsys):
     none = ["--random-codes", "0", "--near-miss-codes", "0", "--foreign-codes", "0"]
     assert main([*base, "--attacks", "wrong-keys", *none, "-o", str(out)]) == 0
     assert _tables(out.read_text())["Wrong keys at scale"] == [
-        "structured: all +1, all -1, owner's code negated (3)", "zero code = no key (3)", "owner's key, reference (3)"]
+        "structured: all +1, all -1, owner's code negated (3)",
+        "zero code = no key (3)",
+        "owner's key, reference (3)",
+    ]
     capsys.readouterr()
-    assert main([*base, "--attacks", "forging", "--forge-steps", "1", "--forge-restarts", "1", "--forge-detector-only",
-                 "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                *base,
+                "--attacks",
+                "forging",
+                "--forge-steps",
+                "1",
+                "--forge-restarts",
+                "1",
+                "--forge-detector-only",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = out.read_text()
     assert _tables(text)["White-box key forging"] == ["fusion loss + 1 x detector score"]
     assert "--forge-steps 1 --forge-restarts 1 --forge-detector-only -o" in text
@@ -518,16 +602,23 @@ def test_attack_cli_selection_and_errors(tiny_package, pairs, tmp_path, capsys):
         assert err.startswith("amif: error: ") and message in err and len(err.strip().splitlines()) == 1
 
     fails([*base, "--attacks", "wrong-keys,jpeg", "-o", str(tmp_path / "x.md")], "Unknown attack 'jpeg'")
-    fails([*base, "--attacks", "fine-tuning", "-o", str(tmp_path / "x.md")],
-          "The learned attacks train on the attacker")
-    fails(["attack", "-m", str(d / "tiny"), "--data", str(pairs), "-o", str(tmp_path / "x.md")],
-          "needs the model owner's key")
+    fails(
+        [*base, "--attacks", "fine-tuning", "-o", str(tmp_path / "x.md")], "The learned attacks train on the attacker"
+    )
+    fails(
+        ["attack", "-m", str(d / "tiny"), "--data", str(pairs), "-o", str(tmp_path / "x.md")],
+        "needs the model owner's key",
+    )
     save_key(generate_key("test-model", "Someone"), tmp_path / "other.amifkey")
-    fails([*base[:4], str(tmp_path / "other.amifkey"), *base[5:], "-o", str(tmp_path / "x.md")],
-          "is not the owner's key of model 'test-model'")
+    fails(
+        [*base[:4], str(tmp_path / "other.amifkey"), *base[5:], "-o", str(tmp_path / "x.md")],
+        "is not the owner's key of model 'test-model'",
+    )
     fails([*base, "--forge-images", "0", "-o", str(tmp_path / "x.md")], "--forge-images must be 1 or more")
-    fails([*base, "--forge-detector", "0", "--forge-detector-only", "-o", str(tmp_path / "x.md")],
-          "--forge-detector-only needs a --forge-detector weight above 0")
+    fails(
+        [*base, "--forge-detector", "0", "--forge-detector-only", "-o", str(tmp_path / "x.md")],
+        "--forge-detector-only needs a --forge-detector weight above 0",
+    )
     fails([*base, "-o", str(tmp_path / "missing" / "x.md")], "does not exist")
     assert not (tmp_path / "x.md").exists()
 
@@ -558,8 +649,12 @@ def test_attack_groups_in_processes_give_the_same_report(tiny_package, pairs, tm
 def test_the_published_threat_model_keeps_attacks_not_shown_either_way_apart():
     """Key forging with no success but too few restarts is neither 'stopped' nor 'not stopped'."""
     report = load_tool("make_attack_report")
-    doc = {"attacks": {"classical": {"title": "Classical", "met": True, "summary": "s"},
-                       "distillation": {"title": "Distillation", "met": False, "summary": "0% flagged"}}}
+    doc = {
+        "attacks": {
+            "classical": {"title": "Classical", "met": True, "summary": "s"},
+            "distillation": {"title": "Distillation", "met": False, "summary": "0% flagged"},
+        }
+    }
     assert "Not shown either way" not in report.threat_model(doc)
     forging = {"title": "Forging", "met": False, "undecided": True, "summary": "0/6 (rate at most 39.3%)"}
     three = report.threat_model({"attacks": {**doc["attacks"], "forging": forging}})
@@ -572,14 +667,24 @@ def test_the_published_threat_model_keeps_attacks_not_shown_either_way_apart():
 def test_the_threat_model_takes_forgings_verdict_from_a_pooled_table_of_the_same_setting():
     """Six restarts show nothing; the pooled table over more seeds decides, when it pooled this model and setting."""
     report = load_tool("make_attack_report")
-    setting = {"model_id": "m", "weights_sha256": "ab", "split": "test", "pairs": 18, "threshold": 0.12,
-               "success_share": 0.5}
+    setting = {
+        "model_id": "m",
+        "weights_sha256": "ab",
+        "split": "test",
+        "pairs": 18,
+        "threshold": 0.12,
+        "success_share": 0.5,
+    }
     options = {"forge_steps": 1000, "forge_images": 2, "quality_db": 30.0}
     forging = {"title": "Forging", "met": False, "undecided": True, "summary": "0/6"}
     doc = {**setting, "options": options, "attacks": {"forging": forging}}
-    pooled = {"setting": {**setting, **options}, "pooled": [
-        {"variant": "fusion loss", "successes": 0, "restarts": 59, "rate_upper_95": 1 - 0.05 ** (1 / 59)},
-        {"variant": "detector", "successes": 0, "restarts": 30, "rate_upper_95": 1 - 0.05 ** (1 / 30)}]}
+    pooled = {
+        "setting": {**setting, **options},
+        "pooled": [
+            {"variant": "fusion loss", "successes": 0, "restarts": 59, "rate_upper_95": 1 - 0.05 ** (1 / 59)},
+            {"variant": "detector", "successes": 0, "restarts": 30, "rate_upper_95": 1 - 0.05 ** (1 / 30)},
+        ],
+    }
 
     def group(model):  # the group whose list names forging
         parts = re.split(r"\*\*(Measured to stop|Not shown either way|Measured not to stop|Not covered)", model)
@@ -588,8 +693,10 @@ def test_the_threat_model_takes_forgings_verdict_from_a_pooled_table_of_the_same
     assert group(report.threat_model(doc)) == "Not shown either way"
     part = report.threat_model(doc, pooled)
     assert group(part) == "Not shown either way"
-    assert "0/6; pooled with the runs of other seeds in [forging-pooled.md](forging-pooled.md): fusion loss: 0/59 " \
-           "(rate at most 4.95%); detector: 0/30 (rate at most 9.50%))" in part
+    assert (
+        "0/6; pooled with the runs of other seeds in [forging-pooled.md](forging-pooled.md): fusion loss: 0/59 "
+        "(rate at most 4.95%); detector: 0/30 (rate at most 9.50%))" in part
+    )
     pooled["pooled"][1].update(restarts=59, rate_upper_95=1 - 0.05 ** (1 / 59))
     assert group(report.threat_model(doc, pooled)) == "Measured to stop"
     pooled["pooled"][1].update(successes=3, rate_upper_95=0.3)
@@ -613,15 +720,21 @@ def test_the_committed_attack_reports_threat_model_is_what_its_json_and_pooled_t
 
 def test_the_published_threat_model_names_the_shift_attacker_only_for_a_shift_model():
     report = load_tool("make_attack_report")
-    doc = {"attacks": {"classical": {"title": "Classical", "met": True, "summary": "s"},
-                       "distillation": {"title": "Distillation", "met": False, "summary": "0% flagged"}}}
+    doc = {
+        "attacks": {
+            "classical": {"title": "Classical", "met": True, "summary": "s"},
+            "distillation": {"title": "Distillation", "met": False, "summary": "0% flagged"},
+        }
+    }
     plain = report.threat_model(doc)
     assert "moving the image back" not in plain and "moves unkeyed outputs back" not in plain
     assert "* distils a student network from unkeyed outputs (Distillation: 0% flagged)" in plain
     moved = report.threat_model({**doc, "shift": 2})
     held = moved.split("**Measured not to stop**")[0]
-    assert "equalization, inpainting over the exact identifier mask, and moving the image back by the manifest's " \
-           "2 px shift) (Classical: s)" in held
+    assert (
+        "equalization, inpainting over the exact identifier mask, and moving the image back by the manifest's "
+        "2 px shift) (Classical: s)" in held
+    )
     assert "combinations of attacks; an attacker who moves unkeyed outputs back before distilling" in moved
 
 
@@ -669,7 +782,7 @@ def test_probe_key_embedding_moves_codes_towards_the_key_and_reports_each_probe(
     assert len(rows) == len(tool.ARCS) + len(tool.MATCH_STEPS) + 1 + len(tool.FORGE_STEPS)
     assert float(rows[len(tool.ARCS) - 1][-6]) > 0.999  # arc t 1: the key's embedding
     assert all(float(x) < 1e-3 for x in rows[len(tool.ARCS) - 1][-3:])  # ... and so the key's hidden layer and FiLM
-    assert [r[0] for r in rows[-1 - len(tool.FORGE_STEPS):]] == ["random"] + ["forged"] * len(tool.FORGE_STEPS)
+    assert [r[0] for r in rows[-1 - len(tool.FORGE_STEPS) :]] == ["random"] + ["forged"] * len(tool.FORGE_STEPS)
 
 
 def test_probe_key_embedding_forgers_descend_the_fusion_loss(tiny_package):

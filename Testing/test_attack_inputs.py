@@ -132,8 +132,14 @@ def marking(tiny_package, tmp_path_factory):
     manifest = {"model_id": key.model_id, "key_id": key.key_id, "identifier": IDENT, "verify": {"threshold": 0.12}}
     ps = list_pairs(_synthetic_pairs(tmp_path_factory.mktemp("pairs")), "test")
     a, b = load_pairs(ps)
-    return Target(ModelPackage(manifest, MarkingNet(key.code()).eval()), key.code(), a / 255, b / 255,
-                  [p.kind for p in ps], [p.name for p in ps])
+    return Target(
+        ModelPackage(manifest, MarkingNet(key.code()).eval()),
+        key.code(),
+        a / 255,
+        b / 255,
+        [p.kind for p in ps],
+        [p.name for p in ps],
+    )
 
 
 def test_registered():
@@ -143,8 +149,9 @@ def test_registered():
 def test_input_transforms_end_to_end(marking):
     r = ai.input_transforms(marking, AttackOptions(input_queries="2,8"), progress=False)
     sets = [*ai.SETS, "mixed"]
-    assert [(d["set"], d["queries"], d["rule"]) for d in r.data] == \
-        [(s, k, rule) for s in sets for k in (2, 8) for rule in ai.MERGES]
+    assert [(d["set"], d["queries"], d["rule"]) for d in r.data] == [
+        (s, k, rule) for s in sets for k in (2, 8) for rule in ai.MERGES
+    ]
     assert len(r.rows) == len(r.data) and all(len(row) == len(r.columns) for row in r.rows)
     assert all(d["trace"] is None for d in r.data) and not r.met  # no trace channel: the target cannot be met
     unkeyed = ai.checks(marking, marking.unkeyed, 30.0)
@@ -192,7 +199,7 @@ def test_reslice_rows_and_geometry_kept_changes_nothing(marking):
     yy, xx, zz = np.mgrid[0:32, 0:32, 0:20]
     body = np.exp(-((xx - 16) ** 2 + (yy - 16) ** 2 + 2 * (zz - 10) ** 2) / 120.0).transpose(2, 0, 1)
     vols = []
-    for v in (100 * body + 10 * np.sin(xx / 3).transpose(2, 0, 1), 50 * body ** 2):
+    for v in (100 * body + 10 * np.sin(xx / 3).transpose(2, 0, 1), 50 * body**2):
         img = sitk.GetImageFromArray(v.astype(np.float32))
         img.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
         vols.append(img)

@@ -146,9 +146,29 @@ def test_attack_cli_learned_with_train_split(tiny_package, pairs, tmp_path, caps
     for folder in data.iterdir():
         shutil.copytree(folder / "test", folder / "train")
     out = tmp_path / "learned.md"
-    argv = ["attack", "-m", str(d / "tiny"), "-k", str(key), "--data", str(data), "-o", str(out), "-q",
-            "--attacks", "distillation,learned-removal", "--learn-steps", "2", "--learn-batch", "2",
-            "--learn-crop", "32", "--learn-images", "3,all", "--figures-on-sample"]
+    argv = [
+        "attack",
+        "-m",
+        str(d / "tiny"),
+        "-k",
+        str(key),
+        "--data",
+        str(data),
+        "-o",
+        str(out),
+        "-q",
+        "--attacks",
+        "distillation,learned-removal",
+        "--learn-steps",
+        "2",
+        "--learn-batch",
+        "2",
+        "--learn-crop",
+        "32",
+        "--learn-images",
+        "3,all",
+        "--figures-on-sample",
+    ]
     assert main(argv) == 0
     text = out.read_text()
     assert "## Learned removal (U-Net remover on N leaked output pairs)" in text

@@ -54,7 +54,9 @@ def test_baseline_table():
 
 def _box_brute(x, r):
     h, w = x.shape
-    return np.array([[x[max(i - r, 0):i + r + 1, max(j - r, 0):j + r + 1].mean() for j in range(w)] for i in range(h)])
+    return np.array(
+        [[x[max(i - r, 0) : i + r + 1, max(j - r, 0) : j + r + 1].mean() for j in range(w)] for i in range(h)]
+    )
 
 
 @pytest.mark.parametrize("r", [0, 1, 2, 6])

@@ -47,7 +47,8 @@ def test_csv_batch_one_bad_subject_does_not_stop_the_others(tmp_path, tiny_packa
         "subject,a,b,output\n"
         "s1,s1-mri.nrrd,s1-pet.nrrd,\n"
         "s2,s2-mri.nrrd,s2-pet.nrrd,\n"
-        "s3,s3-mri.nrrd,s3-pet.nrrd,s3-fused.nii.gz\n")
+        "s3,s3-mri.nrrd,s3-pet.nrrd,s3-fused.nii.gz\n"
+    )
     out = tmp_path / "out"
     rc = main(["fuse-batch", str(tmp_path / "subjects.csv"), "-o", str(out), "-m", str(d / "tiny"), "-q"])
     assert rc == 2

@@ -68,8 +68,12 @@ def in_child(what: str, path) -> dict:
     """Run one read (`what`: key, manifest, key_state, key_label, model_label) of `path` in a child
     process; its outcome, message and max-RSS growth (bytes). A hang is a failure after 60 s."""
     try:
-        done = subprocess.run([sys.executable, "-c", CHILD, str(ROOT / "AMIFFusion"), what, str(path)],
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-c", CHILD, str(ROOT / "AMIFFusion"), what, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail(f"reading {path} ({what}) did not finish in 60 s: it waits (a named pipe?)")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -97,8 +101,10 @@ KINDS = {  # kind -> what the message says
     "sparse-1GB": "is too large",
     "folder": "is not a regular file (a folder)",
 }
-needs_posix = pytest.mark.skipif(not hasattr(os, "mkfifo") or not Path("/proc/self/status").exists(),
-                                 reason="named pipes, /dev/zero and /proc are POSIX (Linux) things")
+needs_posix = pytest.mark.skipif(
+    not hasattr(os, "mkfifo") or not Path("/proc/self/status").exists(),
+    reason="named pipes, /dev/zero and /proc are POSIX (Linux) things",
+)
 
 
 # ---------------------------------------------------------------- key files and manifests
@@ -174,8 +180,11 @@ def _pair(h, w, seed=0):
     """Smooth structured sources (blobs and edges), float32 in [0, 1]."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
-    a = sum(rng.uniform(0.3, 1) * np.exp(-((yy - rng.uniform(0, 1)) ** 2 + (xx - rng.uniform(0, 1)) ** 2)
-                                          / rng.uniform(0.005, 0.05)) for _ in range(8))
+    a = sum(
+        rng.uniform(0.3, 1)
+        * np.exp(-((yy - rng.uniform(0, 1)) ** 2 + (xx - rng.uniform(0, 1)) ** 2) / rng.uniform(0.005, 0.05))
+        for _ in range(8)
+    )
     b = (np.sin(17 * xx + 5 * yy) > 0.3) * 0.6 + 0.3 * a
     return (a / a.max()).astype(np.float32), np.clip(b, 0, 1).astype(np.float32)
 
@@ -213,8 +222,9 @@ def test_fuse_images_tiles_images_over_the_budget(tiny_package, monkeypatch):
         assert t.verdict.state == o.verdict.state and abs(t.verdict.score - o.verdict.score) < 1e-4
     small = fusion.fuse_images(a[:60, :60], b[:60, :60], pkg, key)  # under the budget: one piece, as before
     assert len(calls) == 4
-    np.testing.assert_array_equal(small.fused, inference.run_network(pkg, a[None, :60, :60], b[None, :60, :60],
-                                                                  load_key(key).code())[0])
+    np.testing.assert_array_equal(
+        small.fused, inference.run_network(pkg, a[None, :60, :60], b[None, :60, :60], load_key(key).code())[0]
+    )
 
 
 def test_tiled_outputs_of_the_bundled_model_keep_the_identifier(monkeypatch):
@@ -225,8 +235,12 @@ def test_tiled_outputs_of_the_bundled_model_keep_the_identifier(monkeypatch):
     from amif.sample import sample_slices
 
     pkg = load_package(bundled_model_path())
-    up = lambda x: F.interpolate(torch.from_numpy(x)[None, None], size=(384, 448), mode="bilinear",  # noqa: E731
-                                 align_corners=False)[0, 0].numpy()
+
+    def up(x):
+        return F.interpolate(torch.from_numpy(x)[None, None], size=(384, 448), mode="bilinear", align_corners=False)[
+            0, 0
+        ].numpy()
+
     a, b = (up(s) for s in sample_slices())
     monkeypatch.setattr(fusion, "TILE_PIXELS", 128 * 128)
     monkeypatch.setattr(inference, "TILE", 128)  # 12 tiles, identifier strokes cut across tile borders
@@ -261,8 +275,12 @@ TILED_MEMORY = textwrap.dedent("""
 def test_tiled_memory_does_not_grow_with_the_image():
     """The network's memory is one tile's: a 2048 x 2048 image grows the process by about its output
     array (16 MB) plus one tile's pass, where the one-piece pass of the same network grows it by ~790 MB."""
-    done = subprocess.run([sys.executable, "-c", TILED_MEMORY, str(ROOT / "AMIFFusion"), "2048"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", TILED_MEMORY, str(ROOT / "AMIFFusion"), "2048"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert int(done.stdout.split()[-1]) < 250 << 20
 
@@ -297,9 +315,14 @@ def _add_volume(scene, arr, name):
 def _blobs(shape, seed):
     rng = np.random.default_rng(seed)
     k, j, i = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
-    return sum(rng.uniform(50, 200) * np.exp(-((k - rng.uniform(-.5, .5)) ** 2 + (j - rng.uniform(-.5, .5)) ** 2
-                                                + (i - rng.uniform(-.5, .5)) ** 2) / 0.1)
-               for _ in range(5)).astype(np.float32)
+    return sum(
+        rng.uniform(50, 200)
+        * np.exp(
+            -((k - rng.uniform(-0.5, 0.5)) ** 2 + (j - rng.uniform(-0.5, 0.5)) ** 2 + (i - rng.uniform(-0.5, 0.5)) ** 2)
+            / 0.1
+        )
+        for _ in range(5)
+    ).astype(np.float32)
 
 
 SHAPE = (12, 32, 40)
@@ -331,8 +354,12 @@ def volumes(tiny_package):
 
 def _state(node):
     d = node.GetDisplayNode()
-    return (slicer.util.arrayFromVolume(node).copy(), _matrix(node),
-            {k: node.GetAttribute(k) for k in node.GetAttributeNames()}, (d.GetWindow(), d.GetLevel()))
+    return (
+        slicer.util.arrayFromVolume(node).copy(),
+        _matrix(node),
+        {k: node.GetAttribute(k) for k in node.GetAttributeNames()},
+        (d.GetWindow(), d.GetLevel()),
+    )
 
 
 def _assert_unchanged(scene, ids, existing, before):

@@ -23,8 +23,9 @@ def test_a_closed_output_pipe_ends_quietly(tiny_package):
     import sys
 
     _, _, d = tiny_package
-    proc = subprocess.Popen([sys.executable, "-m", "amif", "info", str(d / "tiny")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "amif", "info", str(d / "tiny")], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     proc.stdout.close()  # the reader is gone before anything is written (`amif info | head -0`)
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 1
@@ -105,14 +106,16 @@ def test_demo_writes_both_states(tmp_path, capsys):
     view = display_view(u)  # the identifier is written in display orientation
     arr = np.ascontiguousarray(view(sitk.GetArrayFromImage(u).astype(np.float32)))
     wiped = np.empty(sitk.GetArrayViewFromImage(u).shape, np.float32)
-    view(wiped)[...] = inpaint(arr, identifier_region(load_package(bundled_model_path()).identifier,
-                                                      *arr.shape[1:], 1))
+    view(wiped)[...] = inpaint(arr, identifier_region(load_package(bundled_model_path()).identifier, *arr.shape[1:], 1))
     img = sitk.GetImageFromArray(wiped)
     img.CopyInformation(u)
     sitk.WriteImage(img, str(tmp_path / "wiped.nrrd"))
     capsys.readouterr()
-    for name, code, state in (("fused-keyed.nrrd", 0, "clean"), ("fused-unkeyed.nrrd", 1, "marked"),
-                              ("wiped.nrrd", 1, "erased")):
+    for name, code, state in (
+        ("fused-keyed.nrrd", 0, "clean"),
+        ("fused-unkeyed.nrrd", 1, "marked"),
+        ("wiped.nrrd", 1, "erased"),
+    ):
         with pytest.raises(SystemExit) as ex:
             main(["verify", str(tmp_path / name)])
         assert ex.value.code == code and f": {state} (score" in capsys.readouterr().out
@@ -139,8 +142,14 @@ def test_verify_with_the_owners_key_finds_the_trace_texture(tiny_package, tmp_pa
 
     pkg, key_path, _ = tiny_package
     a, b = _textured_sources(n=96)
-    save_package(tmp_path / "traced", pkg.net, model_id="test-model", key_id=pkg.key_id, identifier="TEST · MARK",
-                 verify={"threshold": 0.12, "trace_strength": 0.03})
+    save_package(
+        tmp_path / "traced",
+        pkg.net,
+        model_id="test-model",
+        key_id=pkg.key_id,
+        identifier="TEST · MARK",
+        verify={"threshold": 0.12, "trace_strength": 0.03},
+    )
     key = load_key(key_path)
     keyed = run_network(load_package(tmp_path / "traced"), a[None], b[None], key.code())[0]
     w = trace_weights(key.secret, key.model_id)
@@ -150,10 +159,12 @@ def test_verify_with_the_owners_key_finds_the_trace_texture(tiny_package, tmp_pa
     for name, x in (("a", a), ("b", b), ("student", student), ("max", np.maximum(a, b)), ("keyed", keyed)):
         Image.fromarray((x * 255).round().astype(np.uint8)).save(tmp_path / f"{name}.png")
     m, src = str(tmp_path / "traced.json"), ["--sources", str(tmp_path / "a.png"), str(tmp_path / "b.png")]
-    for name, key_args, code, state in (("student", ["--key", str(key_path)], 1, "traced"),
-                                        ("student", [], 0, "clean"),
-                                        ("max", ["--key", str(key_path)], 0, "clean"),
-                                        ("keyed", ["--key", str(key_path)], 0, "clean")):
+    for name, key_args, code, state in (
+        ("student", ["--key", str(key_path)], 1, "traced"),
+        ("student", [], 0, "clean"),
+        ("max", ["--key", str(key_path)], 0, "clean"),
+        ("keyed", ["--key", str(key_path)], 0, "clean"),
+    ):
         with pytest.raises(SystemExit) as ex:
             main(["verify", str(tmp_path / f"{name}.png"), "-m", m, *src, *key_args])
         out = capsys.readouterr().out
@@ -162,9 +173,11 @@ def test_verify_with_the_owners_key_finds_the_trace_texture(tiny_package, tmp_pa
     other = generate_key("test-model", "Someone Else")
     save_key(other, tmp_path / "other.amifkey")
     plain = str(tiny_package[2] / "tiny.json")  # the same network without a trace channel
-    for args, message in (([m, "--key", str(key_path)], "needs --sources"),
-                          ([m, *src, "--key", str(tmp_path / "other.amifkey")], "needs the owner's key"),
-                          ([plain, *src, "--key", str(key_path)], "has no trace channel")):
+    for args, message in (
+        ([m, "--key", str(key_path)], "needs --sources"),
+        ([m, *src, "--key", str(tmp_path / "other.amifkey")], "needs the owner's key"),
+        ([plain, *src, "--key", str(key_path)], "has no trace channel"),
+    ):
         assert main(["verify", str(tmp_path / "student.png"), "-m", *args]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
@@ -178,21 +191,32 @@ def test_verify_with_sources_checks_the_mark_shift(tiny_package, tmp_path, capsy
     from amif_research.losses import shift_content
 
     a, b = _textured_sources(n=96)
-    save_package(tmp_path / "shifty", tiny_package[0].net, model_id="test-model", key_id=tiny_package[0].key_id,
-                 identifier="TEST · MARK", verify={"threshold": 0.12, "shift": 1})
+    save_package(
+        tmp_path / "shifty",
+        tiny_package[0].net,
+        model_id="test-model",
+        key_id=tiny_package[0].key_id,
+        identifier="TEST · MARK",
+        verify={"threshold": 0.12, "shift": 1},
+    )
     fused = np.maximum(a, b)
     moved = shift_content(torch.from_numpy(fused)[None, None], 1)[0, 0].numpy()
     for name, x in (("a", a), ("b", b), ("fused", fused), ("moved", moved)):
         Image.fromarray((x * 255).round().astype(np.uint8)).save(tmp_path / f"{name}.png")
     m, src = str(tmp_path / "shifty.json"), [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
-    for name, sources, code, state in (("moved", src, 1, "shifted"), ("moved", [], 0, "clean"),
-                                       ("fused", src, 0, "clean")):
+    for name, sources, code, state in (
+        ("moved", src, 1, "shifted"),
+        ("moved", [], 0, "clean"),
+        ("fused", src, 0, "clean"),
+    ):
         with pytest.raises(SystemExit) as ex:
             main(["verify", str(tmp_path / f"{name}.png"), "-m", m, *(["--sources", *sources] if sources else [])])
         assert ex.value.code == code and f": {state} (score" in capsys.readouterr().out
     Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "small.png")
-    for args, message in (([str(tmp_path / "small.png"), str(tmp_path / "b.png")], "the image's size"),
-                          ([str(tmp_path / "a.nrrd"), str(tmp_path / "b.png")], "2D images")):
+    for args, message in (
+        ([str(tmp_path / "small.png"), str(tmp_path / "b.png")], "the image's size"),
+        ([str(tmp_path / "a.nrrd"), str(tmp_path / "b.png")], "2D images"),
+    ):
         assert main(["verify", str(tmp_path / "moved.png"), "-m", m, "--sources", *args]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
@@ -211,8 +235,15 @@ def test_average_command_writes_a_package_or_one_error(tiny_package, tmp_path, c
     for name, model_id in (("a", m["model_id"]), ("b", m["model_id"]), ("c", "another-model")):
         with torch.no_grad():  # each checkpoint its own weights
             next(net.parameters()).add_(0.01)
-        save_package(tmp_path / name, net, model_id=model_id, key_id=m["key_id"], identifier=m["identifier"],
-                     verify=m["verify"], training={"steps": 1})
+        save_package(
+            tmp_path / name,
+            net,
+            model_id=model_id,
+            key_id=m["key_id"],
+            identifier=m["identifier"],
+            verify=m["verify"],
+            training={"steps": 1},
+        )
     assert main(["average", str(tmp_path / "a.json"), str(tmp_path / "b"), "-o", str(tmp_path / "avg")]) == 0
     assert len(load_package(tmp_path / "avg").manifest["training"]["averaged"]) == 2
     capsys.readouterr()

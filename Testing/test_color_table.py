@@ -66,8 +66,9 @@ def slicer_rgb(node) -> np.ndarray:
 def table_colors(color_node) -> np.ndarray:
     """(N, 3) uint8: the colour node's own table entries (vtkLookupTable stores them as bytes)."""
     t = color_node.GetLookupTable()
-    return np.array([np.rint(np.array(t.GetTableValue(i)[:3]) * 255) for i in range(t.GetNumberOfTableValues())],
-                    np.uint8)
+    return np.array(
+        [np.rint(np.array(t.GetTableValue(i)[:3]) * 255) for i in range(t.GetNumberOfTableValues())], np.uint8
+    )
 
 
 def user_table(scene, n=7):
@@ -104,15 +105,30 @@ def values(dtype, seed):
 # ---------------------------------------------------------------- colortable against Slicer's display
 
 
-@pytest.mark.parametrize("color", [HEAT, RAINBOW, "vtkMRMLColorTableNodeIron", "vtkMRMLColorTableNodefMRI",
-                                   "vtkMRMLPETProceduralColorNodePET-DICOM", "custom7", "custom-procedural"])
+@pytest.mark.parametrize(
+    "color",
+    [
+        HEAT,
+        RAINBOW,
+        "vtkMRMLColorTableNodeIron",
+        "vtkMRMLColorTableNodefMRI",
+        "vtkMRMLPETProceduralColorNodePET-DICOM",
+        "custom7",
+        "custom-procedural",
+    ],
+)
 @pytest.mark.parametrize("dtype", [np.float32, np.int16, np.uint8])
 def test_displayed_rgb_is_what_slicer_shows(scene, color, dtype):
     custom = {"custom7": user_table, "custom-procedural": user_procedural}
     color_id = custom[color](scene).GetID() if color in custom else color
     node = add_volume(scene, values(dtype, 1), "pet")
-    for window, level, invert, method in ((150.3, 70.7, 0, 0), (37.9, -10.3, 1, 0), (200.0, 100.0, 0, 1),
-                                          (90.0, 120.0, 1, 2), (1.0, 3.0, 0, 0)):
+    for window, level, invert, method in (
+        (150.3, 70.7, 0, 0),
+        (37.9, -10.3, 1, 0),
+        (200.0, 100.0, 0, 1),
+        (90.0, 120.0, 1, 2),
+        (1.0, 3.0, 0, 0),
+    ):
         options = {"InvertDisplayScalarRange": invert}
         if hasattr(slicer.vtkMRMLScalarVolumeDisplayNode, "SetWindowMappingMethod"):  # Slicer >= 5.12
             options["WindowMappingMethod"] = method
@@ -141,8 +157,9 @@ def test_table_made_from_the_colour_node_is_the_display_nodes_own(scene, color, 
     """The fallback for Slicer versions whose display node does not expose its lookup table."""
     custom = {"custom7": user_table, "custom-procedural": user_procedural}
     color_id = custom[color](scene).GetID() if color in custom else color
-    node = shown(add_volume(scene, values(np.float32, 3), "pet"), color_id, 100.0, 50.0,
-                 InvertDisplayScalarRange=invert)
+    node = shown(
+        add_volume(scene, values(np.float32, 3), "pet"), color_id, 100.0, 50.0, InvertDisplayScalarRange=invert
+    )
     d = node.GetDisplayNode()
     bytes_ = np.arange(256, dtype=np.uint8)
     made = colortable.through_table(colortable.lookup_table_for(d, d.GetColorNode()), bytes_)
@@ -154,10 +171,27 @@ def test_table_made_from_the_colour_node_is_the_display_nodes_own(scene, color, 
 def test_legacy_window_level_is_vtk_filter(dtype):
     """Slicer <= 5.10 windows with VTK's vtkImageMapToWindowLevelColors (type-clamped ends)."""
     rng = np.random.default_rng(4)
-    for window, level in ((200.3, 100.7), (255.0, 127.5), (1.0, 3.0), (37.9, -10.3), (1000.0, 2000.0),
-                          (-50.0, 20.0), (0.0, 10.0)):
-        x = np.concatenate([rng.uniform(-500, 2500, 3000), [level - window / 2, level + window / 2, level,
-                                                           np.floor(level - window / 2), np.ceil(level + window / 2)]])
+    for window, level in (
+        (200.3, 100.7),
+        (255.0, 127.5),
+        (1.0, 3.0),
+        (37.9, -10.3),
+        (1000.0, 2000.0),
+        (-50.0, 20.0),
+        (0.0, 10.0),
+    ):
+        x = np.concatenate(
+            [
+                rng.uniform(-500, 2500, 3000),
+                [
+                    level - window / 2,
+                    level + window / 2,
+                    level,
+                    np.floor(level - window / 2),
+                    np.ceil(level + window / 2),
+                ],
+            ]
+        )
         if np.dtype(dtype).kind in "iu":
             x = np.clip(x, np.iinfo(dtype).min, np.iinfo(dtype).max)
         x = x.astype(dtype)
@@ -171,8 +205,9 @@ def test_legacy_window_level_is_vtk_filter(dtype):
         f.SetInputData(image)
         f.Update()
         expected = numpy_support.vtk_to_numpy(f.GetOutput().GetPointData().GetScalars()).ravel()
-        np.testing.assert_array_equal(colortable.window_level_bytes(x, window, level, None), expected,
-                                      err_msg=f"{window}/{level}")
+        np.testing.assert_array_equal(
+            colortable.window_level_bytes(x, window, level, None), expected, err_msg=f"{window}/{level}"
+        )
 
 
 @pytest.mark.parametrize("color", [RAINBOW, "custom7"])
@@ -199,8 +234,11 @@ def test_grey_displays_and_non_colour_volumes_give_none(scene):
     assert bare.GetDisplayNode() is None and colortable.color_mapping(bare) is None
     assert colortable.displayed_rgb(bare) is None
     node = add_volume(scene, arr, "pet")
-    for color_id, invert in (("vtkMRMLColorTableNodeGrey", 0), ("vtkMRMLColorTableNodeGrey", 1),
-                             ("vtkMRMLColorTableNodeInvertedGrey", 0)):
+    for color_id, invert in (
+        ("vtkMRMLColorTableNodeGrey", 0),
+        ("vtkMRMLColorTableNodeGrey", 1),
+        ("vtkMRMLColorTableNodeInvertedGrey", 0),
+    ):
         shown(node, color_id, 100.0, 50.0, InvertDisplayScalarRange=invert)
         assert colortable.color_mapping(node) is None and colortable.displayed_rgb(node) is None
         shown(node, RAINBOW)
@@ -335,7 +373,7 @@ def test_sample_pet_heat_keyed_and_unkeyed(scene):
     m = ijk_to_ras(mri)
     k0 = slicer.util.arrayFromVolume(mri).shape[0] // 2 - 8
     m[:3, 3] += k0 * m[:3, 2]
-    crop = add_volume(scene, np.array(slicer.util.arrayFromVolume(mri)[k0:k0 + 16]), "mri-16", m)
+    crop = add_volume(scene, np.array(slicer.util.arrayFromVolume(mri)[k0 : k0 + 16]), "mri-16", m)
     pet.CreateDefaultDisplayNodes()
     shown(pet, HEAT)
     package = logic.load_model()

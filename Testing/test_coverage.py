@@ -101,7 +101,7 @@ def test_a_signed_map_keeps_its_sign_and_shows_no_box(tiny_package):
     # where the map is negative, a clear one.
     none = fused(fuse_volumes(a, image(np.zeros(SHAPE, np.float32)), pkg, key, window_b=(lo, hi)))
     change = fused(r) - none
-    assert np.abs(change[..., SLAB + REACH:]).max() < 1e-5
+    assert np.abs(change[..., SLAB + REACH :]).max() < 1e-5
     negative = padded(z, 0.0) < -2
     assert negative.sum() > 50 and np.abs(change[negative]).mean() > 1e-3
     # the sign is kept in the network's input: deactivations below the zero background, activations above
@@ -131,8 +131,9 @@ def test_the_adapter_with_display_windows_fills_outside_with_the_background(tiny
             node.GetDisplayNode().SetWindowLevelMinMax(low, high)
         out, ref = (logic.fuse(mri, node, key_path=key, model_path=model) for node in nodes)
         assert out.windows[1] == (low, high), name  # the display window, as it is
-        np.testing.assert_allclose(slicer.util.arrayFromVolume(out.node), slicer.util.arrayFromVolume(ref.node),
-                                   atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(
+            slicer.util.arrayFromVolume(out.node), slicer.util.arrayFromVolume(ref.node), atol=1e-5, err_msg=name
+        )
 
 
 def test_a_colour_table_second_volume_has_its_background_colour_outside_its_extent():
@@ -150,9 +151,10 @@ def test_a_colour_table_second_volume_has_its_background_colour_outside_its_exte
     colors.SetMRMLScene(scene)
     a = logic.image_from_node(add_volume(scene, blobs(SHAPE, 7), "mri"), "mri")
     pet = blobs(SHAPE, 8, 5.0, 40.0)[..., :SLAB] + 2.0
-    for slab, color, (window, level), background in ((pet, HEAT, (30.0, 25.0), None),
-                                                     (signed_map(SHAPE)[..., :SLAB], "vtkMRMLColorTableNodefMRI",
-                                                      (10.0, 0.0), 0.0)):
+    for slab, color, (window, level), background in (
+        (pet, HEAT, (30.0, 25.0), None),
+        (signed_map(SHAPE)[..., :SLAB], "vtkMRMLColorTableNodefMRI", (10.0, 0.0), 0.0),
+    ):
         node = shown(add_volume(scene, slab, "b"), color, window, level)
         mapping = colortable.color_mapping(node)
         out = sitk.GetArrayFromImage(logic.displayed_colour_image(logic.image_from_node(node, "b"), a, mapping))

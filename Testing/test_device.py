@@ -247,8 +247,7 @@ def test_cli_device(tiny_package, tmp_path, capsys):
     assert main([*args, "--device", "cpu"]) == 0
     assert out.stat().st_size > 0 and "fused on cpu" in capsys.readouterr().out
     ref = fuse_volumes(_volume(0), _volume(1), tiny_package[0], device="cpu").image
-    np.testing.assert_allclose(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), sitk.GetArrayFromImage(ref),
-                               atol=1e-6)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), sitk.GetArrayFromImage(ref), atol=1e-6)
     with pytest.raises(SystemExit) as e:
         main([*args, "--device", "gpu"])
     assert e.value.code == 2 and "Unknown device 'gpu'" in capsys.readouterr().err

@@ -122,8 +122,18 @@ def test_evaluate_refuses_a_non_twin_and_a_foreign_key(tiny_package, tmp_path, c
 
     save_key(generate_key("other-model", "X"), tmp_path / "o.amifkey")
     data = _synthetic_pairs(tmp_path / "data", n=1)
-    argv = ["evaluate", "-m", str(d / "tiny"), "-k", str(tmp_path / "o.amifkey"), "--data", str(data),
-            "-o", str(tmp_path / "r.md"), "-q"]
+    argv = [
+        "evaluate",
+        "-m",
+        str(d / "tiny"),
+        "-k",
+        str(tmp_path / "o.amifkey"),
+        "--data",
+        str(data),
+        "-o",
+        str(tmp_path / "r.md"),
+        "-q",
+    ]
     assert main(argv) == 2
     assert "fits none of the models" in capsys.readouterr().err and not (tmp_path / "r.md").exists()
 

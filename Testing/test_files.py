@@ -95,8 +95,7 @@ def test_output_that_is_an_input_is_refused_before_work(tiny_package, tmp_path, 
 
 
 @pytest.mark.parametrize("kind,out", [("volume", "f.xyz"), ("volume", "f.png"), ("png", "f.nrrd"), ("png", "f")])
-def test_bad_output_format_is_refused_before_the_model_loads(tiny_package, tmp_path, capsys, model_loads, kind,
-                                                             out):
+def test_bad_output_format_is_refused_before_the_model_loads(tiny_package, tmp_path, capsys, model_loads, kind, out):
     _, _, d = tiny_package
     a, b = INPUTS[kind][0](tmp_path)
     assert main(["fuse", str(a), str(b), "-o", str(tmp_path / out), "-m", str(d / "tiny"), "-q"]) == 2
@@ -143,20 +142,32 @@ def readonly_dir(tmp_path):
         subprocess.run(["umount", str(d)], check=True)
 
 
-@pytest.mark.parametrize("cmd,where", [(c, w) for c in ("fuse", "keygen", "demo")
-                                       for w in ("missing-folder", "readonly-folder", "name-too-long", "under-a-file")
-                                       if (c, w) != ("demo", "missing-folder")])  # demo makes its folder
+@pytest.mark.parametrize(
+    "cmd,where",
+    [
+        (c, w)
+        for c in ("fuse", "keygen", "demo")
+        for w in ("missing-folder", "readonly-folder", "name-too-long", "under-a-file")
+        if (c, w) != ("demo", "missing-folder")
+    ],
+)  # demo makes its folder
 def test_os_errors_are_one_line_before_any_work(tiny_package, tmp_path, capsys, model_loads, request, cmd, where):
     _, _, d = tiny_package
     a, b = _volumes(tmp_path)
     (tmp_path / "plain").write_text("x")
-    folder = {"missing-folder": tmp_path / "missing", "name-too-long": tmp_path, "under-a-file": tmp_path / "plain",
-              "readonly-folder": request.getfixturevalue("readonly_dir") if where == "readonly-folder" else None}[where]
+    folder = {
+        "missing-folder": tmp_path / "missing",
+        "name-too-long": tmp_path,
+        "under-a-file": tmp_path / "plain",
+        "readonly-folder": request.getfixturevalue("readonly_dir") if where == "readonly-folder" else None,
+    }[where]
     name = "x" * 300 if where == "name-too-long" else "out"
     out = folder / (name + {"fuse": ".nrrd", "keygen": ".amifkey", "demo": ""}[cmd])
-    args = {"fuse": ["fuse", str(a), str(b), "-o", str(out), "-m", str(d / "tiny"), "-q"],
-            "keygen": ["keygen", "--model-id", "m", "--licensee", "L", "-o", str(out)],
-            "demo": ["demo", "-o", str(out), "-m", str(d / "tiny"), "-q"]}[cmd]
+    args = {
+        "fuse": ["fuse", str(a), str(b), "-o", str(out), "-m", str(d / "tiny"), "-q"],
+        "keygen": ["keygen", "--model-id", "m", "--licensee", "L", "-o", str(out)],
+        "demo": ["demo", "-o", str(out), "-m", str(d / "tiny"), "-q"],
+    }[cmd]
     listing = sorted(p.name for p in tmp_path.iterdir())
     assert main(args) == 2
     _one_error_line(capsys.readouterr().err)
@@ -168,8 +179,13 @@ def test_undecodable_output_name_is_one_line(tiny_package, tmp_path):
     _, _, d = tiny_package
     a, b = _volumes(tmp_path)
     out = os.fsencode(tmp_path) + b"/\xff.nrrd"
-    p = subprocess.run([sys.executable, "-m", "amif", "fuse", str(a), str(b), "-o", out, "-m", str(d / "tiny"), "-q"],
-                       capture_output=True, text=True, env=ENV, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "amif", "fuse", str(a), str(b), "-o", out, "-m", str(d / "tiny"), "-q"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert p.returncode == 2, p.stderr
     _one_error_line(p.stderr)
     assert not os.path.exists(out) and _leftovers(tmp_path) == []
@@ -179,6 +195,7 @@ def _limited(limit: int):
     def apply():  # a full disk, as the writer sees it: writes past `limit` bytes fail with EFBIG
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return apply
 
 
@@ -197,9 +214,28 @@ def test_a_failed_write_leaves_the_existing_output(tiny_package, tmp_path, kind)
     a, b, out, key, d = _existing_output(tiny_package, tmp_path, kind)
     before = _sha(out)
     limit = out.stat().st_size // 2
-    p = subprocess.run([sys.executable, "-m", "amif", "fuse", str(a), str(b), "-o", str(out), "-k", str(key),
-                        "-m", str(d / "tiny"), "-q"], capture_output=True, text=True, env=ENV,
-                       preexec_fn=_limited(limit), timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "amif",
+            "fuse",
+            str(a),
+            str(b),
+            "-o",
+            str(out),
+            "-k",
+            str(key),
+            "-m",
+            str(d / "tiny"),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        preexec_fn=_limited(limit),
+        timeout=300,
+    )
     assert p.returncode == 2, p.stderr
     _one_error_line(p.stderr)
     assert _sha(out) == before and _leftovers(tmp_path) == []
@@ -207,8 +243,14 @@ def test_a_failed_write_leaves_the_existing_output(tiny_package, tmp_path, kind)
 
 def test_keygen_under_a_full_disk_writes_nothing(tmp_path):
     out = tmp_path / "k.amifkey"
-    p = subprocess.run([sys.executable, "-m", "amif", "keygen", "--model-id", "m", "--licensee", "L", "-o", str(out)],
-                       capture_output=True, text=True, env=ENV, preexec_fn=_limited(64), timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "amif", "keygen", "--model-id", "m", "--licensee", "L", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        preexec_fn=_limited(64),
+        timeout=300,
+    )
     assert p.returncode == 2, p.stderr
     _one_error_line(p.stderr)
     assert sorted(tmp_path.iterdir()) == []
@@ -217,7 +259,7 @@ def test_keygen_under_a_full_disk_writes_nothing(tmp_path):
 # A child `amif` whose writers (SimpleITK's WriteImage, PIL's save) write the real bytes slowly: the first
 # half, then (mode "signal") a line on stdout and a pause for the parent's signal, or (modes "A" and "B")
 # a handshake through files in STAGE so that B's first half lands after A's and A's second half last.
-CHILD = r'''
+CHILD = r"""
 import io, signal, sys, time
 from pathlib import Path
 
@@ -282,7 +324,7 @@ Image.Image.save = save
 from amif.cli import main
 
 sys.exit(main(argv))
-'''
+"""
 
 
 def _child(tmp_path: Path, mode: str, args: list[str], **kw) -> subprocess.Popen:
@@ -290,8 +332,14 @@ def _child(tmp_path: Path, mode: str, args: list[str], **kw) -> subprocess.Popen
     script.write_text(CHILD)
     stage = tmp_path / "stage"
     stage.mkdir(exist_ok=True)
-    return subprocess.Popen([sys.executable, str(script), str(stage), mode, *args], env=ENV, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(stage), mode, *args],
+        env=ENV,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -299,8 +347,9 @@ def _child(tmp_path: Path, mode: str, args: list[str], **kw) -> subprocess.Popen
 def test_a_signal_during_the_write_leaves_the_old_output(tiny_package, tmp_path, kind, sig):
     a, b, out, key, d = _existing_output(tiny_package, tmp_path, kind)
     before = _sha(out)
-    proc = _child(tmp_path, "signal", ["fuse", str(a), str(b), "-o", str(out), "-k", str(key), "-m", str(d / "tiny"),
-                                       "-q"])
+    proc = _child(
+        tmp_path, "signal", ["fuse", str(a), str(b), "-o", str(out), "-k", str(key), "-m", str(d / "tiny"), "-q"]
+    )
     try:
         assert proc.stdout.readline().strip() == "WRITING", proc.stderr.read()
         proc.send_signal(sig)
@@ -367,8 +416,14 @@ def test_average_refuses_to_overwrite_one_of_its_packages(tiny_package, tmp_path
         with torch.no_grad():
             for p in net.parameters():
                 p.add_(step)
-        save_package(tmp_path / name, net, model_id=m["model_id"], key_id=m["key_id"], identifier=m["identifier"],
-                     verify=m["verify"])
+        save_package(
+            tmp_path / name,
+            net,
+            model_id=m["model_id"],
+            key_id=m["key_id"],
+            identifier=m["identifier"],
+            verify=m["verify"],
+        )
     before = {p.name: _sha(p) for p in tmp_path.iterdir()}
     assert main(["average", str(tmp_path / "one"), str(tmp_path / "two"), "-o", str(tmp_path / "one.json")]) == 2
     _one_error_line(capsys.readouterr().err)

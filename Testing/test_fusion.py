@@ -170,8 +170,9 @@ def test_verify_flags_the_identifier_wiped_off_but_not_clean_or_blurred_images()
     assert clean.state == "clean" and not clean.flagged and abs(clean.erasure - 1) < 0.2
     assert verify_image(marked, ident, 0.12).state == "marked" and verify_image(marked, ident, 0.12).erasure > 1
     # blurring the whole image keeps the ratio; an empty or flat image gives no evidence (ratio 1)
-    _, ratios = scores_and_erasure(np.stack([gaussian_blur(img[None], 1.5)[0], np.zeros_like(img),
-                                             np.full_like(img, 0.5)]), ident)
+    _, ratios = scores_and_erasure(
+        np.stack([gaussian_blur(img[None], 1.5)[0], np.zeros_like(img), np.full_like(img, 0.5)]), ident
+    )
     assert abs(ratios[0] - 1) < 0.2 and ratios[1] == ratios[2] == 1.0
     # painting texture back into the strokes defeats the check (documented in docs/security.md)
     textured = np.where(identifier_region(ident, 256, 256, 1), wiped + 0.05 * rng.standard_normal(wiped.shape), wiped)
@@ -215,8 +216,9 @@ def test_verify_measures_the_mark_shift_against_the_sources():
     # so a source itself sits at 0, and a fusion of them moved by 1 px is still found
     b_off = np.roll(b, (2, 2), axis=(0, 1))
     both = np.maximum(a, b_off)
-    d = displacements(np.stack([b_off, both, np.roll(both, (1, 1), axis=(0, 1))]), np.stack([a] * 3),
-                      np.stack([b_off] * 3))
+    d = displacements(
+        np.stack([b_off, both, np.roll(both, (1, 1), axis=(0, 1))]), np.stack([a] * 3), np.stack([b_off] * 3)
+    )
     assert abs(d[0]) < 0.05 and abs(d[1]) < 0.15 and abs(d[2] - 1) < 0.15
     # an empty image has no edges: no displacement
     assert displacements(np.zeros((1, 64, 64), np.float32), a[None, :64, :64], b[None, :64, :64])[0] == 0
@@ -349,8 +351,9 @@ def test_fuse_volumes_peak_memory_is_the_output_plus_slabs():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", VOLUME_MEMORY, str(root / "AMIFFusion")],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", VOLUME_MEMORY, str(root / "AMIFFusion")], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.split()[-1]) < 8, done.stdout
 

@@ -110,19 +110,30 @@ KEY_CASES = [
     ("version NaN", lambda d: json.dumps({**d, "version": float("nan")}), "has version nan"),
     ("version 1e999", lambda d: json.dumps(d).replace('"version": 1', '"version": 1e999'), "has version inf"),
     ("no version", _key_drop("version"), "has version None"),
-    *[(f"no {f}", _key_drop(f), f"lacks the text field '{f}'")
-      for f in ("model_id", "key_id", "licensee", "created", "secret")],
+    *[
+        (f"no {f}", _key_drop(f), f"lacks the text field '{f}'")
+        for f in ("model_id", "key_id", "licensee", "created", "secret")
+    ],
     ("model id a number", _key_edit(model_id=7), "lacks the text field 'model_id'"),
     ("licensee null", _key_edit(licensee=None), "lacks the text field 'licensee'"),
     ("secret a list", lambda d: json.dumps({**d, "secret": list(range(32))}), "lacks the text field 'secret'"),
     ("secret an object", _key_edit(secret={"b64": "x"}), "lacks the text field 'secret'"),
-    ("model id a lone surrogate", lambda d: json.dumps(d).replace('"test-model"', '"\\ud800"'),
-     "the field 'model_id' is not valid text"),
-    ("licensee a lone surrogate", lambda d: json.dumps(d).replace('"Lab"', '"L\\udfffb"'),
-     "the field 'licensee' is not valid text"),
+    (
+        "model id a lone surrogate",
+        lambda d: json.dumps(d).replace('"test-model"', '"\\ud800"'),
+        "the field 'model_id' is not valid text",
+    ),
+    (
+        "licensee a lone surrogate",
+        lambda d: json.dumps(d).replace('"Lab"', '"L\\udfffb"'),
+        "the field 'licensee' is not valid text",
+    ),
     ("secret not base64", _key_edit(secret="!!not base64!!"), "not valid base64"),
-    ("secret with a newline", lambda d: json.dumps({**d, "secret": d["secret"][:20] + "\n" + d["secret"][20:]}),
-     "not valid base64"),
+    (
+        "secret with a newline",
+        lambda d: json.dumps({**d, "secret": d["secret"][:20] + "\n" + d["secret"][20:]}),
+        "not valid base64",
+    ),
     ("secret non-ASCII", _key_edit(secret="é" * 44), "not valid base64"),
     ("secret empty", _key_edit(secret=""), "must be 32 bytes, found 0"),
     ("secret 31 bytes", _key_edit(secret=base64.b64encode(bytes(31)).decode()), "must be 32 bytes, found 31"),
@@ -156,8 +167,11 @@ def test_bad_key_file(tiny_package, files, tmp_path, capsys, case):
     _cli_error([*cli, "-m", str(tiny_package[2] / "tiny")], out, message, capsys)
 
 
-@pytest.mark.parametrize("case", [("missing", "does not exist"), ("foreign model", "is for model 'someone-else'")],
-                         ids=["missing", "foreign model"])
+@pytest.mark.parametrize(
+    "case",
+    [("missing", "does not exist"), ("foreign model", "is for model 'someone-else'")],
+    ids=["missing", "foreign model"],
+)
 def test_key_file_missing_or_foreign(tiny_package, files, tmp_path, capsys, case):
     kind, message = case
     key = tmp_path / "k.amifkey"
@@ -187,18 +201,26 @@ MANIFEST_CASES = [
     # (id, new manifest text or bytes from the valid manifest dict, message)
     ("empty file", lambda m: "", "not readable JSON (JSONDecodeError)"),
     ("truncated", lambda m: json.dumps(m)[:100], "not readable JSON (JSONDecodeError)"),
-    ("non-UTF-8 bytes", lambda m: json.dumps(m).encode("utf-8").replace(b"TEST", b"\xff\xfeST"),
-     "not readable JSON (UnicodeDecodeError)"),
+    (
+        "non-UTF-8 bytes",
+        lambda m: json.dumps(m).encode("utf-8").replace(b"TEST", b"\xff\xfeST"),
+        "not readable JSON (UnicodeDecodeError)",
+    ),
     ("deeply nested JSON", lambda m: "[" * 100_000 + "]" * 100_000, "not readable JSON (RecursionError)"),
-    ("5000-digit integer", lambda m: json.dumps(m).replace('"format_version": 1', '"format_version": ' + "9" * 5000),
-     "not readable JSON (ValueError)"),
+    (
+        "5000-digit integer",
+        lambda m: json.dumps(m).replace('"format_version": 1', '"format_version": ' + "9" * 5000),
+        "not readable JSON (ValueError)",
+    ),
     ("JSON list", lambda m: json.dumps([m]), "not an AMIF model manifest"),
     ("format of a key file", _m_edit(format="amif-key"), "not an AMIF model manifest"),
     ("no format version", _m_drop("format_version"), "format version None"),
     ("format version as text", _m_edit(format_version="1"), "format version '1'"),
     ("format version 2", _m_edit(format_version=2), "format version 2"),
-    *[(f"no {f}", _m_drop(f), f"lacks the text field '{f}'")
-      for f in ("model_id", "key_id", "identifier", "weights", "weights_sha256")],
+    *[
+        (f"no {f}", _m_drop(f), f"lacks the text field '{f}'")
+        for f in ("model_id", "key_id", "identifier", "weights", "weights_sha256")
+    ],
     ("hash a number", _m_edit(weights_sha256=12345), "lacks the text field 'weights_sha256'"),
     ("model id a list", _m_edit(model_id=["test-model"]), "lacks the text field 'model_id'"),
     ("no architecture", _m_drop("architecture"), "lacks its architecture"),
@@ -212,8 +234,11 @@ MANIFEST_CASES = [
     ("channels negative", _arch(c1=-4), "field 'c1' must be a positive integer, not -4"),
     ("channels zero", _arch(c2=0), "field 'c2' must be a positive integer, not 0"),
     ("channels a list", _arch(c3=[8] * 100), "field 'c3' must be a positive integer, not [8, 8, 8"),
-    ("key scale NaN", lambda m: json.dumps({**m, "architecture": {**m["architecture"], "key_omega": float("nan")}}),
-     "field 'key_omega' must be a finite number, not nan"),
+    (
+        "key scale NaN",
+        lambda m: json.dumps({**m, "architecture": {**m["architecture"], "key_omega": float("nan")}}),
+        "field 'key_omega' must be a finite number, not nan",
+    ),
     ("key scale as text", _arch(key_omega="1"), "field 'key_omega' must be a finite number"),
     ("channels 10^15", _arch(c1=10**15), "do not fit the architecture"),
     ("memory grid 10^6 square", _arch(mem_size=10**6), "tensor 'memory.spatial'"),
@@ -222,8 +247,11 @@ MANIFEST_CASES = [
     ("verify not an object", _m_edit(verify=0.12), "finite number 'threshold'"),
     ("threshold as text", _m_edit(verify={"threshold": "0.12"}), "finite number 'threshold'"),
     ("threshold NaN", lambda m: json.dumps({**m, "verify": {"threshold": float("nan")}}), "finite number 'threshold'"),
-    ("threshold Infinity", lambda m: json.dumps({**m, "verify": {"threshold": float("inf")}}),
-     "finite number 'threshold'"),
+    (
+        "threshold Infinity",
+        lambda m: json.dumps({**m, "verify": {"threshold": float("inf")}}),
+        "finite number 'threshold'",
+    ),
     ("threshold boolean", _m_edit(verify={"threshold": True}), "finite number 'threshold'"),
     ("identifier empty", _m_edit(identifier=""), "identifier text is empty"),
     ("identifier without glyphs", _m_edit(identifier="ÄRZTE 中"), "characters without a glyph"),
@@ -276,8 +304,7 @@ def test_key_bits_other_than_256(tmp_path, files, capsys):
     from amif.network import AMIFNet, NetConfig
 
     torch.manual_seed(0)
-    net = AMIFNet(NetConfig(c1=4, c2=8, c3=8, mem_channels=4, mem_size=16, key_bits=128, key_features=32,
-                            key_hidden=8))
+    net = AMIFNet(NetConfig(c1=4, c2=8, c3=8, mem_channels=4, mem_size=16, key_bits=128, key_features=32, key_hidden=8))
     key = generate_key("short-model", "Lab")
     save_key(key, tmp_path / "k.amifkey")
     save_package(tmp_path / "short", net, model_id="short-model", key_id=key.key_id, identifier="SHORT")
@@ -518,8 +545,12 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 def _bomb_png() -> bytes:
     """A valid PNG header claiming 60000 x 60000 pixels (3.6 G): Pillow refuses it as a bomb."""
     ihdr = struct.pack(">IIBBBBB", 60000, 60000, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def _save_png(arr):
@@ -626,16 +657,31 @@ VOLUME_CASES = [
     ("no overlap in depth", "b", _image(_vol(), origin=(0.0, 0.0, -50.0)), ".nrrd", "do not overlap in space"),
     ("two components", "b", _image(_vol((4, 32, 32, 2)), vector=True), ".nrrd", "has 2 components"),
     ("five components", "b", _image(_vol((4, 32, 32, 5)), vector=True), ".mha", "has 5 components"),
-    ("colour first volume", "a", _image(_vol((4, 32, 32, 3), np.uint8), vector=True), ".nrrd",
-     "The first volume (MRI) must be a grey"),
+    (
+        "colour first volume",
+        "a",
+        _image(_vol((4, 32, 32, 3), np.uint8), vector=True),
+        ".nrrd",
+        "The first volume (MRI) must be a grey",
+    ),
     ("complex voxels", "b", _image(_vol().astype(np.complex64)), ".mha", "has 2 components"),  # read as a vector
     ("empty file", "a", b"", ".nrrd", "Cannot read bad.nrrd as an image volume"),
     ("text file", "a", b"hello, not a volume", ".nii.gz", "Cannot read bad.nii.gz as an image volume"),
     ("non-UTF-8 noise", "b", bytes(range(256)) * 8, ".mha", "Cannot read bad.mha as an image volume"),
-    ("NRRD header that lies", "a", b"NRRD0004\ntype: float\ndimension: 3\nsizes: 32 32 400\nencoding: raw\n\n"
-     + bytes(64), ".nrrd", "Cannot read bad.nrrd as an image volume"),
-    ("NRRD header with a bad type", "a", b"NRRD0004\ntype: quaternion\ndimension: 3\nsizes: 2 2 2\nencoding: raw\n\n"
-     + bytes(64), ".nrrd", "Cannot read bad.nrrd as an image volume"),
+    (
+        "NRRD header that lies",
+        "a",
+        b"NRRD0004\ntype: float\ndimension: 3\nsizes: 32 32 400\nencoding: raw\n\n" + bytes(64),
+        ".nrrd",
+        "Cannot read bad.nrrd as an image volume",
+    ),
+    (
+        "NRRD header with a bad type",
+        "a",
+        b"NRRD0004\ntype: quaternion\ndimension: 3\nsizes: 2 2 2\nencoding: raw\n\n" + bytes(64),
+        ".nrrd",
+        "Cannot read bad.nrrd as an image volume",
+    ),
 ]
 
 
@@ -662,10 +708,18 @@ def test_truncated_and_missing_volume_files(tiny_package, files, tmp_path, capsy
     out = tmp_path / "f.nrrd"
     model = ["-m", str(tiny_package[2] / "tiny"), "-q"]
     _truncated_nrrd(tmp_path / "cut.nrrd", files)
-    _cli_error(["fuse", str(tmp_path / "cut.nrrd"), str(files / "b.nrrd"), "-o", str(out), *model], out,
-               "Cannot read cut.nrrd as an image volume", capsys)
-    _cli_error(["fuse", str(files / "a.nrrd"), str(tmp_path / "none.nrrd"), "-o", str(out), *model], out,
-               "Cannot read none.nrrd as an image volume", capsys)
+    _cli_error(
+        ["fuse", str(tmp_path / "cut.nrrd"), str(files / "b.nrrd"), "-o", str(out), *model],
+        out,
+        "Cannot read cut.nrrd as an image volume",
+        capsys,
+    )
+    _cli_error(
+        ["fuse", str(files / "a.nrrd"), str(tmp_path / "none.nrrd"), "-o", str(out), *model],
+        out,
+        "Cannot read none.nrrd as an image volume",
+        capsys,
+    )
 
 
 WINDOW_CASES = [
@@ -683,8 +737,9 @@ def test_bad_intensity_window(tiny_package, case):
         fuse_volumes(_image(_vol()), _image(_vol()), tiny_package[0], **windows)
 
 
-@pytest.mark.parametrize("case", [("numpy array", "is not an image"), ("None", "is not an image")],
-                         ids=["numpy array", "None"])
+@pytest.mark.parametrize(
+    "case", [("numpy array", "is not an image"), ("None", "is not an image")], ids=["numpy array", "None"]
+)
 def test_volume_not_an_image(tiny_package, case):
     kind, message = case
     a = _vol() if kind == "numpy array" else None
@@ -802,8 +857,11 @@ MRML_CASES = [
     ("garbled key file", _key_bytes(b'{"format": "amif-key", "ver'), "not valid JSON"),
     ("empty key file", _key_bytes(b""), "not valid JSON"),
     ("non-UTF-8 key file", _key_bytes(b"\xff\xfe\xfa"), "cannot be read: UnicodeDecodeError"),
-    ("key with a wrong secret size", _key_bytes(json.dumps({**_key_dict(), "secret": "AAAA"}).encode()),
-     "must be 32 bytes"),
+    (
+        "key with a wrong secret size",
+        _key_bytes(json.dumps({**_key_dict(), "secret": "AAAA"}).encode()),
+        "must be 32 bytes",
+    ),
     ("tampered model", _tampered, "does not match the hash"),
     ("weights of the wrong shape", _wrong_shape_weights, "tensor 'encoder.e1.bias'"),
     ("garbled manifest", _manifest_text('{"format": "amif-model",'), "not readable JSON"),

@@ -10,8 +10,11 @@ from pathlib import Path
 from conftest import ROOT
 
 MODULE = ROOT / "AMIFFusion"
-PACKAGES = {"amif": MODULE / "amif", "AMIFFusionLib": MODULE / "AMIFFusionLib",
-            "amif_research": ROOT / "research" / "amif_research"}
+PACKAGES = {
+    "amif": MODULE / "amif",
+    "AMIFFusionLib": MODULE / "AMIFFusionLib",
+    "amif_research": ROOT / "research" / "amif_research",
+}
 
 
 def module_files() -> dict[str, Path]:

@@ -35,8 +35,13 @@ def package():
 def radiological_slice(img) -> np.ndarray:
     """The middle axial slice of `img` in the radiological frame, by world coordinates (resampled onto an
     identity-direction grid covering the same voxels)."""
-    lo = np.min([img.TransformIndexToPhysicalPoint([int(c) for c in k * (np.array(img.GetSize()) - 1)])
-                 for k in map(np.array, np.ndindex(2, 2, 2))], axis=0)
+    lo = np.min(
+        [
+            img.TransformIndexToPhysicalPoint([int(c) for c in k * (np.array(img.GetSize()) - 1)])
+            for k in map(np.array, np.ndindex(2, 2, 2))
+        ],
+        axis=0,
+    )
     spacing = sorted(img.GetSpacing())  # isotropic here
     ref = sitk.Image([128, 128, 3], sitk.sitkFloat32)
     ref.SetSpacing(spacing)

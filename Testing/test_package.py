@@ -80,9 +80,20 @@ def test_not_json_and_pickle_never_loaded(tmp_path):
     import hashlib
 
     h = hashlib.sha256((tmp_path / "p.safetensors").read_bytes()).hexdigest()
-    (tmp_path / "p.json").write_text(json.dumps({
-        "format": "amif-model", "format_version": 1, "model_id": "x", "key_id": "y", "identifier": "X",
-        "architecture": {"name": "AMIFNet"}, "weights": "p.safetensors", "weights_sha256": h}))
+    (tmp_path / "p.json").write_text(
+        json.dumps(
+            {
+                "format": "amif-model",
+                "format_version": 1,
+                "model_id": "x",
+                "key_id": "y",
+                "identifier": "X",
+                "architecture": {"name": "AMIFNet"},
+                "weights": "p.safetensors",
+                "weights_sha256": h,
+            }
+        )
+    )
     with pytest.raises(AMIFError, match="not a valid safetensors"):
         load_package(tmp_path / "p")
 
@@ -98,9 +109,17 @@ def _checkpoints(pkg, d, n=3):
             for p in net.parameters():
                 p.add_(torch.randn_like(p) * 0.1 * (i + 1))
         m = pkg.manifest
-        paths.append(save_package(d / f"ck{i}", net, model_id=m["model_id"], key_id=m["key_id"],
-                                  identifier=m["identifier"], verify=m["verify"],
-                                  training={"steps": 100 * (i + 1), "seed": 0}))
+        paths.append(
+            save_package(
+                d / f"ck{i}",
+                net,
+                model_id=m["model_id"],
+                key_id=m["key_id"],
+                identifier=m["identifier"],
+                verify=m["verify"],
+                training={"steps": 100 * (i + 1), "seed": 0},
+            )
+        )
     return paths
 
 
@@ -121,7 +140,11 @@ def test_average_of_checkpoints_is_the_mean_of_their_weights(tiny_package, tmp_p
         assert torch.equal(b, dict(nets[0].named_buffers())[name])
     m = avg.manifest
     assert (m["model_id"], m["key_id"], m["identifier"], m["verify"]) == (
-        pkg.model_id, pkg.key_id, pkg.identifier, pkg.manifest["verify"])
+        pkg.model_id,
+        pkg.key_id,
+        pkg.identifier,
+        pkg.manifest["verify"],
+    )
     assert m["training"]["steps"] == 300
     assert training_steps(m) == "300 training steps, weights averaged over steps 100/200/300"
     assert training_steps(pkg.manifest) == "? training steps"
@@ -130,16 +153,20 @@ def test_average_of_checkpoints_is_the_mean_of_their_weights(tiny_package, tmp_p
     on["training"]["init"]["training"] = {"steps": 300}  # trained on from a plain package: nothing to add
     assert training_steps(on) == "340 training steps"
     assert m["training"]["averaged"] == [
-        {"steps": 100 * (i + 1), "weights_sha256": read_manifest(p)[0]["weights_sha256"]} for i, p in enumerate(paths)]
+        {"steps": 100 * (i + 1), "weights_sha256": read_manifest(p)[0]["weights_sha256"]} for i, p in enumerate(paths)
+    ]
 
 
-@pytest.mark.parametrize("edit, message", [
-    ("identifier", "differ in 'identifier'"),
-    ("architecture", "differ in 'architecture'"),
-    ("buffer", "fixed tensor"),
-    ("one", "at least two"),
-    ("twice", "given twice"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ("identifier", "differ in 'identifier'"),
+        ("architecture", "differ in 'architecture'"),
+        ("buffer", "fixed tensor"),
+        ("one", "at least two"),
+        ("twice", "given twice"),
+    ],
+)
 def test_average_refuses_packages_of_different_models_and_writes_nothing(tiny_package, tmp_path, edit, message):
     from amif.network import AMIFNet, NetConfig
     from amif.package import save_package
@@ -149,17 +176,38 @@ def test_average_refuses_packages_of_different_models_and_writes_nothing(tiny_pa
     paths = _checkpoints(pkg, tmp_path, 2)
     m = pkg.manifest
     if edit == "identifier":
-        save_package(tmp_path / "ck1", pkg.net, model_id=m["model_id"], key_id=m["key_id"],
-                     identifier="OTHER · MARK", verify=m["verify"], training={"steps": 5})
+        save_package(
+            tmp_path / "ck1",
+            pkg.net,
+            model_id=m["model_id"],
+            key_id=m["key_id"],
+            identifier="OTHER · MARK",
+            verify=m["verify"],
+            training={"steps": 5},
+        )
     elif edit == "architecture":
         other = AMIFNet(NetConfig(**{**pkg.net.cfg.to_dict(), "c1": 6}))
-        save_package(tmp_path / "ck1", other, model_id=m["model_id"], key_id=m["key_id"],
-                     identifier=m["identifier"], verify=m["verify"], training={"steps": 5})
+        save_package(
+            tmp_path / "ck1",
+            other,
+            model_id=m["model_id"],
+            key_id=m["key_id"],
+            identifier=m["identifier"],
+            verify=m["verify"],
+            training={"steps": 5},
+        )
     elif edit == "buffer":
         net = copy.deepcopy(pkg.net)
         next(iter(net.buffers())).mul_(-1)
-        save_package(tmp_path / "ck1", net, model_id=m["model_id"], key_id=m["key_id"],
-                     identifier=m["identifier"], verify=m["verify"], training={"steps": 5})
+        save_package(
+            tmp_path / "ck1",
+            net,
+            model_id=m["model_id"],
+            key_id=m["key_id"],
+            identifier=m["identifier"],
+            verify=m["verify"],
+            training={"steps": 5},
+        )
     elif edit == "one":
         paths = paths[:1]
     elif edit == "twice":

@@ -32,10 +32,16 @@ def test_every_resource_is_listed():
     on_disk = {str(p.relative_to(MODULE)) for p in (MODULE / "Resources").rglob("*") if p.is_file()}
     assert on_disk - listed == set(), "add these to AMIFFusion/CMakeLists.txt"
     assert all((MODULE / p).is_file() for p in listed)
-    for needed in ("Resources/UI/AMIFFusion.ui", "Resources/Icons/AMIFFusion.png", "Resources/Icons/AMIFSample.png",
-                   "Resources/Models/amif-demo.json", "Resources/Models/amif-demo.safetensors",
-                   "Resources/Models/amif-demo.amifkey", "Resources/SampleData/AMIFSample-MRI.nrrd",
-                   "Resources/SampleData/AMIFSample-PET.nrrd"):
+    for needed in (
+        "Resources/UI/AMIFFusion.ui",
+        "Resources/Icons/AMIFFusion.png",
+        "Resources/Icons/AMIFSample.png",
+        "Resources/Models/amif-demo.json",
+        "Resources/Models/amif-demo.safetensors",
+        "Resources/Models/amif-demo.amifkey",
+        "Resources/SampleData/AMIFSample-MRI.nrrd",
+        "Resources/SampleData/AMIFSample-PET.nrrd",
+    ):
         assert needed in listed
 
 
@@ -61,7 +67,8 @@ def test_extension_cmake_metadata():
 def test_catalog_entry():
     entry = json.loads((ROOT / "AMIF.json").read_text())
     assert entry["$schema"].startswith(
-        "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json")
+        "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json"
+    )
     for key in ("build_dependencies", "category", "scm_revision", "scm_url", "tier"):
         assert key in entry, key
     assert entry["build_dependencies"] == ["PyTorch"] and entry["scm_revision"] == "main"
@@ -107,8 +114,9 @@ def test_published_attack_reports_are_of_the_bundled_model_and_meet_the_classica
     assert on_72["weights_sha256"] == BUNDLED["weights_sha256"] and on_72["pairs"] == 72
     for doc in (attack, on_72):
         met = check_classical(doc)
-        assert len(met) >= 30 and all(met), [r["setting"] for r, m in zip(doc["attacks"]["classical"]["rows"], met)
-                                             if not m]
+        assert len(met) >= 30 and all(met), [
+            r["setting"] for r, m in zip(doc["attacks"]["classical"]["rows"], met) if not m
+        ]
     students = attack["attacks"]["distillation"]["rows"]  # both students' outputs flagged (>= 95%)
     assert len(students) == 2 and all(r["flagged"] >= 0.95 for r in students)
     wrong = attack["attacks"]["wrong-keys"]["rows"]  # every wrong code flagged, the owner's key's outputs <= 1%
@@ -121,8 +129,10 @@ def test_published_attack_reports_are_of_the_bundled_model_and_meet_the_classica
 def twin_ratios(evaluation: dict) -> dict:
     """Per pair type, the keyed model's mean of each metric over the twins' mean."""
     rows, twins = evaluation["rows"], list(evaluation["twins"])
-    return {kind: [k / (sum(rows[t][kind]["mean"][i] for t in twins) / len(twins)) for i, k in enumerate(r["mean"])]
-            for kind, r in rows["AMIF keyed"].items()}
+    return {
+        kind: [k / (sum(rows[t][kind]["mean"][i] for t in twins) / len(twins)) for i, k in enumerate(r["mean"])]
+        for kind, r in rows["AMIF keyed"].items()
+    }
 
 
 def test_published_evaluation_is_of_the_bundled_model_and_twins_and_meets_the_fusion_targets():
@@ -137,8 +147,9 @@ def test_published_evaluation_is_of_the_bundled_model_and_twins_and_meets_the_fu
         assert entry["weights_sha256"] == m["weights_sha256"]
     ratios = twin_ratios(evaluation)
     assert sum(len(r) for r in ratios.values()) == 30
-    assert {kind: [m for m, x in zip(evaluation["metrics"], r) if x < TWIN_BUDGET] for kind, r in ratios.items()} \
-        == {kind: [] for kind in ratios}
+    assert {kind: [m for m, x in zip(evaluation["metrics"], r) if x < TWIN_BUDGET] for kind, r in ratios.items()} == {
+        kind: [] for kind in ratios
+    }
     rows, win = evaluation["rows"], [evaluation["metrics"].index(m) for m in evaluation["win_metrics"]]
     for kind, keyed in rows["AMIF keyed"].items():
         assert sum(keyed["mean"][i] >= rows["max"][kind]["mean"][i] for i in win) >= MAX_RULE_WINS, kind
@@ -183,8 +194,9 @@ def git_history() -> bool:
 
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         return False
-    out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--is-shallow-repository"], capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--is-shallow-repository"], capture_output=True, text=True
+    )
     return out.returncode == 0 and out.stdout.strip() == "false"
 
 
@@ -220,8 +232,10 @@ def test_every_file_candidates_json_names_is_in_the_commit_it_names():
         for path in table["files"]:
             git_blob(table["commit"], path)
     for superseded in CANDIDATES["superseded_reports"]:
-        assert json.loads(git_blob(superseded["commit"], superseded["path"]))["weights_sha256"] == \
-            superseded["weights_sha256"]
+        assert (
+            json.loads(git_blob(superseded["commit"], superseded["path"]))["weights_sha256"]
+            == superseded["weights_sha256"]
+        )
 
 
 def test_candidates_json_is_what_summarize_candidates_reads_from_history(tmp_path):
@@ -247,13 +261,16 @@ def test_candidates_continue_the_model_bundled_before_them_and_one_is_the_bundle
     assert len(shipped) == 1
     entry = shipped[0]
     assert entry["training"] == {k: v for k, v in BUNDLED["training"].items() if k not in ("init", "data")} | {
-        "init_weights_sha256": previous, "init_steps": BUNDLED["training"]["init"]["training"]["steps"]}
+        "init_weights_sha256": previous,
+        "init_steps": BUNDLED["training"]["init"]["training"]["steps"],
+    }
     assert entry["verify"] == BUNDLED["verify"]
     met = [classical_met(r) for r in report("attack", "classical-72", "test.json")["attacks"]["classical"]["rows"]]
     assert entry["classical_72"]["test"]["met_settings"] == [sum(met), len(met)]
     published = report("attack", "forging-pooled.json")["pooled"]
     assert [(r["variant"], r["successes"], r["restarts"]) for r in entry["forging_pooled"]["pooled"]] == [
-        (r["variant"], r["successes"], r["restarts"]) for r in published]
+        (r["variant"], r["successes"], r["restarts"]) for r in published
+    ]
     assert entry["evaluation"]["within_budget"] == entry["evaluation"]["of"] == 30
     assert [t["weights_sha256"] for t in CANDIDATES["twins"]] == [t["weights_sha256"] for t in TWINS]
     assert list(entry["evaluation"]["twins_weights_sha256"].values()) == [t["weights_sha256"] for t in TWINS]
@@ -268,8 +285,9 @@ def test_candidates_summaries_are_of_their_own_weights_and_add_up():
         sha = entry["weights_sha256"]
         ev = entry["evaluation"]
         assert ev["model_weights_sha256"] == [sha] and entry["calibration"]["weights_sha256"] == sha
-        assert ev["within_budget"] == sum(x >= ev["budget"] for k in ev["by_type"].values()
-                                          for x in k["ratio_to_twins"].values())
+        assert ev["within_budget"] == sum(
+            x >= ev["budget"] for k in ev["by_type"].values() for x in k["ratio_to_twins"].values()
+        )
         for kind in ev["by_type"].values():
             assert kind["within_budget"] == sum(x >= ev["budget"] for x in kind["ratio_to_twins"].values())
             assert kind["worst"][1] == min(kind["ratio_to_twins"].values())

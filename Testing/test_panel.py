@@ -69,8 +69,12 @@ def test_module_wraps_these_fields():
     import ast
 
     tree = ast.parse((ROOT / "AMIFFusion" / "AMIFFusion.py").read_text())
-    wrapped = [c for c in tree.body if isinstance(c, ast.ClassDef)
-               and any(getattr(d, "id", None) == "parameterNodeWrapper" for d in c.decorator_list)]
+    wrapped = [
+        c
+        for c in tree.body
+        if isinstance(c, ast.ClassDef)
+        and any(getattr(d, "id", None) == "parameterNodeWrapper" for d in c.decorator_list)
+    ]
     assert len(wrapped) == 1 and [b.id for b in wrapped[0].bases] == ["AMIFFusionParameters"]
     assert not [n for n in wrapped[0].body if isinstance(n, ast.AnnAssign)], "fields belong in AMIFFusionParameters"
 
@@ -187,8 +191,13 @@ def keys(tmp_path):
     other = tmp_path / "other-model.amifkey"
     save_key(generate_key("another-model", "Someone"), other)
     (tmp_path / "bad.amifkey").write_text("not a key")
-    return {"none": "", "match": str(bundled_key_path()), "other-model": str(other),
-            "unreadable": str(tmp_path / "bad.amifkey"), "missing": str(tmp_path / "missing.amifkey")}
+    return {
+        "none": "",
+        "match": str(bundled_key_path()),
+        "other-model": str(other),
+        "unreadable": str(tmp_path / "bad.amifkey"),
+        "missing": str(tmp_path / "missing.amifkey"),
+    }
 
 
 def test_label_and_apply_follow_every_key_and_model(keys, tmp_path):

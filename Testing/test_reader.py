@@ -148,16 +148,26 @@ def test_report_reader_targets_pass_and_fail():
     kinds = ("CT", "PET", "SPECT")
 
     def reader_row(anatomy, under, sat):
-        return {k: {"mean": [anatomy, under, 0.0, None if k == "CT" else 0.0, None if k == "CT" else sat[k]]}
-                for k in kinds}
+        return {
+            k: {"mean": [anatomy, under, 0.0, None if k == "CT" else 0.0, None if k == "CT" else sat[k]]} for k in kinds
+        }
 
-    agg = {"metrics": list(NAMES), "win_metrics": ["EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM"],
-           "rows": {r: {k: {"mean": [v] * len(NAMES)} for k in kinds}
-                    for r, v in (("AMIF keyed", 2.0), ("max", 1.0), ("GFF", 3.0))},
-           "reader": {"measures": list(READER_NAMES), "rows": {
-               "AMIF keyed": reader_row(0.5, 0.006, {"PET": 0.09, "SPECT": 0.11}),
-               "max": reader_row(0.2, 0.0, {"PET": 0.08, "SPECT": 0.08}),
-               "GFF": reader_row(0.4, 0.0, {"PET": 0.0, "SPECT": 0.0})}}}
+    agg = {
+        "metrics": list(NAMES),
+        "win_metrics": ["EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM"],
+        "rows": {
+            r: {k: {"mean": [v] * len(NAMES)} for k in kinds}
+            for r, v in (("AMIF keyed", 2.0), ("max", 1.0), ("GFF", 3.0))
+        },
+        "reader": {
+            "measures": list(READER_NAMES),
+            "rows": {
+                "AMIF keyed": reader_row(0.5, 0.006, {"PET": 0.09, "SPECT": 0.11}),
+                "max": reader_row(0.2, 0.0, {"PET": 0.08, "SPECT": 0.08}),
+                "GFF": reader_row(0.4, 0.0, {"PET": 0.0, "SPECT": 0.0}),
+            },
+        },
+    }
     lines = report.reader_targets(agg)
     anatomy, rims, colour, vs_max, vs_gff = lines[2:]
     assert anatomy.endswith("| yes |") and anatomy.count(") yes") == 3

@@ -44,12 +44,15 @@ def hook_settings() -> dict:
     (YAML read line by line: the hooks are a flat list)."""
     text = (ROOT / ".pre-commit-config.yaml").read_text(encoding="utf-8")
     ids = re.findall(r"^\s*- id:\s*([\w-]+)", text, re.M)
-    large = text[text.index("id: check-added-large-files"):]
-    large = large[:large.find("- id:", 5)] if "- id:" in large[5:] else large
+    large = text[text.index("id: check-added-large-files") :]
+    large = large[: large.find("- id:", 5)] if "- id:" in large[5:] else large
     maxkb = re.search(r"--maxkb=(\d+)", large)
     exclude = re.search(r"^\s*exclude:\s*(\S+)", large, re.M)
-    return {"ids": ids, "maxkb": int(maxkb.group(1)) if maxkb else None,
-            "exclude": exclude.group(1).strip("'\"") if exclude else None}
+    return {
+        "ids": ids,
+        "maxkb": int(maxkb.group(1)) if maxkb else None,
+        "exclude": exclude.group(1).strip("'\"") if exclude else None,
+    }
 
 
 def test_pre_commit_runs_ruff_and_refuses_large_files_but_a_new_bundled_model():
@@ -58,8 +61,12 @@ def test_pre_commit_runs_ruff_and_refuses_large_files_but_a_new_bundled_model():
     assert hooks["maxkb"] is not None and hooks["maxkb"] * 1024 <= FILE_LIMIT
     exclude = re.compile(hooks["exclude"])
     assert exclude.search("AMIFFusion/Resources/Models/amif-demo.safetensors")
-    for refused in ("research/twins/amif-twin-s2.safetensors", "docs/figures/big.png",
-                    "Resources/Candidates/x/x.safetensors", "research/Models/x.safetensors"):
+    for refused in (
+        "research/twins/amif-twin-s2.safetensors",
+        "docs/figures/big.png",
+        "Resources/Candidates/x/x.safetensors",
+        "research/Models/x.safetensors",
+    ):
         assert not exclude.search(refused), refused
 
 
@@ -112,8 +119,9 @@ def test_the_published_figures_are_drawn_from_the_committed_json(tmp_path):
     changed = tmp_path / "changed"
     copy_reports(changed)
     attack = json.loads((changed / "attack" / "report.json").read_text())
-    attack["attacks"]["learned-removal"]["rows"][0]["flagged"] = 1 - attack["attacks"]["learned-removal"]["rows"][0][
-        "flagged"]
+    attack["attacks"]["learned-removal"]["rows"][0]["flagged"] = (
+        1 - attack["attacks"]["learned-removal"]["rows"][0]["flagged"]
+    )
     (changed / "attack" / "report.json").write_text(json.dumps(attack))
     evaluation = json.loads((changed / "evaluation" / "harvard-test.json").read_text())
     evaluation["rows"]["AMIF keyed"]["CT"]["mean"][0] *= 1.3

@@ -64,10 +64,12 @@ def test_verify_volume_a_few_edited_voxels_cannot_flip_the_verdict(bundled, fuse
         vol = display_array(img)
         base = verify_volume(vol, bundled.identifier, bundled.threshold)
         assert base.state == state
-        verdicts = {what: (verify_volume(vol_e, bundled.identifier, bundled.threshold), vol_e)
-                    for what, vol_e in all_edits(vol)}
-        moved = {what: str(v) for what, (v, _) in verdicts.items()
-                 if v.state != state or abs(v.score - base.score) > 0.05}
+        verdicts = {
+            what: (verify_volume(vol_e, bundled.identifier, bundled.threshold), vol_e) for what, vol_e in all_edits(vol)
+        }
+        moved = {
+            what: str(v) for what, (v, _) in verdicts.items() if v.state != state or abs(v.score - base.score) > 0.05
+        }
         assert not moved, f"{state} output ({base}) after edits: {moved}"
         for what, (v, vol_e) in verdicts.items():  # NaN and infinite voxels are counted
             assert v.nonfinite == np.count_nonzero(~np.isfinite(vol_e)), what
@@ -197,10 +199,13 @@ def test_float_rgb_0_255_is_scaled_by_its_range_not_clipped(tiny_package):
     pkg, _, _ = tiny_package
     mri = sitk.GetImageFromArray(blobs())
     rng = np.random.default_rng(3)
-    rgb8 = np.clip(np.stack([blobs(seed=4), blobs(seed=5), blobs(seed=6)], -1) + rng.integers(0, 40, SHAPE + (3,)),
-                   0, 255).astype(np.uint8)
-    outs = [sitk.GetArrayFromImage(fuse_volumes(mri, sitk.GetImageFromArray(v, isVector=True), pkg).image)
-            for v in (rgb8, rgb8.astype(np.float32))]
+    rgb8 = np.clip(
+        np.stack([blobs(seed=4), blobs(seed=5), blobs(seed=6)], -1) + rng.integers(0, 40, SHAPE + (3,)), 0, 255
+    ).astype(np.uint8)
+    outs = [
+        sitk.GetArrayFromImage(fuse_volumes(mri, sitk.GetImageFromArray(v, isVector=True), pkg).image)
+        for v in (rgb8, rgb8.astype(np.float32))
+    ]
     assert np.abs(outs[0] - outs[1]).max() <= 1 / 255
     # not the clipped one: the float colours' chroma survives (a clip to [0, 1] makes them white)
     assert np.abs(rgb_to_ycbcr(outs[1])[..., 1:] - 0.5).max() > 0.05
@@ -210,8 +215,9 @@ def test_a_network_producing_nan_is_an_error_and_nothing_is_written(tiny_package
     import amif.fusion
 
     pkg, _, folder = tiny_package
-    monkeypatch.setattr(amif.fusion, "run_network", lambda package, a, b, code, *args, **kw:
-                        np.full(np.shape(a), np.nan, np.float32))
+    monkeypatch.setattr(
+        amif.fusion, "run_network", lambda package, a, b, code, *args, **kw: np.full(np.shape(a), np.nan, np.float32)
+    )
     mri, pet = sitk.GetImageFromArray(blobs()), sitk.GetImageFromArray(blobs(seed=2))
     with pytest.raises(AMIFError, match="NaN or infinite"):
         fuse_volumes(mri, pet, pkg)
@@ -220,6 +226,19 @@ def test_a_network_producing_nan_is_an_error_and_nothing_is_written(tiny_package
     sitk.WriteImage(mri, str(tmp_path / "a.nrrd"))
     sitk.WriteImage(pet, str(tmp_path / "b.nrrd"))
     out = tmp_path / "f.nrrd"
-    assert main(["fuse", str(tmp_path / "a.nrrd"), str(tmp_path / "b.nrrd"), "-o", str(out),
-                 "-m", str(folder / "tiny"), "-q"]) == 2
+    assert (
+        main(
+            [
+                "fuse",
+                str(tmp_path / "a.nrrd"),
+                str(tmp_path / "b.nrrd"),
+                "-o",
+                str(out),
+                "-m",
+                str(folder / "tiny"),
+                "-q",
+            ]
+        )
+        == 2
+    )
     assert not out.exists()

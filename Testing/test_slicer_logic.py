@@ -122,8 +122,7 @@ def test_resampling_matches_a_pre_shifted_array(scene, tiny):
         node.GetDisplayNode().SetWindowLevelMinMax(float(pet.min()), float(pet.max()))
     ref = logic.fuse(a, same_grid, model_path=model)
     out = logic.fuse(a, moved, model_path=model)
-    np.testing.assert_allclose(slicer.util.arrayFromVolume(out.node), slicer.util.arrayFromVolume(ref.node),
-                               atol=1e-5)
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(out.node), slicer.util.arrayFromVolume(ref.node), atol=1e-5)
 
 
 def test_parent_transform_hardened_into_sampling_only(scene, tiny):
@@ -141,8 +140,7 @@ def test_parent_transform_hardened_into_sampling_only(scene, tiny):
     b.SetAndObserveTransformNodeID(t.GetID())
     before = (ijk_to_ras(b), slicer.util.arrayFromVolume(b).copy(), b.GetTransformNodeID())
     out = logic.fuse(a, b, model_path=model)
-    np.testing.assert_allclose(slicer.util.arrayFromVolume(out.node), slicer.util.arrayFromVolume(ref.node),
-                               atol=1e-5)
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(out.node), slicer.util.arrayFromVolume(ref.node), atol=1e-5)
     np.testing.assert_array_equal(ijk_to_ras(b), before[0])
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(b), before[1])
     assert b.GetTransformNodeID() == before[2] and t.GetMatrixTransformToParent().GetElement(0, 3) == 10.0
@@ -190,8 +188,7 @@ def failing_cases(scene, tmp_path, tiny):
     rgb_out = add_volume(scene, np.zeros(SHAPE + (3,), np.uint8), "rgb-out")
     return {
         "NaN": dict(first_node=a, second_node=add_volume(scene, nan, "nan"), model_path=model),
-        "no overlap": dict(first_node=a, second_node=add_volume(scene, blobs(SHAPE, 16), "far", far),
-                           model_path=model),
+        "no overlap": dict(first_node=a, second_node=add_volume(scene, blobs(SHAPE, 16), "far", far), model_path=model),
         "key of another model": dict(first_node=a, second_node=b, key_path=other, model_path=model),
         "damaged key": dict(first_node=a, second_node=b, key_path=damaged, model_path=model),
         "missing model": dict(first_node=a, second_node=b, model_path=tmp_path / "none.json"),
@@ -201,8 +198,19 @@ def failing_cases(scene, tmp_path, tiny):
     }
 
 
-@pytest.mark.parametrize("case", ["NaN", "no overlap", "key of another model", "damaged key", "missing model",
-                                  "non-linear transform", "grey into a colour output", "output is an input"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "NaN",
+        "no overlap",
+        "key of another model",
+        "damaged key",
+        "missing model",
+        "non-linear transform",
+        "grey into a colour output",
+        "output is an input",
+    ],
+)
 def test_errors_leave_the_scene_unchanged(scene, tmp_path, tiny, case):
     kwargs = failing_cases(scene, tmp_path, tiny)[case]
     existing = kwargs.get("output_node") or add_volume(scene, np.zeros(SHAPE, np.float32), "existing-output")
@@ -304,10 +312,16 @@ class FakePyTorchUtils:
         fake = self
 
         class PyTorchUtilsLogic:
-            def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None,
-                             torchvisionVersionRequirement=None):
-                fake.calls.append({"askConfirmation": askConfirmation,
-                                   "torchVersionRequirement": torchVersionRequirement})
+            def installTorch(
+                self,
+                askConfirmation=False,
+                forceComputationBackend=None,
+                torchVersionRequirement=None,
+                torchvisionVersionRequirement=None,
+            ):
+                fake.calls.append(
+                    {"askConfirmation": askConfirmation, "torchVersionRequirement": torchVersionRequirement}
+                )
                 if fake.on_install:
                     fake.on_install()
                 return object() if fake.succeed else None
@@ -323,8 +337,10 @@ class Machine:
         self.pip, self.asked, self.status = [], [], []
 
     def plan(self):
-        return dependencies.plan(version=lambda name: self.torch if name == "torch" else None,
-                                 find_spec=lambda name: (self.torch if name == "torch" else self.safetensors) or None)
+        return dependencies.plan(
+            version=lambda name: self.torch if name == "torch" else None,
+            find_spec=lambda name: (self.torch if name == "torch" else self.safetensors) or None,
+        )
 
     def confirm(self, answer):
         return lambda text: self.asked.append(text) or answer
@@ -334,8 +350,14 @@ class Machine:
         self.safetensors = True
 
     def run(self, answer=True, utils=None, loaded=False):
-        return dependencies.ensure_dependencies(self.confirm(answer), self.install, lambda: utils, self.status.append,
-                                                check=self.plan, torch_loaded=lambda: loaded)
+        return dependencies.ensure_dependencies(
+            self.confirm(answer),
+            self.install,
+            lambda: utils,
+            self.status.append,
+            check=self.plan,
+            torch_loaded=lambda: loaded,
+        )
 
 
 def test_dependencies_nothing_to_do():
@@ -380,8 +402,9 @@ def test_dependencies_failures_are_one_clear_error():
         def no_extension():
             raise ImportError("No module named 'PyTorchUtils'")
 
-        dependencies.ensure_dependencies(m.confirm(True), m.install, no_extension, check=m.plan,
-                                         torch_loaded=lambda: False)
+        dependencies.ensure_dependencies(
+            m.confirm(True), m.install, no_extension, check=m.plan, torch_loaded=lambda: False
+        )
     assert not m.asked
     with pytest.raises(AMIFError, match="could not be installed"):
         Machine(torch=None).run(utils=FakePyTorchUtils(succeed=False))

@@ -105,8 +105,22 @@ def test_calibrate_trace_adds_the_texture_after_the_fact_to_a_model_without_one(
     _, key, d = tiny_package
     out, twins = tmp_path / "scores.json", tmp_path / "no-twins"
     twins.mkdir()
-    base = ["-m", str(d / "tiny.json"), "-k", str(key), "--data", str(data), "--twins", str(twins),
-            "--learn-steps", "2", "--learn-batch", "2", "-o", str(out)]
+    base = [
+        "-m",
+        str(d / "tiny.json"),
+        "-k",
+        str(key),
+        "--data",
+        str(data),
+        "--twins",
+        str(twins),
+        "--learn-steps",
+        "2",
+        "--learn-batch",
+        "2",
+        "-o",
+        str(out),
+    ]
     assert tool.main(base + ["--synthetic", "0.2", "--students", "GAN"]) == 2
     assert "--students takes names from" in capsys.readouterr().err and not out.exists()
     (twins / "notes.json").write_text("{}")
@@ -117,8 +131,11 @@ def test_calibrate_trace_adds_the_texture_after_the_fact_to_a_model_without_one(
     doc = json.loads(out.read_text())
     assert doc["weights_sha256"] == json.loads((d / "tiny.json").read_text())["weights_sha256"]
     above, below = doc["groups"]["should be above"], doc["groups"]["must stay below"]
-    assert set(above) == {"unkeyed, strokes filled from the keyed output", "U-Net student of the unkeyed outputs",
-                          *(f"U-Net student, {k}" for k in tool.CLEANUPS)}
+    assert set(above) == {
+        "unkeyed, strokes filled from the keyed output",
+        "U-Net student of the unkeyed outputs",
+        *(f"U-Net student, {k}" for k in tool.CLEANUPS),
+    }
     carried = np.array(above["unkeyed, strokes filled from the keyed output"])
     nulls = np.abs([z for name in ("mean", "max", "Laplacian") for z in below[name]])
     assert carried.min() > 3 * nulls.max() and below["keyed"] == [0.0] * len(carried)

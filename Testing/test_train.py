@@ -50,14 +50,22 @@ def test_train_writes_package_and_resumes_deterministically(tiny_package, tmp_pa
     log = (tmp_path / "b" / "ck" / "metrics.csv").read_text().splitlines()
     assert log[0].startswith("step,loss") and len(log) == 5
     # a committed package is a resume point: its step count carries on, in a new checkpoint folder
-    train(key, tmp_path / "c" / "m", checkpoint_dir=tmp_path / "c" / "ck", init=tmp_path / "b" / "m",
-          cfg=flat_cfg(steps=6, **cfg), **kw)
+    train(
+        key,
+        tmp_path / "c" / "m",
+        checkpoint_dir=tmp_path / "c" / "ck",
+        init=tmp_path / "b" / "m",
+        cfg=flat_cfg(steps=6, **cfg),
+        **kw,
+    )
     c = load_package(tmp_path / "c" / "m").manifest
     assert c["training"]["steps"] == 6
     assert len((tmp_path / "c" / "ck" / "metrics.csv").read_text().splitlines()) == 3
     # ... and its manifest names where it started: the init package's weights hash and training record
-    assert c["training"]["init"] == {"weights_sha256": pb.manifest["weights_sha256"],
-                                     "training": pb.manifest["training"]}
+    assert c["training"]["init"] == {
+        "weights_sha256": pb.manifest["weights_sha256"],
+        "training": pb.manifest["training"],
+    }
     assert "init" not in pb.manifest["training"]
 
 
@@ -112,8 +120,18 @@ def test_twin_trains_without_key_or_identifier(tmp_path):
 
     _fake_pairs(tmp_path / "data")
     cfg = flat_cfg(steps=2, batch=2, crop=32)
-    out = train(None, tmp_path / "twin", checkpoint_dir=tmp_path / "ck", cfg=cfg, twin=True, identifier="IGNORED",
-                data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
+    out = train(
+        None,
+        tmp_path / "twin",
+        checkpoint_dir=tmp_path / "ck",
+        cfg=cfg,
+        twin=True,
+        identifier="IGNORED",
+        data_dir=tmp_path / "data",
+        net_cfg=TINY,
+        progress=False,
+        log=lambda *_: None,
+    )
     pkg = load_package(out)
     m = pkg.manifest
     assert m["twin"] is True and m["key_id"] == "" and m["identifier"] == "" and m["model_id"] == "twin"
@@ -176,33 +194,52 @@ def test_forger_pool_descends_the_fusion_loss_and_restarts():
     assert all(p.grad is None for p in net.parameters())
 
 
-@pytest.mark.parametrize("field,bad,match,values,crop", [
-    ("forge_restart", (0.0, 1.5), "restart chance", (0.005, 1.0), 32),  # 1.0: forgers never take a second step
-    ("forge_repeat", (0, 65), "Adam steps per training step", (1, 3), 32),
-    ("forge_detector", (-1.0, float("nan")), "detector weight", (0.0, 5.0), 64),  # 64: the identifier in every crop
-    ("mark_alpha", (0.0, 1.5, float("nan")), "opacity", (0.75, 1.0), 64),
-])
-def test_protection_setting_is_checked_changes_training_and_is_recorded(tiny_package, tmp_path, field, bad, match,
-                                                                         values, crop):
+@pytest.mark.parametrize(
+    "field,bad,match,values,crop",
+    [
+        ("forge_restart", (0.0, 1.5), "restart chance", (0.005, 1.0), 32),  # 1.0: forgers never take a second step
+        ("forge_repeat", (0, 65), "Adam steps per training step", (1, 3), 32),
+        ("forge_detector", (-1.0, float("nan")), "detector weight", (0.0, 5.0), 64),  # 64: the identifier in every crop
+        ("mark_alpha", (0.0, 1.5, float("nan")), "opacity", (0.75, 1.0), 64),
+    ],
+)
+def test_protection_setting_is_checked_changes_training_and_is_recorded(
+    tiny_package, tmp_path, field, bad, match, values, crop
+):
     _, key, _ = tiny_package
     _fake_pairs(tmp_path / "data")
     kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
     cfg = dict(steps=3, batch=2, crop=crop, forge_pool=2)
     for v in bad:
         with pytest.raises(AMIFError, match=match):
-            train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad", cfg=flat_cfg(**{field: v}, **cfg),
-                  **kw)
+            train(
+                key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad", cfg=flat_cfg(**{field: v}, **cfg), **kw
+            )
         assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
     nets = []
     for v in values:
-        pkg = load_package(train(key, tmp_path / f"v{v}" / "m", checkpoint_dir=tmp_path / f"ck{v}",
-                                 cfg=flat_cfg(**{field: v}, **cfg), **kw))
+        pkg = load_package(
+            train(
+                key,
+                tmp_path / f"v{v}" / "m",
+                checkpoint_dir=tmp_path / f"ck{v}",
+                cfg=flat_cfg(**{field: v}, **cfg),
+                **kw,
+            )
+        )
         default = TrainConfig().flat()[field]  # a setting at its default is not written
         assert flat_record(pkg.manifest["training"]).get(field) == (None if v == default else v)
         nets.append(pkg.net.state_dict())
     assert any(not np.allclose(nets[0][k].numpy(), nets[1][k].numpy()) for k in nets[1])
-    twin = load_package(train(None, tmp_path / "t" / "m", checkpoint_dir=tmp_path / "ckt",
-                              cfg=flat_cfg(**{field: values[1]}, **cfg), **{**kw, "twin": True}))
+    twin = load_package(
+        train(
+            None,
+            tmp_path / "t" / "m",
+            checkpoint_dir=tmp_path / "ckt",
+            cfg=flat_cfg(**{field: values[1]}, **cfg),
+            **{**kw, "twin": True},
+        )
+    )
     assert not {"forgers", "identifier", "research"} & set(twin.manifest["training"])
 
 
@@ -212,13 +249,25 @@ def test_forger_pool_size_is_checked_changes_training_and_is_recorded(tiny_packa
     kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
     for bad in (-1, 3):  # more forgers than the batch's wrong-key codes
         with pytest.raises(AMIFError, match="forgers must be 0 (or more|to --batch)"):
-            train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad",
-                  cfg=flat_cfg(steps=2, batch=2, crop=32, forge_pool=bad), **kw)
+            train(
+                key,
+                tmp_path / "bad" / "m",
+                checkpoint_dir=tmp_path / "ckbad",
+                cfg=flat_cfg(steps=2, batch=2, crop=32, forge_pool=bad),
+                **kw,
+            )
         assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
     nets = []
     for pool in (1, 2):
-        pkg = load_package(train(key, tmp_path / f"p{pool}" / "m", checkpoint_dir=tmp_path / f"ck{pool}",
-                                 cfg=flat_cfg(steps=3, batch=2, crop=32, forge_pool=pool), **kw))
+        pkg = load_package(
+            train(
+                key,
+                tmp_path / f"p{pool}" / "m",
+                checkpoint_dir=tmp_path / f"ck{pool}",
+                cfg=flat_cfg(steps=3, batch=2, crop=32, forge_pool=pool),
+                **kw,
+            )
+        )
         assert pkg.manifest["training"].get("forgers", {}).get("pool", TrainConfig().forgers.pool) == pool
         nets.append(pkg.net.state_dict())
     assert any(not np.allclose(nets[0][k].numpy(), nets[1][k].numpy()) for k in nets[1])
@@ -275,8 +324,13 @@ def test_fusion_hinge_changes_training_and_is_recorded(tmp_path, term, active):
     assert any(not np.allclose(sa[k].numpy(), sb[k].numpy()) for k in sa) == active
     if term == "vif":  # four decimated VIF scales need 48 pixels
         with pytest.raises(AMIFError, match="crop of at least 48"):
-            train(None, tmp_path / "small" / "twin", checkpoint_dir=tmp_path / "cks",
-                  cfg=flat_cfg(steps=1, batch=2, crop=32, vif_weight=1.0), **kw)
+            train(
+                None,
+                tmp_path / "small" / "twin",
+                checkpoint_dir=tmp_path / "cks",
+                cfg=flat_cfg(steps=1, batch=2, crop=32, vif_weight=1.0),
+                **kw,
+            )
 
 
 def test_sf_floor_reaches_the_sf_hinge_and_is_recorded(tmp_path):
@@ -284,8 +338,9 @@ def test_sf_floor_reaches_the_sf_hinge_and_is_recorded(tmp_path):
     logged, nets = {}, {}
     for floor in (0.0, 3.0):  # the hinge is linear: a floor changes training only by which crops fall short
         cfg = flat_cfg(steps=2, batch=2, crop=48, sf_weight=1.0, sf_floor=floor)
-        pkg = load_package(train(None, tmp_path / f"f{floor}" / "twin", checkpoint_dir=tmp_path / f"ck{floor}",
-                                 cfg=cfg, **kw))
+        pkg = load_package(
+            train(None, tmp_path / f"f{floor}" / "twin", checkpoint_dir=tmp_path / f"ck{floor}", cfg=cfg, **kw)
+        )
         assert pkg.manifest["training"]["fusion"]["sf_floor"] == floor
         rows = [r.split(",") for r in (tmp_path / f"ck{floor}" / "metrics.csv").read_text().splitlines()]
         logged[floor] = float(rows[1][rows[0].index("sf")])
@@ -306,8 +361,15 @@ def test_lr_factor_is_constant_then_a_half_cosine_to_the_floor():
 def test_lr_anneal_slows_the_last_steps_and_is_recorded(tmp_path):
     kw = _blocky_twin_run(tmp_path)
     moved = {}
-    start = load_package(train(None, tmp_path / "s" / "twin", checkpoint_dir=tmp_path / "cks",
-                               cfg=flat_cfg(steps=1, batch=2, crop=48), **kw)).net.state_dict()
+    start = load_package(
+        train(
+            None,
+            tmp_path / "s" / "twin",
+            checkpoint_dir=tmp_path / "cks",
+            cfg=flat_cfg(steps=1, batch=2, crop=48),
+            **kw,
+        )
+    ).net.state_dict()
     for n in (0, 3):  # same seed and data: the anneal alone differs; Adam's step size scales with the rate
         cfg = flat_cfg(steps=3, batch=2, crop=48, lr_anneal=n)
         pkg = load_package(train(None, tmp_path / f"a{n}" / "twin", checkpoint_dir=tmp_path / f"ck{n}", cfg=cfg, **kw))
@@ -346,8 +408,13 @@ def _runs_differing_in(tiny_package, tmp_path, field: str, values) -> dict:
     pkgs = {}
     for v in values:
         out = tmp_path / f"{field}-{v}" / "m"
-        train(key, out, checkpoint_dir=tmp_path / f"{field}-{v}" / "ck",
-              cfg=flat_cfg(steps=2, batch=2, crop=32, **{field: v}), **kw)
+        train(
+            key,
+            out,
+            checkpoint_dir=tmp_path / f"{field}-{v}" / "ck",
+            cfg=flat_cfg(steps=2, batch=2, crop=32, **{field: v}),
+            **kw,
+        )
         pkgs[v] = load_package(out)
     return pkgs
 
@@ -387,12 +454,26 @@ def test_untraced_forgers_need_a_trace_change_training_and_are_recorded(tiny_pac
     cfg = dict(steps=2, batch=2, crop=32, forge_pool=1)
     for bad in (dict(trace_strength=0.0), dict(trace_strength=0.06, forge_pool=0)):
         with pytest.raises(AMIFError, match="Untraced forgers need"):
-            train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad",
-                  cfg=flat_cfg(**{**cfg, **bad, "forge_untraced": True}), **kw)
+            train(
+                key,
+                tmp_path / "bad" / "m",
+                checkpoint_dir=tmp_path / "ckbad",
+                cfg=flat_cfg(**{**cfg, **bad, "forge_untraced": True}),
+                **kw,
+            )
         assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
-    pkgs = {u: load_package(train(key, tmp_path / f"u{u}" / "m", checkpoint_dir=tmp_path / f"ck{u}",
-                                  cfg=flat_cfg(trace_strength=0.06, forge_untraced=u, **cfg), **kw))
-            for u in (False, True)}
+    pkgs = {
+        u: load_package(
+            train(
+                key,
+                tmp_path / f"u{u}" / "m",
+                checkpoint_dir=tmp_path / f"ck{u}",
+                cfg=flat_cfg(trace_strength=0.06, forge_untraced=u, **cfg),
+                **kw,
+            )
+        )
+        for u in (False, True)
+    }
     assert "research" not in pkgs[False].manifest["training"]
     assert pkgs[True].manifest["training"]["research"] == {"forge_untraced": True}
     assert _weights_differ(*pkgs.values())  # the untraced target changes what is learned
@@ -403,22 +484,44 @@ def test_forger_memory_is_checked_changes_training_resumes_and_is_recorded(tiny_
     _fake_pairs(tmp_path / "data")
     kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
     cfg = dict(batch=3, crop=32, forge_pool=1, forge_restart=1e-6)  # the first snapshot after the 10th step
-    for bad, match in ((dict(forge_memory=-1), "recalled forger codes"),
-                       (dict(forge_memory=3), "recalled forger codes"),
-                       (dict(forge_memory=1, forge_pool=0), "need forgers")):
+    for bad, match in (
+        (dict(forge_memory=-1), "recalled forger codes"),
+        (dict(forge_memory=3), "recalled forger codes"),
+        (dict(forge_memory=1, forge_pool=0), "need forgers"),
+    ):
         with pytest.raises(AMIFError, match=match):
-            train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad",
-                  cfg=flat_cfg(steps=2, **{**cfg, **bad}), **kw)
+            train(
+                key,
+                tmp_path / "bad" / "m",
+                checkpoint_dir=tmp_path / "ckbad",
+                cfg=flat_cfg(steps=2, **{**cfg, **bad}),
+                **kw,
+            )
         assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
-    pkgs = {m: load_package(train(key, tmp_path / f"m{m}" / "m", checkpoint_dir=tmp_path / f"ck{m}",
-                                  cfg=flat_cfg(steps=13, forge_memory=m, **cfg), **kw)) for m in (0, 2)}
+    pkgs = {
+        m: load_package(
+            train(
+                key,
+                tmp_path / f"m{m}" / "m",
+                checkpoint_dir=tmp_path / f"ck{m}",
+                cfg=flat_cfg(steps=13, forge_memory=m, **cfg),
+                **kw,
+            )
+        )
+        for m in (0, 2)
+    }
     assert "memory" not in pkgs[0].manifest["training"]["forgers"]
     assert pkgs[2].manifest["training"]["forgers"]["memory"] == 2
     assert _weights_differ(*pkgs.values())  # the recalled codes change what is learned
     # the memory is in the checkpoint: stopping after step 11 and resuming gives the same weights
     for steps in (11, 13):
-        train(key, tmp_path / "r" / "m", checkpoint_dir=tmp_path / "ckr", cfg=flat_cfg(steps=steps, forge_memory=2,
-                                                                                         **cfg), **kw)
+        train(
+            key,
+            tmp_path / "r" / "m",
+            checkpoint_dir=tmp_path / "ckr",
+            cfg=flat_cfg(steps=steps, forge_memory=2, **cfg),
+            **kw,
+        )
     resumed = load_package(tmp_path / "r" / "m").net.state_dict()
     assert all(np.allclose(v.numpy(), resumed[k].numpy(), atol=1e-6) for k, v in pkgs[2].net.state_dict().items())
 
@@ -444,11 +547,26 @@ def test_partial_keys_are_checked_change_training_and_are_recorded(tiny_package,
     cfg = dict(steps=3, batch=4, crop=32, forge_pool=1)
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(AMIFError, match="partial-key"):
-            train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad",
-                  cfg=flat_cfg(partial_keys=bad, **cfg), **kw)
+            train(
+                key,
+                tmp_path / "bad" / "m",
+                checkpoint_dir=tmp_path / "ckbad",
+                cfg=flat_cfg(partial_keys=bad, **cfg),
+                **kw,
+            )
         assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
-    pkgs = {p: load_package(train(key, tmp_path / f"p{p}" / "m", checkpoint_dir=tmp_path / f"ck{p}",
-                                  cfg=flat_cfg(partial_keys=p, **cfg), **kw)) for p in (0.0, 1.0)}
+    pkgs = {
+        p: load_package(
+            train(
+                key,
+                tmp_path / f"p{p}" / "m",
+                checkpoint_dir=tmp_path / f"ck{p}",
+                cfg=flat_cfg(partial_keys=p, **cfg),
+                **kw,
+            )
+        )
+        for p in (0.0, 1.0)
+    }
     assert "negatives" not in pkgs[0.0].manifest["training"]
     assert pkgs[1.0].manifest["training"]["negatives"] == {"partial_keys": 1.0}
     assert _weights_differ(*pkgs.values())  # the partial keys change what is learned
@@ -481,16 +599,24 @@ def test_decoys_are_checked_change_training_and_are_recorded(tiny_package, tmp_p
     _fake_pairs(tmp_path / "data")
     kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
     cfg = dict(steps=3, batch=4, crop=32, forge_pool=1, mark_alpha=0.9)
-    for bad, match in ((dict(decoy_alpha=0.95), "opacity"), (dict(decoy_alpha=-0.1), "opacity"),
-                       (dict(decoy_alpha=float("nan")), "opacity"), (dict(decoys=0.5), "need their"),
-                       (dict(decoy_alpha=0.3, decoys=0.5, partial_keys=0.6), "decoy negatives"),
-                       (dict(decoy_alpha=0.3, decoys=-0.1), "decoy negatives")):
+    for bad, match in (
+        (dict(decoy_alpha=0.95), "opacity"),
+        (dict(decoy_alpha=-0.1), "opacity"),
+        (dict(decoy_alpha=float("nan")), "opacity"),
+        (dict(decoys=0.5), "need their"),
+        (dict(decoy_alpha=0.3, decoys=0.5, partial_keys=0.6), "decoy negatives"),
+        (dict(decoy_alpha=0.3, decoys=-0.1), "decoy negatives"),
+    ):
         with pytest.raises(AMIFError, match=match):
             train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad", cfg=flat_cfg(**cfg, **bad), **kw)
         assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
     runs = {"off": {}, "alpha": dict(decoy_alpha=0.3), "decoys": dict(decoy_alpha=0.3, decoys=1.0)}
-    pkgs = {name: load_package(train(key, tmp_path / name / "m", checkpoint_dir=tmp_path / f"ck{name}",
-                                     cfg=flat_cfg(**cfg, **extra), **kw)) for name, extra in runs.items()}
+    pkgs = {
+        name: load_package(
+            train(key, tmp_path / name / "m", checkpoint_dir=tmp_path / f"ck{name}", cfg=flat_cfg(**cfg, **extra), **kw)
+        )
+        for name, extra in runs.items()
+    }
     flat = {name: flat_record(p.manifest["training"]) for name, p in pkgs.items()}
     assert not {"decoy_alpha", "decoys"} & set(flat["off"])
     assert pkgs["alpha"].manifest["training"]["identifier"]["decoy_alpha"] == 0.3
@@ -505,14 +631,27 @@ def test_widened_decoder_trains_on_from_a_package_and_is_recorded(tmp_path):
     cfg = dict(batch=2, crop=32, save_every=2)
     train(None, tmp_path / "t", checkpoint_dir=tmp_path / "ck0", cfg=flat_cfg(steps=2, **cfg), **kw)
     with pytest.raises(AMIFError, match="--init"):
-        train(None, tmp_path / "t", checkpoint_dir=tmp_path / "ck1", cfg=flat_cfg(steps=4, widen_decoder=2, **cfg),
-              **kw)
+        train(
+            None, tmp_path / "t", checkpoint_dir=tmp_path / "ck1", cfg=flat_cfg(steps=4, widen_decoder=2, **cfg), **kw
+        )
     with pytest.raises(AMIFError, match="1 or more"):
-        train(None, tmp_path / "t", checkpoint_dir=tmp_path / "ck1", init=tmp_path / "t",
-              cfg=flat_cfg(steps=4, widen_decoder=0, **cfg), **kw)
+        train(
+            None,
+            tmp_path / "t",
+            checkpoint_dir=tmp_path / "ck1",
+            init=tmp_path / "t",
+            cfg=flat_cfg(steps=4, widen_decoder=0, **cfg),
+            **kw,
+        )
     assert not (tmp_path / "ck1").exists()
-    train(None, tmp_path / "w" / "t", checkpoint_dir=tmp_path / "ck2", init=tmp_path / "t",
-          cfg=flat_cfg(steps=4, widen_decoder=2, **cfg), **kw)
+    train(
+        None,
+        tmp_path / "w" / "t",
+        checkpoint_dir=tmp_path / "ck2",
+        init=tmp_path / "t",
+        cfg=flat_cfg(steps=4, widen_decoder=2, **cfg),
+        **kw,
+    )
     narrow, wide = load_package(tmp_path / "t"), load_package(tmp_path / "w" / "t")
     assert wide.manifest["architecture"]["decoder_width"] == 2 * narrow.manifest["architecture"]["decoder_width"]
     assert wide.manifest["training"]["decoder_widened_at"] == 2 and wide.manifest["training"]["steps"] == 4
@@ -529,25 +668,46 @@ def test_anchor_holds_keyed_outputs_near_the_init_or_a_twin_and_is_checked(tiny_
     kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", progress=False, log=lambda *_: None)
     cfg = dict(steps=8, batch=2, crop=32, forge_pool=0)
     torch.manual_seed(5)
-    twin = save_package(tmp_path / "twin", AMIFNet(pkg.net.cfg), model_id="twin", key_id="", identifier="",
-                        twin=True)
+    twin = save_package(tmp_path / "twin", AMIFNet(pkg.net.cfg), model_id="twin", key_id="", identifier="", twin=True)
     other = generate_key("other-model", "Other Lab", secret=bytes(32))
     save_key(other, tmp_path / "other.amifkey")
-    foreign = save_package(tmp_path / "foreign", AMIFNet(pkg.net.cfg), model_id="other-model", key_id=other.key_id,
-                           identifier="OTHER")
-    for bad, init, anchor, match in ((dict(anchor_weight=-1.0), d / "tiny", None, "anchor weight"),
-                                     (dict(anchor_weight=float("nan")), d / "tiny", None, "anchor weight"),
-                                     (dict(anchor_weight=10.0), None, None, "needs a trained package"),
-                                     (dict(anchor_weight=10.0), d / "tiny", foreign, "neither an unprotected twin"),
-                                     ({}, d / "tiny", twin, "needs its weight")):
+    foreign = save_package(
+        tmp_path / "foreign", AMIFNet(pkg.net.cfg), model_id="other-model", key_id=other.key_id, identifier="OTHER"
+    )
+    for bad, init, anchor, match in (
+        (dict(anchor_weight=-1.0), d / "tiny", None, "anchor weight"),
+        (dict(anchor_weight=float("nan")), d / "tiny", None, "anchor weight"),
+        (dict(anchor_weight=10.0), None, None, "needs a trained package"),
+        (dict(anchor_weight=10.0), d / "tiny", foreign, "neither an unprotected twin"),
+        ({}, d / "tiny", twin, "needs its weight"),
+    ):
         with pytest.raises(AMIFError, match=match):
-            train(key, tmp_path / "bad" / "m", checkpoint_dir=tmp_path / "ckbad", init=init, anchor=anchor,
-                  cfg=flat_cfg(**cfg, **bad), net_cfg=TINY, **kw)
+            train(
+                key,
+                tmp_path / "bad" / "m",
+                checkpoint_dir=tmp_path / "ckbad",
+                init=init,
+                anchor=anchor,
+                cfg=flat_cfg(**cfg, **bad),
+                net_cfg=TINY,
+                **kw,
+            )
         assert not (tmp_path / "ckbad").exists() and not (tmp_path / "bad").exists()
     runs = {"off": (0.0, None), "init": (100.0, None), "twin": (100.0, twin)}
-    pkgs = {name: load_package(train(key, tmp_path / name / "m", checkpoint_dir=tmp_path / f"ck{name}", init=d / "tiny",
-                                     anchor=anchor, cfg=flat_cfg(**cfg, anchor_weight=w), **kw))
-            for name, (w, anchor) in runs.items()}
+    pkgs = {
+        name: load_package(
+            train(
+                key,
+                tmp_path / name / "m",
+                checkpoint_dir=tmp_path / f"ck{name}",
+                init=d / "tiny",
+                anchor=anchor,
+                cfg=flat_cfg(**cfg, anchor_weight=w),
+                **kw,
+            )
+        )
+        for name, (w, anchor) in runs.items()
+    }
     training = {name: p.manifest["training"] for name, p in pkgs.items()}
     assert "anchoring" not in training["off"] and training["init"]["anchoring"] == {"weight": 100.0}
     assert "anchor" not in training["init"]
@@ -560,7 +720,10 @@ def test_anchor_holds_keyed_outputs_near_the_init_or_a_twin_and_is_checked(tiny_
     code, coords = torch.from_numpy(load_key(key).code())[None], slice_coords(1, 32, 32)
     with torch.no_grad():
         refs = {"init": pkg.net.eval()(a, b, code, coords), "twin": load_package(twin).net(a, b, 0 * code, coords)}
-        dist = {(n, r): (p.net(a, b, code, coords) - y).abs().mean().item() for n, p in pkgs.items()
-                for r, y in refs.items()}
+        dist = {
+            (n, r): (p.net(a, b, code, coords) - y).abs().mean().item()
+            for n, p in pkgs.items()
+            for r, y in refs.items()
+        }
     assert dist["init", "init"] < 0.5 * dist["off", "init"], dist  # the keyed outputs stayed nearer the init's
     assert dist["twin", "twin"] < 0.5 * dist["init", "twin"], dist  # held near the twin's outputs, not the init's

@@ -48,12 +48,25 @@ def torchrun(tiny_package, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def run(name, **cfg):
-        args = {"key": str(key), "out": str(tmp_path / name / "m"), "ck": str(tmp_path / name / "ck"),
-                "data": str(tmp_path / "data"), "cfg": {"batch": 2, "crop": 32, **cfg}}
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(driver), json.dumps(args)]
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+        args = {
+            "key": str(key),
+            "out": str(tmp_path / name / "m"),
+            "ck": str(tmp_path / name / "ck"),
+            "data": str(tmp_path / "data"),
+            "cfg": {"batch": 2, "crop": 32, **cfg},
+        }
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(driver),
+            json.dumps(args),
+        ]
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
         try:
             out = proc.communicate(timeout=TIMEOUT)[0]
         except subprocess.TimeoutExpired:

@@ -28,10 +28,18 @@ def test_every_widget_the_module_uses_exists():
 
 def test_widget_classes_and_parameters():
     w = widgets()
-    classes = {"firstVolumeSelector": "qMRMLNodeComboBox", "secondVolumeSelector": "qMRMLNodeComboBox",
-               "outputSelector": "qMRMLNodeComboBox", "keyPathLineEdit": "ctkPathLineEdit",
-               "modelPathLineEdit": "ctkPathLineEdit", "applyButton": "QPushButton", "cancelButton": "QPushButton",
-               "progressBar": "QProgressBar", "keyStateLabel": "QLabel", "outputStateLabel": "QLabel"}
+    classes = {
+        "firstVolumeSelector": "qMRMLNodeComboBox",
+        "secondVolumeSelector": "qMRMLNodeComboBox",
+        "outputSelector": "qMRMLNodeComboBox",
+        "keyPathLineEdit": "ctkPathLineEdit",
+        "modelPathLineEdit": "ctkPathLineEdit",
+        "applyButton": "QPushButton",
+        "cancelButton": "QPushButton",
+        "progressBar": "QProgressBar",
+        "keyStateLabel": "QLabel",
+        "outputStateLabel": "QLabel",
+    }
     for name, cls in classes.items():
         assert w[name].get("class") == cls, name
     types = [s.text for s in prop(w["secondVolumeSelector"], "nodeTypes").iter("string")]
@@ -66,12 +74,22 @@ def test_module_loads_without_torch_or_simpleitk():
 
     tree = ast.parse((MODULE / "AMIFFusion.py").read_text())
     ours = ("amif", "AMIFFusionLib")  # what the module imports of this project's code at load time
-    lib = [f"{n.module}.{a.name}" if n.module in ours else n.module for n in tree.body
-           if isinstance(n, ast.ImportFrom) and n.module.split(".")[0] in ours for a in n.names]
+    lib = [
+        f"{n.module}.{a.name}" if n.module in ours else n.module
+        for n in tree.body
+        if isinstance(n, ast.ImportFrom) and n.module.split(".")[0] in ours
+        for a in n.names
+    ]
     assert lib, "the module imports nothing from AMIFFusionLib at load time?"
-    assert not [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
-                and re.search(r"\b(torch|SimpleITK)\b", ast.unparse(n))]
-    code = "import sys; " + "; ".join(f"import {m}" for m in lib) + \
-        "; print(sorted({'torch', 'SimpleITK'} & set(sys.modules)))"
+    assert not [
+        n
+        for n in tree.body
+        if isinstance(n, (ast.Import, ast.ImportFrom)) and re.search(r"\b(torch|SimpleITK)\b", ast.unparse(n))
+    ]
+    code = (
+        "import sys; "
+        + "; ".join(f"import {m}" for m in lib)
+        + "; print(sorted({'torch', 'SimpleITK'} & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=MODULE, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout

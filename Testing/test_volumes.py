@@ -48,10 +48,17 @@ def _write_slices(folder: Path, uid: str, slices: int, spacing, origin, offset: 
         pos = (origin[0], origin[1], origin[2] + s * spacing[2])
         img.SetSpacing(spacing[:2])
         img.SetOrigin(pos)
-        for tag, value in (("0008|0060", modality), ("0020|000d", STUDY), ("0020|000e", uid),
-                           ("0020|0032", "\\".join(str(v) for v in pos)), ("0020|0013", str(s + 1)),
-                           ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0028|0030", f"{spacing[1]}\\{spacing[0]}"),
-                           ("0018|0050", str(spacing[2])), ("0008|0018", f"{uid}.{s + 1}")):
+        for tag, value in (
+            ("0008|0060", modality),
+            ("0020|000d", STUDY),
+            ("0020|000e", uid),
+            ("0020|0032", "\\".join(str(v) for v in pos)),
+            ("0020|0013", str(s + 1)),
+            ("0020|0037", "1\\0\\0\\0\\1\\0"),
+            ("0028|0030", f"{spacing[1]}\\{spacing[0]}"),
+            ("0018|0050", str(spacing[2])),
+            ("0008|0018", f"{uid}.{s + 1}"),
+        ):
             img.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"{uid[-1]}-{s:02d}.dcm"))
         writer.Execute(img)
@@ -147,12 +154,18 @@ def test_fuse_series_option(tiny_package, dicom, tmp_path, capfd):
     out2 = tmp_path / "out2.nrrd"
     assert main(["fuse", str(dicom), str(b), "-o", str(out2), "--series", SERIES_B, *model]) == 0
     assert sitk.ReadImage(str(out2)).GetSize() == (32, 32, 4)  # the output keeps the first volume's grid
-    line = _error(capfd, ["fuse", str(dicom), str(b), "-o", str(tmp_path / "x.nrrd"), "--series", "9.9", *model],
-                  "No DICOM series 9.9")
+    line = _error(
+        capfd,
+        ["fuse", str(dicom), str(b), "-o", str(tmp_path / "x.nrrd"), "--series", "9.9", *model],
+        "No DICOM series 9.9",
+    )
     assert SERIES_A in line and SERIES_B in line
     assert not (tmp_path / "x.nrrd").exists()
-    _error(capfd, ["fuse", str(dicom / "1-00.dcm"), str(b), "-o", str(tmp_path / "x.nrrd"), *model],
-           "1-00.dcm is one slice of a DICOM series of 6 files")
+    _error(
+        capfd,
+        ["fuse", str(dicom / "1-00.dcm"), str(b), "-o", str(tmp_path / "x.nrrd"), *model],
+        "1-00.dcm is one slice of a DICOM series of 6 files",
+    )
     assert not (tmp_path / "x.nrrd").exists()
 
 
@@ -161,11 +174,23 @@ def test_a_folder_is_still_refused_as_a_2d_input(tiny_package, tmp_path, capfd):
     from PIL import Image
 
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "b.png")
-    _error(capfd, ["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "f.png"),
-                   "-m", str(tiny_package[2] / "tiny")], "it is a folder")
+    _error(
+        capfd,
+        [
+            "fuse",
+            str(tmp_path / "a.png"),
+            str(tmp_path / "b.png"),
+            "-o",
+            str(tmp_path / "f.png"),
+            "-m",
+            str(tiny_package[2] / "tiny"),
+        ],
+        "it is a folder",
+    )
 
 
 # ---------------------------------------------------------------- 4D images
+
 
 def _frames():
     rng = np.random.default_rng(3)
@@ -210,8 +235,9 @@ def test_fuse_4d_with_frame(tiny_package, four_d, tmp_path, capfd):
     sitk.WriteImage(b, str(tmp_path / "b.nrrd"))
     model = ["-m", str(tiny_package[2] / "tiny"), "-q"]
     out = tmp_path / "out.nrrd"
-    _error(capfd, ["fuse", str(four_d), str(tmp_path / "b.nrrd"), "-o", str(out), *model],
-           "use --frame N or --frame mean")
+    _error(
+        capfd, ["fuse", str(four_d), str(tmp_path / "b.nrrd"), "-o", str(out), *model], "use --frame N or --frame mean"
+    )
     assert not out.exists()
     assert main(["fuse", str(four_d), str(tmp_path / "b.nrrd"), "-o", str(out), "--frame", "mean", *model]) == 0
     assert sitk.ReadImage(str(out)).GetSize() == (32, 32, 5)
@@ -221,14 +247,14 @@ def test_fuse_4d_with_frame(tiny_package, four_d, tmp_path, capfd):
 
 # ---------------------------------------------------------------- .mgz (nibabel)
 
+
 def test_mgz_keeps_nibabels_geometry(tmp_path):
     nibabel = pytest.importorskip("nibabel")
-    data = (np.arange(6 * 7 * 8, dtype=np.float32).reshape(6, 7, 8))
+    data = np.arange(6 * 7 * 8, dtype=np.float32).reshape(6, 7, 8)
     c, s = np.cos(0.3), np.sin(0.3)
-    affine = np.array([[-1.0 * c, 0.0, 1.5 * s, 90.0],
-                       [0.0, 1.2, 0.0, -100.0],
-                       [1.0 * s, 0.0, 1.5 * c, 40.0],
-                       [0, 0, 0, 1]])
+    affine = np.array(
+        [[-1.0 * c, 0.0, 1.5 * s, 90.0], [0.0, 1.2, 0.0, -100.0], [1.0 * s, 0.0, 1.5 * c, 40.0], [0, 0, 0, 1]]
+    )
     path = tmp_path / "brain.mgz"
     nibabel.MGHImage(data, affine).to_filename(str(path))
     img = read_volume(path)

@@ -21,31 +21,50 @@ def wheel(tmp_path_factory):
     for name in ("pyproject.toml", "README.md", "LICENSE.txt"):
         shutil.copy2(ROOT / name, src / name)
     isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "-q", "-w", str(out), *isolation],
-                   check=True, cwd=out)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "-q", "-w", str(out), *isolation],
+        check=True,
+        cwd=out,
+    )
     (built,) = out.glob("amif-*.whl")
     return built
 
 
 def test_wheel_carries_the_bundled_model_and_sample(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    for f in ("Models/amif-demo.json", "Models/amif-demo.safetensors", "Models/amif-demo.amifkey",
-              "SampleData/AMIFSample-MRI.nrrd", "SampleData/AMIFSample-PET.nrrd"):
+    for f in (
+        "Models/amif-demo.json",
+        "Models/amif-demo.safetensors",
+        "Models/amif-demo.amifkey",
+        "SampleData/AMIFSample-MRI.nrrd",
+        "SampleData/AMIFSample-PET.nrrd",
+    ):
         assert f"amif/Resources/{f}" in names, f
 
 
 def test_installed_wheel_runs_the_demo_from_another_folder(wheel, tmp_path):
     target, work = tmp_path / "site", tmp_path / "elsewhere"
     work.mkdir()
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], check=True
+    )
     env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}
-    where = subprocess.run([sys.executable, "-c", "import amif, amif.package as p; print(amif.__file__); "
-                            "print(p.bundled_model_path())"], env=env, cwd=work, capture_output=True, text=True,
-                           check=True).stdout.split()
+    where = subprocess.run(
+        [sys.executable, "-c", "import amif, amif.package as p; print(amif.__file__); print(p.bundled_model_path())"],
+        env=env,
+        cwd=work,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert all(str(target) in line for line in where), where  # the installed copy, not the source tree
-    demo = subprocess.run([sys.executable, "-m", "amif", "demo", "-q", "-o", "out", "--device", "cpu"], env=env,
-                          cwd=work, capture_output=True, text=True)
+    demo = subprocess.run(
+        [sys.executable, "-m", "amif", "demo", "-q", "-o", "out", "--device", "cpu"],
+        env=env,
+        cwd=work,
+        capture_output=True,
+        text=True,
+    )
     assert demo.returncode == 0, demo.stderr[-2000:]
     assert {"fused-keyed.nrrd", "fused-unkeyed.nrrd"} <= {p.name for p in (work / "out").iterdir()}
 

@@ -78,8 +78,11 @@ def volume_child(model: str, shape: str, threads: int) -> None:
     t = time.perf_counter()
     np.maximum(vol, sitk.GetArrayViewFromImage(vb))
     t_max = time.perf_counter() - t
-    print(json.dumps({"seconds": seconds, "max_seconds": t_max, "peak_mib": peak_rss() / 1024,
-                      "before_mib": rss_before / 1024}))
+    print(
+        json.dumps(
+            {"seconds": seconds, "max_seconds": t_max, "peak_mib": peak_rss() / 1024, "before_mib": rss_before / 1024}
+        )
+    )
 
 
 def _status_kib(field: str) -> int:
@@ -119,8 +122,11 @@ def gpu_comparison(pkg, repeat: int = 3) -> dict:
     from amif.sample import sample_volumes
 
     if not torch.cuda.is_available():
-        why = ("this torch is built without CUDA" if torch.version.cuda is None
-               else f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA GPU")
+        why = (
+            "this torch is built without CUDA"
+            if torch.version.cuda is None
+            else f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA GPU"
+        )
         return {"device": "cpu", "skipped": why}
     gpu = resolve_device("cuda")
     mri, pet = sample_volumes()
@@ -128,8 +134,7 @@ def gpu_comparison(pkg, repeat: int = 3) -> dict:
     runs = {}
     for dev in ("cpu", gpu):
         result = []
-        seconds = best_of(lambda dev=dev, result=result: result.append(fuse_volumes(mri, pet, pkg, device=dev)),
-                          repeat)
+        seconds = best_of(lambda dev=dev, result=result: result.append(fuse_volumes(mri, pet, pkg, device=dev)), repeat)
         runs[str(dev)] = (seconds, result[-1])
     (t_cpu, r_cpu), (t_gpu, r_gpu) = runs["cpu"], runs[str(gpu)]
     diff = np.abs(sitk.GetArrayViewFromImage(r_cpu.image) - sitk.GetArrayViewFromImage(r_gpu.image)).max()
@@ -142,21 +147,31 @@ def gpu_comparison(pkg, repeat: int = 3) -> dict:
     base = torch.cuda.memory_allocated(gpu)
     run_network(pkg, a, a, code, gpu)
     peak = (torch.cuda.max_memory_allocated(gpu) - base) / probe
-    return {"device": describe_device(gpu), "threads": torch.get_num_threads(), "slices": n,
-            "ms_per_slice_cpu": 1000 * t_cpu / n, "ms_per_slice_gpu": 1000 * t_gpu / n, "speedup": t_cpu / t_gpu,
-            "max_abs_diff": float(diff), "verdicts": [r_cpu.verdict.state, r_gpu.verdict.state],
-            "gpu_batch": choose_batch(gpu, h, w, free_memory(gpu), slice_bytes(h, w, pkg.net.cfg)),
-            "peak_bytes_per_256_slice": int(peak), "slice_bytes_estimate": SLICE_BYTES}
+    return {
+        "device": describe_device(gpu),
+        "threads": torch.get_num_threads(),
+        "slices": n,
+        "ms_per_slice_cpu": 1000 * t_cpu / n,
+        "ms_per_slice_gpu": 1000 * t_gpu / n,
+        "speedup": t_cpu / t_gpu,
+        "max_abs_diff": float(diff),
+        "verdicts": [r_cpu.verdict.state, r_gpu.verdict.state],
+        "gpu_batch": choose_batch(gpu, h, w, free_memory(gpu), slice_bytes(h, w, pkg.net.cfg)),
+        "peak_bytes_per_256_slice": int(peak),
+        "slice_bytes_estimate": SLICE_BYTES,
+    }
 
 
 def gpu_line(g: dict) -> str:
     if "skipped" in g:
         return f"GPU line skipped: {g['skipped']}."
-    return (f"GPU ({g['device']}), bundled sample ({g['slices']} slices) through fuse_volumes: "
-            f"{g['ms_per_slice_gpu']:.2f} ms per slice against {g['ms_per_slice_cpu']:.1f} ms on the CPU "
-            f"({g['threads']} threads) in the same run, {g['speedup']:.0f}x; largest difference of the outputs "
-            f"{g['max_abs_diff']:.1e}; peak CUDA memory {g['peak_bytes_per_256_slice'] / 2**20:.0f} MiB per "
-            f"256x256 slice (estimate {g['slice_bytes_estimate'] / 2**20:.0f} MiB).")
+    return (
+        f"GPU ({g['device']}), bundled sample ({g['slices']} slices) through fuse_volumes: "
+        f"{g['ms_per_slice_gpu']:.2f} ms per slice against {g['ms_per_slice_cpu']:.1f} ms on the CPU "
+        f"({g['threads']} threads) in the same run, {g['speedup']:.0f}x; largest difference of the outputs "
+        f"{g['max_abs_diff']:.1e}; peak CUDA memory {g['peak_bytes_per_256_slice'] / 2**20:.0f} MiB per "
+        f"256x256 slice (estimate {g['slice_bytes_estimate'] / 2**20:.0f} MiB)."
+    )
 
 
 def threads_sweep(pkg, repeat: int = 5) -> dict:
@@ -198,8 +213,11 @@ def main(argv=None) -> None:
     ap.add_argument("--out", help="also write the Markdown table here")
     ap.add_argument("--json", help="also write the key figures here (for research/tools/make_report.py)")
     ap.add_argument("--gpu-only", action="store_true", help="only the CPU/GPU comparison, as JSON")
-    ap.add_argument("--threads-sweep", action="store_true",
-                    help="only ms per slice on 1, 2, ... threads in one run, as JSON (picks amif's default)")
+    ap.add_argument(
+        "--threads-sweep",
+        action="store_true",
+        help="only ms per slice on 1, 2, ... threads in one run, as JSON (picks amif's default)",
+    )
     ap.add_argument("--memory", metavar="WxHxD", help="only seconds and peak RSS of fuse_volumes on one volume")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -228,27 +246,56 @@ def main(argv=None) -> None:
     b8 = rng.integers(0, 256, (256, 256)).astype(np.float64)
     t_max = best_of(lambda: max_fusion(a8, b8), 20)
     t_lap = best_of(lambda: laplacian_fusion(a8, b8), repeat)
-    rows, figures = [], {"parameters": parameter_count(pkg.net), "flops": flops, "threads": args.threads,
-                         "matmul_peak": peak, "max_ms": 1000 * t_max, "laplacian_ms": 1000 * t_lap, "volumes": {}}
+    rows, figures = (
+        [],
+        {
+            "parameters": parameter_count(pkg.net),
+            "flops": flops,
+            "threads": args.threads,
+            "matmul_peak": peak,
+            "max_ms": 1000 * t_max,
+            "laplacian_ms": 1000 * t_lap,
+            "volumes": {},
+        },
+    )
     for bs in (1, VOLUME_BATCH):
         a, b = rng.random((bs, 256, 256), dtype=np.float32), rng.random((bs, 256, 256), dtype=np.float32)
         t = best_of(lambda a=a, b=b: run_network(pkg, a, b, code), repeat) / bs
         figures[f"ms_batch{bs}"] = 1000 * t
-        rows.append((f"AMIF, batch {bs}", f"{1000 * t:.1f} ms", f"{t / t_max:,.0f}x", f"{t / t_lap:.1f}x",
-                     f"{flops / t / 1e9:.1f} GFLOP/s = {100 * flops / t / peak:.1f}% of matmul peak"))
-    rows += [("max rule", f"{1000 * t_max:.3f} ms", "1x", "", ""),
-             ("Laplacian pyramid (4 levels)", f"{1000 * t_lap:.2f} ms", f"{t_lap / t_max:,.0f}x", "1x", "")]
-    lines = [f"Model `{pkg.model_id}`: {parameter_count(pkg.net):,} parameters, {flops / 1e9:.2f} GFLOP per "
-             f"256x256 slice; {args.threads} threads; float32 torch.mm peak {peak / 1e9:.1f} GFLOP/s.", "",
-             "| per 256x256 slice | time | vs max rule | vs Laplacian | throughput |", "|---|---|---|---|---|"]
+        rows.append(
+            (
+                f"AMIF, batch {bs}",
+                f"{1000 * t:.1f} ms",
+                f"{t / t_max:,.0f}x",
+                f"{t / t_lap:.1f}x",
+                f"{flops / t / 1e9:.1f} GFLOP/s = {100 * flops / t / peak:.1f}% of matmul peak",
+            )
+        )
+    rows += [
+        ("max rule", f"{1000 * t_max:.3f} ms", "1x", "", ""),
+        ("Laplacian pyramid (4 levels)", f"{1000 * t_lap:.2f} ms", f"{t_lap / t_max:,.0f}x", "1x", ""),
+    ]
+    lines = [
+        f"Model `{pkg.model_id}`: {parameter_count(pkg.net):,} parameters, {flops / 1e9:.2f} GFLOP per "
+        f"256x256 slice; {args.threads} threads; float32 torch.mm peak {peak / 1e9:.1f} GFLOP/s.",
+        "",
+        "| per 256x256 slice | time | vs max rule | vs Laplacian | throughput |",
+        "|---|---|---|---|---|",
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    lines += ["", f"| volume via fuse_volumes (batch {VOLUME_BATCH}) | seconds | ms per slice | "
-              "peak RSS (MiB) | RSS before fusing (MiB) | max rule (s) |", "|---|---|---|---|---|---|"]
-    for shape in (["256x256x32"] if args.quick else ["256x256x128", "512x512x300"]):
+    lines += [
+        "",
+        f"| volume via fuse_volumes (batch {VOLUME_BATCH}) | seconds | ms per slice | "
+        "peak RSS (MiB) | RSS before fusing (MiB) | max rule (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for shape in ["256x256x32"] if args.quick else ["256x256x128", "512x512x300"]:
         r = figures["volumes"][shape] = run_volume(args.model, shape, args.threads)
         depth = int(shape.split("x")[2])
-        lines.append(f"| {shape} | {r['seconds']:.1f} | {1000 * r['seconds'] / depth:.0f} | {r['peak_mib']:.0f} | "
-                     f"{r['before_mib']:.0f} | {r['max_seconds']:.3f} |")
+        lines.append(
+            f"| {shape} | {r['seconds']:.1f} | {1000 * r['seconds'] / depth:.0f} | {r['peak_mib']:.0f} | "
+            f"{r['before_mib']:.0f} | {r['max_seconds']:.3f} |"
+        )
         print(lines[-1], flush=True)
     figures["gpu"] = gpu_comparison(pkg, repeat)
     lines += ["", gpu_line(figures["gpu"])]

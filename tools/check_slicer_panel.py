@@ -28,8 +28,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = ROOT / "AMIFFusion"
-SLICER_FILES = ["Base/Python/slicer/ScriptedLoadableModule.py", "Base/Python/slicer/util.py",
-                "Base/Python/slicer/i18n.py"]
+SLICER_FILES = [
+    "Base/Python/slicer/ScriptedLoadableModule.py",
+    "Base/Python/slicer/util.py",
+    "Base/Python/slicer/i18n.py",
+]
 WRAPPER_DIR = "Base/Python/slicer/parameterNodeWrapper"
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(MODULE_DIR))
@@ -38,13 +41,15 @@ import slicer_standins as qs  # noqa: E402
 
 
 def git_show(repo: Path, rev: str, path: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), "show", f"{rev}:{path}"], check=True, capture_output=True,
-                          text=True).stdout
+    return subprocess.run(
+        ["git", "-C", str(repo), "show", f"{rev}:{path}"], check=True, capture_output=True, text=True
+    ).stdout
 
 
 def git_ls(repo: Path, rev: str, path: str) -> list[str]:
-    out = subprocess.run(["git", "-C", str(repo), "ls-tree", "--name-only", f"{rev}:{path}"], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["git", "-C", str(repo), "ls-tree", "--name-only", f"{rev}:{path}"], check=True, capture_output=True, text=True
+    ).stdout
     return out.split()
 
 
@@ -201,8 +206,11 @@ def run(slicer_repo: Path, tag: str, ctk_repo: Path | None, check: Checks, rende
     check("stand-in Qt widgets expose only what Qt's classes have", not qt_problems, "; ".join(qt_problems) or qt_note)
     if tag.startswith("v5.8"):  # Slicer 5.8 runs Python 3.9
         bad = []
-        for path in [MODULE_DIR / "AMIFFusion.py", *sorted((MODULE_DIR / "AMIFFusionLib").glob("*.py")),
-                     *sorted((MODULE_DIR / "amif").glob("*.py"))]:
+        for path in [
+            MODULE_DIR / "AMIFFusion.py",
+            *sorted((MODULE_DIR / "AMIFFusionLib").glob("*.py")),
+            *sorted((MODULE_DIR / "amif").glob("*.py")),
+        ]:
             try:
                 ast.parse(path.read_text(), feature_version=(3, 9))
             except SyntaxError as e:
@@ -213,8 +221,16 @@ def run(slicer_repo: Path, tag: str, ctk_repo: Path | None, check: Checks, rende
     module = importlib.util.module_from_spec(spec)
     sys.modules["AMIFFusion"] = module
     spec.loader.exec_module(module)
-    parent = types.SimpleNamespace(path=str(MODULE_DIR / "AMIFFusion.py"), title="", categories=[], dependencies=[],
-                                   contributors=[], helpText="", acknowledgementText="", icon=None)
+    parent = types.SimpleNamespace(
+        path=str(MODULE_DIR / "AMIFFusion.py"),
+        title="",
+        categories=[],
+        dependencies=[],
+        contributors=[],
+        helpText="",
+        acknowledgementText="",
+        icon=None,
+    )
     module.AMIFFusion(parent)
     slicer.app.module = parent
     slicer.modules = types.SimpleNamespace(amiffusion=parent)
@@ -244,9 +260,12 @@ def run(slicer_repo: Path, tag: str, ctk_repo: Path | None, check: Checks, rende
 
             render_dir.mkdir(parents=True, exist_ok=True)
             render(MODULE_DIR / "Resources" / "UI" / "AMIFFusion.ui", vars(ui), render_dir / f"panel-{step}.png")
-    check("connectGui set the volume selectors' node types from the annotations",
-          tuple(ui.secondVolumeSelector.nodeTypes) == ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode"),
-          f"second: {ui.secondVolumeSelector.nodeTypes}")
+
+    check(
+        "connectGui set the volume selectors' node types from the annotations",
+        tuple(ui.secondVolumeSelector.nodeTypes) == ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode"),
+        f"second: {ui.secondVolumeSelector.nodeTypes}",
+    )
     check("Apply is disabled before volumes are chosen", not ui.applyButton.enabled, ui.applyButton.toolTip)
 
     sample = MODULE_DIR / "Resources" / "SampleData"
@@ -255,15 +274,19 @@ def run(slicer_repo: Path, tag: str, ctk_repo: Path | None, check: Checks, rende
     ui.firstVolumeSelector.setCurrentNode(mri)
     ui.secondVolumeSelector.setCurrentNode(pet)
     params = widget._parameterNode
-    check("choosing the sample volumes reaches the parameter node",
-          params.firstVolume is mri and params.secondVolume is pet)
+    check(
+        "choosing the sample volumes reaches the parameter node",
+        params.firstVolume is mri and params.secondVolume is pet,
+    )
     check("Apply enables after choosing the two sample volumes", ui.applyButton.enabled, ui.applyButton.toolTip)
 
     ui.demoKeyButton.click()
     demo = str(MODULE_DIR / "Resources" / "Models" / "amif-demo.amifkey")
-    check("Demo key: the field, the parameter node and the label agree",
-          ui.keyPathLineEdit.currentPath == params.keyPath == demo and "matches" in ui.keyStateLabel.text,
-          ui.keyStateLabel.text[:80])
+    check(
+        "Demo key: the field, the parameter node and the label agree",
+        ui.keyPathLineEdit.currentPath == params.keyPath == demo and "matches" in ui.keyStateLabel.text,
+        ui.keyStateLabel.text[:80],
+    )
     ui.useColorTableCheckBox.checked = False
     check("the colour option reaches the parameter node", params.useColorTable is False)
 
@@ -274,33 +297,48 @@ def run(slicer_repo: Path, tag: str, ctk_repo: Path | None, check: Checks, rende
         return [n for n in nodes if n.IsA("vtkMRMLVolumeNode")]
 
     out = apply()
-    check("Demo key + Apply gives one clean output",
-          len(out) == 1 and out[0].GetAttribute("AMIF.Watermark") == "clean"
-          and out[0].GetAttribute("AMIF.KeyState") == "match", ui.outputStateLabel.text[:90])
-    check("the output selector stays on 'create new'", params.outputVolume is None and ui.outputSelector.currentNode()
-          is None)
+    check(
+        "Demo key + Apply gives one clean output",
+        len(out) == 1
+        and out[0].GetAttribute("AMIF.Watermark") == "clean"
+        and out[0].GetAttribute("AMIF.KeyState") == "match",
+        ui.outputStateLabel.text[:90],
+    )
+    check(
+        "the output selector stays on 'create new'",
+        params.outputVolume is None and ui.outputSelector.currentNode() is None,
+    )
 
     slicer.app.pending.append(ui.cancelButton.click)
     before = slicer.mrmlScene.GetNumberOfNodes()
     ui.applyButton.click()
-    check("Cancel during Apply leaves the scene unchanged",
-          slicer.mrmlScene.GetNumberOfNodes() == before and "cancelled" in ui.outputStateLabel.text,
-          ui.outputStateLabel.text[:80])
+    check(
+        "Cancel during Apply leaves the scene unchanged",
+        slicer.mrmlScene.GetNumberOfNodes() == before and "cancelled" in ui.outputStateLabel.text,
+        ui.outputStateLabel.text[:80],
+    )
 
     ui.keyPathLineEdit.currentPath = ""
     out = apply()
     picture("no-key")
-    check("no key + Apply gives a marked output",
-          params.keyPath == "" and len(out) == 1 and out[0].GetAttribute("AMIF.Watermark") == "marked",
-          ui.outputStateLabel.text[:90])
+    check(
+        "no key + Apply gives a marked output",
+        params.keyPath == "" and len(out) == 1 and out[0].GetAttribute("AMIF.Watermark") == "marked",
+        ui.outputStateLabel.text[:90],
+    )
 
     ui.demoKeyButton.click()
     slicer.mrmlScene.Clear(0)  # File > Close Scene
-    check("after Close Scene the shown key is the parameter node's key",
-          ui.keyPathLineEdit.currentPath == widget._parameterNode.keyPath,
-          f"shown {ui.keyPathLineEdit.currentPath!r}, stored {widget._parameterNode.keyPath!r}")
-    check("after Close Scene the label speaks of the key that will be used",
-          ("No key" in ui.keyStateLabel.text) == (widget._parameterNode.keyPath == ""), ui.keyStateLabel.text[:80])
+    check(
+        "after Close Scene the shown key is the parameter node's key",
+        ui.keyPathLineEdit.currentPath == widget._parameterNode.keyPath,
+        f"shown {ui.keyPathLineEdit.currentPath!r}, stored {widget._parameterNode.keyPath!r}",
+    )
+    check(
+        "after Close Scene the label speaks of the key that will be used",
+        ("No key" in ui.keyStateLabel.text) == (widget._parameterNode.keyPath == ""),
+        ui.keyStateLabel.text[:80],
+    )
     mri = read_volume(slicer, sample / "AMIFSample-MRI.nrrd")
     pet = read_volume(slicer, sample / "AMIFSample-PET.nrrd")
     ui.firstVolumeSelector.setCurrentNode(mri)
@@ -308,17 +346,22 @@ def run(slicer_repo: Path, tag: str, ctk_repo: Path | None, check: Checks, rende
     shown = ui.keyPathLineEdit.currentPath
     out = apply()
     used = out[0].GetAttribute("AMIF.KeyState") if len(out) == 1 else None
-    check("Apply after Close Scene uses the key the panel shows",
-          used == ("match" if shown else "none"), f"shown {shown!r}, key state used {used}")
+    check(
+        "Apply after Close Scene uses the key the panel shows",
+        used == ("match" if shown else "none"),
+        f"shown {shown!r}, key state used {used}",
+    )
 
     pet.GetDisplayNode().SetAndObserveColorNodeID(module.PET_COLOR_NODE_ID)
     ui.demoKeyButton.click()
     ui.useColorTableCheckBox.checked = True
     out = apply()
     picture("colour-keyed")
-    check("a PET shown in PET-Heat gives a colour, clean output with the demo key",
-          len(out) == 1 and out[0].IsA("vtkMRMLVectorVolumeNode") and out[0].GetAttribute("AMIF.Watermark") == "clean",
-          ui.outputStateLabel.text[:100])
+    check(
+        "a PET shown in PET-Heat gives a colour, clean output with the demo key",
+        len(out) == 1 and out[0].IsA("vtkMRMLVectorVolumeNode") and out[0].GetAttribute("AMIF.Watermark") == "clean",
+        ui.outputStateLabel.text[:100],
+    )
 
     ui.modelPathLineEdit.currentPath = str(MODULE_DIR / "Resources" / "Models" / "amif-demo.json")
     scene_file = tmp / "saved" / "scene.mrml"
@@ -327,16 +370,23 @@ def run(slicer_repo: Path, tag: str, ctk_repo: Path | None, check: Checks, rende
     slicer.mrmlScene.SetURL(str(scene_file))
     slicer.mrmlScene.Commit()
     text = scene_file.read_text()
-    check("the saved scene stores the bundled model as bundled, not as an install path",
-          "amif-demo.json" not in text and widget._parameterNode.modelPath == "")
+    check(
+        "the saved scene stores the bundled model as bundled, not as an install path",
+        "amif-demo.json" not in text and widget._parameterNode.modelPath == "",
+    )
     slicer.mrmlScene.Clear(0)
     slicer.mrmlScene.SetURL(str(scene_file))
     slicer.mrmlScene.Connect()
     p = widget._parameterNode
-    check("the reopened scene shows the bundled model of this install and a usable key",
-          p is not None and p.modelPath == "" and Path(ui.modelPathLineEdit.currentPath).is_file()
-          and ui.keyPathLineEdit.currentPath == p.keyPath and "Model package" not in ui.keyStateLabel.text,
-          ui.keyStateLabel.text[:80])
+    check(
+        "the reopened scene shows the bundled model of this install and a usable key",
+        p is not None
+        and p.modelPath == ""
+        and Path(ui.modelPathLineEdit.currentPath).is_file()
+        and ui.keyPathLineEdit.currentPath == p.keyPath
+        and "Model package" not in ui.keyStateLabel.text,
+        ui.keyStateLabel.text[:80],
+    )
     sys.modules["SampleData"] = sample_data_module(slicer)
     try:
         module.AMIFFusionTest().runTest()
@@ -344,8 +394,11 @@ def run(slicer_repo: Path, tag: str, ctk_repo: Path | None, check: Checks, rende
     except Exception:
         ok, detail = False, traceback.format_exc().splitlines()[-1]
     check("the module's self-test passes (both states, and a PET in PET-Heat)", ok, detail)
-    check("no dependency dialog or pip install was needed here", not record["confirm"] and not record["pip"],
-          f"{record['confirm']} {record['pip']}")
+    check(
+        "no dependency dialog or pip install was needed here",
+        not record["confirm"] and not record["pip"],
+        f"{record['confirm']} {record['pip']}",
+    )
     check("no error dialog was shown", not record["errors"], " | ".join(record["errors"])[:200])
 
 
@@ -367,8 +420,9 @@ def main(argv=None) -> int:
     failed = len(check.results) - passed
     print(f"Slicer {args.tag}, Python {sys.version.split()[0]}: {passed} passed, {failed} failed")
     if args.json:
-        args.json.write_text(json.dumps({"tag": args.tag, "python": sys.version.split()[0],
-                                         "results": check.results}, indent=1))
+        args.json.write_text(
+            json.dumps({"tag": args.tag, "python": sys.version.split()[0], "results": check.results}, indent=1)
+        )
     return 1 if failed else 0
 
 

@@ -63,8 +63,14 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--color", default="PET-Heat", help="name of one of Slicer's default colour nodes")
-    ap.add_argument("--window", type=float, nargs=2, default=(0.0, 25000.0), metavar=("LOW", "HIGH"),
-                    help="the PET's display window (default: the brain spans PET-Heat's red to yellow)")
+    ap.add_argument(
+        "--window",
+        type=float,
+        nargs=2,
+        default=(0.0, 25000.0),
+        metavar=("LOW", "HIGH"),
+        help="the PET's display window (default: the brain spans PET-Heat's red to yellow)",
+    )
     ap.add_argument("--slice", type=float, default=0.55, help="axial slice, as a fraction from inferior")
     ap.add_argument("--scale", type=int, default=2, help="pixel zoom of the tiles")
     ap.add_argument("-o", "--output", default=str(ROOT / "docs" / "figures" / "color-pet.png"))
@@ -92,16 +98,29 @@ def main() -> None:
     shown = logic.displayed_colour_image(logic.image_from_node(pet, "PET"), a, colortable.color_mapping(pet))
     w_low, w_high = keyed.windows[1]
     tiles = [
-        ("MRI", f"display window {low:g} to {high:g}", np.repeat((mri_slice * 255).astype(np.uint8)[..., None], 3, -1),
-         (0, 0, 0)),
-        (f"PET in {color_node.GetName()}", f"as shown, window {w_low:g} to {w_high:g}", axial(shown, args.slice),
-         (0, 0, 0)),
+        (
+            "MRI",
+            f"display window {low:g} to {high:g}",
+            np.repeat((mri_slice * 255).astype(np.uint8)[..., None], 3, -1),
+            (0, 0, 0),
+        ),
+        (
+            f"PET in {color_node.GetName()}",
+            f"as shown, window {w_low:g} to {w_high:g}",
+            axial(shown, args.slice),
+            (0, 0, 0),
+        ),
     ]
     for fused, name in ((keyed, "with the demo key"), (unkeyed, "without a key")):
         v = fused.verdict
-        tiles.append((f"Fused, {name}", f"{v.state} (score {v.score:.3f}, threshold {v.threshold:.2f})",
-                      axial(logic.image_from_node(fused.node, "fused"), args.slice),
-                      GREEN if v.state == "clean" else ORANGE))
+        tiles.append(
+            (
+                f"Fused, {name}",
+                f"{v.state} (score {v.score:.3f}, threshold {v.threshold:.2f})",
+                axial(logic.image_from_node(fused.node, "fused"), args.slice),
+                GREEN if v.state == "clean" else ORANGE,
+            )
+        )
 
     sx, sy = a.GetSpacing()[0], a.GetSpacing()[1]
     h, w = tiles[0][2].shape[:2]
@@ -110,10 +129,18 @@ def main() -> None:
     canvas = Image.new("RGB", (len(tiles) * (tw + gap) + gap, top + label + th + gap), (255, 255, 255))
     d = ImageDraw.Draw(canvas)
     d.rectangle([0, 0, canvas.width, top - 8], fill=(50, 60, 80))
-    d.text((10, 8), f"Colour PET: the bundled sample's PET shown in {color_node.GetName()}, fused in those colours",
-           font=font(16), fill=(255, 255, 255))
-    d.text((10, 27), "Axial slice; luminance fused, chroma restored; tools/make_color_pet_figure.py",
-           font=font(12), fill=(210, 210, 210))
+    d.text(
+        (10, 8),
+        f"Colour PET: the bundled sample's PET shown in {color_node.GetName()}, fused in those colours",
+        font=font(16),
+        fill=(255, 255, 255),
+    )
+    d.text(
+        (10, 27),
+        "Axial slice; luminance fused, chroma restored; tools/make_color_pet_figure.py",
+        font=font(12),
+        fill=(210, 210, 210),
+    )
     for n, (title, note, rgb, colour) in enumerate(tiles):
         x = gap + n * (tw + gap)
         d.text((x, top), title, font=font(14), fill=(0, 0, 0))

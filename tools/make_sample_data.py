@@ -36,8 +36,9 @@ def template_files(nilearn: str | None, tmp: Path) -> dict[str, Path]:
 
 def resample(img: sitk.Image, spacing: float, interp=sitk.sitkLinear) -> sitk.Image:
     size = [int(round(n * s / spacing)) for n, s in zip(img.GetSize(), img.GetSpacing())]
-    return sitk.Resample(img, size, sitk.Transform(), interp, img.GetOrigin(), (spacing,) * 3,
-                         img.GetDirection(), 0.0, sitk.sitkFloat32)
+    return sitk.Resample(
+        img, size, sitk.Transform(), interp, img.GetOrigin(), (spacing,) * 3, img.GetDirection(), 0.0, sitk.sitkFloat32
+    )
 
 
 def main() -> None:

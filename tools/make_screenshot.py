@@ -69,10 +69,20 @@ def main():
     canvas = Image.new("RGB", (pw + 3 * tile + 40, top + max(tile + 22, drawn.height) + 10), (255, 255, 255))
     d = ImageDraw.Draw(canvas)
     d.rectangle([0, 0, canvas.width, top - 8], fill=(50, 60, 80))
-    d.text((12, 10), "Preview, not a 3D Slicer screenshot: the AMIF Fusion panel's .ui drawn by Qt in the state "
-           "Slicer's own module code left it, and the fused bundled sample", font=font(16), fill=(255, 255, 255))
-    d.text((12, 30), "Panel: tools/check_slicer_panel.py --render (no key, Apply done); views: `amif demo` without "
-           "a key, so the identifier is written; tools/make_screenshot.py", font=font(13), fill=(210, 210, 210))
+    d.text(
+        (12, 10),
+        "Preview, not a 3D Slicer screenshot: the AMIF Fusion panel's .ui drawn by Qt in the state "
+        "Slicer's own module code left it, and the fused bundled sample",
+        font=font(16),
+        fill=(255, 255, 255),
+    )
+    d.text(
+        (12, 30),
+        "Panel: tools/check_slicer_panel.py --render (no key, Apply done); views: `amif demo` without "
+        "a key, so the identifier is written; tools/make_screenshot.py",
+        font=font(13),
+        fill=(210, 210, 210),
+    )
     canvas.paste(drawn, (10, top))
     colours = [(200, 60, 60), (220, 200, 60), (60, 160, 60)]
     for n, ((name, t), c) in enumerate(zip(views(fused, tile), colours)):

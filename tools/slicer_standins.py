@@ -128,8 +128,15 @@ class QObject:
 
 
 class QWidget(QObject):
-    PROPERTIES = {"enabled": True, "visible": True, "toolTip": "", "styleSheet": "", "geometry": None,
-                  "minimumSize": None, "sizePolicy": None}
+    PROPERTIES = {
+        "enabled": True,
+        "visible": True,
+        "toolTip": "",
+        "styleSheet": "",
+        "geometry": None,
+        "minimumSize": None,
+        "sizePolicy": None,
+    }
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -258,8 +265,16 @@ class qMRMLNodeComboBox(QWidget):
     setCurrentNode(None) clears the selection; currentNodeChanged on every change."""
 
     HEADER = ("Slicer", "Libs/MRML/Widgets/qMRMLNodeComboBox.h")
-    PROPERTIES = {"nodeTypes": (), "showChildNodeTypes": True, "noneEnabled": False, "addEnabled": True,
-                  "removeEnabled": True, "renameEnabled": False, "noneDisplay": "None", "selectNodeUponCreation": True}
+    PROPERTIES = {
+        "nodeTypes": (),
+        "showChildNodeTypes": True,
+        "noneEnabled": False,
+        "addEnabled": True,
+        "removeEnabled": True,
+        "renameEnabled": False,
+        "noneDisplay": "None",
+        "selectNodeUponCreation": True,
+    }
     SIGNALS = ("currentNodeChanged", "currentNodeIDChanged", "nodeAdded")
 
     def __init__(self, parent=None):
@@ -406,9 +421,18 @@ class QApplication:
 
 def qt_module() -> types.ModuleType:
     classes = {c.__name__: c for c in QT_CLASSES}
-    extra = {"QObject": QObject, "QVBoxLayout": QVBoxLayout, "QHBoxLayout": QHBoxLayout, "QFormLayout": QFormLayout,
-             "QSettings": QSettings, "QIcon": QIcon, "QFile": QFile, "QUiLoader": QUiLoader, "Qt": Qt,
-             "QApplication": QApplication}
+    extra = {
+        "QObject": QObject,
+        "QVBoxLayout": QVBoxLayout,
+        "QHBoxLayout": QHBoxLayout,
+        "QFormLayout": QFormLayout,
+        "QSettings": QSettings,
+        "QIcon": QIcon,
+        "QFile": QFile,
+        "QUiLoader": QUiLoader,
+        "Qt": Qt,
+        "QApplication": QApplication,
+    }
     return _placeholder_module("qt", classes, extra)
 
 

@@ -79,12 +79,12 @@ class ColorMapping:
         flat = values.reshape(-1)
         out = np.empty((flat.size, 3), np.uint8)
         for start in range(0, flat.size, CHUNK_VOXELS):
-            part = flat[start:start + CHUNK_VOXELS]
+            part = flat[start : start + CHUNK_VOXELS]
             if self.palette is None:
                 rgb = through_table(self.table, part)
             else:
                 rgb = self.palette[window_level_bytes(part, self.window, self.level, self.method)]
-            out[start:start + part.size] = rgb
+            out[start : start + part.size] = rgb
         return out.reshape(values.shape + (3,))
 
 
@@ -217,8 +217,12 @@ def lookup_table_for(display, color_node):
 def color_mapping(node) -> ColorMapping | None:
     """The colour mapping of a scalar volume node's display, or None where the display is not a
     colour one (see the module's docstring: grey tables, no display node, vector volumes, ...)."""
-    if node is None or not node.IsA("vtkMRMLScalarVolumeNode") or node.IsA("vtkMRMLVectorVolumeNode") \
-            or node.IsA("vtkMRMLLabelMapVolumeNode"):
+    if (
+        node is None
+        or not node.IsA("vtkMRMLScalarVolumeNode")
+        or node.IsA("vtkMRMLVectorVolumeNode")
+        or node.IsA("vtkMRMLLabelMapVolumeNode")
+    ):
         return None
     image = node.GetImageData()
     if image is not None and image.GetNumberOfScalarComponents() != 1:

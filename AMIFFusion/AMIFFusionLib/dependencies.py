@@ -64,11 +64,16 @@ class Plan:
         if self.torch == "install":
             items.append(f"PyTorch {TORCH_REQUIREMENT} (through the PyTorch extension; a large download)")
         elif self.torch == "upgrade":
-            items.append(f"PyTorch {TORCH_REQUIREMENT} to replace the installed {self.torch_version} "
-                         "(through the PyTorch extension; a large download)")
+            items.append(
+                f"PyTorch {TORCH_REQUIREMENT} to replace the installed {self.torch_version} "
+                "(through the PyTorch extension; a large download)"
+            )
         items += [f"{req} (pip)" for req in self.pip]
-        return ("AMIF Fusion needs these Python packages:\n- " + "\n- ".join(items)
-                + "\n\nInstall them now? This needs an internet connection and may take several minutes.")
+        return (
+            "AMIF Fusion needs these Python packages:\n- "
+            + "\n- ".join(items)
+            + "\n\nInstall them now? This needs an internet connection and may take several minutes."
+        )
 
 
 def plan(version=installed_version, find_spec=importlib.util.find_spec) -> Plan:
@@ -91,8 +96,9 @@ def _torch_loaded() -> bool:
     return "torch" in sys.modules
 
 
-def ensure_dependencies(confirm, install, import_pytorch_utils=_import_pytorch_utils, status=None,
-                        check=plan, torch_loaded=_torch_loaded) -> bool:
+def ensure_dependencies(
+    confirm, install, import_pytorch_utils=_import_pytorch_utils, status=None, check=plan, torch_loaded=_torch_loaded
+) -> bool:
     """True when fusion's packages are importable; False when the user declined.
 
     confirm(text) -> bool asks the user once; install(requirements: list[str]) runs pip;
@@ -117,8 +123,9 @@ def ensure_dependencies(confirm, install, import_pytorch_utils=_import_pytorch_u
     try:
         if todo.torch:
             status(f"Installing PyTorch {TORCH_REQUIREMENT} (this may take several minutes)...")
-            torch = pytorch_utils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
-                                                                    torchVersionRequirement=TORCH_REQUIREMENT)
+            torch = pytorch_utils.PyTorchUtilsLogic().installTorch(
+                askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT
+            )
             if torch is None:
                 raise AMIFError("PyTorch could not be installed: see the Python console for the reason.")
         if todo.pip:

@@ -151,8 +151,10 @@ def _check_output_kind(output_node, colour: bool) -> None:
         return
     fused = "a colour (vector)" if colour else "a grey (scalar)"
     chosen = "a label map" if label else "a grey one" if colour else "a colour one"
-    raise AMIFError(f"The fused output is {fused} volume, and '{output_node.GetName()}' is {chosen}: "
-                    f"choose '{NEW_OUTPUT_ENTRY}' as the output volume.")
+    raise AMIFError(
+        f"The fused output is {fused} volume, and '{output_node.GetName()}' is {chosen}: "
+        f"choose '{NEW_OUTPUT_ENTRY}' as the output volume."
+    )
 
 
 def displayed_colour_image(b, a, mapping):
@@ -176,8 +178,19 @@ def displayed_colour_image(b, a, mapping):
     return rgb
 
 
-def fuse(first_node, second_node, output_node=None, key_path=None, model_path=None,
-         progress=None, cancel=None, log=None, show=True, device="auto", use_color_table: bool = True) -> Fused:
+def fuse(
+    first_node,
+    second_node,
+    output_node=None,
+    key_path=None,
+    model_path=None,
+    progress=None,
+    cancel=None,
+    log=None,
+    show=True,
+    device="auto",
+    use_color_table: bool = True,
+) -> Fused:
     """Fuse two registered volume nodes into `output_node` (a new node when None).
 
     first_node: the grey volume (MRI); second_node: CT, PET or SPECT, grey or colour (RGB vector
@@ -219,8 +232,17 @@ def fuse(first_node, second_node, output_node=None, key_path=None, model_path=No
 
     package = load_model(model_path)
     log(f"Model package {package.model_id}; fusing {a.GetSize()[2]} slices.")
-    r = fuse_volumes(a, b, package, str(key_path) if key_path else None, window_a=window_a, window_b=window_b,
-                     progress=progress, cancel=cancel, device=device)
+    r = fuse_volumes(
+        a,
+        b,
+        package,
+        str(key_path) if key_path else None,
+        window_a=window_a,
+        window_b=window_b,
+        progress=progress,
+        cancel=cancel,
+        device=device,
+    )
     arr = sitk.GetArrayFromImage(r.image)
     if colour:
         arr = np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8)

@@ -122,7 +122,7 @@ def output_message(fused) -> tuple[str, str]:
         "marked": f"<b>Output marked:</b> it carries the identifier ({score}).",
         "erased": f"<b>Output erased:</b> the identifier's strokes look wiped off (erasure ratio {v.erasure:.3f}).",
         "shifted": f"<b>Output shifted:</b> no identifier, but the content is moved {v.displacement:.2f} pixels "
-                   "as in this model's unlicensed outputs.",
+        "as in this model's unlicensed outputs.",
         "traced": "<b>Output traced:</b> no identifier, but it carries this model's unlicensed texture.",
         "clean": f"<b>Output clean:</b> no identifier found ({score}).",
     }

@@ -31,8 +31,11 @@ class SceneUndo:
         self.transform = output_node.GetTransformNodeID()
         self.attributes = {k: output_node.GetAttribute(k) for k in output_node.GetAttributeNames() or ()}
         d = output_node.GetDisplayNode()
-        self.display = (d, d.GetAutoWindowLevel(), d.GetWindow(), d.GetLevel()) \
-            if d is not None and d.IsA("vtkMRMLScalarVolumeDisplayNode") else None
+        self.display = (
+            (d, d.GetAutoWindowLevel(), d.GetWindow(), d.GetLevel())
+            if d is not None and d.IsA("vtkMRMLScalarVolumeDisplayNode")
+            else None
+        )
 
     def _composites(self):
         nodes = self.scene.GetNodesByClass("vtkMRMLSliceCompositeNode")

@@ -64,8 +64,10 @@ def read_csv(path) -> list[Subject]:
     header = [c.strip().lower() for c in (csv.DictReader(io.StringIO(text)).fieldnames or [])]
     missing = [c for c in CSV_COLUMNS if c not in header]
     if missing:
-        raise AMIFError(f"{shown(path.name)} needs a header row with the columns subject, a, b (and optionally "
-                        f"key, output); missing: {', '.join(missing)}.")
+        raise AMIFError(
+            f"{shown(path.name)} needs a header row with the columns subject, a, b (and optionally "
+            f"key, output); missing: {', '.join(missing)}."
+        )
     base = path.parent
     subjects = []
     for n, row in enumerate(rows, start=2):
@@ -93,8 +95,9 @@ def _unique(subjects: list[Subject]) -> list[Subject]:
 
 def _entries(folder: Path) -> list[Path]:
     """A folder's entries in name order, hidden ones and AMIF's metadata sidecars left out."""
-    return sorted(p for p in folder.iterdir()
-                  if not p.name.startswith(".") and not p.name.lower().endswith(".amif.json"))
+    return sorted(
+        p for p in folder.iterdir() if not p.name.startswith(".") and not p.name.lower().endswith(".amif.json")
+    )
 
 
 def find_subjects(folder, pattern_a: str = DEFAULT_PATTERN_A, pattern_b: str | None = None) -> list[Subject]:
@@ -115,7 +118,7 @@ def find_subjects(folder, pattern_a: str = DEFAULT_PATTERN_A, pattern_b: str | N
         if len(match_a) != 1 or len(match_b) != 1:
             found = ", ".join(shown(p.name) for p in entries) or "nothing"
             rule_b = f"one matching {pattern_b!r}" if pattern_b else "one other entry"
-            problem = (f"needs one entry matching {pattern_a!r} (A) and {rule_b} (B); it holds {found}")
+            problem = f"needs one entry matching {pattern_a!r} (A) and {rule_b} (B); it holds {found}"
             subjects.append(Subject(sub.name, problem=problem))
         else:
             subjects.append(Subject(sub.name, match_a[0], match_b[0]))
@@ -143,8 +146,9 @@ def prepare_output(subjects: list[Subject], out_dir) -> Path:
     return summary
 
 
-def run_batch(subjects: list[Subject], out_dir, fuse, fmt: str = ".nrrd", key=None,
-              progress: bool = True) -> list[dict]:
+def run_batch(
+    subjects: list[Subject], out_dir, fuse, fmt: str = ".nrrd", key=None, progress: bool = True
+) -> list[dict]:
     """Fuse every subject into out_dir with `fuse(a, b, out, key)` (amif.cli's fuse_files on one loaded model
     package; it returns the output's AMIF_* metadata); returns one row per subject (SUMMARY_COLUMNS; state
     "ok" or "failed") and writes them to out_dir/SUMMARY_NAME (prepare_output). A subject's AMIFError or
@@ -191,7 +195,15 @@ def write_summary(path, rows: list[dict]) -> None:
 def summary_table(rows: list[dict]) -> str:
     """The rows as an aligned text table: subject, state, verdict, seconds, output or error."""
     table = [("subject", "state", "verdict", "seconds", "output or error")]
-    table += [(r["subject"], r["state"], f"{r['verdict']} {r['score']}".strip(), r["seconds"],
-               r["output"] if r["state"] == "ok" else r["error"]) for r in rows]
+    table += [
+        (
+            r["subject"],
+            r["state"],
+            f"{r['verdict']} {r['score']}".strip(),
+            r["seconds"],
+            r["output"] if r["state"] == "ok" else r["error"],
+        )
+        for r in rows
+    ]
     widths = [max(len(row[i]) for row in table) for i in range(4)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4] for row in table)

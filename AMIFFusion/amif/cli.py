@@ -66,8 +66,11 @@ def _write_volume(path: Path, image, meta: dict) -> bool:
 
     kind = output_suffix(path)
     if kind in NOTES_VOLUMES:  # the header's description: 80 characters, so a summary
-        image.SetMetaData("ITK_FileNotes", f"AMIF {meta['AMIF_watermark']} key {meta['AMIF_key_state']} "
-                                           f"{meta['AMIF_key_id']} model {meta['AMIF_model_id']}"[:79])
+        image.SetMetaData(
+            "ITK_FileNotes",
+            f"AMIF {meta['AMIF_watermark']} key {meta['AMIF_key_state']} "
+            f"{meta['AMIF_key_id']} model {meta['AMIF_model_id']}"[:79],
+        )
     sitk.WriteImage(image, str(path), useCompression=True)
     if kind in METADATA_VOLUMES:
         return False
@@ -75,8 +78,7 @@ def _write_volume(path: Path, image, meta: dict) -> bool:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    doc = {"format": "amif-output-metadata", "version": 1, "output": path.name, "output_sha256": h.hexdigest(),
-           **meta}
+    doc = {"format": "amif-output-metadata", "version": 1, "output": path.name, "output_sha256": h.hexdigest(), **meta}
     sidecar_path(path).write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return True
 
@@ -99,8 +101,9 @@ def _read_volume(path: str, series=None, frame=None):
     return read_volume(path, series, frame)
 
 
-def fuse_files(a_path, b_path, out, model=None, key=None, progress=True, device="auto", series=None,
-               frame=None, package=None) -> dict:
+def fuse_files(
+    a_path, b_path, out, model=None, key=None, progress=True, device="auto", series=None, frame=None, package=None
+) -> dict:
     """Fuse two files (2D PNG/JPEG, or volumes: any file SimpleITK reads, a DICOM series folder, an .mgz
     with nibabel installed) into `out` on `device` ("auto", "cpu", "cuda", "cuda:N" or "mps"; one it
     cannot use is an AMIFError before anything is read). `series` (a SeriesInstanceUID) picks the series
@@ -133,10 +136,18 @@ def fuse_files(a_path, b_path, out, model=None, key=None, progress=True, device=
     if not is_2d and kind in IMAGE_2D:
         raise AMIFError("Volume inputs give a volume output: name it .nrrd, .nii.gz or .mha.")
     if not is_2d and kind not in VOLUMES:
-        raise AMIFError(f"Cannot write {shown(out.name)}: not a volume format AMIF writes; name it "
-                        + ", ".join(VOLUMES) + ".")
-    refuse_input_as_output(out, [a_path, b_path, key if isinstance(key, (str, os.PathLike)) else None,
-                                 *(package_paths(model) if model else ())])
+        raise AMIFError(
+            f"Cannot write {shown(out.name)}: not a volume format AMIF writes; name it " + ", ".join(VOLUMES) + "."
+        )
+    refuse_input_as_output(
+        out,
+        [
+            a_path,
+            b_path,
+            key if isinstance(key, (str, os.PathLike)) else None,
+            *(package_paths(model) if model else ()),
+        ],
+    )
     if not is_2d:
         for p, role in ((a_path, "input"), (b_path, "input"), (out, "output")):
             itk_path(p, role)
@@ -160,8 +171,7 @@ def fuse_files(a_path, b_path, out, model=None, key=None, progress=True, device=
 
         bar = tqdm(total=a.GetSize()[2] if a.GetDimension() == 3 else 0, desc="fuse", unit="slice")
     try:
-        r = fuse_volumes(a, b, pkg, key, progress=(lambda d, n: bar.update(d - bar.n)) if bar else None,
-                         device=device)
+        r = fuse_volumes(a, b, pkg, key, progress=(lambda d, n: bar.update(d - bar.n)) if bar else None, device=device)
     finally:
         if bar:
             bar.close()
@@ -187,8 +197,10 @@ def _write_output(out: Path, write):
 # torch threads for fusion on the CPU: half the cores, at least 1. Threads that must wait for busy cores cost
 # far more than they give (measured with tools/benchmark.py --threads-sweep; figures in docs/evaluation.md).
 DEFAULT_THREADS = max(1, (os.cpu_count() or 2) // 2)
-THREADS_HELP = (f"CPU threads for the network (default here: {DEFAULT_THREADS}, half the cores: on a busy "
-                "machine more threads than free cores are several times slower)")
+THREADS_HELP = (
+    f"CPU threads for the network (default here: {DEFAULT_THREADS}, half the cores: on a busy "
+    "machine more threads than free cores are several times slower)"
+)
 
 
 def set_threads(n: int | None) -> None:
@@ -210,13 +222,18 @@ def _threads_arg(text: str) -> int:
 
 def cmd_fuse(args) -> None:
     set_threads(args.threads)
-    meta = fuse_files(args.a, args.b, args.output, args.model, args.key, not args.quiet, args.device,
-                      args.series, args.frame)
-    print(f"wrote {shown(args.output)}: watermark {meta['AMIF_watermark']} (score {meta['AMIF_score']}), "
-          f"key {meta['AMIF_key_state']} {meta['AMIF_key_id']}, fused on {meta['device']}")
+    meta = fuse_files(
+        args.a, args.b, args.output, args.model, args.key, not args.quiet, args.device, args.series, args.frame
+    )
+    print(
+        f"wrote {shown(args.output)}: watermark {meta['AMIF_watermark']} (score {meta['AMIF_score']}), "
+        f"key {meta['AMIF_key_state']} {meta['AMIF_key_id']}, fused on {meta['device']}"
+    )
     if meta["sidecar"]:
-        print(f"{output_suffix(args.output)} files cannot hold all of AMIF's metadata: "
-              f"wrote it to {shown(meta['sidecar'])}")
+        print(
+            f"{output_suffix(args.output)} files cannot hold all of AMIF's metadata: "
+            f"wrote it to {shown(meta['sidecar'])}"
+        )
 
 
 def cmd_fuse_batch(args) -> None:
@@ -261,12 +278,15 @@ def cmd_demo(args) -> None:
         fused = display_array(sitk.ReadImage(str(out / name)))
         rows.append(fused[int(SHOW_DEPTH * fused.shape[0])])
     side = np.concatenate(rows, axis=1)
-    _write_output(out / "demo-side-by-side.png",
-                  lambda tmp: _write_2d(tmp, side, {"AMIF_panels": "MRI | PET | keyed (demo key) | no key"}))
+    _write_output(
+        out / "demo-side-by-side.png",
+        lambda tmp: _write_2d(tmp, side, {"AMIF_panels": "MRI | PET | keyed (demo key) | no key"}),
+    )
     print(f"keyed:   watermark {keyed['AMIF_watermark']} (score {keyed['AMIF_score']})")
     print(f"no key:  watermark {unkeyed['AMIF_watermark']} (score {unkeyed['AMIF_score']})")
-    print(f"wrote {shown(out)}/fused-keyed.nrrd, fused-unkeyed.nrrd, demo-side-by-side.png "
-          f"(fused on {keyed['device']})")
+    print(
+        f"wrote {shown(out)}/fused-keyed.nrrd, fused-unkeyed.nrrd, demo-side-by-side.png (fused on {keyed['device']})"
+    )
 
 
 def cmd_keygen(args) -> None:
@@ -381,33 +401,46 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-k", "--key", help=".amifkey file (without it the output carries the identifier)")
     s.add_argument("-m", "--model", help="model package (default: the bundled demo model)")
     s.add_argument("--device", type=_device_arg, default="auto", metavar="auto|cpu|cuda|mps", help=DEVICE_HELP)
-    s.add_argument("--series", metavar="UID",
-                   help="for an input that is a DICOM folder: the SeriesInstanceUID of the series to read "
-                        "(default: the folder's first series)")
-    s.add_argument("--frame", type=_frame_arg, metavar="N|mean",
-                   help="for a 4D input: frame N (from 0) or the mean of its frames (3D inputs ignore it)")
+    s.add_argument(
+        "--series",
+        metavar="UID",
+        help="for an input that is a DICOM folder: the SeriesInstanceUID of the series to read "
+        "(default: the folder's first series)",
+    )
+    s.add_argument(
+        "--frame",
+        type=_frame_arg,
+        metavar="N|mean",
+        help="for a 4D input: frame N (from 0) or the mean of its frames (3D inputs ignore it)",
+    )
     s.add_argument("--threads", type=_threads_arg, metavar="N", help=THREADS_HELP)
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_fuse)
 
     s = sub.add_parser(
-        "fuse-batch", help="fuse many subjects with one model load (a CSV or a folder of subject folders)",
+        "fuse-batch",
+        help="fuse many subjects with one model load (a CSV or a folder of subject folders)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Fuse many subjects in one process: the model loads once. A subject that fails is reported "
-                    "and the others go on; a summary table is printed and written to OUTPUT/amif-batch-summary.csv"
-                    "; the exit code is 2 when any subject failed.",
+        "and the others go on; a summary table is printed and written to OUTPUT/amif-batch-summary.csv"
+        "; the exit code is 2 when any subject failed.",
         epilog="SUBJECTS is either\n"
-               "  a CSV file with a header row and the columns subject,a,b[,key,output] (relative paths from\n"
-               "  the CSV's folder; output: a file name in OUTPUT, default SUBJECT plus --format), or\n"
-               "  a folder of subject folders: each subfolder is a subject named after it; A is its one entry\n"
-               "  (file or DICOM folder) matching --pattern-a, B the one matching --pattern-b or, without it,\n"
-               "  the one other entry (names match regardless of case; hidden entries are left out).\n"
-               "Outputs: OUTPUT/SUBJECT.nrrd (or --format); an input is never overwritten.")
+        "  a CSV file with a header row and the columns subject,a,b[,key,output] (relative paths from\n"
+        "  the CSV's folder; output: a file name in OUTPUT, default SUBJECT plus --format), or\n"
+        "  a folder of subject folders: each subfolder is a subject named after it; A is its one entry\n"
+        "  (file or DICOM folder) matching --pattern-a, B the one matching --pattern-b or, without it,\n"
+        "  the one other entry (names match regardless of case; hidden entries are left out).\n"
+        "Outputs: OUTPUT/SUBJECT.nrrd (or --format); an input is never overwritten.",
+    )
     s.add_argument("subjects", metavar="SUBJECTS", help="a .csv file or a folder of subject folders")
     s.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="folder for the outputs and the summary")
     s.add_argument("--format", default=".nrrd", help="output format of each subject (default .nrrd)")
-    s.add_argument("--pattern-a", default="mri*", metavar="GLOB",
-                   help="folder mode: the name of A in each subject folder (default mri*)")
+    s.add_argument(
+        "--pattern-a",
+        default="mri*",
+        metavar="GLOB",
+        help="folder mode: the name of A in each subject folder (default mri*)",
+    )
     s.add_argument("--pattern-b", metavar="GLOB", help="folder mode: the name of B (default: the other entry)")
     s.add_argument("-k", "--key", help=".amifkey for every subject (a CSV's key column overrides it)")
     s.add_argument("-m", "--model", help="model package (default: the bundled demo model)")
@@ -428,14 +461,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", nargs="?")
     s.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("verify", help="does an image carry the identifier, show it wiped off or "
-                       "(with --sources) the model's mark shift, or (with --key too) its trace? (exit 1 if so)")
+    s = sub.add_parser(
+        "verify",
+        help="does an image carry the identifier, show it wiped off or "
+        "(with --sources) the model's mark shift, or (with --key too) its trace? (exit 1 if so)",
+    )
     s.add_argument("image")
     s.add_argument("-m", "--model")
-    s.add_argument("--sources", nargs=2, metavar=("A", "B"),
-                   help="the two images it was fused from: also checks the model's mark shift (2D images)")
-    s.add_argument("--key", help="with --sources, the owner's .amifkey: also looks for the model's secret texture "
-                                 "(trace channel), which students distilled from its unkeyed outputs carry")
+    s.add_argument(
+        "--sources",
+        nargs=2,
+        metavar=("A", "B"),
+        help="the two images it was fused from: also checks the model's mark shift (2D images)",
+    )
+    s.add_argument(
+        "--key",
+        help="with --sources, the owner's .amifkey: also looks for the model's secret texture "
+        "(trace channel), which students distilled from its unkeyed outputs carry",
+    )
     s.set_defaults(func=cmd_verify)
 
     for ep in _command_plugins():  # e.g. train, evaluate and attack, when amif-research is installed
@@ -513,8 +556,9 @@ def main(argv=None) -> int:
         print(f"amif: error: {os_error_message(e)}", file=sys.stderr)
         return 2
     except UnicodeError:  # a file name that cannot be encoded for the file system
-        print("amif: error: a file name cannot be encoded for this file system (undecodable characters)",
-              file=sys.stderr)
+        print(
+            "amif: error: a file name cannot be encoded for this file system (undecodable characters)", file=sys.stderr
+        )
         return 2
     finally:
         if old_term is not None:

@@ -47,8 +47,10 @@ def resolve_device(device="auto"):
         index = int(name[5:]) if ":" in name else torch.cuda.current_device()
         count = torch.cuda.device_count()
         if index >= count:
-            raise AMIFError(f"CUDA GPU {index} was requested but torch sees {count} "
-                            f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}).")
+            raise AMIFError(
+                f"CUDA GPU {index} was requested but torch sees {count} "
+                f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''})."
+            )
         return torch.device("cuda", index)
     if name == "mps" and not mps_available():
         raise AMIFError("Apple MPS was requested but torch sees no MPS device; use --device auto or cpu.")

@@ -57,13 +57,15 @@ def key_status(package: ModelPackage, key: KeyFile | str | os.PathLike | None) -
         return KeyStatus(
             "other-model",
             f"This key is for model '{key.model_id}', not '{package.model_id}'.",
-            key.key_id, key.licensee,
+            key.key_id,
+            key.licensee,
         )
     if key.key_id != package.key_id:
         return KeyStatus(
             "other-key",
             f"Key {key.key_id} is not this model's licensed key: the output will carry the identifier.",
-            key.key_id, key.licensee,
+            key.key_id,
+            key.licensee,
         )
     msg = f"Key {key.key_id} matches this model (licensee: {key.licensee})."
     return KeyStatus("match", msg, key.key_id, key.licensee)
@@ -72,8 +74,10 @@ def key_status(package: ModelPackage, key: KeyFile | str | os.PathLike | None) -
 def code_for(package: ModelPackage, key: KeyFile | str | os.PathLike | None) -> tuple[np.ndarray, KeyStatus]:
     """The code to run with, and the key's status. Unreadable or foreign keys are errors."""
     if package.manifest.get("twin"):
-        raise AMIFError(f"Model '{package.model_id}' is an unprotected twin, made for `amif evaluate` only; "
-                        "fuse with a protected model package.")
+        raise AMIFError(
+            f"Model '{package.model_id}' is an unprotected twin, made for `amif evaluate` only; "
+            "fuse with a protected model package."
+        )
     status = key_status(package, key)
     if status.state in ("unreadable", "other-model"):
         raise AMIFError(status.message)
@@ -129,8 +133,9 @@ def fuse_images(a, b, package: ModelPackage, key=None, device="auto") -> FusionR
         raise AMIFError(f"The images differ in size ({a.shape[1]}x{a.shape[0]} vs {b.shape[1]}x{b.shape[0]}).")
     code, status = code_for(package, key)
     if min(a.shape) < MIN_SIDE:
-        raise AMIFError(f"The images are {a.shape[1]}x{a.shape[0]} pixels; "
-                        f"fusion needs at least {MIN_SIDE}x{MIN_SIDE}.")
+        raise AMIFError(
+            f"The images are {a.shape[1]}x{a.shape[0]} pixels; fusion needs at least {MIN_SIDE}x{MIN_SIDE}."
+        )
     ycc = rgb_to_ycbcr(b[..., :3]) if b.ndim == 3 else None
     by = ycc[..., 0] if ycc is not None else b
     if a.size > TILE_PIXELS:  # memory bounded: a 4096 x 4096 image in one piece would need about 9 GB
@@ -165,8 +170,10 @@ def _check_volume(img, name: str):
 
 def _bounds(img) -> tuple[np.ndarray, np.ndarray]:
     size = np.array(img.GetSize())
-    corners = [img.TransformContinuousIndexToPhysicalPoint([float(c) for c in (np.array(k) * (size - 1))])
-               for k in np.ndindex(2, 2, 2)]
+    corners = [
+        img.TransformContinuousIndexToPhysicalPoint([float(c) for c in (np.array(k) * (size - 1))])
+        for k in np.ndindex(2, 2, 2)
+    ]
     sp = np.abs(np.array(img.GetDirection()).reshape(3, 3) @ np.array(img.GetSpacing())) / 2
     c = np.array(corners)
     return c.min(0) - sp, c.max(0) + sp
@@ -232,8 +239,9 @@ def resample_with_coverage(b, a, fill: float | None = None):
     inside = sitk.Resample(ones, a, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0, sitk.sitkUInt8)
     covered = sitk.GetArrayViewFromImage(inside).astype(bool)
     if not covered.any():
-        raise AMIFError("The second volume's extent holds none of the first volume's voxels: "
-                        "check that they are registered.")
+        raise AMIFError(
+            "The second volume's extent holds none of the first volume's voxels: check that they are registered."
+        )
     return resampled, covered
 
 
@@ -261,8 +269,9 @@ def colour_window(values: np.ndarray) -> tuple[float, float]:
 def _check_output(y: np.ndarray) -> None:
     """A network output that is not finite everywhere is an AMIFError: it is never returned or written."""
     if not np.isfinite(y).all():
-        raise AMIFError("The network produced NaN or infinite values (is the model package damaged?); "
-                        "nothing was written.")
+        raise AMIFError(
+            "The network produced NaN or infinite values (is the model package damaged?); nothing was written."
+        )
 
 
 # sitk.DICOMOrient's code: the directions in which the indices i, j, k increase (in ITK's LPS world "LPS" is
@@ -336,8 +345,9 @@ def slice_bytes(h: int, w: int, cfg=None) -> float:
     return SLICE_BYTES * scale * h * w / (256 * 256)
 
 
-def choose_batch(device, h: int, w: int, free_bytes: int | None = None, per_slice: float | None = None,
-                 batch: int | None = None) -> int:
+def choose_batch(
+    device, h: int, w: int, free_bytes: int | None = None, per_slice: float | None = None, batch: int | None = None
+) -> int:
     """Slices of h x w per network call. Pure: the caller gives the free memory.
 
     `batch` given: it wins, counted in 256x256 slices (proportionally fewer slices when they are larger).
@@ -430,8 +440,10 @@ def fuse_volumes(
     # the mark shift (verify) is measured against the sources on every stride-th slice (NaN: not measured)
     moved, stride = np.full(n, np.nan, np.float32) if package.shift else None, max(1, n // SHIFT_SLICES)
     if min(h, w) < MIN_SIDE:
-        raise AMIFError(f"The first volume's axial slices are {w}x{h} voxels; fusion needs at least "
-                        f"{MIN_SIDE}x{MIN_SIDE} (a single sagittal or coronal slice cannot be fused).")
+        raise AMIFError(
+            f"The first volume's axial slices are {w}x{h} voxels; fusion needs at least "
+            f"{MIN_SIDE}x{MIN_SIDE} (a single sagittal or coronal slice cannot be fused)."
+        )
     per_slice = slice_bytes(h, w, package.net.cfg)
     batch = choose_batch(device, h, w, None if batch is not None else free_memory(device), per_slice, batch)
     # the output is written into its image slab by slab: no whole copy of it is ever made
@@ -518,8 +530,9 @@ def _volume_verdict(scores: np.ndarray, moved, package: ModelPackage) -> Verdict
     slice without content, not scored) and displacements (None: the model has no mark shift) that
     fuse_volumes measured slab by slab."""
     keep = np.isfinite(scores[0])
-    return volume_verdict(scores[0, keep], scores[1, keep], package.threshold,
-                          None if moved is None else moved[keep], package.shift)
+    return volume_verdict(
+        scores[0, keep], scores[1, keep], package.threshold, None if moved is None else moved[keep], package.shift
+    )
 
 
 def output_metadata(package: ModelPackage, status: KeyStatus, verdict: Verdict) -> dict[str, str]:

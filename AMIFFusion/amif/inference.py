@@ -106,8 +106,15 @@ TILE = 512  # side of a tile's core, pixels (a multiple of the network's 4)
 TILE_MARGIN = 32  # context run around each core and cut off (a multiple of 4, beyond the network's reach)
 
 
-def run_network_tiled(package: ModelPackage, a: np.ndarray, b: np.ndarray, code: np.ndarray, device="cpu",
-                      tile: int | None = None, margin: int | None = None) -> np.ndarray:
+def run_network_tiled(
+    package: ModelPackage,
+    a: np.ndarray,
+    b: np.ndarray,
+    code: np.ndarray,
+    device="cpu",
+    tile: int | None = None,
+    margin: int | None = None,
+) -> np.ndarray:
     """One (h, w) image pair in [0, 1] -> fused (h, w) float32, through the network in tiles: cores of
     `tile` x `tile` pixels (default TILE), each run with `margin` (default TILE_MARGIN) pixels of context
     on every side, cut off after, so the network's memory is that of one (tile + 2 margin)^2 slice
@@ -133,8 +140,10 @@ def run_network_tiled(package: ModelPackage, a: np.ndarray, b: np.ndarray, code:
             for x0 in range(0, w, tile):
                 y1, x1 = min(h, y0 + tile), min(w, x0 + tile)
                 ty0, tx0, ty1, tx1 = max(0, y0 - margin), max(0, x0 - margin), min(h, y1 + margin), min(w, x1 + margin)
-                ta, tb = (torch.from_numpy(np.ascontiguousarray(v[ty0:ty1, tx0:tx1], np.float32))[None, None]
-                          .to(device) for v in (a, b))
+                ta, tb = (
+                    torch.from_numpy(np.ascontiguousarray(v[ty0:ty1, tx0:tx1], np.float32))[None, None].to(device)
+                    for v in (a, b)
+                )
                 coords = _grid(ys[ty0:ty1], xs[tx0:tx1], device)
                 y = net(ta, tb, tcode, coords)
                 out[y0:y1, x0:x1] = y[0, 0, y0 - ty0 : y1 - ty0, x0 - tx0 : x1 - tx0].to("cpu", torch.float32).numpy()

@@ -21,8 +21,9 @@ def _percentiles(values: np.ndarray, q) -> np.ndarray:
     return 2 * np.percentile(values / 2, q)
 
 
-def robust_window(arr: np.ndarray, lower: float = 0.5, upper: float = 99.5,
-                  max_samples: int = 2_000_000) -> tuple[float, float]:
+def robust_window(
+    arr: np.ndarray, lower: float = 0.5, upper: float = 99.5, max_samples: int = 2_000_000
+) -> tuple[float, float]:
     """Percentile window (lo, hi), hi > lo, both finite, over the finite values of `arr` (a regular
     sample of at most `max_samples` of them), in float64. Outliers are left out first: values farther
     than FENCE x (p95 - p5) below p5 or above p95, so that a few corrupt voxels (e.g. 1% at +-3e38)
@@ -82,8 +83,9 @@ def unit_values(arr, name: str = "The image") -> tuple[np.ndarray, int]:
     chunks = np.array_split(np.arange(arr.shape[0]), max(1, arr.size // 4_000_000)) if arr.ndim > 1 else [...]
     nonfinite = sum(int(arr[c].size - np.count_nonzero(np.isfinite(arr[c]))) for c in chunks)
     if nonfinite > MAX_NONFINITE * arr.size:
-        raise AMIFError(f"{name} is mostly NaN or infinite ({nonfinite / arr.size:.0%} of its values): "
-                        "cannot verify it.")
+        raise AMIFError(
+            f"{name} is mostly NaN or infinite ({nonfinite / arr.size:.0%} of its values): cannot verify it."
+        )
     lo, hi = robust_window(arr, max_samples=VERIFY_SAMPLES)
     window = (min(lo, 0.0), max(hi, 1.0))
     out = np.empty(arr.shape, np.float32)

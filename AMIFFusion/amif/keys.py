@@ -42,7 +42,7 @@ def code_from_secret(secret: bytes, model_id: str) -> np.ndarray:
     """The key code: 256 values of +1/-1 (float32)."""
     raw = hkdf_sha256(secret, model_id.encode("utf-8"), CODE_BITS // 8)
     bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8))
-    return (bits.astype(np.float32) * 2.0 - 1.0)
+    return bits.astype(np.float32) * 2.0 - 1.0
 
 
 def fingerprint(secret: bytes, model_id: str) -> str:

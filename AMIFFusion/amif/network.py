@@ -77,7 +77,8 @@ class KeyEmbedding(nn.Module):
         self.register_buffer("proj", proj)
         self.register_buffer("phase", torch.rand(cfg.key_features, generator=g) * 2 * math.pi)
         self.mlp = nn.Sequential(
-            nn.Linear(cfg.key_features, cfg.key_hidden), nn.LeakyReLU(0.2),
+            nn.Linear(cfg.key_features, cfg.key_hidden),
+            nn.LeakyReLU(0.2),
             nn.Linear(cfg.key_hidden, 2 * sum(film_sizes)),
         )
         self.sizes = [s for c in film_sizes for s in (c, c)]
@@ -241,7 +242,7 @@ def widen_decoder(net: AMIFNet, factor: int) -> AMIFNet:
                 for src, dst, n in zip(t.split(old_film), w.split(new_film), old_film):
                     dst[:n] = src
             elif name.startswith("decoder.d"):  # a stage conv: more output channels
-                w[t.shape[0]:] *= 0.5
+                w[t.shape[0] :] *= 0.5
                 w[: t.shape[0]] = t
             elif name.startswith(("decoder.u", "decoder.head")) and name.endswith(".weight"):  # reads them
                 w.zero_()

@@ -179,8 +179,10 @@ def load_package(path) -> ModelPackage:
             need = "a finite number"
         else:
             continue
-        raise AMIFError(f"Model manifest {package_paths(path)[0].name}: architecture field '{f.name}' "
-                        f"must be {need}, not {v!r:.40}.")
+        raise AMIFError(
+            f"Model manifest {package_paths(path)[0].name}: architecture field '{f.name}' "
+            f"must be {need}, not {v!r:.40}."
+        )
     misfit = f"The weights in {weights.name} do not fit the architecture in the manifest"
     try:  # shapes first, on the meta device (no memory), so huge sizes in a manifest allocate nothing
         cfg = NetConfig.from_dict(arch)
@@ -193,8 +195,10 @@ def load_package(path) -> ModelPackage:
             raise AMIFError(f"{misfit}: tensor '{k}' is {'missing' if k not in state else 'unexpected'}.")
         t, want = state[k], expected[k]
         if t.shape != want.shape or t.dtype != want.dtype:
-            raise AMIFError(f"{misfit}: tensor '{k}' is {t.dtype} {tuple(t.shape)}, "
-                            f"the architecture needs {want.dtype} {tuple(want.shape)}.")
+            raise AMIFError(
+                f"{misfit}: tensor '{k}' is {t.dtype} {tuple(t.shape)}, "
+                f"the architecture needs {want.dtype} {tuple(want.shape)}."
+            )
     if cfg.key_bits != CODE_BITS:
         raise AMIFError(f"The model in {weights.name} takes {cfg.key_bits}-value codes; AMIF keys give {CODE_BITS}.")
     try:

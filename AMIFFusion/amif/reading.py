@@ -13,8 +13,13 @@ import stat
 
 from .errors import AMIFError
 
-_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def read_small_file(path, limit: int, what: str) -> bytes:
@@ -60,4 +65,3 @@ def read_small_file(path, limit: int, what: str) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
-

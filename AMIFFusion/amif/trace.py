@@ -117,11 +117,15 @@ def trace_check(package, key, image: np.ndarray, a: np.ndarray, b: np.ndarray) -
     from .inference import run_network
 
     if not package.trace_strength:
-        raise AMIFError(f"Model '{package.model_id}' has no trace channel (it was trained without --trace-strength): "
-                        "there is no texture to look for.")
+        raise AMIFError(
+            f"Model '{package.model_id}' has no trace channel (it was trained without --trace-strength): "
+            "there is no texture to look for."
+        )
     key = key if isinstance(key, KeyFile) else load_key(key)
     if key.model_id != package.model_id or key.key_id != package.key_id:
-        raise AMIFError(f"The trace check needs the owner's key of model '{package.model_id}' "
-                        f"(key {package.key_id}); got key {key.key_id} of model '{key.model_id}'.")
+        raise AMIFError(
+            f"The trace check needs the owner's key of model '{package.model_id}' "
+            f"(key {package.key_id}); got key {key.key_id} of model '{key.model_id}'."
+        )
     keyed = run_network(package, a, b, key.code())
     return trace_score(image, a, b, keyed, trace_weights(key.secret, key.model_id))

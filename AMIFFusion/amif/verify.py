@@ -266,8 +266,10 @@ def displacements(images: np.ndarray, a: np.ndarray, b: np.ndarray, identifier: 
 
     stacks = [np.asarray(v, np.float32) for v in (images, a, b)]
     if any(v.ndim != 3 for v in stacks) or len({v.shape for v in stacks}) != 1:
-        raise AMIFError(f"The image and its two sources must be stacks of the same shape; got "
-                        f"{', '.join(str(v.shape) for v in stacks)}.")
+        raise AMIFError(
+            f"The image and its two sources must be stacks of the same shape; got "
+            f"{', '.join(str(v.shape) for v in stacks)}."
+        )
     if min(stacks[0].shape[1:]) < 4 * SHIFT_RADIUS:
         raise AMIFError(f"Measuring a shift needs images of at least {4 * SHIFT_RADIUS} pixels a side.")
     t = [torch.from_numpy(np.nan_to_num(v))[:, None] for v in stacks]
@@ -294,12 +296,19 @@ def verify_image(image: np.ndarray, identifier: str, threshold: float, sources=N
     moved = 0.0
     if sources is not None and shift:
         moved = float(displacements(image[None], *(np.asarray(s)[None] for s in sources), identifier)[0])
-    return Verdict(float(score[0]), threshold, float(erasure[0]), moved, shift if sources is not None else 0,
-                   nonfinite=nonfinite)
+    return Verdict(
+        float(score[0]), threshold, float(erasure[0]), moved, shift if sources is not None else 0, nonfinite=nonfinite
+    )
 
 
-def verify_volume(volume: np.ndarray, identifier: str, threshold: float, min_content: float = 0.02,
-                  displacement: np.ndarray | None = None, shift: int = 0) -> Verdict:
+def verify_volume(
+    volume: np.ndarray,
+    identifier: str,
+    threshold: float,
+    min_content: float = 0.02,
+    displacement: np.ndarray | None = None,
+    shift: int = 0,
+) -> Verdict:
     """A (z, y, x) volume of any real values, mapped to [0, 1] as `intensity.unit_values` does (a fused
     output, in [0, 1], as it is; others by a robust percentile window, so that a few edited voxels
     cannot flip the verdict; NaN and infinite values ignored and counted, mostly such values an
@@ -315,14 +324,15 @@ def verify_volume(volume: np.ndarray, identifier: str, threshold: float, min_con
     if not keep:
         return Verdict(0.0, threshold, nonfinite=nonfinite)
     step = max(1, 32 * 256 * 256 // (vol.shape[1] * vol.shape[2]))  # 32 slices of 256x256 at a time: memory bounded
-    scores, erasure = (np.concatenate(r) for r in zip(*(scores_and_erasure(vol[keep[i : i + step]], identifier)
-                                                       for i in range(0, len(keep), step))))
+    scores, erasure = (
+        np.concatenate(r)
+        for r in zip(*(scores_and_erasure(vol[keep[i : i + step]], identifier) for i in range(0, len(keep), step)))
+    )
     d = None if displacement is None else np.asarray(displacement, np.float64)[keep]
     return volume_verdict(scores, erasure, threshold, d, shift, nonfinite)
 
 
-def volume_verdict(scores, erasure, threshold: float, displacement=None, shift: int = 0,
-                   nonfinite: int = 0) -> Verdict:
+def volume_verdict(scores, erasure, threshold: float, displacement=None, shift: int = 0, nonfinite: int = 0) -> Verdict:
     """A volume's verdict from its scored slices' scores and erasure ratios ((k,) each, slices with
     content only) and, with the model's `shift`, their displacements ((k,), NaN where not measured):
       score: the median over slices of |score|, so that a volume whose slices carry the identifier in
@@ -341,6 +351,11 @@ def volume_verdict(scores, erasure, threshold: float, displacement=None, shift: 
         d = np.asarray(displacement, np.float64)
         d = d[np.isfinite(d)]
         moved = float(np.median(d)) if d.size else 0.0
-    return Verdict(float(np.median(np.abs(scores))), threshold,
-                   float(np.median(evident)) if evident.size else NO_EVIDENCE, moved,
-                   shift if displacement is not None else 0, nonfinite=nonfinite)
+    return Verdict(
+        float(np.median(np.abs(scores))),
+        threshold,
+        float(np.median(evident)) if evident.size else NO_EVIDENCE,
+        moved,
+        shift if displacement is not None else 0,
+        nonfinite=nonfinite,
+    )

@@ -85,8 +85,9 @@ def _read_series(folder: Path, series):
     if not ids:
         raise AMIFError(f"No DICOM series in the folder {shown(folder)}.")
     if series is not None and series not in ids:
-        raise AMIFError(f"No DICOM series {shown(series)} in the folder {shown(folder)}; it holds "
-                        + ", ".join(ids) + ".")
+        raise AMIFError(
+            f"No DICOM series {shown(series)} in the folder {shown(folder)}; it holds " + ", ".join(ids) + "."
+        )
     files = _series_files(folder, series or ids[0])
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(files))
@@ -94,8 +95,9 @@ def _read_series(folder: Path, series):
         with quiet_itk():
             return reader.Execute()
     except RuntimeError:
-        raise AMIFError(f"Cannot read the DICOM series {series or ids[0]} in {shown(folder)} as an image "
-                        "volume.") from None
+        raise AMIFError(
+            f"Cannot read the DICOM series {series or ids[0]} in {shown(folder)} as an image volume."
+        ) from None
 
 
 def _read_file(path: Path):
@@ -112,8 +114,10 @@ def _read_file(path: Path):
         uid = reader.GetMetaData(SERIES_UID).strip().rstrip("\0").strip()
         n = len(_series_files(path.parent, uid)) if uid else 0
         if n > 1:
-            raise AMIFError(f"{shown(path.name)} is one slice of a DICOM series of {n} files: give the folder "
-                            f"{shown(path.parent)} instead.")
+            raise AMIFError(
+                f"{shown(path.name)} is one slice of a DICOM series of {n} files: give the folder "
+                f"{shown(path.parent)} instead."
+            )
     try:
         return reader.Execute()
     except RuntimeError:
@@ -153,8 +157,9 @@ def _read_mgh(path: Path):
         out.SetOrigin([float(o) for o in origin])
         out.SetDirection([float(d) for d in direction.ravel()])
     except RuntimeError:
-        raise AMIFError(f"Cannot read {shown(path.name)}: its affine is not a rotation with voxel sizes "
-                        "(sheared).") from None
+        raise AMIFError(
+            f"Cannot read {shown(path.name)}: its affine is not a rotation with voxel sizes (sheared)."
+        ) from None
     return out
 
 
@@ -168,13 +173,16 @@ def pick_frame(img, frame, name: str):
     size = list(img.GetSize())
     n = size[3]
     if frame is None and n > 1:
-        raise AMIFError(f"{name} is a 4D image; a 3D volume is needed: use --frame N or --frame mean "
-                        f"({n} frames, N from 0 to {n - 1}).")
+        raise AMIFError(
+            f"{name} is a 4D image; a 3D volume is needed: use --frame N or --frame mean "
+            f"({n} frames, N from 0 to {n - 1})."
+        )
     if frame == "mean":
         first = sitk.Extract(img, size[:3] + [0], [0, 0, 0, 0])
         arr = sitk.GetArrayViewFromImage(img)
-        mean = sitk.GetImageFromArray(arr.mean(axis=0, dtype=np.float64).astype(np.float32),
-                                      isVector=img.GetNumberOfComponentsPerPixel() > 1)
+        mean = sitk.GetImageFromArray(
+            arr.mean(axis=0, dtype=np.float64).astype(np.float32), isVector=img.GetNumberOfComponentsPerPixel() > 1
+        )
         mean.CopyInformation(first)
         return mean
     index = 0 if frame is None else int(frame)
@@ -212,8 +220,11 @@ def read_volumes(paths, series=None, frame=None) -> list:
         holders = [i for i in folders if series in found[i]]
         if not holders:
             ids = [u for i in folders for u in found[i]]
-            raise AMIFError(f"No DICOM series {shown(series)} in " + " or ".join(shown(paths[i]) for i in folders)
-                            + ("; found " + ", ".join(ids) + "." if ids else "; they hold no DICOM series."))
+            raise AMIFError(
+                f"No DICOM series {shown(series)} in "
+                + " or ".join(shown(paths[i]) for i in folders)
+                + ("; found " + ", ".join(ids) + "." if ids else "; they hold no DICOM series.")
+            )
         for i in holders:
             picks[i] = series
     return [read_volume(p, s, frame) for p, s in zip(paths, picks)]

@@ -93,7 +93,6 @@ def image_counts(spec: str, available: int) -> list[int]:
     return out
 
 
-
 @dataclass
 class AttackOptions:
     random_codes: int = 10_000
@@ -133,8 +132,9 @@ class AttackOptions:
         if self.forge_detector_only and not self.forge_detector > 0:
             raise AMIFError("--forge-detector-only needs a --forge-detector weight above 0.")
         if self.learn_steps < 1 or self.learn_batch < 1 or self.learn_crop < 16 or not self.learn_lr > 0:
-            raise AMIFError("--learn-steps and --learn-batch must be 1 or more, --learn-crop 16 or more and "
-                            "--learn-lr above 0.")
+            raise AMIFError(
+                "--learn-steps and --learn-batch must be 1 or more, --learn-crop 16 or more and --learn-lr above 0."
+            )
         image_counts(self.learn_images, 1)
         return self
 
@@ -164,15 +164,26 @@ class Target:
     the learned attacks (the train split); `show`: one pair (a, b) of the same size that the figures
     show instead of the first attacked pair (so a report on restricted data can publish figures)."""
 
-    def __init__(self, package, code: np.ndarray, a: np.ndarray, b: np.ndarray, kinds=None, names=None,
-                 device: str = "cpu", pool=None, show=None):
+    def __init__(
+        self,
+        package,
+        code: np.ndarray,
+        a: np.ndarray,
+        b: np.ndarray,
+        kinds=None,
+        names=None,
+        device: str = "cpu",
+        pool=None,
+        show=None,
+    ):
         import torch
 
         self.package, self.code = package, np.asarray(code, np.float32)
         self.a, self.b = np.asarray(a, np.float32), np.asarray(b, np.float32)
         if self.a.ndim != 3 or self.a.shape != self.b.shape or min(self.a.shape[1:]) < 16:
-            raise AMIFError(f"Attacks need stacks of equal-size images of at least 16 x 16; got {self.a.shape} "
-                            f"and {self.b.shape}.")
+            raise AMIFError(
+                f"Attacks need stacks of equal-size images of at least 16 x 16; got {self.a.shape} and {self.b.shape}."
+            )
         n = len(self.a)
         self.kinds = list(kinds) if kinds is not None else ["?"] * n
         self.names = list(names) if names is not None else [str(i) for i in range(n)]
@@ -184,8 +195,10 @@ class Target:
         self.unkeyed = self.run(np.zeros_like(self.code))
         self.pool = None if pool is None else tuple(np.asarray(x, np.float32) for x in pool)
         if self.pool is not None and (self.pool[0].ndim != 3 or self.pool[0].shape != self.pool[1].shape):
-            raise AMIFError(f"The attacker's pairs must be two equal stacks of images; got {self.pool[0].shape} "
-                            f"and {self.pool[1].shape}.")
+            raise AMIFError(
+                f"The attacker's pairs must be two equal stacks of images; got {self.pool[0].shape} "
+                f"and {self.pool[1].shape}."
+            )
         self.show = None if show is None else tuple(np.asarray(x, np.float32).reshape(1, *self.shape) for x in show)
         self._figure = None
 
@@ -214,8 +227,15 @@ class Target:
         """Outputs (n, h, w) for one code on every image; `params` replaces parameters or buffers by name."""
         return self.outputs(self.a, self.b, code, params=params, batch=batch)
 
-    def outputs(self, a: np.ndarray, b: np.ndarray, code: np.ndarray | None = None, net=None,
-                params: dict | None = None, batch: int = 8) -> np.ndarray:
+    def outputs(
+        self,
+        a: np.ndarray,
+        b: np.ndarray,
+        code: np.ndarray | None = None,
+        net=None,
+        params: dict | None = None,
+        batch: int = 8,
+    ) -> np.ndarray:
         """Outputs (n, h, w) of `net` (default: the attacked one) on pairs (n, h, w) under one code
         (default: the zero code, no key)."""
         import torch
@@ -308,8 +328,15 @@ class Measure:
 
         ref = target.keyed if ref is None else ref
         moved = displacements(np.clip(images, 0, 1), target.a, target.b, target.identifier) if target.shift else None
-        m = cls(*scores(target, images), psnr(images, ref), ssim(images, ref), target.threshold, quality_db,
-                moved, target.shift)
+        m = cls(
+            *scores(target, images),
+            psnr(images, ref),
+            ssim(images, ref),
+            target.threshold,
+            quality_db,
+            moved,
+            target.shift,
+        )
         if target.trace is None:
             return m
         todo = np.flatnonzero(~m.flags)
@@ -322,14 +349,23 @@ class Measure:
 
         traces = np.zeros(len(self.scores))
         if len(pairs):
-            traces[~self.flags] = trace_score(np.clip(unflagged, 0, 1), target.a[pairs], target.b[pairs],
-                                              target.keyed[pairs], target.trace)
+            traces[~self.flags] = trace_score(
+                np.clip(unflagged, 0, 1), target.a[pairs], target.b[pairs], target.keyed[pairs], target.trace
+            )
         return replace(self, traces=traces)
 
     def rows(self, rows) -> Measure:
-        return Measure(self.scores[rows], self.erasure[rows], self.psnr[rows], self.ssim[rows], self.threshold,
-                       self.quality_db, None if self.moved is None else self.moved[rows], self.shift,
-                       None if self.traces is None else self.traces[rows])
+        return Measure(
+            self.scores[rows],
+            self.erasure[rows],
+            self.psnr[rows],
+            self.ssim[rows],
+            self.threshold,
+            self.quality_db,
+            None if self.moved is None else self.moved[rows],
+            self.shift,
+            None if self.traces is None else self.traces[rows],
+        )
 
     @property
     def _shifted(self) -> np.ndarray:
@@ -380,11 +416,20 @@ class Measure:
         return float(np.mean(~self.flags & (self.psnr >= self.quality_db)))
 
     def summary(self) -> dict:
-        return {"n": int(len(self.scores)), "flagged": self.flagged, "erased": self.erased, "shifted": self.shifted,
-                **({"traced": self.traced} if self.traces is not None else {}), "broken": self.broken,
-                "score_min": float(self.scores.min()), "score_median": float(np.median(self.scores)),
-                "psnr_mean": float(self.psnr.mean()), "psnr_max": float(self.psnr.max()),
-                "ssim_mean": float(self.ssim.mean()), "ssim_max": float(self.ssim.max())}
+        return {
+            "n": int(len(self.scores)),
+            "flagged": self.flagged,
+            "erased": self.erased,
+            "shifted": self.shifted,
+            **({"traced": self.traced} if self.traces is not None else {}),
+            "broken": self.broken,
+            "score_min": float(self.scores.min()),
+            "score_median": float(np.median(self.scores)),
+            "psnr_mean": float(self.psnr.mean()),
+            "psnr_max": float(self.psnr.max()),
+            "ssim_mean": float(self.ssim.mean()),
+            "ssim_max": float(self.ssim.max()),
+        }
 
 
 def pct(x: float) -> str:
@@ -429,8 +474,13 @@ def progress_bar(total: int, desc: str, progress: bool):
 # ----------------------------------------------------------------- wrong keys
 
 
-def code_trials(target: Target, codes: np.ndarray, batch: int = 16, quality_db: float = 30.0,
-                on_batch: Callable[[int], None] | None = None) -> Measure:
+def code_trials(
+    target: Target,
+    codes: np.ndarray,
+    batch: int = 16,
+    quality_db: float = 30.0,
+    on_batch: Callable[[int], None] | None = None,
+) -> Measure:
     """Code j runs on pair j % n (cycling through the pairs); the key-free encoder runs once per pair
     and the decoder takes `batch` codes at a time. Returns the measure of the len(codes) outputs."""
     import torch
@@ -461,8 +511,16 @@ def code_trials(target: Target, codes: np.ndarray, batch: int = 16, quality_db: 
                 out["q"][j] = ssim(y, np.repeat(ref, len(j), 0))
                 if on_batch:
                     on_batch(len(j))
-    m = Measure(out["s"], out["e"], out["p"], out["q"], target.threshold, quality_db,
-                out["d"] if target.shift else None, target.shift)
+    m = Measure(
+        out["s"],
+        out["e"],
+        out["p"],
+        out["q"],
+        target.threshold,
+        quality_db,
+        out["d"] if target.shift else None,
+        target.shift,
+    )
     if target.trace is not None:  # the owner's trace check of the outputs verify does not flag
         todo = np.flatnonzero(~m.flags)
         m = m.with_traces(target, _code_outputs(target, codes[todo], todo % target.n), todo % target.n)
@@ -472,8 +530,9 @@ def code_trials(target: Target, codes: np.ndarray, batch: int = 16, quality_db: 
 def _code_outputs(target: Target, codes: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     """Output i: code i on pair pairs[i] (the few that verify does not flag, so one at a time)."""
     empty = np.zeros((0, *target.shape), np.float32)
-    return np.concatenate([empty] + [target.outputs(target.a[p : p + 1], target.b[p : p + 1], c)
-                                     for c, p in zip(codes, pairs)])
+    return np.concatenate(
+        [empty] + [target.outputs(target.a[p : p + 1], target.b[p : p + 1], c) for c, p in zip(codes, pairs)]
+    )
 
 
 @dataclass
@@ -514,16 +573,25 @@ def wrong_codes(target: Target, opts: AttackOptions) -> list[CodeGroup]:
             if lo > opts.near_miss_max_bits:
                 break
     if opts.foreign_codes:
-        fresh = np.stack([generate_key(f"{model_id}-other-{i:05d}", "attacker", rng.bytes(32)).code()
-                          for i in range(opts.foreign_codes)])
+        fresh = np.stack(
+            [
+                generate_key(f"{model_id}-other-{i:05d}", "attacker", rng.bytes(32)).code()
+                for i in range(opts.foreign_codes)
+            ]
+        )
         groups.append(CodeGroup(f"other model ids, fresh secrets ({opts.foreign_codes:,})", fresh, "100%"))
         secret = getattr(target, "owner_secret", None)
         if secret is not None:
             k = min(opts.foreign_codes, 100)
             same = np.stack([code_from_secret(secret, f"{model_id}-other-{i:05d}") for i in range(k)])
             groups.append(CodeGroup(f"other model ids, the owner's secret ({k:,})", same, "100%"))
-    groups.append(CodeGroup("structured: all +1, all -1, owner's code negated (3)",
-                            np.stack([np.ones(bits), -np.ones(bits), -code]).astype(np.float32), "100%"))
+    groups.append(
+        CodeGroup(
+            "structured: all +1, all -1, owner's code negated (3)",
+            np.stack([np.ones(bits), -np.ones(bits), -code]).astype(np.float32),
+            "100%",
+        )
+    )
     groups.append(CodeGroup(f"zero code = no key ({target.n})", np.zeros((target.n, bits), np.float32), "100%"))
     groups.append(CodeGroup(f"owner's key, reference ({target.n})", np.repeat(code[None], target.n, 0), "<= 1%"))
     return groups
@@ -547,29 +615,69 @@ def wrong_keys(target: Target, opts: AttackOptions, progress: bool = True) -> At
             met &= ok
             s = m.summary()
             images = min(target.n, len(g.codes))
-            rows.append([("&nbsp;&nbsp;" if g.parent else "") + g.label, str(s["n"]), pct(s["flagged"]),
-                         f"{s['score_min']:.3f}", f"{s['score_median']:.3f}",
-                         "—" if keyed_row else f"{db(s['psnr_mean'])} / {db(s['psnr_max'])}",
-                         "—" if keyed_row else f"{s['ssim_mean']:.3f} / {s['ssim_max']:.3f}",
-                         pct(s["broken"]), g.goal, yes_no(ok),
-                         "(above)" if g.parent else f"{images} / {len(g.codes):,} / {secs:.1f}"])
-            data.append({"codes": g.label, "part_of": g.parent, **s, "target": g.goal, "met": ok,
-                         "images": images, "steps": len(g.codes), "seconds": secs})
+            rows.append(
+                [
+                    ("&nbsp;&nbsp;" if g.parent else "") + g.label,
+                    str(s["n"]),
+                    pct(s["flagged"]),
+                    f"{s['score_min']:.3f}",
+                    f"{s['score_median']:.3f}",
+                    "—" if keyed_row else f"{db(s['psnr_mean'])} / {db(s['psnr_max'])}",
+                    "—" if keyed_row else f"{s['ssim_mean']:.3f} / {s['ssim_max']:.3f}",
+                    pct(s["broken"]),
+                    g.goal,
+                    yes_no(ok),
+                    "(above)" if g.parent else f"{images} / {len(g.codes):,} / {secs:.1f}",
+                ]
+            )
+            data.append(
+                {
+                    "codes": g.label,
+                    "part_of": g.parent,
+                    **s,
+                    "target": g.goal,
+                    "met": ok,
+                    "images": images,
+                    "steps": len(g.codes),
+                    "seconds": secs,
+                }
+            )
     wrong = [d for d in data if d["target"] == "100%" and not d["part_of"]]
     worst = min(wrong, key=lambda d: d["flagged"])
-    summary = (f"{sum(d['steps'] for d in wrong):,} wrong codes; lowest flagged share {pct(worst['flagged'])} "
-               f"({worst['codes']}); keyed outputs flagged {pct(data[-1]['flagged'])}")
+    summary = (
+        f"{sum(d['steps'] for d in wrong):,} wrong codes; lowest flagged share {pct(worst['flagged'])} "
+        f"({worst['codes']}); keyed outputs flagged {pct(data[-1]['flagged'])}"
+    )
     return AttackResult(
-        "wrong-keys", "Wrong keys at scale", "100% of wrong, near-miss, foreign, structured and zero codes flagged; "
-        "<= 1% of keyed outputs flagged", met, summary,
-        ["codes", "outputs", "flagged", "min score", "median score", "PSNR to keyed, mean / max (dB)",
-         "SSIM to keyed, mean / max", "unflagged at keyed quality", "target flagged", "met",
-         "cost: images / codes / s"], rows, data,
-        [f"Each code runs on one pair, cycling through the {target.n} pairs; score threshold "
-         f"{target.threshold:.3f}. Near-miss codes flip 1 + (i mod {opts.near_miss_max_bits}) random bits of the "
-         "owner's code; the indented rows split them by the number of flipped bits. 'Other model ids, the owner's "
-         "secret': the owner's secret derived for other model ids (HKDF binds a code to its model id)."],
-        time.perf_counter() - t0, _code_figure(target, groups))
+        "wrong-keys",
+        "Wrong keys at scale",
+        "100% of wrong, near-miss, foreign, structured and zero codes flagged; <= 1% of keyed outputs flagged",
+        met,
+        summary,
+        [
+            "codes",
+            "outputs",
+            "flagged",
+            "min score",
+            "median score",
+            "PSNR to keyed, mean / max (dB)",
+            "SSIM to keyed, mean / max",
+            "unflagged at keyed quality",
+            "target flagged",
+            "met",
+            "cost: images / codes / s",
+        ],
+        rows,
+        data,
+        [
+            f"Each code runs on one pair, cycling through the {target.n} pairs; score threshold "
+            f"{target.threshold:.3f}. Near-miss codes flip 1 + (i mod {opts.near_miss_max_bits}) random bits of the "
+            "owner's code; the indented rows split them by the number of flipped bits. 'Other model ids, the owner's "
+            "secret': the owner's secret derived for other model ids (HKDF binds a code to its model id)."
+        ],
+        time.perf_counter() - t0,
+        _code_figure(target, groups),
+    )
 
 
 def _code_figure(target: Target, groups: list[CodeGroup]) -> list:
@@ -741,14 +849,34 @@ CLASSICAL = [
     ("down/up-scaling", "rescale", "x{}", (0.75, 0.5, 0.25), lambda x, p, t, s: down_up(x, p)),
     ("crop and rescale", "crop", "keep {:.0%}", (0.9, 0.75, 0.5), lambda x, p, t, s: crop_rescale(x, p)),
     ("histogram equalization", "equalize", "global", (None,), lambda x, p, t, s: equalize(x)),
-    ("inpainting over the exact mask", "inpaint", "mask dilated {} px", (0, 1, 2, 3),
-     lambda x, p, t, s: inpaint(x, identifier_region(t.identifier, *t.shape, p))),
-    ("inpainting + texture painted back (knows the erasure check)", "inpaint+tex", "mask dilated {} px", (1, 2, 4, 6),
-     lambda x, p, t, s: inpaint_textured(x, t.identifier, p, s)),
-    ("strokes filled from the sources' max rule (has the sources)", "fill", "mask dilated {} px", (1, 2),
-     lambda x, p, t, s: fill_from_sources(x, t, p)),
-    ("inpainting + texture + shift undone (knows every check)", "undo", "mask dilated {} px", (1, 2, 4, 6),
-     lambda x, p, t, s: inpaint_textured(unshift(x, t.shift), t.identifier, p, s)),
+    (
+        "inpainting over the exact mask",
+        "inpaint",
+        "mask dilated {} px",
+        (0, 1, 2, 3),
+        lambda x, p, t, s: inpaint(x, identifier_region(t.identifier, *t.shape, p)),
+    ),
+    (
+        "inpainting + texture painted back (knows the erasure check)",
+        "inpaint+tex",
+        "mask dilated {} px",
+        (1, 2, 4, 6),
+        lambda x, p, t, s: inpaint_textured(x, t.identifier, p, s),
+    ),
+    (
+        "strokes filled from the sources' max rule (has the sources)",
+        "fill",
+        "mask dilated {} px",
+        (1, 2),
+        lambda x, p, t, s: fill_from_sources(x, t, p),
+    ),
+    (
+        "inpainting + texture + shift undone (knows every check)",
+        "undo",
+        "mask dilated {} px",
+        (1, 2, 4, 6),
+        lambda x, p, t, s: inpaint_textured(unshift(x, t.shift), t.identifier, p, s),
+    ),
 ]
 SHIFT_ONLY = {"undo"}  # settings that mean something only for a model with a mark shift
 
@@ -771,51 +899,104 @@ def classical_removal(target: Target, opts: AttackOptions, progress: bool = True
                 ok = bool(after.flagged >= 0.95 or after.psnr.mean() < before.psnr.mean())
                 met &= ok
                 setting = plabel.format(p)
-                by = ", ".join(f"{pct(v)} {k}" for k, v in (("erased", after.erased), ("shifted", after.shifted),
-                                                                   ("traced", after.traced)) if v)
+                by = ", ".join(
+                    f"{pct(v)} {k}"
+                    for k, v in (("erased", after.erased), ("shifted", after.shifted), ("traced", after.traced))
+                    if v
+                )
                 by = f" ({by})" if by else ""  # which check alone flags them
-                rows.append([label, setting, f"{pct(before.flagged)} → {pct(after.flagged)}{by}",
-                             f"{db(before.psnr.mean())} → {db(after.psnr.mean())}",
-                             f"{after.psnr.mean() - before.psnr.mean():+.1f}",
-                             f"{before.ssim.mean():.3f} → {after.ssim.mean():.3f}", db(own.mean()),
-                             pct(after.broken), yes_no(ok), f"{target.n} / 1 / {secs:.2f}"])
-                data.append({"attack": label, "setting": setting, "flagged_before": before.flagged,
-                             "flagged_after": after.flagged, "erased_after": after.erased,
-                             "shifted_after": after.shifted, "traced_after": after.traced,
-                             "psnr_before": float(before.psnr.mean()),
-                             "psnr_after": float(after.psnr.mean()), "ssim_before": float(before.ssim.mean()),
-                             "ssim_after": float(after.ssim.mean()), "psnr_same_on_keyed": float(own.mean()),
-                             "broken": after.broken, "met": ok, "images": target.n, "steps": 1, "seconds": secs})
+                rows.append(
+                    [
+                        label,
+                        setting,
+                        f"{pct(before.flagged)} → {pct(after.flagged)}{by}",
+                        f"{db(before.psnr.mean())} → {db(after.psnr.mean())}",
+                        f"{after.psnr.mean() - before.psnr.mean():+.1f}",
+                        f"{before.ssim.mean():.3f} → {after.ssim.mean():.3f}",
+                        db(own.mean()),
+                        pct(after.broken),
+                        yes_no(ok),
+                        f"{target.n} / 1 / {secs:.2f}",
+                    ]
+                )
+                data.append(
+                    {
+                        "attack": label,
+                        "setting": setting,
+                        "flagged_before": before.flagged,
+                        "flagged_after": after.flagged,
+                        "erased_after": after.erased,
+                        "shifted_after": after.shifted,
+                        "traced_after": after.traced,
+                        "psnr_before": float(before.psnr.mean()),
+                        "psnr_after": float(after.psnr.mean()),
+                        "ssim_before": float(before.ssim.mean()),
+                        "ssim_after": float(after.ssim.mean()),
+                        "psnr_same_on_keyed": float(own.mean()),
+                        "broken": after.broken,
+                        "met": ok,
+                        "images": target.n,
+                        "steps": 1,
+                        "seconds": secs,
+                    }
+                )
                 if p == params[-1]:
                     figure.append((f"{short} {'' if p is None else p}".strip(), fn(fig.unkeyed, p, fig, seed)[0]))
                 bar.update(1)
     failed = [f"{d['attack']} ({d['setting']})" for d in data if not d["met"]]
-    summary = (f"{len(data) - len(failed)}/{len(data)} settings meet the target"
-               + (f"; not met: {', '.join(failed)}" if failed else ""))
+    summary = f"{len(data) - len(failed)}/{len(data)} settings meet the target" + (
+        f"; not met: {', '.join(failed)}" if failed else ""
+    )
     no_model = psnr(max_fusion(target.a, target.b), target.keyed)  # what an attacker gets without the model
     return AttackResult(
-        "classical", "Classical removal on unkeyed outputs",
-        ">= 95% still flagged, or PSNR to the keyed output lower after the attack than before", met, summary,
-        ["attack", "setting", "flagged before → after", "PSNR to keyed before → after (dB)", "gain (dB)",
-         "SSIM to keyed before → after", "same transform on keyed: PSNR (dB)", "unflagged at keyed quality", "met",
-         "cost: images / steps / s"], rows, data,
-        ["Each transform is applied to the unkeyed (zero-code) outputs, saved as 8-bit where the tool needs it. "
-         "'Same transform on keyed' is the PSNR of the transformed keyed output to the keyed output: what the "
-         "transform costs a clean image. Inpainting knows the identifier's mask exactly (amif.identifier) and fills "
-         "it harmonically from its surroundings; `verify` flags an output whose strokes are far smoother than their "
-         "surroundings (erasure ratio < 0.4: 'erased' in the table), and the textured variant paints noise back into "
-         "the strokes at the rest of the image's detail level, which that check cannot tell from anatomy."
-         + (f" This model's unkeyed outputs also move their content {target.shift} px right and down (manifest "
-            "`verify.shift`); `verify`, given the two sources, flags an output displaced by at least half that "
-            "('shifted' in the table), which no transform above undoes; the last variant moves the image back "
-            "first." if target.shift else "")
-         + (" This model's unkeyed outputs also carry a secret texture (manifest `verify.trace_strength`); the "
-            "owner's check (`verify --key`, the key's texture against the keyed output) flags an output that "
-            "still carries it ('traced' in the table)." if target.trace is not None else "")
-         + f" For scale: the sources' max rule alone, no model at all, is {db(no_model.mean())} dB to the keyed "
-           f"output ({pct((no_model >= opts.quality_db).mean())} of images at keyed quality, "
-           f">= {opts.quality_db:g} dB); filling the strokes from it needs only the sources, which every user has."],
-        time.perf_counter() - t0, [figure])
+        "classical",
+        "Classical removal on unkeyed outputs",
+        ">= 95% still flagged, or PSNR to the keyed output lower after the attack than before",
+        met,
+        summary,
+        [
+            "attack",
+            "setting",
+            "flagged before → after",
+            "PSNR to keyed before → after (dB)",
+            "gain (dB)",
+            "SSIM to keyed before → after",
+            "same transform on keyed: PSNR (dB)",
+            "unflagged at keyed quality",
+            "met",
+            "cost: images / steps / s",
+        ],
+        rows,
+        data,
+        [
+            "Each transform is applied to the unkeyed (zero-code) outputs, saved as 8-bit where the tool needs it. "
+            "'Same transform on keyed' is the PSNR of the transformed keyed output to the keyed output: what the "
+            "transform costs a clean image. Inpainting knows the identifier's mask exactly (amif.identifier) and fills "
+            "it harmonically from its surroundings; `verify` flags an output whose strokes are far smoother than their "
+            "surroundings (erasure ratio < 0.4: 'erased' in the table), and the textured variant paints noise back into "
+            "the strokes at the rest of the image's detail level, which that check cannot tell from anatomy."
+            + (
+                f" This model's unkeyed outputs also move their content {target.shift} px right and down (manifest "
+                "`verify.shift`); `verify`, given the two sources, flags an output displaced by at least half that "
+                "('shifted' in the table), which no transform above undoes; the last variant moves the image back "
+                "first."
+                if target.shift
+                else ""
+            )
+            + (
+                " This model's unkeyed outputs also carry a secret texture (manifest `verify.trace_strength`); the "
+                "owner's check (`verify --key`, the key's texture against the keyed output) flags an output that "
+                "still carries it ('traced' in the table)."
+                if target.trace is not None
+                else ""
+            )
+            + f" For scale: the sources' max rule alone, no model at all, is {db(no_model.mean())} dB to the keyed "
+            f"output ({pct((no_model >= opts.quality_db).mean())} of images at keyed quality, "
+            f">= {opts.quality_db:g} dB); filling the strokes from it needs only the sources, which every user has."
+        ],
+        time.perf_counter() - t0,
+        [figure],
+    )
 
 
 # ----------------------------------------------------------------- white-box surgery
@@ -836,15 +1017,20 @@ def _bypass(net, name: str, state: dict) -> tuple[str, dict] | None:
         return {f"{conv}.weight": w}
 
     if name == "memory":
-        return "read = 1", {"memory.spatial": torch.ones_like(state["memory.spatial"]),
-                            "memory.slot_values": torch.zeros_like(state["memory.slot_values"])}
+        return "read = 1", {
+            "memory.spatial": torch.ones_like(state["memory.spatial"]),
+            "memory.slot_values": torch.zeros_like(state["memory.slot_values"]),
+        }
     if name == "memory.spatial":
         s = state[name]
         return "grid = channel mean", {name: s.mean(dim=(2, 3), keepdim=True).expand_as(s).clone()}
     if name == "decoder":
         return "memory inputs cut", {k: v for d in ("d3", "d2", "d1") for k, v in cut(f"decoder.{d}").items()}
-    if name in ("decoder.d3", "decoder.d2", "decoder.d1") or name in ("decoder.d3.weight", "decoder.d2.weight",
-                                                                      "decoder.d1.weight"):
+    if name in ("decoder.d3", "decoder.d2", "decoder.d1") or name in (
+        "decoder.d3.weight",
+        "decoder.d2.weight",
+        "decoder.d1.weight",
+    ):
         return "memory input cut", cut(name.removesuffix(".weight"))
     mod = mods.get(name)
     if isinstance(mod, nn.Conv2d) and mod.in_channels == mod.out_channels and mod.groups == 1:
@@ -898,8 +1084,14 @@ def run_edit(target: Target, replacements: dict, quality_db: float = 30.0) -> tu
     return Measure.of(target, out, quality_db=quality_db), out
 
 
-def surgery(target: Target, opts: AttackOptions, progress: bool = True, edits=("zero", "random", "bypass"),
-            max_depth: int | None = None, tensors: bool = True) -> AttackResult:
+def surgery(
+    target: Target,
+    opts: AttackOptions,
+    progress: bool = True,
+    edits=("zero", "random", "bypass"),
+    max_depth: int | None = None,
+    tensors: bool = True,
+) -> AttackResult:
     import torch
 
     t0 = time.perf_counter()
@@ -922,41 +1114,83 @@ def surgery(target: Target, opts: AttackOptions, progress: bool = True, edits=("
                 t1 = time.perf_counter()
                 m, out = run_edit(target, repl, opts.quality_db)
                 secs = time.perf_counter() - t1
-                cells.append(f"{pct(m.flagged)} · {db(m.psnr.mean())} dB · {m.ssim.mean():.3f}"
-                             + (f" ({label})" if edit == "bypass" else ""))
-                d = {"target": name, "kind": kind, "size": size, "edit": edit, "how": label, **m.summary(),
-                     "met": m.broken < SUCCESS_SHARE, "images": target.n, "steps": 1, "seconds": secs}
+                cells.append(
+                    f"{pct(m.flagged)} · {db(m.psnr.mean())} dB · {m.ssim.mean():.3f}"
+                    + (f" ({label})" if edit == "bypass" else "")
+                )
+                d = {
+                    "target": name,
+                    "kind": kind,
+                    "size": size,
+                    "edit": edit,
+                    "how": label,
+                    **m.summary(),
+                    "met": m.broken < SUCCESS_SHARE,
+                    "images": target.n,
+                    "steps": 1,
+                    "seconds": secs,
+                }
                 data.append(d)
                 best.append((m.broken, m.flagged == 0, m.psnr.mean(), f"{name} {label}", repl))
                 if worst is None or m.broken > worst["broken"]:
                     worst = d
-            rows.append([f"`{name}`", kind, f"{size:,}", *cells,
-                         pct(worst["broken"]) + (f" ({worst['edit']})" if worst["broken"] else "")])
+            rows.append(
+                [
+                    f"`{name}`",
+                    kind,
+                    f"{size:,}",
+                    *cells,
+                    pct(worst["broken"]) + (f" ({worst['edit']})" if worst["broken"] else ""),
+                ]
+            )
     broken = [d for d in data if d["broken"] >= SUCCESS_SHARE]
     unflagged = [d for d in data if d["flagged"] == 0]
     top = max(unflagged, key=lambda d: d["psnr_mean"], default=None)
-    summary = (f"{len(data)} edits; {len(broken)} give unflagged outputs at keyed quality (>= {opts.quality_db:g} dB) "
-               f"on >= {SUCCESS_SHARE:.0%} of images"
-               + (f": {', '.join(d['target'] + ' ' + d['how'] for d in broken[:5])}" if broken else "")
-               + (f"; best fully unflagged edit: `{top['target']}` {top['how']} at {db(top['psnr_mean'])} dB"
-                  if top else "; no edit leaves every image unflagged"))
+    summary = (
+        f"{len(data)} edits; {len(broken)} give unflagged outputs at keyed quality (>= {opts.quality_db:g} dB) "
+        f"on >= {SUCCESS_SHARE:.0%} of images"
+        + (f": {', '.join(d['target'] + ' ' + d['how'] for d in broken[:5])}" if broken else "")
+        + (
+            f"; best fully unflagged edit: `{top['target']}` {top['how']} at {db(top['psnr_mean'])} dB"
+            if top
+            else "; no edit leaves every image unflagged"
+        )
+    )
     best.sort(key=lambda r: (r[0], r[1], r[2]), reverse=True)
     fig = target.figure_target()
-    figure = [[("keyed", fig.keyed[0]), ("unkeyed", fig.unkeyed[0])]
-              + [(lbl[:28], run_edit(fig, repl)[1][0]) for *_, lbl, repl in best[:6]]]
+    figure = [
+        [("keyed", fig.keyed[0]), ("unkeyed", fig.unkeyed[0])]
+        + [(lbl[:28], run_edit(fig, repl)[1][0]) for *_, lbl, repl in best[:6]]
+    ]
     return AttackResult(
-        "surgery", "White-box surgery (single edits, no key)",
+        "surgery",
+        "White-box surgery (single edits, no key)",
         f"no single edit gives an unflagged output at keyed quality (PSNR >= {opts.quality_db:g} dB to keyed) "
-        f"on >= {SUCCESS_SHARE:.0%} of the images", not broken, summary,
-        ["edited", "type", "values", "zero: flagged · PSNR · SSIM", "random: flagged · PSNR · SSIM",
-         "bypass: flagged · PSNR · SSIM", "unflagged at keyed quality (worst edit)"], rows, data,
-        [f"Each edit changes one module's parameters or one tensor and runs the network with the zero code on the "
-         f"{target.n} images; PSNR and SSIM are to the keyed output (means over images). Random: i.i.d. Gaussian "
-         "with the tensor's own mean and std (a single value keeps its value). Bypass: identity kernel for "
-         "convolutions with as many inputs as outputs; the memory's read set to 1 (grid 1, slot values 0); the grid "
-         "set to its channel means (no layout); the decoder's memory input channels cut. Zeroing the gate, a FiLM "
-         "layer or the slots is already their bypass. Cost of each edit: one forward pass per image."],
-        time.perf_counter() - t0, figure)
+        f"on >= {SUCCESS_SHARE:.0%} of the images",
+        not broken,
+        summary,
+        [
+            "edited",
+            "type",
+            "values",
+            "zero: flagged · PSNR · SSIM",
+            "random: flagged · PSNR · SSIM",
+            "bypass: flagged · PSNR · SSIM",
+            "unflagged at keyed quality (worst edit)",
+        ],
+        rows,
+        data,
+        [
+            f"Each edit changes one module's parameters or one tensor and runs the network with the zero code on the "
+            f"{target.n} images; PSNR and SSIM are to the keyed output (means over images). Random: i.i.d. Gaussian "
+            "with the tensor's own mean and std (a single value keeps its value). Bypass: identity kernel for "
+            "convolutions with as many inputs as outputs; the memory's read set to 1 (grid 1, slot values 0); the grid "
+            "set to its channel means (no layout); the decoder's memory input channels cut. Zeroing the gate, a FiLM "
+            "layer or the slots is already their bypass. Cost of each edit: one forward pass per image."
+        ],
+        time.perf_counter() - t0,
+        figure,
+    )
 
 
 # ----------------------------------------------------------------- white-box key forging
@@ -1008,8 +1242,13 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
                 code = (torch.randint(0, 2, (target.code.size,), generator=gen) * 2 - 1).float()
                 code = code.to(target.device).requires_grad_()
                 adam = torch.optim.Adam([code], lr=opts.forge_lr)
-                run = {"restart": r, "success_step": None, "best_broken": 0.0, "best_psnr_unflagged": None,
-                       "key_embedding_cosine": [key_cosine(code.detach())]}
+                run = {
+                    "restart": r,
+                    "success_step": None,
+                    "best_broken": 0.0,
+                    "best_psnr_unflagged": None,
+                    "key_embedding_cosine": [key_cosine(code.detach())],
+                }
                 for step in range(opts.forge_steps + 1):
                     y = net.decode(enc, code.unsqueeze(0).expand(len(idx), -1))
                     s = score_tensor(y, mask)
@@ -1039,12 +1278,20 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
                     final = y.detach()[:, 0].float().cpu().numpy()
                     signed = net.decode(enc, torch.sign(code.detach()).unsqueeze(0).expand(len(idx), -1))
                     signed = signed[:, 0].float().cpu().numpy()
-                fm, sm = Measure.of(sub, final, quality_db=opts.quality_db), Measure.of(sub, signed,
-                                                                                         quality_db=opts.quality_db)
+                fm, sm = (
+                    Measure.of(sub, final, quality_db=opts.quality_db),
+                    Measure.of(sub, signed, quality_db=opts.quality_db),
+                )
                 everywhere = Measure.of(target, target.run(code.detach().cpu().numpy()), quality_db=opts.quality_db)
                 run["key_embedding_cosine"].append(key_cosine(code.detach()))
-                run.update(steps=step, final=fm.summary(), sign=sm.summary(), all_pairs=everywhere.summary(),
-                           code_norm=float(code.detach().norm()), images=len(idx))
+                run.update(
+                    steps=step,
+                    final=fm.summary(),
+                    sign=sm.summary(),
+                    all_pairs=everywhere.summary(),
+                    code_norm=float(code.detach().norm()),
+                    images=len(idx),
+                )
                 runs.append(run)
                 if r == 0:
                     figure.append((label.split(" x ")[0][:24], fig.run(code.detach().cpu().numpy())[0]))
@@ -1057,40 +1304,81 @@ def key_forging(target: Target, opts: AttackOptions, progress: bool = True) -> A
             fin = {k: float(np.mean([x["final"][k] for x in runs])) for k in ("flagged", "psnr_mean", "ssim_mean")}
             sig = {k: float(np.mean([x["sign"][k] for x in runs])) for k in ("flagged", "psnr_mean")}
             every = {k: float(np.mean([x["all_pairs"][k] for x in runs])) for k in ("flagged", "psnr_mean", "broken")}
-            rows.append([label, f"{len(wins)}/{len(runs)} ({pct(rate)}; at most {pct(upper)})",
-                         ", ".join(str(w) for w in wins) or "—", str(opts.forge_steps),
-                         pct(max(x["best_broken"] for x in runs)),
-                         db(max(best_p)) if best_p else "—",
-                         f"{pct(fin['flagged'])} · {db(fin['psnr_mean'])} dB · {fin['ssim_mean']:.3f}",
-                         f"{pct(sig['flagged'])} · {db(sig['psnr_mean'])} dB",
-                         f"{pct(every['flagged'])} · {db(every['psnr_mean'])} dB · {pct(every['broken'])}",
-                         yes_no(ok, not wins), f"{len(idx)} / {sum(x['steps'] for x in runs):,} / {secs:.1f}"])
-            data.append({"variant": label, "detector_weight": weight, "restarts": len(runs), "successes": len(wins),
-                         "success_rate": rate, "rate_upper_95": upper, "steps_to_success": wins,
-                         "step_budget": opts.forge_steps,
-                         "runs": runs, "met": ok, "images": len(idx), "steps": sum(x["steps"] for x in runs),
-                         "seconds": secs})
+            rows.append(
+                [
+                    label,
+                    f"{len(wins)}/{len(runs)} ({pct(rate)}; at most {pct(upper)})",
+                    ", ".join(str(w) for w in wins) or "—",
+                    str(opts.forge_steps),
+                    pct(max(x["best_broken"] for x in runs)),
+                    db(max(best_p)) if best_p else "—",
+                    f"{pct(fin['flagged'])} · {db(fin['psnr_mean'])} dB · {fin['ssim_mean']:.3f}",
+                    f"{pct(sig['flagged'])} · {db(sig['psnr_mean'])} dB",
+                    f"{pct(every['flagged'])} · {db(every['psnr_mean'])} dB · {pct(every['broken'])}",
+                    yes_no(ok, not wins),
+                    f"{len(idx)} / {sum(x['steps'] for x in runs):,} / {secs:.1f}",
+                ]
+            )
+            data.append(
+                {
+                    "variant": label,
+                    "detector_weight": weight,
+                    "restarts": len(runs),
+                    "successes": len(wins),
+                    "success_rate": rate,
+                    "rate_upper_95": upper,
+                    "steps_to_success": wins,
+                    "step_budget": opts.forge_steps,
+                    "runs": runs,
+                    "met": ok,
+                    "images": len(idx),
+                    "steps": sum(x["steps"] for x in runs),
+                    "seconds": secs,
+                }
+            )
     met, undecided = forging_verdict(data)
-    summary = "; ".join(f"{d['variant']}: {d['successes']}/{d['restarts']} restarts succeed within "
-                        f"{d['step_budget']:,} steps (rate at most {pct(d['rate_upper_95'])})" for d in data)
+    summary = "; ".join(
+        f"{d['variant']}: {d['successes']}/{d['restarts']} restarts succeed within "
+        f"{d['step_budget']:,} steps (rate at most {pct(d['rate_upper_95'])})"
+        for d in data
+    )
     return AttackResult(
-        "forging", "White-box key forging", f"< 5% of restarts succeed within {opts.forge_steps:,} steps", met, summary,
-        ["objective", "successes (rate; 95% upper bound)", "steps to success", "step budget",
-         "best share unflagged at keyed quality",
-         "best PSNR of an unflagged output (dB)", "final code: flagged · PSNR · SSIM",
-         "sign(final code): flagged · PSNR", f"final code on all {target.n} pairs: flagged · PSNR · unflagged at "
-         "keyed quality", "met", "cost: images / steps / s"], rows, data,
-        [f"Adam (lr {opts.forge_lr:g}) on a continuous 256-value code, {opts.forge_restarts} restarts from random "
-         f"+-1 codes, weights frozen, on {len(idx)} pairs (round-robin over pair types: "
-         f"{', '.join(sub.kinds)}). A restart succeeds at the first step where at least {SUCCESS_SHARE:.0%} of "
-         f"its images are unflagged with PSNR >= {opts.quality_db:g} dB to the keyed output; the attacker never sees "
-         "the keyed output (it is used to score only). The detector score is `verify`'s score, differentiable. "
-         "'sign(final code)' runs the nearest valid +-1 code; 'on all pairs' runs the final code on every attacked "
-         "pair, the ones it was not optimized on included (means over restarts). 'At most' is the one-sided 95% "
-         "Clopper-Pearson upper bound on the success rate: few restarts cannot show a low rate (with no success, "
-         "59 restarts are needed to show below 5%). Met: the bound is below 5%; not shown: no restart succeeded "
-         "but the bound is not."],
-        time.perf_counter() - t0, [figure], undecided)
+        "forging",
+        "White-box key forging",
+        f"< 5% of restarts succeed within {opts.forge_steps:,} steps",
+        met,
+        summary,
+        [
+            "objective",
+            "successes (rate; 95% upper bound)",
+            "steps to success",
+            "step budget",
+            "best share unflagged at keyed quality",
+            "best PSNR of an unflagged output (dB)",
+            "final code: flagged · PSNR · SSIM",
+            "sign(final code): flagged · PSNR",
+            f"final code on all {target.n} pairs: flagged · PSNR · unflagged at keyed quality",
+            "met",
+            "cost: images / steps / s",
+        ],
+        rows,
+        data,
+        [
+            f"Adam (lr {opts.forge_lr:g}) on a continuous 256-value code, {opts.forge_restarts} restarts from random "
+            f"+-1 codes, weights frozen, on {len(idx)} pairs (round-robin over pair types: "
+            f"{', '.join(sub.kinds)}). A restart succeeds at the first step where at least {SUCCESS_SHARE:.0%} of "
+            f"its images are unflagged with PSNR >= {opts.quality_db:g} dB to the keyed output; the attacker never sees "
+            "the keyed output (it is used to score only). The detector score is `verify`'s score, differentiable. "
+            "'sign(final code)' runs the nearest valid +-1 code; 'on all pairs' runs the final code on every attacked "
+            "pair, the ones it was not optimized on included (means over restarts). 'At most' is the one-sided 95% "
+            "Clopper-Pearson upper bound on the success rate: few restarts cannot show a low rate (with no success, "
+            "59 restarts are needed to show below 5%). Met: the bound is below 5%; not shown: no restart succeeded "
+            "but the bound is not."
+        ],
+        time.perf_counter() - t0,
+        [figure],
+        undecided,
+    )
 
 
 POOL_SETTING = ("model_id", "weights_sha256", "split", "pairs", "threshold", "success_share")  # must agree to pool
@@ -1115,18 +1403,27 @@ def pool_forging(docs: list[dict], earlier: dict | None = None) -> list[dict]:
     settings = [pool_setting(d) for d in runs] + ([earlier["setting"]] if earlier else [])
     for s in settings[1:]:
         if s != settings[0]:
-            raise AMIFError(f"Forging runs of different settings cannot be pooled: {settings[0]} vs {s} "
-                            f"(compared: {', '.join(POOL_SETTING + POOL_OPTIONS)}).")
+            raise AMIFError(
+                f"Forging runs of different settings cannot be pooled: {settings[0]} vs {s} "
+                f"(compared: {', '.join(POOL_SETTING + POOL_OPTIONS)})."
+            )
     groups: dict = {}
     for row in (earlier or {}).get("pooled", []):
         groups[(row["detector_weight"], row["forge_lr"])] = {
-            "variant": row["variant"], "detector_weight": row["detector_weight"], "forge_lr": row["forge_lr"],
-            "earlier": row, "before": {tuple(c) for c in row["counted"]}, "restarts": {}}
+            "variant": row["variant"],
+            "detector_weight": row["detector_weight"],
+            "forge_lr": row["forge_lr"],
+            "earlier": row,
+            "before": {tuple(c) for c in row["counted"]},
+            "restarts": {},
+        }
     for d in runs:
         seed, lr = d["options"]["seed"], d["options"]["forge_lr"]
         for v in d["attacks"]["forging"]["rows"]:
-            g = groups.setdefault((v["detector_weight"], lr), {"variant": v["variant"], "detector_weight":
-                                                             v["detector_weight"], "forge_lr": lr, "restarts": {}})
+            g = groups.setdefault(
+                (v["detector_weight"], lr),
+                {"variant": v["variant"], "detector_weight": v["detector_weight"], "forge_lr": lr, "restarts": {}},
+            )
             for r in v["runs"]:
                 if (seed, r["restart"]) not in g.get("before", ()):
                     g["restarts"].setdefault((seed, r["restart"]), r)
@@ -1135,14 +1432,26 @@ def pool_forging(docs: list[dict], earlier: dict | None = None) -> list[dict]:
         g = groups[key]
         done, old, before = g.pop("restarts"), g.pop("earlier", None), g.pop("before", set())
         counted = sorted(before | set(done))
-        wins = sorted((old["steps_to_success"] if old else [])
-                      + [r["success_step"] for r in done.values() if r["success_step"] is not None])
+        wins = sorted(
+            (old["steps_to_success"] if old else [])
+            + [r["success_step"] for r in done.values() if r["success_step"] is not None]
+        )
         flagged = [r["final"]["flagged"] for r in done.values()] + ([old["final_flagged_min"]] if old else [])
         psnr = [r["final"]["psnr_mean"] for r in done.values()] + (old["final_psnr_range"] if old else [])
-        rows.append({**g, "restarts": len(counted), "successes": len(wins), "steps_to_success": wins,
-                     "success_rate": len(wins) / len(counted), "rate_upper_95": rate_upper(len(wins), len(counted)),
-                     "seeds": sorted({s for s, _ in counted}), "counted": [list(c) for c in counted],
-                     "final_flagged_min": min(flagged), "final_psnr_range": [min(psnr), max(psnr)]})
+        rows.append(
+            {
+                **g,
+                "restarts": len(counted),
+                "successes": len(wins),
+                "steps_to_success": wins,
+                "success_rate": len(wins) / len(counted),
+                "rate_upper_95": rate_upper(len(wins), len(counted)),
+                "seeds": sorted({s for s, _ in counted}),
+                "counted": [list(c) for c in counted],
+                "final_flagged_min": min(flagged),
+                "final_psnr_range": [min(psnr), max(psnr)],
+            }
+        )
     return rows
 
 

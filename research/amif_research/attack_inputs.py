@@ -62,13 +62,23 @@ def dihedral(k: int, flip: bool) -> Transform:
         y = np.rot90(y, -k, axes=(-2, -1))
         return y[..., ::-1] if flip else y
 
-    names = {(0, False): "identity", (1, False): "rot90", (2, False): "rot180", (3, False): "rot270",
-             (0, True): "flip-lr", (1, True): "transpose", (2, True): "flip-ud", (3, True): "anti-transpose"}
+    names = {
+        (0, False): "identity",
+        (1, False): "rot90",
+        (2, False): "rot180",
+        (3, False): "rot270",
+        (0, True): "flip-lr",
+        (1, True): "transpose",
+        (2, True): "flip-ud",
+        (3, True): "anti-transpose",
+    }
     return Transform(names[k % 4, flip], fwd, inv)
 
 
-DIHEDRAL = [dihedral(k, f) for k, f in ((0, False), (2, False), (0, True), (2, True), (1, False), (3, False),
-                                         (1, True), (3, True))]
+DIHEDRAL = [
+    dihedral(k, f)
+    for k, f in ((0, False), (2, False), (0, True), (2, True), (1, False), (3, False), (1, True), (3, True))
+]
 
 
 def _move(x: np.ndarray, dy: int, dx: int, fill: float) -> np.ndarray:
@@ -76,8 +86,9 @@ def _move(x: np.ndarray, dy: int, dx: int, fill: float) -> np.ndarray:
     h, w = x.shape[-2:]
     out = np.full(x.shape, fill, np.float32)
     if abs(dy) < h and abs(dx) < w:
-        out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = \
-            x[..., max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)]
+        out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = x[
+            ..., max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)
+        ]
     return out
 
 
@@ -120,16 +131,35 @@ def rescale(s: float) -> Transform:
     """Zoom about the centre by `s` (> 1: enlarged, the border cropped; < 1: reduced, background around);
     the inverse zooms by 1 / s: within interpolation error, but for s < 1 the outermost pixel ring, which the
     forward mixed with the fill (the background); what s > 1 cropped is unknown (NaN)."""
-    return Transform(f"rescale {s:g}", lambda x, fill=0.0: _zoom(x, s, fill),
-                     lambda y, fill=np.nan: _zoom(y, 1 / s, fill))
+    return Transform(
+        f"rescale {s:g}", lambda x, fill=0.0: _zoom(x, s, fill), lambda y, fill=np.nan: _zoom(y, 1 / s, fill)
+    )
 
 
-SHIFT = [dihedral(0, False)] + [shift(fy, fx) for fy, fx in (
-    (1 / 16, 1 / 16), (-1 / 16, -1 / 16), (1 / 16, -1 / 16), (-1 / 16, 1 / 16), (1 / 8, 0), (0, 1 / 8), (-1 / 8, 0))]
+SHIFT = [dihedral(0, False)] + [
+    shift(fy, fx)
+    for fy, fx in (
+        (1 / 16, 1 / 16),
+        (-1 / 16, -1 / 16),
+        (1 / 16, -1 / 16),
+        (-1 / 16, 1 / 16),
+        (1 / 8, 0),
+        (0, 1 / 8),
+        (-1 / 8, 0),
+    )
+]
 RESCALE = [dihedral(0, False)] + [rescale(s) for s in (0.8, 1.25, 0.9, 1.12, 0.7, 1.4, 0.95)]
 SETS = {"dihedral": DIHEDRAL, "shift": SHIFT, "rescale": RESCALE}
-MIXED_ORDER = (("dihedral", 0), ("dihedral", 1), ("shift", 1), ("rescale", 1), ("dihedral", 2), ("shift", 2),
-               ("rescale", 2), ("dihedral", 3))  # the mixed set: (set, index), no query beyond the three sets'
+MIXED_ORDER = (
+    ("dihedral", 0),
+    ("dihedral", 1),
+    ("shift", 1),
+    ("rescale", 1),
+    ("dihedral", 2),
+    ("shift", 2),
+    ("rescale", 2),
+    ("dihedral", 3),
+)  # the mixed set: (set, index), no query beyond the three sets'
 MAX_QUERIES = 8
 
 
@@ -202,8 +232,12 @@ def merge_stroke(c: np.ndarray, ref: np.ndarray | None = None) -> np.ndarray:
     return np.where(keep, c, 0).sum(0) / np.maximum(keep.sum(0), 1)
 
 
-MERGES = {"median": merge_median, "trimmed mean": merge_trimmed, "outlier rejection": merge_reject,
-          "stroke-aware": merge_stroke}
+MERGES = {
+    "median": merge_median,
+    "trimmed mean": merge_trimmed,
+    "outlier rejection": merge_reject,
+    "stroke-aware": merge_stroke,
+}
 
 
 def merged(candidates: np.ndarray, rule: str, ref: np.ndarray | None = None) -> np.ndarray:
@@ -228,8 +262,14 @@ def query_counts(spec: str) -> list[int]:
 # ----------------------------------------------------------------- the 2D family
 
 
-def candidates(target: Target, a: np.ndarray, b: np.ndarray, transforms: list, plain: np.ndarray | None = None,
-               on_query: Callable[[], None] | None = None) -> list[np.ndarray]:
+def candidates(
+    target: Target,
+    a: np.ndarray,
+    b: np.ndarray,
+    transforms: list,
+    plain: np.ndarray | None = None,
+    on_query: Callable[[], None] | None = None,
+) -> list[np.ndarray]:
     """Unkeyed outputs of the pairs (a, b) (n, h, w) queried through each transform, the transform undone:
     one (n, h, w) candidate per transform, NaN where unknown. `plain`: the identity's output, if known."""
     out = []
@@ -270,9 +310,14 @@ def checks(target: Target, images: np.ndarray, quality_db: float) -> dict:
     if target.trace is not None:
         traced = trace_score(np.clip(images, 0, 1), target.a, target.b, target.keyed, target.trace) > TRACE_THRESHOLD
     either = m.flags | (traced if traced is not None else False)
-    return {"public": float(m.flags.mean()), "trace": None if traced is None else float(traced.mean()),
-            "either": float(either.mean()), "psnr": float(m.psnr.mean()), "ssim": float(m.ssim.mean()),
-            "broken": float(np.mean(~either & (m.psnr >= quality_db)))}
+    return {
+        "public": float(m.flags.mean()),
+        "trace": None if traced is None else float(traced.mean()),
+        "either": float(either.mean()),
+        "psnr": float(m.psnr.mean()),
+        "ssim": float(m.ssim.mean()),
+        "broken": float(np.mean(~either & (m.psnr >= quality_db))),
+    }
 
 
 def _met(c: dict) -> bool:
@@ -291,8 +336,10 @@ def input_transforms(target: Target, opts: AttackOptions, progress: bool = True)
     kmax = max(ks)
     sets = list(SETS) + ["mixed"]
     with progress_bar(len(SETS) * (kmax - 1), "input-transforms", progress) as bar:
-        pools = {name: candidates(target, target.a, target.b, ts[:kmax], target.unkeyed, lambda: bar.update(1))
-                 for name, ts in SETS.items()}
+        pools = {
+            name: candidates(target, target.a, target.b, ts[:kmax], target.unkeyed, lambda: bar.update(1))
+            for name, ts in SETS.items()
+        }
     unkeyed = checks(target, target.unkeyed, opts.quality_db)
     max_rule = max_fusion(target.a, target.b)
     max_psnr, max_ssim = float(psnr(max_rule, target.keyed).mean()), float(ssim(max_rule, target.keyed).mean())
@@ -304,21 +351,39 @@ def input_transforms(target: Target, opts: AttackOptions, progress: bool = True)
                 c = checks(target, merged(cands, rule, max_rule), opts.quality_db)
                 ok = _met(c)
                 met &= ok
-                rows.append([name, str(k), rule, pct(c["public"]), _trace_cell(c), pct(c["either"]), db(c["psnr"]),
-                             f"{c['ssim']:.3f}", pct(c["broken"]), yes_no(ok), f"{k} / image"])
-                data.append({"set": name, "queries": k, "transforms": set_names(name, k), "rule": rule, **c,
-                             "met": ok})
+                rows.append(
+                    [
+                        name,
+                        str(k),
+                        rule,
+                        pct(c["public"]),
+                        _trace_cell(c),
+                        pct(c["either"]),
+                        db(c["psnr"]),
+                        f"{c['ssim']:.3f}",
+                        pct(c["broken"]),
+                        yes_no(ok),
+                        f"{k} / image",
+                    ]
+                )
+                data.append({"set": name, "queries": k, "transforms": set_names(name, k), "rule": rule, **c, "met": ok})
     failed = [d for d in data if not d["met"]]
     worst = min(data, key=lambda d: (d["public"], d["trace"] or 0))
-    summary = (f"{len(data) - len(failed)}/{len(data)} settings meet the target; lowest: {worst['set']} "
-               f"K={worst['queries']} {worst['rule']}: verify {pct(worst['public'])}, trace "
-               f"{'n/a' if worst['trace'] is None else pct(worst['trace'])}, PSNR to keyed {db(worst['psnr'])} dB "
-               f"(unkeyed {db(unkeyed['psnr'])} dB, max rule {db(max_psnr)} dB)")
+    summary = (
+        f"{len(data) - len(failed)}/{len(data)} settings meet the target; lowest: {worst['set']} "
+        f"K={worst['queries']} {worst['rule']}: verify {pct(worst['public'])}, trace "
+        f"{'n/a' if worst['trace'] is None else pct(worst['trace'])}, PSNR to keyed {db(worst['psnr'])} dB "
+        f"(unkeyed {db(unkeyed['psnr'])} dB, max rule {db(max_psnr)} dB)"
+    )
     fig = target.figure_target()
     figure = [("keyed", fig.keyed[0]), ("unkeyed", fig.unkeyed[0])]
     for name in SETS:
-        figure.append((f"{name} K={kmax} median",
-                       merged(np.stack(candidates(fig, fig.a, fig.b, SETS[name][:kmax], fig.unkeyed)), "median")[0]))
+        figure.append(
+            (
+                f"{name} K={kmax} median",
+                merged(np.stack(candidates(fig, fig.a, fig.b, SETS[name][:kmax], fig.unkeyed)), "median")[0],
+            )
+        )
     notes = [
         f"Each merged output costs K unkeyed queries per image (the plain query is one of them). Reference: the plain "
         f"unkeyed output is flagged {pct(unkeyed['public'])} by verify and {_trace_cell(unkeyed)} by the owner's trace "
@@ -334,17 +399,38 @@ def input_transforms(target: Target, opts: AttackOptions, progress: bool = True)
         "side of the median on which disagreeing candidates deviate, for K = 2 the side of the max rule; per pixel, "
         f"the candidates within {STROKE_TOL:g} of the one least towards that colour averaged, the others dropped).",
         "'verify' is the public check (`amif verify`: identifier score, erasure check"
-        + (", and the mark shift against the sources" if target.shift else "") + "); 'trace' the owner's check "
+        + (", and the mark shift against the sources" if target.shift else "")
+        + "); 'trace' the owner's check "
         "(`verify --key`) run on every merged output; 'either' flags an output flagged by one of them; 'unflagged at "
         f"keyed quality': flagged by neither and >= {opts.quality_db:g} dB to the keyed output. Target: every row "
-        f">= {GOAL:.0%} by verify and >= {GOAL:.0%} by the trace check."]
+        f">= {GOAL:.0%} by verify and >= {GOAL:.0%} by the trace check.",
+    ]
     return AttackResult(
-        "input-transforms", "Input transforms (queries on transformed inputs, undone and merged)",
+        "input-transforms",
+        "Input transforms (queries on transformed inputs, undone and merged)",
         f"for every merge rule and K <= {MAX_QUERIES}: verify flags >= {GOAL:.0%} and the owner's trace >= "
-        f"{GOAL:.0%} of merged outputs", met, summary,
-        ["transforms", "K", "merge", "verify flagged", "trace flagged", "either flagged", "PSNR to keyed (dB)",
-         "SSIM to keyed", "unflagged at keyed quality", "met", "queries"], rows, data, notes,
-        time.perf_counter() - t0, [figure])
+        f"{GOAL:.0%} of merged outputs",
+        met,
+        summary,
+        [
+            "transforms",
+            "K",
+            "merge",
+            "verify flagged",
+            "trace flagged",
+            "either flagged",
+            "PSNR to keyed (dB)",
+            "SSIM to keyed",
+            "unflagged at keyed quality",
+            "met",
+            "queries",
+        ],
+        rows,
+        data,
+        notes,
+        time.perf_counter() - t0,
+        [figure],
+    )
 
 
 # ----------------------------------------------------------------- volumes: reslicing
@@ -381,8 +467,9 @@ def _array(img) -> np.ndarray:
 RESLICE_PERMS = ((0, 1, 2), (1, 0, 2), (2, 1, 0))  # array (z, y, x) orders: as stored, y first, x first
 
 
-def reslice_volume(package, code, mri, pet, trace=None, quality_db: float = 30.0,
-                   on_fusion: Callable[[], None] | None = None) -> list[dict]:
+def reslice_volume(
+    package, code, mri, pet, trace=None, quality_db: float = 30.0, on_fusion: Callable[[], None] | None = None
+) -> list[dict]:
     """For one registered volume pair (SimpleITK, same grid): the attacker's reslice merge under both
     presentations (relabelled header, geometry kept), each orientation and their voxel-wise median, checked
     per axial slice (display orientation, slices with content) by the public verify and, with `trace`,
@@ -408,11 +495,18 @@ def reslice_volume(package, code, mri, pet, trace=None, quality_db: float = 30.0
         traced = None if trace is None else trace_score(img, sa, sb, keyed, trace) > TRACE_THRESHOLD
         either = public | (traced if traced is not None else False)
         p = psnr(img, keyed)
-        return {"output": label, "presentation": presentation, "slices": int(len(keep)),
-                "public": float(public.mean()), "volume_score": float(np.median(s)),
-                "volume_flagged": bool(np.median(s) >= package.threshold or np.median(e) < ERASED),
-                "trace": None if traced is None else float(traced.mean()), "either": float(either.mean()),
-                "psnr": float(p.mean()), "broken": float(np.mean(~either & (p >= quality_db)))}
+        return {
+            "output": label,
+            "presentation": presentation,
+            "slices": int(len(keep)),
+            "public": float(public.mean()),
+            "volume_score": float(np.median(s)),
+            "volume_flagged": bool(np.median(s) >= package.threshold or np.median(e) < ERASED),
+            "trace": None if traced is None else float(traced.mean()),
+            "either": float(either.mean()),
+            "psnr": float(p.mean()),
+            "broken": float(np.mean(~either & (p >= quality_db))),
+        }
 
     def fused(a, b):
         out = _array(fuse_volumes(a, b, package, None, device="cpu").image)
@@ -423,8 +517,14 @@ def reslice_volume(package, code, mri, pet, trace=None, quality_db: float = 30.0
     plain = fused(mri, pet)
     rows = [check("unkeyed, as stored", "-", plain)]
     mr = np.clip(view(np.maximum(normalize(va, robust_window(va)), normalize(vb, robust_window(vb))))[keep], 0, 1)
-    rows.append({"output": "sources' max rule", "presentation": "-", "slices": int(len(keep)),
-                 "psnr": float(psnr(mr, keyed).mean())})
+    rows.append(
+        {
+            "output": "sources' max rule",
+            "presentation": "-",
+            "slices": int(len(keep)),
+            "psnr": float(psnr(mr, keyed).mean()),
+        }
+    )
     for presentation, present in (("header relabelled", relabel), ("geometry kept", permute_kept)):
         outs = [plain]
         for perm in RESLICE_PERMS[1:]:
@@ -457,8 +557,9 @@ def reslice(target: Target, opts: AttackOptions, progress: bool = True) -> Attac
     vols = reslice_pairs()
     with progress_bar(len(vols) * 5, "reslice", progress) as bar:
         for label, mri, pet in vols:
-            for r in reslice_volume(target.package, target.code, mri, pet, target.trace, opts.quality_db,
-                                    lambda: bar.update(1)):
+            for r in reslice_volume(
+                target.package, target.code, mri, pet, target.trace, opts.quality_db, lambda: bar.update(1)
+            ):
                 r = {"volume": label, **r}
                 data.append(r)
                 if "public" not in r:
@@ -469,24 +570,54 @@ def reslice(target: Target, opts: AttackOptions, progress: bool = True) -> Attac
                     ok = _met(r)
                     met &= ok
                     r["met"] = ok
-                rows.append([label, r["output"], r["presentation"], pct(r["public"]),
-                             f"{r['volume_score']:.3f} ({'flagged' if r['volume_flagged'] else 'not flagged'})",
-                             _trace_cell(r), db(r["psnr"]), pct(r["broken"]), "-" if ok is None else yes_no(ok)])
+                rows.append(
+                    [
+                        label,
+                        r["output"],
+                        r["presentation"],
+                        pct(r["public"]),
+                        f"{r['volume_score']:.3f} ({'flagged' if r['volume_flagged'] else 'not flagged'})",
+                        _trace_cell(r),
+                        db(r["psnr"]),
+                        pct(r["broken"]),
+                        "-" if ok is None else yes_no(ok),
+                    ]
+                )
     medians = [d for d in data if d["output"].startswith("median")]
-    summary = "; ".join(f"{d['volume']}, {d['presentation']}: verify {pct(d['public'])} of slices, trace "
-                        f"{'n/a' if d['trace'] is None else pct(d['trace'])}" for d in medians)
+    summary = "; ".join(
+        f"{d['volume']}, {d['presentation']}: verify {pct(d['public'])} of slices, trace "
+        f"{'n/a' if d['trace'] is None else pct(d['trace'])}"
+        for d in medians
+    )
     return AttackResult(
-        "reslice", "Reslicing volumes (axes permuted, fused, mapped back, median of 3 orientations)",
+        "reslice",
+        "Reslicing volumes (axes permuted, fused, mapped back, median of 3 orientations)",
         f"the voxel-wise median of 3 orientations: verify flags >= {GOAL:.0%} and the owner's trace >= {GOAL:.0%} "
-        "of axial slices", met, summary,
-        ["volume", "output", "presentation", "verify flagged (axial slices)", "volume verdict (median score)",
-         "trace flagged", "PSNR to keyed (dB)", "unflagged at keyed quality", "met"], rows, data,
-        ["Each volume is fused unkeyed as stored (axial slices in display orientation), then presented with its "
-         "array axes permuted so that the volume path slices it along another axis: 'header relabelled' permutes "
-         "the array and claims an identity direction (the world geometry changes; the attacker undoes it on the "
-         "output array), 'geometry kept' permutes array and header together (SimpleITK PermuteAxes). Every "
-         "output is mapped back to the stored layout; the three orientations are merged by a voxel-wise median. "
-         "Checks run per axial slice with content (std > 0.02), as `amif verify` reads a volume's slices; the "
-         "volume verdict is verify_volume's median rule. The keyed reference runs the owner's code on the same "
-         "normalised display slices. Each orientation costs one unkeyed fusion of the volume."],
-        time.perf_counter() - t0)
+        "of axial slices",
+        met,
+        summary,
+        [
+            "volume",
+            "output",
+            "presentation",
+            "verify flagged (axial slices)",
+            "volume verdict (median score)",
+            "trace flagged",
+            "PSNR to keyed (dB)",
+            "unflagged at keyed quality",
+            "met",
+        ],
+        rows,
+        data,
+        [
+            "Each volume is fused unkeyed as stored (axial slices in display orientation), then presented with its "
+            "array axes permuted so that the volume path slices it along another axis: 'header relabelled' permutes "
+            "the array and claims an identity direction (the world geometry changes; the attacker undoes it on the "
+            "output array), 'geometry kept' permutes array and header together (SimpleITK PermuteAxes). Every "
+            "output is mapped back to the stored layout; the three orientations are merged by a voxel-wise median. "
+            "Checks run per axial slice with content (std > 0.02), as `amif verify` reads a volume's slices; the "
+            "volume verdict is verify_volume's median rule. The keyed reference runs the owner's code on the same "
+            "normalised display slices. Each orientation costs one unkeyed fusion of the volume."
+        ],
+        time.perf_counter() - t0,
+    )

@@ -30,8 +30,9 @@ from torch import nn
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(cout, cout, 3, 1, 1),
-                         nn.LeakyReLU(0.2))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(cout, cout, 3, 1, 1), nn.LeakyReLU(0.2)
+    )
 
 
 class UNet(nn.Module):
@@ -82,8 +83,9 @@ def _crops(rng: np.random.Generator, arrays: list[np.ndarray], idx: np.ndarray, 
     return torch.from_numpy(np.ascontiguousarray(out, np.float32))
 
 
-def fit(model: nn.Module, inputs: list[np.ndarray], target: np.ndarray, idx: np.ndarray, opts, seed: int,
-        bar=None) -> float:
+def fit(
+    model: nn.Module, inputs: list[np.ndarray], target: np.ndarray, idx: np.ndarray, opts, seed: int, bar=None
+) -> float:
     """L1 regression of `target` from `inputs` on random crops of images `idx`; returns seconds."""
     t0 = time.perf_counter()
     dev = torch.device(opts.device)
@@ -117,8 +119,9 @@ def _pool(target) -> tuple[np.ndarray, np.ndarray]:
     from amif.errors import AMIFError
 
     if target.pool is None:
-        raise AMIFError("Learned attacks need the attacker's own images: the train split of the data folder "
-                        "(none was given).")
+        raise AMIFError(
+            "Learned attacks need the attacker's own images: the train split of the data folder (none was given)."
+        )
     return target.pool
 
 
@@ -166,26 +169,50 @@ def learned_removal(target, opts, progress: bool = True):
             ok = bool(m.flagged >= 0.95 or gain < 0)
             cost = f"{n} / {opts.learn_steps:,} / {secs:.0f}"
             rows.append([str(n), *_row_measure(m), f"{gain:+.1f}", yes_no(ok), cost])
-            data.append({"images": n, **m.summary(), "psnr_before": float(before.psnr.mean()), "met": ok,
-                         "steps": opts.learn_steps, "seconds": secs})
+            data.append(
+                {
+                    "images": n,
+                    **m.summary(),
+                    "psnr_before": float(before.psnr.mean()),
+                    "met": ok,
+                    "steps": opts.learn_steps,
+                    "seconds": secs,
+                }
+            )
             figure.append((f"remover N={n}", apply(remover, [fig.unkeyed, fig.a, fig.b], opts.device)[0]))
     met = all(d["met"] for d in data)
-    summary = "; ".join(f"N={d['images']}: {pct(d['flagged'])} flagged, {pct(d['broken'])} unflagged at keyed "
-                        "quality" for d in data)
+    summary = "; ".join(
+        f"N={d['images']}: {pct(d['flagged'])} flagged, {pct(d['broken'])} unflagged at keyed quality" for d in data
+    )
     return AttackResult(
-        "learned-removal", "Learned removal (U-Net remover on N leaked output pairs)",
-        ">= 95% still flagged, or PSNR to the keyed output lower than the unkeyed output's (as for classical "
-        "removal)", met, summary,
-        ["leaked pairs N", "flagged", "PSNR · SSIM to keyed", "unflagged at keyed quality", "gain (dB)", "met",
-         "cost: images / steps / s"], rows, data,
-        [f"The remover (a {sum(p.numel() for p in remover.parameters()):,}-parameter U-Net, input: unkeyed output "
-         "and both sources; residual over the unkeyed output) is trained with L1 to the keyed output on N "
-         f"(unkeyed, keyed) pairs of the train split, {opts.learn_steps:,} Adam steps (lr {opts.learn_lr:g}, batch "
-         f"{opts.learn_batch}, {opts.learn_crop}-pixel crops), then run on the unkeyed outputs of the attacked "
-         f"pairs. Before the attack the unkeyed outputs are {pct(before.flagged)} flagged at "
-         f"{before.psnr.mean():.1f} dB to keyed. An attacker *succeeds* on an image when it is unflagged with "
-         f"PSNR >= {opts.quality_db:g} dB; the attack succeeds on >= {SUCCESS_SHARE:.0%} of images."],
-        time.perf_counter() - t0, [figure])
+        "learned-removal",
+        "Learned removal (U-Net remover on N leaked output pairs)",
+        ">= 95% still flagged, or PSNR to the keyed output lower than the unkeyed output's (as for classical removal)",
+        met,
+        summary,
+        [
+            "leaked pairs N",
+            "flagged",
+            "PSNR · SSIM to keyed",
+            "unflagged at keyed quality",
+            "gain (dB)",
+            "met",
+            "cost: images / steps / s",
+        ],
+        rows,
+        data,
+        [
+            f"The remover (a {sum(p.numel() for p in remover.parameters()):,}-parameter U-Net, input: unkeyed output "
+            "and both sources; residual over the unkeyed output) is trained with L1 to the keyed output on N "
+            f"(unkeyed, keyed) pairs of the train split, {opts.learn_steps:,} Adam steps (lr {opts.learn_lr:g}, batch "
+            f"{opts.learn_batch}, {opts.learn_crop}-pixel crops), then run on the unkeyed outputs of the attacked "
+            f"pairs. Before the attack the unkeyed outputs are {pct(before.flagged)} flagged at "
+            f"{before.psnr.mean():.1f} dB to keyed. An attacker *succeeds* on an image when it is unflagged with "
+            f"PSNR >= {opts.quality_db:g} dB; the attack succeeds on >= {SUCCESS_SHARE:.0%} of images."
+        ],
+        time.perf_counter() - t0,
+        [figure],
+    )
 
 
 def distil(cls, a: np.ndarray, b: np.ndarray, teacher: np.ndarray, opts, bar=None):
@@ -222,28 +249,66 @@ def distillation(target, opts, progress: bool = True):
             fidelity = psnr(out, target.unkeyed)
             ok = m.flagged >= 0.95
             params = sum(p.numel() for p in student.parameters())
-            rows.append([label, f"{params:,}", *_row_measure(m), f"{db(fidelity.mean())} dB", yes_no(ok),
-                         f"{n} / {opts.learn_steps:,} / {secs:.0f}"])
-            data.append({"student": label, "parameters": params, **m.summary(),
-                         "psnr_to_teacher": float(fidelity.mean()), "met": bool(ok), "images": n,
-                         "steps": opts.learn_steps, "seconds": secs})
+            rows.append(
+                [
+                    label,
+                    f"{params:,}",
+                    *_row_measure(m),
+                    f"{db(fidelity.mean())} dB",
+                    yes_no(ok),
+                    f"{n} / {opts.learn_steps:,} / {secs:.0f}",
+                ]
+            )
+            data.append(
+                {
+                    "student": label,
+                    "parameters": params,
+                    **m.summary(),
+                    "psnr_to_teacher": float(fidelity.mean()),
+                    "met": bool(ok),
+                    "images": n,
+                    "steps": opts.learn_steps,
+                    "seconds": secs,
+                }
+            )
             figure.append((f"student {label}", run(student, fig.a, fig.b, opts.device)[0]))
     met = all(d["met"] for d in data)
     summary = "; ".join(f"{d['student']}: {pct(d['flagged'])} flagged, {d['psnr_mean']:.1f} dB to keyed" for d in data)
     return AttackResult(
-        "distillation", "Distillation (students trained on the unkeyed outputs)",
-        ">= 95% of the students' outputs flagged", met, summary,
-        ["student", "parameters", "flagged", "PSNR · SSIM to keyed", "unflagged at keyed quality",
-         "PSNR to the teacher's unkeyed output", "met", "cost: images / steps / s"], rows, data,
-        [f"Each student maps the two sources (and their mean, the residual's base) to the released model's unkeyed "
-         f"output, L1, on {n} pairs of the train split, {opts.learn_steps:,} Adam steps (lr {opts.learn_lr:g}, "
-         f"batch {opts.learn_batch}, {opts.learn_crop}-pixel crops); it never sees a keyed output. Then it runs on "
-         "the attacked pairs."
-         + (" 'Flagged' counts the owner's trace check as well (this model's unkeyed outputs carry the key's secret "
-            "texture: `verify --key`); the students' outputs it alone flags: "
-            + ", ".join(f"{d['student']} {pct(d['traced'])}" for d in data) + "."
-            if target.trace is not None else "")],
-        time.perf_counter() - t0, [figure])
+        "distillation",
+        "Distillation (students trained on the unkeyed outputs)",
+        ">= 95% of the students' outputs flagged",
+        met,
+        summary,
+        [
+            "student",
+            "parameters",
+            "flagged",
+            "PSNR · SSIM to keyed",
+            "unflagged at keyed quality",
+            "PSNR to the teacher's unkeyed output",
+            "met",
+            "cost: images / steps / s",
+        ],
+        rows,
+        data,
+        [
+            f"Each student maps the two sources (and their mean, the residual's base) to the released model's unkeyed "
+            f"output, L1, on {n} pairs of the train split, {opts.learn_steps:,} Adam steps (lr {opts.learn_lr:g}, "
+            f"batch {opts.learn_batch}, {opts.learn_crop}-pixel crops); it never sees a keyed output. Then it runs on "
+            "the attacked pairs."
+            + (
+                " 'Flagged' counts the owner's trace check as well (this model's unkeyed outputs carry the key's secret "
+                "texture: `verify --key`); the students' outputs it alone flags: "
+                + ", ".join(f"{d['student']} {pct(d['traced'])}" for d in data)
+                + "."
+                if target.trace is not None
+                else ""
+            )
+        ],
+        time.perf_counter() - t0,
+        [figure],
+    )
 
 
 def _eval_steps(total: int) -> list[int]:
@@ -303,8 +368,13 @@ def fine_tuning(target, opts, progress: bool = True):
 
     def evaluate(net, step):
         m = Measure.of(target, target.outputs(target.a, target.b, net=net), quality_db=opts.quality_db)
-        return {"step": step, "flagged": m.flagged, "broken": m.broken, "psnr_mean": float(m.psnr.mean()),
-                "ssim_mean": float(m.ssim.mean())}
+        return {
+            "step": step,
+            "flagged": m.flagged,
+            "broken": m.broken,
+            "psnr_mean": float(m.psnr.mean()),
+            "ssim_mean": float(m.ssim.mean()),
+        }
 
     first = lambda ev, key, ok: next((e["step"] for e in ev if ok(e[key])), None)  # noqa: E731
     with progress_bar(2 * len(counts) * opts.learn_steps, "fine-tuning", progress) as bar:
@@ -315,40 +385,80 @@ def fine_tuning(target, opts, progress: bool = True):
                 torch.manual_seed(opts.seed)
                 net = copy.deepcopy(target.package.net) if start == "released" else AMIFNet(target.package.net.cfg)
                 evals, secs = _tune(net, pa, pb, idx, opts, opts.seed + n, evaluate, bar)
-                runs[start] = {"evals": evals, "seconds": secs,
-                               "unflagged_step": first(evals, "flagged", lambda f: f <= 0.05),
-                               "success_step": first(evals, "broken", lambda s: s >= SUCCESS_SHARE)}
+                runs[start] = {
+                    "evals": evals,
+                    "seconds": secs,
+                    "unflagged_step": first(evals, "flagged", lambda f: f <= 0.05),
+                    "success_step": first(evals, "broken", lambda s: s >= SUCCESS_SHARE),
+                }
                 if n == counts[-1]:
-                    figure.append((f"{start} +{opts.learn_steps} steps",
-                                   target.outputs(fig.a, fig.b, net=net)[0]))
+                    figure.append((f"{start} +{opts.learn_steps} steps", target.outputs(fig.a, fig.b, net=net)[0]))
             ft, sc = runs["released"], runs["scratch"]
             end_ft, end_sc = ft["evals"][-1], sc["evals"][-1]
             ok = ft["success_step"] is None
             step_txt = lambda s: "—" if s is None else f"{s:,}"  # noqa: E731
-            rows.append([str(n), step_txt(ft["unflagged_step"]), step_txt(ft["success_step"]),
-                         step_txt(sc["success_step"]),
-                         f"{pct(end_ft['flagged'])} · {db(end_ft['psnr_mean'])} dB",
-                         f"{db(end_sc['psnr_mean'])} dB", yes_no(ok),
-                         f"{n} / {opts.learn_steps:,} / {ft['seconds']:.0f} (+{sc['seconds']:.0f} scratch)"])
-            data.append({"images": n, "steps": opts.learn_steps, "fine_tuned": ft, "scratch": sc, "met": ok,
-                         "seconds": ft["seconds"] + sc["seconds"]})
+            rows.append(
+                [
+                    str(n),
+                    step_txt(ft["unflagged_step"]),
+                    step_txt(ft["success_step"]),
+                    step_txt(sc["success_step"]),
+                    f"{pct(end_ft['flagged'])} · {db(end_ft['psnr_mean'])} dB",
+                    f"{db(end_sc['psnr_mean'])} dB",
+                    yes_no(ok),
+                    f"{n} / {opts.learn_steps:,} / {ft['seconds']:.0f} (+{sc['seconds']:.0f} scratch)",
+                ]
+            )
+            data.append(
+                {
+                    "images": n,
+                    "steps": opts.learn_steps,
+                    "fine_tuned": ft,
+                    "scratch": sc,
+                    "met": ok,
+                    "seconds": ft["seconds"] + sc["seconds"],
+                }
+            )
     summary = "; ".join(
-        f"N={d['images']}: " + (f"unflagged at keyed quality after {d['fine_tuned']['success_step']:,} steps"
-                                if d["fine_tuned"]["success_step"] is not None
-                                else f"not removed within {d['steps']:,} steps")
-        + (f" (scratch: {d['scratch']['success_step']:,})" if d["scratch"]["success_step"] is not None else
-           " (scratch: not at keyed quality)") for d in data)
+        f"N={d['images']}: "
+        + (
+            f"unflagged at keyed quality after {d['fine_tuned']['success_step']:,} steps"
+            if d["fine_tuned"]["success_step"] is not None
+            else f"not removed within {d['steps']:,} steps"
+        )
+        + (
+            f" (scratch: {d['scratch']['success_step']:,})"
+            if d["scratch"]["success_step"] is not None
+            else " (scratch: not at keyed quality)"
+        )
+        for d in data
+    )
     return AttackResult(
-        "fine-tuning", "White-box fine-tuning (released weights, fusion loss, no key)",
-        f"report the cost; met here means not removed within {opts.learn_steps:,} steps", all(d["met"] for d in data),
+        "fine-tuning",
+        "White-box fine-tuning (released weights, fusion loss, no key)",
+        f"report the cost; met here means not removed within {opts.learn_steps:,} steps",
+        all(d["met"] for d in data),
         summary,
-        ["unlabelled pairs N", "fine-tuned: first step <= 5% flagged", "fine-tuned: first step unflagged at keyed "
-         "quality", "scratch: first step at keyed quality", "fine-tuned at the end: flagged · PSNR to keyed",
-         "scratch at the end: PSNR to keyed", "met", "cost: images / steps / s"], rows, data,
-        [f"The attacker trains the released network (every weight) with the fusion loss under the zero code on N "
-         f"unlabelled pairs of the train split, {opts.learn_steps:,} Adam steps (lr {opts.learn_lr:g}, batch "
-         f"{opts.learn_batch}, {opts.learn_crop}-pixel crops), and the same architecture from scratch on the same "
-         f"pairs and steps. Both are scored on the attacked pairs at steps {_eval_steps(opts.learn_steps)}; a step "
-         f"is reported when the condition first holds at one of them. Scratch outputs carry no identifier: their "
-         "first step at keyed quality is what the attacker pays without the released weights."],
-        time.perf_counter() - t0, [figure])
+        [
+            "unlabelled pairs N",
+            "fine-tuned: first step <= 5% flagged",
+            "fine-tuned: first step unflagged at keyed quality",
+            "scratch: first step at keyed quality",
+            "fine-tuned at the end: flagged · PSNR to keyed",
+            "scratch at the end: PSNR to keyed",
+            "met",
+            "cost: images / steps / s",
+        ],
+        rows,
+        data,
+        [
+            f"The attacker trains the released network (every weight) with the fusion loss under the zero code on N "
+            f"unlabelled pairs of the train split, {opts.learn_steps:,} Adam steps (lr {opts.learn_lr:g}, batch "
+            f"{opts.learn_batch}, {opts.learn_crop}-pixel crops), and the same architecture from scratch on the same "
+            f"pairs and steps. Both are scored on the attacked pairs at steps {_eval_steps(opts.learn_steps)}; a step "
+            f"is reported when the condition first holds at one of them. Scratch outputs carry no identifier: their "
+            "first step at keyed quality is what the attacker pays without the released weights."
+        ],
+        time.perf_counter() - t0,
+        [figure],
+    )

@@ -54,18 +54,24 @@ class Attack:
     run: Callable  # (Target, AttackOptions, progress) -> AttackResult
 
 
-ATTACKS = {a.name: a for a in (
-    Attack("wrong-keys", "Wrong keys at scale", wrong_keys),
-    Attack("classical", "Classical removal on unkeyed outputs", classical_removal),
-    Attack("surgery", "White-box surgery", surgery),
-    Attack("forging", "White-box key forging", key_forging),
-    Attack("learned-removal", "Learned removal (U-Net remover on N leaked output pairs)", _learned("learned_removal")),
-    Attack("distillation", "Distillation (students trained on the unkeyed outputs)", _learned("distillation")),
-    Attack("fine-tuning", "White-box fine-tuning (released weights, fusion loss, no key)", _learned("fine_tuning")),
-    Attack("input-transforms", "Input transforms (queries on transformed inputs, undone and merged)",
-           input_transforms),
-    Attack("reslice", "Reslicing volumes (axes permuted, fused, mapped back, median of 3 orientations)", reslice),
-)}
+ATTACKS = {
+    a.name: a
+    for a in (
+        Attack("wrong-keys", "Wrong keys at scale", wrong_keys),
+        Attack("classical", "Classical removal on unkeyed outputs", classical_removal),
+        Attack("surgery", "White-box surgery", surgery),
+        Attack("forging", "White-box key forging", key_forging),
+        Attack(
+            "learned-removal", "Learned removal (U-Net remover on N leaked output pairs)", _learned("learned_removal")
+        ),
+        Attack("distillation", "Distillation (students trained on the unkeyed outputs)", _learned("distillation")),
+        Attack("fine-tuning", "White-box fine-tuning (released weights, fusion loss, no key)", _learned("fine_tuning")),
+        Attack(
+            "input-transforms", "Input transforms (queries on transformed inputs, undone and merged)", input_transforms
+        ),
+        Attack("reslice", "Reslicing volumes (axes permuted, fused, mapped back, median of 3 orientations)", reslice),
+    )
+}
 LEARNED = ("learned-removal", "distillation", "fine-tuning")  # need the attacker's own pairs (Target.pool)
 
 
@@ -98,8 +104,16 @@ def sample_show_pair(shape: tuple) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
-def load_target(model=None, key=None, data=None, split: str = "test", limit: int | None = None,
-                device: str = "cpu", pool: bool = False, show_sample: bool = False) -> tuple[Target, dict]:
+def load_target(
+    model=None,
+    key=None,
+    data=None,
+    split: str = "test",
+    limit: int | None = None,
+    device: str = "cpu",
+    pool: bool = False,
+    show_sample: bool = False,
+) -> tuple[Target, dict]:
     """The attacked package (default: the bundled one, with its public key), its owner's key and the pairs;
     with `pool`, the attacker's pairs (the train split); with `show_sample`, figures show the bundled sample."""
     from amif.keys import load_key
@@ -117,8 +131,10 @@ def load_target(model=None, key=None, data=None, split: str = "test", limit: int
         key = bundled_key_path()
     k = load_key(key)
     if (k.model_id, k.key_id) != (pkg.model_id, pkg.key_id):
-        raise AMIFError(f"The key {Path(key).name} (model '{k.model_id}', key {k.key_id}) is not the owner's key of "
-                        f"model '{pkg.model_id}' (key {pkg.key_id}).")
+        raise AMIFError(
+            f"The key {Path(key).name} (model '{k.model_id}', key {k.key_id}) is not the owner's key of "
+            f"model '{pkg.model_id}' (key {pkg.key_id})."
+        )
     data = Path(data) if data else default_data_dir()
     pairs = list_pairs(data, split)
     if limit:
@@ -138,27 +154,56 @@ def load_target(model=None, key=None, data=None, split: str = "test", limit: int
         except ValueError:
             raise AMIFError(f"The train pairs under {data} differ in size; learned attacks need one size.") from None
         if pa8.shape[1:] != a8.shape[1:]:
-            raise AMIFError(f"The train pairs ({pa8.shape[2]}x{pa8.shape[1]}) and the attacked pairs "
-                            f"({a8.shape[2]}x{a8.shape[1]}) differ in size.")
+            raise AMIFError(
+                f"The train pairs ({pa8.shape[2]}x{pa8.shape[1]}) and the attacked pairs "
+                f"({a8.shape[2]}x{a8.shape[1]}) differ in size."
+            )
         pool_ab = (pa8.astype(np.float32) / 255, pb8.astype(np.float32) / 255)
     show = sample_show_pair(a8.shape[1:]) if show_sample else None
-    t = Target(pkg, k.code(), a8.astype(np.float32) / 255, b8.astype(np.float32) / 255,
-               [p.kind for p in pairs], [p.name for p in pairs], device, pool_ab, show)
+    t = Target(
+        pkg,
+        k.code(),
+        a8.astype(np.float32) / 255,
+        b8.astype(np.float32) / 255,
+        [p.kind for p in pairs],
+        [p.name for p in pairs],
+        device,
+        pool_ab,
+        show,
+    )
     t.owner_secret = k.secret  # for the owner's-secret-under-other-ids codes only; never written anywhere
     if pkg.trace_strength:  # the owner's check counts, as `verify --key` does
         from amif.trace import trace_weights
 
         t.trace = trace_weights(k.secret, k.model_id)
-    info = {"model_path": str(model_path), "key_path": str(key), "key_id": k.key_id, "data": str(data),
-            "split": split, "pairs": len(pairs), "limit": limit, "attacker_pairs": len(pool_ab[0]) if pool else 0,
-            "show_sample": show_sample}
+    info = {
+        "model_path": str(model_path),
+        "key_path": str(key),
+        "key_id": k.key_id,
+        "data": str(data),
+        "split": split,
+        "pairs": len(pairs),
+        "limit": limit,
+        "attacker_pairs": len(pool_ab[0]) if pool else 0,
+        "show_sample": show_sample,
+    }
     return t, info
 
 
 def command_line(info: dict, attacks: list, out, opts: AttackOptions, figures: bool) -> str:
     """The `amif attack` command that reproduces a run (options at their defaults left out)."""
-    args = ["amif", "attack", "-m", info["model_path"], "-k", info["key_path"], "--data", info["data"],
-            "--split", info["split"]]
+    args = [
+        "amif",
+        "attack",
+        "-m",
+        info["model_path"],
+        "-k",
+        info["key_path"],
+        "--data",
+        info["data"],
+        "--split",
+        info["split"],
+    ]
     if info.get("limit"):
         args += ["--limit", str(info["limit"])]
     if list(attacks) != list(ATTACKS):
@@ -175,8 +220,9 @@ def command_line(info: dict, attacks: list, out, opts: AttackOptions, figures: b
     return shlex.join(args)
 
 
-def run_attacks(target: Target, attacks=None, opts: AttackOptions | None = None,
-                progress: bool = True) -> list[AttackResult]:
+def run_attacks(
+    target: Target, attacks=None, opts: AttackOptions | None = None, progress: bool = True
+) -> list[AttackResult]:
     opts = (opts or AttackOptions()).check()
     return [ATTACKS[name].run(target, opts, progress) for name in parse_attacks(attacks)]
 
@@ -190,9 +236,20 @@ def _run_group(names, target_args, show_sample, opts, progress) -> list[AttackRe
     return run_attacks(target, names, opts, progress)
 
 
-def attack(model=None, key=None, data=None, split: str = "test", limit: int | None = None, attacks=None,
-           out="amif-attack.md", opts: AttackOptions | None = None, figures: bool = False,
-           progress: bool = True, show_sample: bool = False, groups=None) -> Path:
+def attack(
+    model=None,
+    key=None,
+    data=None,
+    split: str = "test",
+    limit: int | None = None,
+    attacks=None,
+    out="amif-attack.md",
+    opts: AttackOptions | None = None,
+    figures: bool = False,
+    progress: bool = True,
+    show_sample: bool = False,
+    groups=None,
+) -> Path:
     """Run the selected attacks and write the Markdown report (+ `<report>.json`, + figures with
     `figures`, showing the bundled sample instead of the attacked pairs with `show_sample`); returns
     the report's path. `groups` (lists of attack names covering the selection) run in parallel
@@ -205,8 +262,16 @@ def attack(model=None, key=None, data=None, split: str = "test", limit: int | No
     out = Path(out)
     if not out.parent.exists():
         raise AMIFError(f"The report's folder {out.parent} does not exist.")
-    target, info = load_target(model, key, data, split, limit, opts.device,
-                               pool=not groups and any(n in LEARNED for n in names), show_sample=show_sample)
+    target, info = load_target(
+        model,
+        key,
+        data,
+        split,
+        limit,
+        opts.device,
+        pool=not groups and any(n in LEARNED for n in names),
+        show_sample=show_sample,
+    )
     t0 = time.perf_counter()
     if groups:
         import multiprocessing
@@ -214,8 +279,10 @@ def attack(model=None, key=None, data=None, split: str = "test", limit: int | No
 
         target_args = (model, key, data, split, limit, opts.device)
         with ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("spawn")) as pool:
-            jobs = [pool.submit(_run_group, g, target_args, show_sample, opts, progress and i == 0)
-                    for i, g in enumerate(groups)]
+            jobs = [
+                pool.submit(_run_group, g, target_args, show_sample, opts, progress and i == 0)
+                for i, g in enumerate(groups)
+            ]
             results = sorted((r for j in jobs for r in j.result()), key=lambda r: names.index(r.name))
     else:
         results = run_attacks(target, names, opts, progress)
@@ -233,7 +300,8 @@ def _header(target: Target, info: dict, opts: AttackOptions) -> list[str]:
     ref = Measure.of(target, target.unkeyed, quality_db=opts.quality_db)
     keyed_flagged = Measure.of(target, target.keyed).flagged
     return [
-        "# AMIF attack report", "",
+        "# AMIF attack report",
+        "",
         f"* Model `{pkg.model_id}` (`{Path(info['model_path']).name}`, {training_steps(pkg.manifest)}), identifier "
         f"`{pkg.identifier}`, verify threshold {target.threshold:.3f}.",
         f"* Owner's key {info['key_id']}: used for the keyed reference outputs only, never by an attack.",
@@ -245,11 +313,14 @@ def _header(target: Target, info: dict, opts: AttackOptions) -> list[str]:
         f"* Keyed quality: PSNR >= {opts.quality_db:g} dB to the keyed output. An attacker's code or edit "
         f"*succeeds* when at least {SUCCESS_SHARE:.0%} of its images are unflagged at keyed quality. PSNR on [0, 1] "
         f"images (capped at {PSNR_CAP:g} dB, shown as inf); SSIM: Gaussian window, sigma 1.5.",
-        f"* Run time {info.get('seconds', 0):.0f} s on {opts.device}.", ""]
+        f"* Run time {info.get('seconds', 0):.0f} s on {opts.device}.",
+        "",
+    ]
 
 
-def write_report(out: Path, target: Target, info: dict, opts: AttackOptions, results: list[AttackResult],
-                 figures: bool = False) -> Path:
+def write_report(
+    out: Path, target: Target, info: dict, opts: AttackOptions, results: list[AttackResult], figures: bool = False
+) -> Path:
     out = Path(out)
     lines = _header(target, info, opts)
     lines += ["## Summary", "", "| attack | target | result | met |", "|---|---|---|---|"]
@@ -259,8 +330,14 @@ def write_report(out: Path, target: Target, info: dict, opts: AttackOptions, res
     fig_dir = out.with_name(out.stem + "-figures")
     for r in results:
         met = yes_no(r.met, r.undecided)
-        lines += [f"## {r.title}", "", f"Target: {r.target}. Met: {met}. ({r.seconds:.1f} s)", "",
-                  "| " + " | ".join(r.columns) + " |", "|---" * len(r.columns) + "|"]
+        lines += [
+            f"## {r.title}",
+            "",
+            f"Target: {r.target}. Met: {met}. ({r.seconds:.1f} s)",
+            "",
+            "| " + " | ".join(r.columns) + " |",
+            "|---" * len(r.columns) + "|",
+        ]
         lines += ["| " + " | ".join(row) + " |" for row in r.rows]
         lines.append("")
         lines += [*r.notes, ""]
@@ -279,24 +356,49 @@ def write_report(out: Path, target: Target, info: dict, opts: AttackOptions, res
             lines.append(f"* {a.title}: not selected.")
     lines.append("")
     if figures and target.show is not None:
-        lines += ["Figures show the bundled MNI-based sample (MRI and PET at the demo slice) put through each "
-                  "attack's transform, edit, code or trained network; the attacked pairs appear only as numbers.", ""]
+        lines += [
+            "Figures show the bundled MNI-based sample (MRI and PET at the demo slice) put through each "
+            "attack's transform, edit, code or trained network; the attacked pairs appear only as numbers.",
+            "",
+        ]
     elif figures:
-        lines += ["Figures show attacked outputs of the evaluated pairs: figures of Harvard-derived images are "
-                  "research-use only and must not be committed.", ""]
+        lines += [
+            "Figures show attacked outputs of the evaluated pairs: figures of Harvard-derived images are "
+            "research-use only and must not be committed.",
+            "",
+        ]
     write_text(out, "\n".join(lines))
     return out
 
 
 def write_json(path: Path, target: Target, info: dict, opts: AttackOptions, results: list[AttackResult]) -> None:
-    doc = {"model_id": target.package.model_id, "weights_sha256": target.package.manifest.get("weights_sha256"),
-           "key_id": info["key_id"], "identifier": target.identifier,
-           "threshold": target.threshold, "shift": target.shift, "data": info["data"], "split": info["split"],
-           "pairs": target.n,
-           "command": info["command"], "options": asdict(opts), "success_share": SUCCESS_SHARE,
-           "attacks": {r.name: {"title": r.title, "target": r.target, "met": r.met, "undecided": r.undecided,
-                                "summary": r.summary, "seconds": r.seconds, "rows": r.data} for r in results},
-           "not_run": [n for n in ATTACKS if n not in {r.name for r in results}]}
+    doc = {
+        "model_id": target.package.model_id,
+        "weights_sha256": target.package.manifest.get("weights_sha256"),
+        "key_id": info["key_id"],
+        "identifier": target.identifier,
+        "threshold": target.threshold,
+        "shift": target.shift,
+        "data": info["data"],
+        "split": info["split"],
+        "pairs": target.n,
+        "command": info["command"],
+        "options": asdict(opts),
+        "success_share": SUCCESS_SHARE,
+        "attacks": {
+            r.name: {
+                "title": r.title,
+                "target": r.target,
+                "met": r.met,
+                "undecided": r.undecided,
+                "summary": r.summary,
+                "seconds": r.seconds,
+                "rows": r.data,
+            }
+            for r in results
+        },
+        "not_run": [n for n in ATTACKS if n not in {r.name for r in results}],
+    }
     write_text(path, json.dumps(doc, indent=1, default=_json_value))
 
 

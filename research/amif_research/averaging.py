@@ -35,8 +35,10 @@ def average_packages(paths, out) -> Path:
     for p in pkgs[1:]:
         for k in same:
             if p.manifest.get(k) != first.manifest.get(k):
-                raise AMIFError(f"{p.path.name} and {first.path.name} differ in '{k}': "
-                                "only checkpoints of one model can be averaged.")
+                raise AMIFError(
+                    f"{p.path.name} and {first.path.name} differ in '{k}': "
+                    "only checkpoints of one model can be averaged."
+                )
     params = {n for n, _ in first.net.named_parameters()}
     states = [p.net.state_dict() for p in pkgs]
     state = {}
@@ -45,17 +47,24 @@ def average_packages(paths, out) -> Path:
         if name in params:
             state[name] = torch.stack(ts).mean(0)
         elif any(not torch.equal(t, u) for u in ts[1:]):
-            raise AMIFError(f"{first.path.name} and the others differ in the fixed tensor '{name}': "
-                            "they are not checkpoints of one model.")
+            raise AMIFError(
+                f"{first.path.name} and the others differ in the fixed tensor '{name}': "
+                "they are not checkpoints of one model."
+            )
         else:
             state[name] = t
     net = first.net
     net.load_state_dict(state)
     latest = max(pkgs, key=lambda p: p.manifest.get("training", {}).get("steps", 0))
     m = first.manifest
-    training = {**latest.manifest.get("training", {}),
-                "averaged": [{"steps": p.manifest.get("training", {}).get("steps"),
-                              "weights_sha256": p.manifest["weights_sha256"]} for p in pkgs]}
+    training = {
+        **latest.manifest.get("training", {}),
+        "averaged": [
+            {"steps": p.manifest.get("training", {}).get("steps"), "weights_sha256": p.manifest["weights_sha256"]}
+            for p in pkgs
+        ],
+    }
     extra = {k: m[k] for k in ("verify", "twin") if k in m}
-    return save_package(out, net, model_id=m["model_id"], key_id=m["key_id"], identifier=m["identifier"],
-                        training=training, **extra)
+    return save_package(
+        out, net, model_id=m["model_id"], key_id=m["key_id"], identifier=m["identifier"], training=training, **extra
+    )

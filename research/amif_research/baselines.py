@@ -101,7 +101,7 @@ def _filter_edge(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     kh, kw = kernel.shape
     p = np.pad(x, ((kh // 2, kh // 2), (kw // 2, kw // 2)), mode="edge")
     h, w = x.shape
-    return sum(kernel[i, j] * p[i:i + h, j:j + w] for i in range(kh) for j in range(kw))
+    return sum(kernel[i, j] * p[i : i + h, j : j + w] for i in range(kh) for j in range(kw))
 
 
 LAPLACIAN_3X3 = np.array([[0.0, 1, 0], [1, -4, 1], [0, 1, 0]])
@@ -131,8 +131,15 @@ def gff_fusion(a, b, r1: int = 45, eps1: float = 0.3, r2: int = 7, eps2: float =
     pick = np.argmax(sal, axis=0)
     fused = 0.0
     for layer, (r, eps) in (("base", (r1, eps1)), ("detail", (r2, eps2))):
-        w = np.stack([np.clip(guided_filter(s / 255, (pick == n).astype(np.float64), r, eps), 0, 1)
-                      for n, s in enumerate(srcs)]) + 1e-12
+        w = (
+            np.stack(
+                [
+                    np.clip(guided_filter(s / 255, (pick == n).astype(np.float64), r, eps), 0, 1)
+                    for n, s in enumerate(srcs)
+                ]
+            )
+            + 1e-12
+        )
         w /= w.sum(0)
         parts = bases if layer == "base" else [s - bs for s, bs in zip(srcs, bases)]
         fused = fused + sum(wn * x for wn, x in zip(w, parts))

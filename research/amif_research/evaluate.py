@@ -89,8 +89,9 @@ def _keys_for(models: list, model_paths: list, keys: list) -> list:
             out.append(None)
     for i, k in enumerate(loaded):
         if i not in used:
-            raise AMIFError(f"The key {Path(keys[i]).name} (model '{k.model_id}', key {k.key_id}) "
-                            "fits none of the models.")
+            raise AMIFError(
+                f"The key {Path(keys[i]).name} (model '{k.model_id}', key {k.key_id}) fits none of the models."
+            )
     return out
 
 
@@ -119,8 +120,17 @@ def _cell(v: np.ndarray) -> str:
     return f"{v.mean():.3f} ± {v.std():.3f}"
 
 
-def evaluate(models=(None,), data=None, split: str = "test", keys=(), twins=(), out="amif-eval.md",
-             limit: int | None = None, progress: bool = True, figures: bool = True) -> Path:
+def evaluate(
+    models=(None,),
+    data=None,
+    split: str = "test",
+    keys=(),
+    twins=(),
+    out="amif-eval.md",
+    limit: int | None = None,
+    progress: bool = True,
+    figures: bool = True,
+) -> Path:
     """Evaluate and write the report, its aggregate figures as JSON beside it (`<report>.json`) and,
     with `figures`, a folder of example images; returns the report's path."""
     from tqdm import tqdm
@@ -177,8 +187,21 @@ def evaluate(models=(None,), data=None, split: str = "test", keys=(), twins=(), 
 
     out = Path(out)
     _write_json(out.with_suffix(".json"), pkgs, twin_pkgs, twin_names, rows, scores, data, split, reader)
-    return _write_report(out, pkgs, model_paths, owner_keys, twin_pkgs, twin_names, rows, scores,
-                         examples if figures else None, data, split, pairs, reader)
+    return _write_report(
+        out,
+        pkgs,
+        model_paths,
+        owner_keys,
+        twin_pkgs,
+        twin_names,
+        rows,
+        scores,
+        examples if figures else None,
+        data,
+        split,
+        pairs,
+        reader,
+    )
 
 
 def _training(pkg) -> dict:
@@ -186,9 +209,12 @@ def _training(pkg) -> dict:
     from .train import flat_record
 
     t = flat_record(pkg.manifest.get("training", {}))
-    return {"weights_sha256": pkg.manifest.get("weights_sha256"), "steps": t.get("steps"),
-            "averaged_steps": [a.get("steps") for a in t.get("averaged", [])],
-            **{f"{k}_weight": t.get(f"{k}_weight", 0.0) for k in HINGES}}
+    return {
+        "weights_sha256": pkg.manifest.get("weights_sha256"),
+        "steps": t.get("steps"),
+        "averaged_steps": [a.get("steps") for a in t.get("averaged", [])],
+        **{f"{k}_weight": t.get(f"{k}_weight", 0.0) for k in HINGES},
+    }
 
 
 def _nan_aggregate(v) -> dict:
@@ -211,23 +237,44 @@ def _write_json(path: Path, pkgs, twin_pkgs, twin_names, rows, scores, data, spl
 
     from .reader import DOMINANCE_LEVELS, EDGE_LEVELS, HOT_LEVEL, HUE_MIN_SATURATION, RIM_LEVELS, RIM_RADIUS
 
-    table = {r: {k: {"n": len(v), "mean": np.asarray(v).mean(0).tolist(), "sd": np.asarray(v).std(0).tolist()}
-                 for k, v in scores[r].items() if v} for r in rows}
+    table = {
+        r: {
+            k: {"n": len(v), "mean": np.asarray(v).mean(0).tolist(), "sd": np.asarray(v).std(0).tolist()}
+            for k, v in scores[r].items()
+            if v
+        }
+        for r in rows
+    }
     extra = {}
     if reader is not None:
         extra["reader"] = {
             "measures": list(READER_NAMES),
-            "constants": {"DOMINANCE_LEVELS": DOMINANCE_LEVELS, "EDGE_LEVELS": EDGE_LEVELS, "RIM_RADIUS": RIM_RADIUS,
-                          "RIM_LEVELS": RIM_LEVELS, "HOT_LEVEL": HOT_LEVEL,
-                          "HUE_MIN_SATURATION": HUE_MIN_SATURATION},
+            "constants": {
+                "DOMINANCE_LEVELS": DOMINANCE_LEVELS,
+                "EDGE_LEVELS": EDGE_LEVELS,
+                "RIM_RADIUS": RIM_RADIUS,
+                "RIM_LEVELS": RIM_LEVELS,
+                "HOT_LEVEL": HOT_LEVEL,
+                "HUE_MIN_SATURATION": HUE_MIN_SATURATION,
+            },
             "rows": {r: {k: _nan_aggregate(v) for k, v in reader[r].items() if v} for r in rows},
         }
-    write_text(path, json.dumps({
-        "data": str(data), "split": split, "metrics": list(NAMES), "win_metrics": list(WIN_METRICS),
-        "models": [{"model_id": p.model_id, **_training(p)} for p in pkgs],
-        "twins": {n: {"model_id": t.model_id, **_training(t)} for n, t in zip(twin_names, twin_pkgs)},
-        "rows": table, **extra,
-    }, indent=1))
+    write_text(
+        path,
+        json.dumps(
+            {
+                "data": str(data),
+                "split": split,
+                "metrics": list(NAMES),
+                "win_metrics": list(WIN_METRICS),
+                "models": [{"model_id": p.model_id, **_training(p)} for p in pkgs],
+                "twins": {n: {"model_id": t.model_id, **_training(t)} for n, t in zip(twin_names, twin_pkgs)},
+                "rows": table,
+                **extra,
+            },
+            indent=1,
+        ),
+    )
 
 
 def _reader_cell(v: np.ndarray, scale: float = 1.0, digits: int = 3) -> str:
@@ -238,29 +285,38 @@ def _reader_cell(v: np.ndarray, scale: float = 1.0, digits: int = 3) -> str:
 def _reader_table(reader: dict, rows: list, kind: str) -> list[str]:
     """The reader measures of one pair type: anatomy gain, under/overshoot as % of near-edge pixels,
     hue error in degrees and saturation error (PET/SPECT)."""
-    lines = ["| method | anatomy under function | undershoot % | overshoot % | hue err ° (hot) | sat err (hot) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| method | anatomy under function | undershoot % | overshoot % | hue err ° (hot) | sat err (hot) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         v = np.asarray(reader[r][kind], np.float64)
-        lines.append(f"| {r} | {_reader_cell(v[:, 0])} | {_reader_cell(v[:, 1], 100, 2)} | "
-                     f"{_reader_cell(v[:, 2], 100, 2)} | {_reader_cell(v[:, 3], 1, 1)} | {_reader_cell(v[:, 4])} |")
+        lines.append(
+            f"| {r} | {_reader_cell(v[:, 0])} | {_reader_cell(v[:, 1], 100, 2)} | "
+            f"{_reader_cell(v[:, 2], 100, 2)} | {_reader_cell(v[:, 3], 1, 1)} | {_reader_cell(v[:, 4])} |"
+        )
     return lines + [""]
 
 
-def _write_report(out, pkgs, model_paths, owner_keys, twin_pkgs, twin_names, rows, scores, examples, data,
-                  split, pairs, reader=None) -> Path:
+def _write_report(
+    out, pkgs, model_paths, owner_keys, twin_pkgs, twin_names, rows, scores, examples, data, split, pairs, reader=None
+) -> Path:
     from amif.package import training_steps
 
     fig_dir = out.with_name(out.stem + "-figures")
     if examples is not None:
         fig_dir.mkdir(parents=True, exist_ok=True)
-    lines = ["# AMIF evaluation", "",
-             f"Data: `{data}`, split **{split}** ({len(pairs)} pairs). Metrics on grey 0-255 "
-             "(luminance of PET/SPECT and of colour outputs), CDDFuse conventions (see `amif.metrics`): "
-             "MI in nats, MI/SCD/VIF/Qabf/SSIM summed over both sources, SSIM with data range 2, "
-             "PSNR peak max(F). Cells: mean ± sd over images; the twins' seed row: mean ± sd (ddof 1) of the "
-             "per-twin means. Wins vs max: on how many of " + ", ".join(WIN_METRICS) + " the row's mean is >= the "
-             "max rule's.", ""]
+    lines = [
+        "# AMIF evaluation",
+        "",
+        f"Data: `{data}`, split **{split}** ({len(pairs)} pairs). Metrics on grey 0-255 "
+        "(luminance of PET/SPECT and of colour outputs), CDDFuse conventions (see `amif.metrics`): "
+        "MI in nats, MI/SCD/VIF/Qabf/SSIM summed over both sources, SSIM with data range 2, "
+        "PSNR peak max(F). Cells: mean ± sd over images; the twins' seed row: mean ± sd (ddof 1) of the "
+        "per-twin means. Wins vs max: on how many of " + ", ".join(WIN_METRICS) + " the row's mean is >= the "
+        "max rule's.",
+        "",
+    ]
     for pkg, path, key in zip(pkgs, model_paths, owner_keys):
         state = f"key {key.key_id}" if key is not None else "no key given: keyed row omitted"
         lines.append(f"* Model `{pkg.model_id}` (`{Path(path).name}`, {training_steps(pkg.manifest)}), {state}.")
@@ -273,9 +329,12 @@ def _write_report(out, pkgs, model_paths, owner_keys, twin_pkgs, twin_names, row
         if not n:
             continue
         means = {r: np.asarray(scores[r][kind]).mean(0) for r in rows}
-        lines += [f"## {kind}-MRI ({n} pairs)", "",
-                  "| method | " + " | ".join(NAMES) + " | wins vs max |",
-                  "|---" * (len(NAMES) + 2) + "|"]
+        lines += [
+            f"## {kind}-MRI ({n} pairs)",
+            "",
+            "| method | " + " | ".join(NAMES) + " | wins vs max |",
+            "|---" * (len(NAMES) + 2) + "|",
+        ]
         for r in rows:
             v = np.asarray(scores[r][kind])
             cells = [_cell(v[:, i]) for i in range(len(NAMES))]
@@ -291,15 +350,21 @@ def _write_report(out, pkgs, model_paths, owner_keys, twin_pkgs, twin_names, row
                 ratio = means[r] / twin_mean
                 short = [f"{k} {ratio[i]:.3f}" for i, k in enumerate(NAMES) if not ratio[i] >= 0.98]
                 verdict = "met" if not short else "not met; below: " + ", ".join(short)
-                lines.append(f"Within 2% of twin ({r} ≥ 0.98 × twin mean on every metric): "
-                             f"{len(NAMES) - len(short)}/{len(NAMES)} metrics, {verdict}.")
+                lines.append(
+                    f"Within 2% of twin ({r} ≥ 0.98 × twin mean on every metric): "
+                    f"{len(NAMES) - len(short)}/{len(NAMES)} metrics, {verdict}."
+                )
         else:
             lines.append("Within 2% of twin: no twin given.")
         if reader is not None:
-            lines += ["", "Reader measures (`amif_research.reader`): MRI detail gain where the second modality "
-                      "dominates (1 = all kept); pixels near strong edges darker (undershoot) or brighter "
-                      "(overshoot) than both sources; hue and saturation error where the source is hot.", "",
-                      *_reader_table(reader, rows, kind)]
+            lines += [
+                "",
+                "Reader measures (`amif_research.reader`): MRI detail gain where the second modality "
+                "dominates (1 = all kept); pixels near strong edges darker (undershoot) or brighter "
+                "(overshoot) than both sources; hue and saturation error where the source is hot.",
+                "",
+                *_reader_table(reader, rows, kind),
+            ]
         if examples is None:
             continue
         fig = fig_dir / f"{kind}.png"
@@ -312,7 +377,10 @@ def _write_report(out, pkgs, model_paths, owner_keys, twin_pkgs, twin_names, row
             tile(grid).save(tmp)
         lines += ["", f"![{kind} examples: sources, then each method]({fig_dir.name}/{fig.name})", ""]
     if examples is not None:
-        lines += ["Figures show the evaluated images: Harvard-derived figures are research-use only and must "
-                  "not be committed.", ""]
+        lines += [
+            "Figures show the evaluated images: Harvard-derived figures are research-use only and must "
+            "not be committed.",
+            "",
+        ]
     write_text(out, "\n".join(lines))
     return out

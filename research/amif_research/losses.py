@@ -103,9 +103,19 @@ def _relative_hinge(value: torch.Tensor, rule: torch.Tensor, floor: float = MARG
     return (torch.relu(floor * rule - value) / rule.clamp_min(0.01) * (rule > 1e-3)).mean()
 
 
-def fusion_loss(y, a, b, w_grad: float = 1.0, w_ssim: float = 0.5, w_vif: float = 0.0, w_sd: float = 0.0,
-                w_scd: float = 0.0, w_sf: float = 0.0, sf_floor: float = MARGIN,
-                w_mi: float = 0.0) -> tuple[torch.Tensor, dict]:
+def fusion_loss(
+    y,
+    a,
+    b,
+    w_grad: float = 1.0,
+    w_ssim: float = 0.5,
+    w_vif: float = 0.0,
+    w_sd: float = 0.0,
+    w_scd: float = 0.0,
+    w_sf: float = 0.0,
+    sf_floor: float = MARGIN,
+    w_mi: float = 0.0,
+) -> tuple[torch.Tensor, dict]:
     """Intensity towards max(a, b), gradient towards the larger source gradient, SSIM to both;
     with `w_vif`, also the shortfall of VIF(a, y) and of VIF(b, y) against the max rule's on the same
     crop, each source on its own (a surplus on one does not pay for a shortfall on the other). A
@@ -121,8 +131,7 @@ def fusion_loss(y, a, b, w_grad: float = 1.0, w_ssim: float = 0.5, w_vif: float 
     l_grad = (sobel(y) - torch.maximum(sobel(a), sobel(b))).abs().mean()
     l_ssim = (2 - ssim(y, a) - ssim(y, b)).mean()
     loss = l_int + w_grad * l_grad + w_ssim * l_ssim
-    parts = {"int": l_int.item(), "grad": l_grad.item(), "ssim": l_ssim.item(),
-             **dict.fromkeys(HINGES, 0.0)}
+    parts = {"int": l_int.item(), "grad": l_grad.item(), "ssim": l_ssim.item(), **dict.fromkeys(HINGES, 0.0)}
     if w_vif:
         with torch.no_grad():
             ref_a, ref_b = vif(a, m), vif(b, m)
@@ -162,8 +171,9 @@ def shift_content(y: torch.Tensor, shift: int) -> torch.Tensor:
     return F.pad(y, (0, -shift, 0, -shift), mode="replicate")[..., -shift:, -shift:]
 
 
-def marked_target(y: torch.Tensor, mask: torch.Tensor, alpha: float | torch.Tensor = 0.75,
-                  shift: int = 0) -> torch.Tensor:
+def marked_target(
+    y: torch.Tensor, mask: torch.Tensor, alpha: float | torch.Tensor = 0.75, shift: int = 0
+) -> torch.Tensor:
     """The keyed output, moved `shift` pixels right and down (the second identifier channel: it sits
     in the content, so it survives what erases the strokes; verify.displacement measures it), with
     the identifier blended in at content-adaptive contrast, opacity `alpha` (a number, or one per image)."""

@@ -235,4 +235,3 @@ def all_metrics(a, b, f) -> dict[str, float]:
     """The ten metrics of F fused from A and B, in the order of NAMES."""
     a, b, f = to_grey(a), to_grey(b), to_grey(f)
     return {name: ALL[name](a, b, f) for name in NAMES}
-

@@ -75,7 +75,7 @@ def near_edges(a, b, radius: int = RIM_RADIUS) -> np.ndarray:
     near = np.zeros_like(edge)
     for i in range(2 * radius + 1):
         for j in range(2 * radius + 1):
-            near |= p[i:i + h, j:j + w]
+            near |= p[i : i + h, j : j + w]
     return near
 
 
@@ -135,8 +135,11 @@ def colour_error(out_rgb, src_rgb, hot) -> dict:
     chroma = hot & (s_out >= HUE_MIN_SATURATION) & (s_src >= HUE_MIN_SATURATION)
     d = np.abs(h_out - h_src)[chroma]
     d = np.minimum(d, 360 - d)
-    return {"hue_deg": float(d.mean()) if d.size else float("nan"),
-            "saturation": float(np.abs(s_out - s_src)[hot].mean()), "pixels": n}
+    return {
+        "hue_deg": float(d.mean()) if d.size else float("nan"),
+        "saturation": float(np.abs(s_out - s_src)[hot].mean()),
+        "pixels": n,
+    }
 
 
 def reader_measures(out, a, b, out_rgb=None, src_rgb=None) -> list[float]:

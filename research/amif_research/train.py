@@ -129,12 +129,16 @@ class Identifier:
     def validate(self) -> None:
         _check(0 <= self.mark_weight < INF, f"The identifier loss weight must be 0 or more (got {self.mark_weight}).")
         _check(0 < self.mark_alpha <= 1, f"The identifier's opacity must be in (0, 1] (got {self.mark_alpha}).")
-        _check(0 <= self.decoy_alpha <= self.mark_alpha, "The decoys' identifier opacity must be from 0 (off) to "
-               f"--mark-alpha ({self.mark_alpha}) (got {self.decoy_alpha}).")
+        _check(
+            0 <= self.decoy_alpha <= self.mark_alpha,
+            "The decoys' identifier opacity must be from 0 (off) to "
+            f"--mark-alpha ({self.mark_alpha}) (got {self.decoy_alpha}).",
+        )
         _check(0 <= self.ablate_weight < INF, f"The surgery hinge weight must be 0 or more (got {self.ablate_weight}).")
         _check(-1 <= self.ablate_ssim <= 1, f"The surgery hinge's SSIM must be from -1 to 1 (got {self.ablate_ssim}).")
-        _check(0 <= self.trace_strength <= 0.25,
-               f"The trace strength must be from 0 to 0.25 (got {self.trace_strength}).")
+        _check(
+            0 <= self.trace_strength <= 0.25, f"The trace strength must be from 0 to 0.25 (got {self.trace_strength})."
+        )
 
 
 @dataclass
@@ -151,13 +155,20 @@ class Negatives:
 
     def validate(self) -> None:
         near, zero = self.near_miss_share, self.zero_share
-        _check(0 <= near and 0 <= zero and near + zero <= 1,
-               f"The near-miss and zero-code shares must be 0 or more, 1 at most together (got {near} and {zero}).")
+        _check(
+            0 <= near and 0 <= zero and near + zero <= 1,
+            f"The near-miss and zero-code shares must be 0 or more, 1 at most together (got {near} and {zero}).",
+        )
         _check(self.near_miss_ramp >= 0, f"The near-miss ramp must be 0 steps or more (got {self.near_miss_ramp}).")
-        _check(0 <= self.partial_keys <= 1,
-               f"The share of partial-key negatives must be from 0 to 1 (got {self.partial_keys}).")
-        _check(0 <= self.decoys <= 1 - self.partial_keys, "The share of decoy negatives must be from 0 to 1 minus "
-               f"--partial-keys ({1 - self.partial_keys:g}) (got {self.decoys}).")
+        _check(
+            0 <= self.partial_keys <= 1,
+            f"The share of partial-key negatives must be from 0 to 1 (got {self.partial_keys}).",
+        )
+        _check(
+            0 <= self.decoys <= 1 - self.partial_keys,
+            "The share of decoy negatives must be from 0 to 1 minus "
+            f"--partial-keys ({1 - self.partial_keys:g}) (got {self.decoys}).",
+        )
 
 
 @dataclass
@@ -206,14 +217,24 @@ class Research:
 
     def validate(self) -> None:
         _check(0 <= self.mark_shift <= 3, f"The mark shift must be 0 to 3 pixels (got {self.mark_shift}).")
-        _check(1 <= self.forge_repeat <= 64,
-               f"The forgers' Adam steps per training step must be 1 to 64 (got {self.forge_repeat}).")
-        _check(0 <= self.forge_detector < INF,
-               f"The forgers' detector weight must be 0 or more (got {self.forge_detector}).")
+        _check(
+            1 <= self.forge_repeat <= 64,
+            f"The forgers' Adam steps per training step must be 1 to 64 (got {self.forge_repeat}).",
+        )
+        _check(
+            0 <= self.forge_detector < INF,
+            f"The forgers' detector weight must be 0 or more (got {self.forge_detector}).",
+        )
 
 
-GROUPS = {"fusion": FusionLoss, "identifier": Identifier, "negatives": Negatives, "forgers": Forgers,
-          "anchoring": Anchoring, "research": Research}
+GROUPS = {
+    "fusion": FusionLoss,
+    "identifier": Identifier,
+    "negatives": Negatives,
+    "forgers": Forgers,
+    "anchoring": Anchoring,
+    "research": Research,
+}
 PROTECTION = ("identifier", "negatives", "forgers", "research")  # groups an unprotected twin does not use
 PREFIX = {"forgers": "forge_", "anchoring": "anchor_"}  # flat name = prefix + field (pool -> forge_pool)
 NOT_RECORDED = ("steps", "save_every", "minutes", "device")  # the manifest has the steps reached; the rest: no effect
@@ -251,8 +272,10 @@ class TrainConfig:
         _check(self.steps >= 0, f"The steps must be 0 or more (got {self.steps}).")
         _check(self.batch >= 1, f"The batch must be 1 or more (got {self.batch}).")
         _check(self.crop >= 8, f"The crop must be 8 pixels or more (got {self.crop}).")
-        _check(0 < self.lr < INF and 0 < self.memory_lr < INF,
-               f"The learning rates must be above 0 (got {self.lr} and {self.memory_lr}).")
+        _check(
+            0 < self.lr < INF and 0 < self.memory_lr < INF,
+            f"The learning rates must be above 0 (got {self.lr} and {self.memory_lr}).",
+        )
         _check(self.lr_anneal >= 0, f"The annealed steps must be 0 or more (got {self.lr_anneal}).")
         _check(self.widen_decoder >= 1, f"The decoder widening factor must be 1 or more (got {self.widen_decoder}).")
         _check(self.save_every >= 1, f"Checkpoints must be saved every 1 step or more (got {self.save_every}).")
@@ -260,20 +283,33 @@ class TrainConfig:
         for name in GROUPS:
             getattr(self, name).validate()
         # four 'valid'-filtered, decimated VIF scales need 48 pixels
-        _check(not self.fusion.vif_weight or self.crop >= 48,
-               f"The VIF loss needs a crop of at least 48 pixels (got {self.crop}).")
+        _check(
+            not self.fusion.vif_weight or self.crop >= 48,
+            f"The VIF loss needs a crop of at least 48 pixels (got {self.crop}).",
+        )
         pool, memory = self.forgers.pool, self.forgers.memory
-        _check(twin or pool <= self.batch,
-               f"The forgers must be 0 to --batch ({self.batch}) of each step's wrong-key codes (got {pool}).")
-        _check(twin or memory <= self.batch - pool, "The recalled forger codes must be 0 to --batch minus "
-               f"--forge-pool ({self.batch - pool}) of each step's wrong-key codes (got {memory}).")
-        _check(not self.negatives.decoys or self.identifier.decoy_alpha,
-               "Decoy codes (--decoys) need their identifier opacity (--decoy-alpha).")
-        _check(not self.research.forge_untraced or (self.identifier.trace_strength and pool),
-               "Untraced forgers need a trace channel (--trace-strength) and forgers (--forge-pool).")
+        _check(
+            twin or pool <= self.batch,
+            f"The forgers must be 0 to --batch ({self.batch}) of each step's wrong-key codes (got {pool}).",
+        )
+        _check(
+            twin or memory <= self.batch - pool,
+            "The recalled forger codes must be 0 to --batch minus "
+            f"--forge-pool ({self.batch - pool}) of each step's wrong-key codes (got {memory}).",
+        )
+        _check(
+            not self.negatives.decoys or self.identifier.decoy_alpha,
+            "Decoy codes (--decoys) need their identifier opacity (--decoy-alpha).",
+        )
+        _check(
+            not self.research.forge_untraced or (self.identifier.trace_strength and pool),
+            "Untraced forgers need a trace channel (--trace-strength) and forgers (--forge-pool).",
+        )
         _check(self.widen_decoder == 1 or init, "Widening the decoder needs a trained package to start from (--init).")
-        _check(not self.anchoring.weight or init or anchor,
-               "Anchoring the keyed outputs (--anchor-weight) needs a trained package: --init or --anchor.")
+        _check(
+            not self.anchoring.weight or init or anchor,
+            "Anchoring the keyed outputs (--anchor-weight) needs a trained package: --init or --anchor.",
+        )
         _check(not anchor or self.anchoring.weight, "An anchor package (--anchor) needs its weight (--anchor-weight).")
 
     def flat(self) -> dict:
@@ -306,8 +342,10 @@ class TrainConfig:
             if k in GROUPS:
                 _check(isinstance(v, dict), f"'{k}' in {source} must be a table of settings ([{k}]).")
                 for gk, gv in v.items():
-                    _check(gk in GROUPS[k].__dataclass_fields__, f"Unknown setting '{k}.{gk}' in {source} "
-                           f"(known: {', '.join(GROUPS[k].__dataclass_fields__)}).")
+                    _check(
+                        gk in GROUPS[k].__dataclass_fields__,
+                        f"Unknown setting '{k}.{gk}' in {source} (known: {', '.join(GROUPS[k].__dataclass_fields__)}).",
+                    )
                     groups.setdefault(k, {})[gk] = _typed(gv, getattr(getattr(default, k), gk), f"{k}.{gk}", source)
             else:
                 known = [f for f in cls.__dataclass_fields__ if f not in GROUPS]
@@ -609,7 +647,7 @@ def load_checkpoint(path: Path, net, opt, forge: ForgePool | None = None, rank: 
     net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     _load_opt_state(opt, {k: v for k, v in tensors.items() if k.startswith("opt.")})
     prefix = f"rank{rank}."
-    own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     found = rank == 0 or bool(own)
     if not own:
         own = tensors
@@ -690,8 +728,9 @@ def train(
     if anchor:  # a twin runs under the zero code, a package of the key's model under the key
         apkg = load_package(anchor)
         if not apkg.manifest.get("twin") and apkg.model_id != model_id:
-            raise AMIFError(f"--anchor model '{apkg.model_id}' is neither an unprotected twin nor the key's model "
-                            f"'{model_id}'.")
+            raise AMIFError(
+                f"--anchor model '{apkg.model_id}' is neither an unprotected twin nor the key's model '{model_id}'."
+            )
         anchor_net = apkg.net.requires_grad_(False)
         anchor_code = np.zeros_like(true_code) if apkg.manifest.get("twin") else true_code
         anchor_record = {"model_id": apkg.model_id, "weights_sha256": apkg.manifest.get("weights_sha256")}
@@ -702,8 +741,10 @@ def train(
             raise AMIFError(f"--init model '{pkg.model_id}' is not the key's model '{model_id}'.")
         net, step = pkg.net, int(pkg.manifest.get("training", {}).get("steps", 0))
         init_step = step
-        init_record = {"weights_sha256": pkg.manifest.get("weights_sha256"),
-                       "training": pkg.manifest.get("training", {})}
+        init_record = {
+            "weights_sha256": pkg.manifest.get("weights_sha256"),
+            "training": pkg.manifest.get("training", {}),
+        }
         if cfg.anchoring.weight and anchor_net is None:  # a frozen copy of the init weights
             anchor_net, anchor_code = copy.deepcopy(net).eval().requires_grad_(False), true_code
         if cfg.widen_decoder > 1:
@@ -719,8 +760,10 @@ def train(
     forge = ForgePool(cfg.forgers.pool, true_code.size, cfg) if cfg.forgers.pool and not twin else None
     if ckpt.exists():
         step, own = load_checkpoint(ckpt, net, opt, forge, rank)
-        log(f"resumed from {ckpt} at step {step}" + ("" if own else f" (rank {rank} takes rank 0's forgers and "
-                                                                   "RNG: the checkpoint is from fewer ranks)"))
+        log(
+            f"resumed from {ckpt} at step {step}"
+            + ("" if own else f" (rank {rank} takes rank 0's forgers and RNG: the checkpoint is from fewer ranks)")
+        )
     dev = torch.device(cfg.device)
     torch.backends.cudnn.benchmark = dev.type == "cuda"
     net.to(dev)
@@ -744,15 +787,24 @@ def train(
         if rank != 0:
             return None
         save_checkpoint(ckpt, net, opt, step_now, meta | {"world_size": world}, gathered_tensors(states))
-        verify = ({"threshold": DEFAULT_THRESHOLD} | ({"shift": shift} if shift else {})
-                  | ({"trace_strength": cfg.identifier.trace_strength} if trace else {}))
+        verify = (
+            {"threshold": DEFAULT_THRESHOLD}
+            | ({"shift": shift} if shift else {})
+            | ({"trace_strength": cfg.identifier.trace_strength} if trace else {})
+        )
         protection = {"twin": True} if twin else {"verify": verify}
         return save_package(
-            out, net, model_id=model_id, key_id="" if twin else key.key_id, identifier=identifier,
+            out,
+            net,
+            model_id=model_id,
+            key_id="" if twin else key.key_id,
+            identifier=identifier,
             training={
                 "data": "Harvard Whole Brain Atlas registered pairs, train split (CT/PET/SPECT-MRI, "
                 f"{len(pairs)} pairs; PET/SPECT as luminance)",
-                "steps": step_now, "world_size": world, "effective_batch": cfg.batch * world,
+                "steps": step_now,
+                "world_size": world,
+                "effective_batch": cfg.batch * world,
                 **cfg.record(twin),
                 **({"decoder_widened_at": init_step} if cfg.widen_decoder > 1 else {}),
                 **({"anchor": anchor_record} if anchor_record else {}),  # the package anchored to, when not init
@@ -801,12 +853,12 @@ def train(
                 alpha = ident.mark_alpha
                 if ident.decoy_alpha:  # each wrong code's opacity from where its embedding points
                     ph = (net.key.phases(codes) if phases is None else phases).detach()
-                    alpha = decoy_opacity(net.key.cosine(ph[cfg.batch:], ph[0]), ident)[:, None, None, None]
+                    alpha = decoy_opacity(net.key.cosine(ph[cfg.batch :], ph[0]), ident)[:, None, None, None]
                 target = marked_target(yk.detach(), mask, alpha, shift)
                 if trace:
                     tex = trace[1] * texture(a, b, trace[0])
                     if forge and res.forge_untraced:  # the forgers' descent may drop the texture, never the mark
-                        tex = torch.cat([tex[: cfg.batch - len(forged)], torch.zeros_like(tex[-len(forged):])])
+                        tex = torch.cat([tex[: cfg.batch - len(forged)], torch.zeros_like(tex[-len(forged) :])])
                     target = target + tex
                 wmap = 1 + 9 * (gaussian_blur(mask, 2.0) > 0.02).float()
                 loss_m = ((yn - target).abs() * wmap).mean() / wmap.mean()
@@ -834,8 +886,17 @@ def train(
             step += 1
             if rank == 0:
                 parts_out = (f"{parts[k]:.5f}" for k in ("int", "grad", "ssim", *HINGES))
-                writer.writerow([step, f"{loss.item():.5f}", *parts_out, f"{loss_m.item():.5f}",
-                                 f"{loss_a.item():.5f}", f"{loss_k.item():.5f}", f"{(time.time() - t0):.3f}"])
+                writer.writerow(
+                    [
+                        step,
+                        f"{loss.item():.5f}",
+                        *parts_out,
+                        f"{loss_m.item():.5f}",
+                        f"{loss_a.item():.5f}",
+                        f"{loss_k.item():.5f}",
+                        f"{(time.time() - t0):.3f}",
+                    ]
+                )
                 t0 = time.time()
                 if bar:
                     bar.update(1)

@@ -49,8 +49,11 @@ from amif_research.baselines import BASELINES  # noqa: E402
 from amif_research.data import default_data_dir  # noqa: E402
 
 TWINS = ROOT / "research" / "twins"
-CLEANUPS = {"blur 1 px": lambda x: gaussian_blur(x, 1.0), "JPEG 50": lambda x: jpeg(x, 50),
-            "noise 5/255": lambda x: gaussian_noise(x, 5, 0)}
+CLEANUPS = {
+    "blur 1 px": lambda x: gaussian_blur(x, 1.0),
+    "JPEG 50": lambda x: jpeg(x, 50),
+    "noise 5/255": lambda x: gaussian_noise(x, 5, 0),
+}
 
 
 def student(target, teacher: np.ndarray, cls, opts: AttackOptions) -> np.ndarray:
@@ -71,8 +74,13 @@ def main(argv=None) -> int:
     p.add_argument("--learn-batch", type=int, default=AttackOptions.learn_batch)
     p.add_argument("--twins", type=Path, default=TWINS, help="folder of the unprotected twins' packages")
     p.add_argument("--students", default=",".join(STUDENTS), help="the students of the unkeyed outputs to train")
-    p.add_argument("--synthetic", type=float, default=0.0, metavar="S",
-                   help="a model without a trace channel: add its key's texture at strength S to its unkeyed outputs")
+    p.add_argument(
+        "--synthetic",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="a model without a trace channel: add its key's texture at strength S to its unkeyed outputs",
+    )
     p.add_argument("-o", "--output", type=Path, help="write the scores as JSON too")
     args = p.parse_args(argv)
     t0 = time.time()
@@ -110,10 +118,12 @@ def main(argv=None) -> int:
     bundled = load_package(bundled_model_path())
     if not args.synthetic:
         nulls["U-Net student of the keyed outputs"] = student(
-            target, target.outputs(*target.pool, target.code), STUDENTS["U-Net"], opts)
+            target, target.outputs(*target.pool, target.code), STUDENTS["U-Net"], opts
+        )
     if not bundled.trace_strength and not args.synthetic:
         nulls["U-Net student of the bundled model's unkeyed outputs"] = student(
-            target, target.outputs(*target.pool, None, net=bundled.net.eval()), STUDENTS["U-Net"], opts)
+            target, target.outputs(*target.pool, None, net=bundled.net.eval()), STUDENTS["U-Net"], opts
+        )
     region = identifier_region(target.identifier, *target.shape, 2)
     carry = {"unkeyed, strokes filled from the keyed output": np.where(region, keyed, target.unkeyed)}
     teacher = target.outputs(*target.pool, None)
@@ -123,13 +133,21 @@ def main(argv=None) -> int:
         out = student(target, teacher, cls, opts)
         carry[f"{label} student of the unkeyed outputs"] = out
         carry.update({f"{label} student, {k}": fn(out) for k, fn in CLEANUPS.items()})
-    doc = {"model": str(args.model), "weights_sha256": target.package.manifest["weights_sha256"],
-           "synthetic": args.synthetic, "split": args.split, "pairs": target.n,
-           "threshold": TRACE_THRESHOLD,
-           "groups": {}, "null_spread": {}}
+    doc = {
+        "model": str(args.model),
+        "weights_sha256": target.package.manifest["weights_sha256"],
+        "synthetic": args.synthetic,
+        "split": args.split,
+        "pairs": target.n,
+        "threshold": TRACE_THRESHOLD,
+        "groups": {},
+        "null_spread": {},
+    }
     for group, images in (("must stay below", nulls), ("should be above", carry)):
-        print(f"--- {group} {TRACE_THRESHOLD:g}: min / median / max, share above"
-              + (";  null spread s (amif.trace.null_spread): max s, max z / s" if images is nulls else ""))
+        print(
+            f"--- {group} {TRACE_THRESHOLD:g}: min / median / max, share above"
+            + (";  null spread s (amif.trace.null_spread): max s, max z / s" if images is nulls else "")
+        )
         for name, img in images.items():
             z = trace_score(img, a, b, keyed, target.trace)
             doc["groups"].setdefault(group, {})[name] = z.tolist()
@@ -140,8 +158,10 @@ def main(argv=None) -> int:
                 line += f"  {s.max():6.1f} {np.max(z / s):6.2f}"
             print(line)
     spread = np.concatenate([np.asarray(s) for s in doc["null_spread"].values()])
-    print(f"threshold {TRACE_THRESHOLD:g} = {TRACE_THRESHOLD / spread.max():.1f} null spreads on the widest of "
-          f"{spread.size} null slices (median spread {np.median(spread):.1f})")
+    print(
+        f"threshold {TRACE_THRESHOLD:g} = {TRACE_THRESHOLD / spread.max():.1f} null spreads on the widest of "
+        f"{spread.size} null slices (median spread {np.median(spread):.1f})"
+    )
     print(f"{target.n} pairs, {time.time() - t0:.0f} s")
     if args.output:
         args.output.write_text(json.dumps(doc, indent=1))

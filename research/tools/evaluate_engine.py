@@ -54,8 +54,11 @@ def main() -> None:
     ap.add_argument("--random", type=int, default=1000)
     ap.add_argument("--near", type=int, default=256)
     ap.add_argument("--report", default=str(ROOT / "Resources" / "engine-eval.md"))
-    ap.add_argument("--figure", default=str(ROOT / "out" / "engine-eval-keyed-vs-unkeyed.png"),
-                    help="local only: it shows Harvard images, which must never be committed")
+    ap.add_argument(
+        "--figure",
+        default=str(ROOT / "out" / "engine-eval-keyed-vs-unkeyed.png"),
+        help="local only: it shows Harvard images, which must never be committed",
+    )
     args = ap.parse_args()
     import torch
 
@@ -79,20 +82,38 @@ def main() -> None:
     both = attacked.subset([*range(len(pairs))] * 2)  # each source image checked against its own pair
     s_src = Measure.of(both, np.concatenate([a, b]), np.concatenate([keyed, keyed]))
 
-    lines = ["# Engine acceptance figures", "",
-             f"Model `{pkg.model_id}` ({training_steps(pkg.manifest)}), "
-             f"Harvard **test** split ({len(pairs)} pairs), verify threshold {thr:.3f}. Flagged: identifier score "
-             f">= threshold, or erasure ratio < {ERASED} (the strokes wiped off"
-             + (f"), or the content moved by at least half the mark shift ({pkg.shift} px) against the pair's "
-                "sources (" if pkg.shift else "; ") + "`amif.verify`).", "",
-             "| outputs | n | flagged | median score | target |", "|---|---|---|---|---|"]
-    for name, s, target in [("random codes", s_rand, "100%"), ("near-miss codes (1-16 bits)", s_near, "100%"),
-                            ("no key (zero code)", s_none, "100%"), ("keyed (owner's key)", s_key, "<= 1%"),
-                            ("source images (MRI and other)", s_src, "<= 1%")]:
+    lines = [
+        "# Engine acceptance figures",
+        "",
+        f"Model `{pkg.model_id}` ({training_steps(pkg.manifest)}), "
+        f"Harvard **test** split ({len(pairs)} pairs), verify threshold {thr:.3f}. Flagged: identifier score "
+        f">= threshold, or erasure ratio < {ERASED} (the strokes wiped off"
+        + (
+            f"), or the content moved by at least half the mark shift ({pkg.shift} px) against the pair's sources ("
+            if pkg.shift
+            else "; "
+        )
+        + "`amif.verify`).",
+        "",
+        "| outputs | n | flagged | median score | target |",
+        "|---|---|---|---|---|",
+    ]
+    for name, s, target in [
+        ("random codes", s_rand, "100%"),
+        ("near-miss codes (1-16 bits)", s_near, "100%"),
+        ("no key (zero code)", s_none, "100%"),
+        ("keyed (owner's key)", s_key, "<= 1%"),
+        ("source images (MRI and other)", s_src, "<= 1%"),
+    ]:
         lines.append(f"| {name} | {len(s.scores)} | {100 * s.flagged:.1f}% | {np.median(s.scores):.3f} | {target} |")
-    lines += ["", "Keyed outputs against the element-wise max rule, as in the evaluation report (`amif evaluate`: "
-              "the fused luminance, PET/SPECT chroma restored, scored on grey 0-255):", "",
-              "| modality | metric | keyed AMIF | max rule | ratio | target |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Keyed outputs against the element-wise max rule, as in the evaluation report (`amif evaluate`: "
+        "the fused luminance, PET/SPECT chroma restored, scored on grey 0-255):",
+        "",
+        "| modality | metric | keyed AMIF | max rule | ratio | target |",
+        "|---|---|---|---|---|---|",
+    ]
     targets = {"EN": "> 1", "SF": "> 1", "Qabf": ">= 0.97", "VIF": ">= 0.97"}
     with tempfile.TemporaryDirectory() as tmp:
         report = evaluate([args.model], args.data, "test", [args.key], out=Path(tmp) / "eval.md", figures=False)
@@ -101,10 +122,15 @@ def main() -> None:
         for m in targets:
             am, mx = (doc["rows"][row][kind]["mean"][doc["metrics"].index(m)] for row in ("AMIF keyed", "max"))
             lines.append(f"| {kind} | {m} | {am:.4f} | {mx:.4f} | {am / mx:.3f} | {targets[m]} |")
-    lines += ["", "Single-module surgery (white-box): each module's parameters zeroed in turn, no key, "
-              "first 24 test pairs (mean PSNR over images). A clean result would be: not flagged and PSNR to the "
-              "keyed output above 30 dB. `amif attack` runs every module and tensor, zeroed, randomized and bypassed.",
-              "", "| zeroed module | flagged | PSNR to keyed (dB) |", "|---|---|---|"]
+    lines += [
+        "",
+        "Single-module surgery (white-box): each module's parameters zeroed in turn, no key, "
+        "first 24 test pairs (mean PSNR over images). A clean result would be: not flagged and PSNR to the "
+        "keyed output above 30 dB. `amif attack` runs every module and tensor, zeroed, randomized and bypassed.",
+        "",
+        "| zeroed module | flagged | PSNR to keyed (dB) |",
+        "|---|---|---|",
+    ]
     for name, frac, psnr in surgery(attacked.subset(range(min(24, len(pairs))))):
         lines.append(f"| {name} | {100 * frac:.0f}% | {psnr:.1f} |")
     from PIL import Image
@@ -117,10 +143,14 @@ def main() -> None:
     fig = Path(args.figure)
     fig.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.round(np.concatenate(rows) * 255).astype(np.uint8)).save(fig)
-    lines += ["", "The script also writes a keyed-vs-unkeyed figure (one CT, one PET, one SPECT test pair: "
-              "MRI, second modality, keyed, no key) to `out/`; it shows Harvard images, so it is never "
-              "committed. The committed figure in the README uses the bundled MNI-based sample instead.", "",
-              "Regenerate: `python research/tools/evaluate_engine.py`"]
+    lines += [
+        "",
+        "The script also writes a keyed-vs-unkeyed figure (one CT, one PET, one SPECT test pair: "
+        "MRI, second modality, keyed, no key) to `out/`; it shows Harvard images, so it is never "
+        "committed. The committed figure in the README uses the bundled MNI-based sample instead.",
+        "",
+        "Regenerate: `python research/tools/evaluate_engine.py`",
+    ]
     text = "\n".join(lines) + "\n"
     Path(args.report).write_text(text)
     print(text)

@@ -39,7 +39,7 @@ POOLED = "forging-pooled"  # research/tools/pool_forging.py's table beside the r
 WHAT = {  # what each attack family stands for in the threat model
     "wrong-keys": "runs the package with any code they can guess or derive, or with no key",
     "classical": "post-processes unkeyed outputs with image processing (blur, JPEG, noise, rescaling, "
-                 "cropping, equalization, inpainting over the exact identifier mask)",
+    "cropping, equalization, inpainting over the exact identifier mask)",
     "surgery": "edits one module or tensor of the released weights (zero, randomize, bypass)",
     "forging": "optimizes a continuous code against the released weights",
     "learned-removal": "trains a remover on leaked (unkeyed, keyed) output pairs",
@@ -57,11 +57,16 @@ def with_pooled_forging(doc: dict, pooled: dict | None) -> dict:
         return doc
     rows = pooled["pooled"]
     met, undecided = forging_verdict(rows)
-    counts = "; ".join(f"{r['variant']}: {r['successes']}/{r['restarts']} (rate at most "
-                       f"{100 * r['rate_upper_95']:.2f}%)" for r in rows)
+    counts = "; ".join(
+        f"{r['variant']}: {r['successes']}/{r['restarts']} (rate at most {100 * r['rate_upper_95']:.2f}%)" for r in rows
+    )
     where = f"pooled with the runs of other seeds in [{POOLED}.md]({POOLED}.md)"
-    forging = {**att["forging"], "met": met, "undecided": undecided,
-               "summary": f"{att['forging']['summary']}; {where}: {counts}"}
+    forging = {
+        **att["forging"],
+        "met": met,
+        "undecided": undecided,
+        "summary": f"{att['forging']['summary']}; {where}: {counts}",
+    }
     return {**doc, "attacks": {**att, "forging": forging}}
 
 
@@ -78,19 +83,40 @@ def threat_model(doc: dict, pooled: dict | None = None) -> str:
     open_ = [line for k, line in lines.items() if not att[k]["met"] and att[k].get("undecided")]
     broke = [line for k, line in lines.items() if not att[k]["met"] and not att[k].get("undecided")]
     undo = " an attacker who moves unkeyed outputs back before distilling or training a remover;" if shift else ""
-    return "\n".join([
-        "## Threat model: what these numbers support", "",
-        "Attacker: anyone holding the released package (weights and manifest) but not the owner's key file. "
-        "The protection is a visible provenance mark and a deterrent, not access control.", "",
-        "**Measured to stop** (target met at the scale measured) an attacker who:", "", *(held or ["* (none)"]), "",
-        *(["**Not shown either way** (no attempt succeeded, but too few attempts to bound the success rate below "
-           "the target) for an attacker who:", "", *open_, ""] if open_ else []),
-        "**Measured not to stop** an attacker who:", "", *(broke or ["* (none)"]), "",
-        "**Not covered by these numbers:** attackers with the owner's key or its secret; combinations of "
-        f"attacks;{undo} other architectures for the remover and the students; budgets above the counts in the "
-        "command (the issue's full scale is 10,000 random codes, 1,000-step forging, and training runs longer "
-        "than the CPU allowed here where the tables say so). A rate from a few trials is bounded, not "
-        "known: the forging rows give the 95% upper bound their restarts support.", ""])
+    return "\n".join(
+        [
+            "## Threat model: what these numbers support",
+            "",
+            "Attacker: anyone holding the released package (weights and manifest) but not the owner's key file. "
+            "The protection is a visible provenance mark and a deterrent, not access control.",
+            "",
+            "**Measured to stop** (target met at the scale measured) an attacker who:",
+            "",
+            *(held or ["* (none)"]),
+            "",
+            *(
+                [
+                    "**Not shown either way** (no attempt succeeded, but too few attempts to bound the success rate below "
+                    "the target) for an attacker who:",
+                    "",
+                    *open_,
+                    "",
+                ]
+                if open_
+                else []
+            ),
+            "**Measured not to stop** an attacker who:",
+            "",
+            *(broke or ["* (none)"]),
+            "",
+            "**Not covered by these numbers:** attackers with the owner's key or its secret; combinations of "
+            f"attacks;{undo} other architectures for the remover and the students; budgets above the counts in the "
+            "command (the issue's full scale is 10,000 random codes, 1,000-step forging, and training runs longer "
+            "than the CPU allowed here where the tables say so). A rate from a few trials is bounded, not "
+            "known: the forging rows give the 95% upper bound their restarts support.",
+            "",
+        ]
+    )
 
 
 def curves(doc: dict, path: Path) -> bool:
@@ -112,8 +138,13 @@ def curves(doc: dict, path: Path) -> bool:
         n = [r["images"] for r in rows]
         axes[i].plot(n, [100 * r["flagged"] for r in rows], "o-", label="flagged")
         axes[i].plot(n, [100 * r["broken"] for r in rows], "s--", label="unflagged at keyed quality")
-        axes[i].set(xscale="log", xlabel="leaked (unkeyed, keyed) pairs N", ylabel="% of outputs", ylim=(-5, 105),
-                    title="Learned removal")
+        axes[i].set(
+            xscale="log",
+            xlabel="leaked (unkeyed, keyed) pairs N",
+            ylabel="% of outputs",
+            ylim=(-5, 105),
+            title="Learned removal",
+        )
         axes[i].legend(fontsize=8)
         axes[i + 1].plot(n, [r["psnr_mean"] for r in rows], "o-", label="remover output")
         axes[i + 1].axhline(rows[0]["psnr_before"], color="grey", ls=":", label="unkeyed output (before)")
@@ -130,11 +161,17 @@ def curves(doc: dict, path: Path) -> bool:
                 if start == "fine_tuned":
                     axes[i].plot(steps, [100 * e["flagged"] for e in ev], style, marker="o", ms=3, label=label)
                 axes[i + 1].plot(steps, [e["psnr_mean"] for e in ev], style, marker="o", ms=3, label=label)
-        axes[i].set(xscale="log", xlabel="fine-tuning steps (0 shown at 1)", ylabel="% flagged", ylim=(-5, 105),
-                    title="Fine-tuning the released weights")
+        axes[i].set(
+            xscale="log",
+            xlabel="fine-tuning steps (0 shown at 1)",
+            ylabel="% flagged",
+            ylim=(-5, 105),
+            title="Fine-tuning the released weights",
+        )
         axes[i + 1].axhline(q, color="red", ls="--", lw=0.8)
-        axes[i + 1].set(xscale="log", xlabel="steps (0 shown at 1)", ylabel="PSNR to keyed (dB)",
-                        title="Fine-tuned vs from scratch")
+        axes[i + 1].set(
+            xscale="log", xlabel="steps (0 shown at 1)", ylabel="PSNR to keyed (dB)", title="Fine-tuned vs from scratch"
+        )
         for ax in axes[i : i + 2]:
             ax.legend(fontsize=7)
     fig.tight_layout()
@@ -167,7 +204,7 @@ def put_threat_model(text: str, model: str) -> str:
     """The report's Markdown with its threat model section replaced by `model`."""
     start = text.index("## Threat model")
     ends = [text.find(s, start) for s in ("\n![Success curves", "\nRegenerate: `python tools/make_attack_report")]
-    return text[:start] + model + text[min(i for i in ends if i >= 0):]
+    return text[:start] + model + text[min(i for i in ends if i >= 0) :]
 
 
 def main(argv=None) -> int:
@@ -182,11 +219,17 @@ def main(argv=None) -> int:
     p.add_argument("--learn-steps", type=int, default=300)
     p.add_argument("--learn-batch", type=int, default=4)
     p.add_argument("--out", type=Path, default=OUT)
-    p.add_argument("--figures", action="store_true",
-                   help="also write each attack's figure of the bundled sample (report-figures/, not published)")
-    p.add_argument("--threat-model-only", action="store_true",
-                   help="run no attack: rewrite the threat model of the report in --out from its JSON and the "
-                        f"pooled forging table beside it ({POOLED}.json), after more forging runs were pooled")
+    p.add_argument(
+        "--figures",
+        action="store_true",
+        help="also write each attack's figure of the bundled sample (report-figures/, not published)",
+    )
+    p.add_argument(
+        "--threat-model-only",
+        action="store_true",
+        help="run no attack: rewrite the threat model of the report in --out from its JSON and the "
+        f"pooled forging table beside it ({POOLED}.json), after more forging runs were pooled",
+    )
     args = p.parse_args(argv)
     report = args.out / "report.md"
     if args.threat_model_only:
@@ -196,11 +239,25 @@ def main(argv=None) -> int:
         print(f"rewrote the threat model of {report}")
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    opts = AttackOptions(forge_steps=args.forge_steps, forge_restarts=args.forge_restarts,
-                         forge_images=args.forge_images, learn_steps=args.learn_steps,
-                         learn_batch=args.learn_batch).check()
-    attack(args.model, args.key, data=args.data, limit=args.limit, attacks=[n for g in GROUPS for n in g], out=report,
-           opts=opts, figures=args.figures, show_sample=True, groups=GROUPS)
+    opts = AttackOptions(
+        forge_steps=args.forge_steps,
+        forge_restarts=args.forge_restarts,
+        forge_images=args.forge_images,
+        learn_steps=args.learn_steps,
+        learn_batch=args.learn_batch,
+    ).check()
+    attack(
+        args.model,
+        args.key,
+        data=args.data,
+        limit=args.limit,
+        attacks=[n for g in GROUPS for n in g],
+        out=report,
+        opts=opts,
+        figures=args.figures,
+        show_sample=True,
+        groups=GROUPS,
+    )
 
     def portable(t: str) -> str:  # no paths of this machine in published files
         return t.replace(str(args.data), "../shared/data/harvard").replace(str(ROOT) + "/", "")
@@ -212,12 +269,17 @@ def main(argv=None) -> int:
     extra = threat_model(doc, read_pooled(args.out))
     if doc_figures().draw("attack/curves.png", js.read_bytes(), args.out / "curves.png"):  # curves() from the JSON
         extra += "\n![Success curves: learned removal against N, fine-tuning against steps](curves.png)\n"
-    named = "".join(f"--{k} {portable(str(Path(v).resolve()))} " for k, v in
-                    (("model", args.model), ("key", args.key), ("out", args.out)) if v and v != OUT)
-    extra += (f"\nRegenerate: `python research/tools/make_attack_report.py {named}--limit {args.limit} --forge-steps "
-              f"{args.forge_steps} --forge-restarts {args.forge_restarts} --forge-images {args.forge_images} "
-              f"--learn-steps {args.learn_steps} --learn-batch {args.learn_batch}` (two processes, one CPU core "
-              "each; the `amif attack` command above gives the same tables in one process).\n\n")
+    named = "".join(
+        f"--{k} {portable(str(Path(v).resolve()))} "
+        for k, v in (("model", args.model), ("key", args.key), ("out", args.out))
+        if v and v != OUT
+    )
+    extra += (
+        f"\nRegenerate: `python research/tools/make_attack_report.py {named}--limit {args.limit} --forge-steps "
+        f"{args.forge_steps} --forge-restarts {args.forge_restarts} --forge-images {args.forge_images} "
+        f"--learn-steps {args.learn_steps} --learn-batch {args.learn_batch}` (two processes, one CPU core "
+        "each; the `amif attack` command above gives the same tables in one process).\n\n"
+    )
     head, rest = text.split("## Summary", 1)
     report.write_text(head + extra + "## Summary" + rest, encoding="utf-8")
     print(f"wrote {report}")

@@ -51,7 +51,8 @@ def palette_png(png: bytes, source: str, sha: str) -> bytes:
     info.add_text(SOURCE_KEYS[1], sha)
     out = io.BytesIO()
     Image.open(io.BytesIO(png)).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(
-        out, "PNG", optimize=True, pnginfo=info)
+        out, "PNG", optimize=True, pnginfo=info
+    )
     return out.getvalue()
 
 

@@ -73,8 +73,14 @@ def main() -> None:
     rows = []
     for name, other in others.items():
         keyed, unkeyed = fuse_images(mri, other, pkg, args.key), fuse_images(mri, other, pkg, None)
-        rows.append([("MRI", mri), (name, other),
-                     (f"with key: {keyed.verdict}", keyed.fused), (f"no key: {unkeyed.verdict}", unkeyed.fused)])
+        rows.append(
+            [
+                ("MRI", mri),
+                (name, other),
+                (f"with key: {keyed.verdict}", keyed.fused),
+                (f"no key: {unkeyed.verdict}", unkeyed.fused),
+            ]
+        )
     h, w = mri.shape
     s, label = args.scale, 16
     fig = Image.new("RGB", (4 * w * s, len(rows) * (h * s + label)), (255, 255, 255))

@@ -39,8 +39,11 @@ PLOT_ROWS = ("AMIF keyed", "AMIF unkeyed", "twins (mean)", "mean", "Laplacian", 
 RIM_MARGIN = 0.005  # keyed AMIF's undershoot share may exceed the max rule's by at most this (of near-edge pixels)
 SAT_MARGIN = 0.02  # ... its saturation error where the source is hot, the max rule's by at most this
 HUE_MARGIN = 2.0  # ... its hue error there (degrees), the max rule's by at most this
-NOT_MEASURED = ("IFCNN (Zhang et al., Inf. Fusion 2020)", "MATR (Tang et al., IEEE TIP 2022)",
-                "GeSeNet (Li et al., IEEE TNNLS 2023)")
+NOT_MEASURED = (
+    "IFCNN (Zhang et al., Inf. Fusion 2020)",
+    "MATR (Tang et al., IEEE TIP 2022)",
+    "GeSeNet (Li et al., IEEE TNNLS 2023)",
+)
 SAMPLE_SLICES = (0.45, 0.55)  # fractions of the sample's axial extent
 
 
@@ -62,8 +65,9 @@ def with_twin_mean(agg: dict) -> dict:
     rows = agg["rows"]
     twins = [r for r in rows if r.startswith("twin (")]
     if twins:
-        rows["twins (mean)"] = {k: {"mean": np.mean([rows[t][k]["mean"] for t in twins], 0).tolist()}
-                                for k in rows[twins[0]]}
+        rows["twins (mean)"] = {
+            k: {"mean": np.mean([rows[t][k]["mean"] for t in twins], 0).tolist()} for k in rows[twins[0]]
+        }
     return agg
 
 
@@ -105,8 +109,10 @@ def targets(agg: dict, bench: dict | None) -> list[str]:
         wins = int(sum(k[i] >= mx[i] for i in win_idx))
         cells.append(f"{wins}/8")
         ok &= wins >= 5
-    lines.append(f"| keyed AMIF ≥ max rule on ≥ 5 of EN/SD/SF/MI/SCD/VIF/Qabf/SSIM | {' | '.join(cells)} | "
-                 f"{'yes' if ok else '**no**'} |")
+    lines.append(
+        f"| keyed AMIF ≥ max rule on ≥ 5 of EN/SD/SF/MI/SCD/VIF/Qabf/SSIM | {' | '.join(cells)} | "
+        f"{'yes' if ok else '**no**'} |"
+    )
     if twins:
         cells, spread, ok = [], [], True
         for kind in KINDS:
@@ -120,23 +126,30 @@ def targets(agg: dict, bench: dict | None) -> list[str]:
             if len(twins) > 1:
                 rel = per.std(0, ddof=1) / np.abs(per.mean(0))
                 spread.append(f"median {100 * np.median(rel):.1f}%, max {100 * rel.max():.1f}% ({names[rel.argmax()]})")
-        lines.append(f"| keyed AMIF ≥ 0.98 × twin mean on every metric | {' | '.join(cells)} | "
-                     f"{'yes' if ok else '**no**'} |")
+        lines.append(
+            f"| keyed AMIF ≥ 0.98 × twin mean on every metric | {' | '.join(cells)} | {'yes' if ok else '**no**'} |"
+        )
         if spread:
             lines.append(f"| (twin seed-to-seed sd, relative, {len(twins)} seeds) | {' | '.join(spread)} | |")
     else:
         lines.append("| keyed AMIF within 2% of the twin | no twin given | | | **not measured** |")
     if bench:
         ms = bench["ms_batch1"]
-        lines.append(f"| ≤ 60 ms per 256x256 slice (batch 1, {bench['threads']} threads) | {ms:.1f} ms | | | "
-                     f"{'yes' if ms <= 60 else '**no**'} |")
-        for shape, limit, key, unit, fmt in (("256x256x128", 10, "seconds", "s", "{:.1f}"),
-                                             ("512x512x300", 2048, "peak_mib", "MiB", "{:.0f}")):
+        lines.append(
+            f"| ≤ 60 ms per 256x256 slice (batch 1, {bench['threads']} threads) | {ms:.1f} ms | | | "
+            f"{'yes' if ms <= 60 else '**no**'} |"
+        )
+        for shape, limit, key, unit, fmt in (
+            ("256x256x128", 10, "seconds", "s", "{:.1f}"),
+            ("512x512x300", 2048, "peak_mib", "MiB", "{:.0f}"),
+        ):
             v = bench["volumes"].get(shape, {}).get(key)
             if v is not None:
                 what = "time" if key == "seconds" else "peak resident memory"
-                lines.append(f"| {shape}: {what} under {limit} {unit} | {fmt.format(v)} {unit} | | | "
-                             f"{'yes' if v < limit else f'**no** (+{fmt.format(v - limit)} {unit})'} |")
+                lines.append(
+                    f"| {shape}: {what} under {limit} {unit} | {fmt.format(v)} {unit} | | | "
+                    f"{'yes' if v < limit else f'**no** (+{fmt.format(v - limit)} {unit})'} |"
+                )
     return lines
 
 
@@ -159,22 +172,27 @@ def reader_targets(agg: dict) -> list[str]:
         k, mx, g = (val(r, kind, "anatomy") for r in ("AMIF keyed", "max", "GFF"))
         flags.append(k >= 2 * mx and k >= g)
         cells.append(f"{k:.3f} (max {mx:.3f}, GFF {g:.3f}) {'yes' if flags[-1] else 'no'}")
-    lines.append(f"| anatomy under function: keyed AMIF ≥ 2 × max rule and ≥ GFF | {' | '.join(cells)} | "
-                 f"{verdict(flags)} |")
+    lines.append(
+        f"| anatomy under function: keyed AMIF ≥ 2 × max rule and ≥ GFF | {' | '.join(cells)} | {verdict(flags)} |"
+    )
     cells, flags = [], []
     for kind in KINDS:
         k, mx = (val(r, kind, "undershoot") for r in ("AMIF keyed", "max"))
         flags.append(k <= mx + RIM_MARGIN)
         cells.append(f"{100 * k:.2f}% (max {100 * mx:.2f}%) {'yes' if flags[-1] else 'no'}")
-    lines.append(f"| rims: keyed AMIF's undershoot share ≤ max rule's + {100 * RIM_MARGIN:.1f}% of near-edge pixels | "
-                 f"{' | '.join(cells)} | {verdict(flags)} |")
+    lines.append(
+        f"| rims: keyed AMIF's undershoot share ≤ max rule's + {100 * RIM_MARGIN:.1f}% of near-edge pixels | "
+        f"{' | '.join(cells)} | {verdict(flags)} |"
+    )
     cells, flags = ["n/a (grey)"], []
     for kind in KINDS[1:]:
         ks, ms, kh, mh = (val(r, kind, m) for m in ("sat_err", "hue_err") for r in ("AMIF keyed", "max"))
         flags.append(ks <= ms + SAT_MARGIN and kh <= mh + HUE_MARGIN)
         cells.append(f"sat {ks:.3f} (max {ms:.3f}), hue {kh:.1f}° (max {mh:.1f}°) {'yes' if flags[-1] else 'no'}")
-    lines.append(f"| colour where the source is hot: keyed AMIF's saturation error ≤ max rule's + {SAT_MARGIN}, "
-                 f"hue error ≤ max rule's + {HUE_MARGIN:g}° | {' | '.join(cells)} | {verdict(flags)} |")
+    lines.append(
+        f"| colour where the source is hot: keyed AMIF's saturation error ≤ max rule's + {SAT_MARGIN}, "
+        f"hue error ≤ max rule's + {HUE_MARGIN:g}° | {' | '.join(cells)} | {verdict(flags)} |"
+    )
     win_idx = [agg["metrics"].index(m) for m in agg["win_metrics"]]
     for ref, label in (("max", "max rule"), ("GFF", "GFF")):
         cells, flags = [], []
@@ -183,8 +201,9 @@ def reader_targets(agg: dict) -> list[str]:
             wins = int(sum(k[i] >= r[i] for i in win_idx))
             flags.append(wins >= 6)
             cells.append(f"{wins}/8")
-        lines.append(f"| keyed AMIF ≥ {label} on ≥ 6 of EN/SD/SF/MI/SCD/VIF/Qabf/SSIM | {' | '.join(cells)} | "
-                     f"{verdict(flags)} |")
+        lines.append(
+            f"| keyed AMIF ≥ {label} on ≥ 6 of EN/SD/SF/MI/SCD/VIF/Qabf/SSIM | {' | '.join(cells)} | {verdict(flags)} |"
+        )
     return lines
 
 
@@ -209,8 +228,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         harvard = evaluate([model], args.data, "test", [key], twins, tmp / "harvard-test.md", figures=False)
-        evaluate([model], sample_pairs(tmp / "sample"), "test", [key], twins[:1], tmp / "sample.md",
-                 progress=False)
+        evaluate([model], sample_pairs(tmp / "sample"), "test", [key], twins[:1], tmp / "sample.md", progress=False)
         shutil.copy(tmp / "sample-figures" / "PET.png", OUT / "sample.png")
         doc = json.loads(harvard.with_suffix(".json").read_text())
         doc["data"] = "../shared/data/harvard"  # no paths of this machine in published files
@@ -218,30 +236,48 @@ def main() -> None:
         tables = harvard.read_text(encoding="utf-8").replace(str(Path(args.data)), "../shared/data/harvard")
         bench = None
         if not args.skip_benchmark:
-            subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark.py"), "--out", str(tmp / "bench.md"),
-                            "--json", str(OUT / "benchmark.json")], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(ROOT / "tools" / "benchmark.py"),
+                    "--out",
+                    str(tmp / "bench.md"),
+                    "--json",
+                    str(OUT / "benchmark.json"),
+                ],
+                check=True,
+            )
             (OUT / "benchmark.md").write_text((tmp / "bench.md").read_text())
         if (OUT / "benchmark.json").exists():
             bench = json.loads((OUT / "benchmark.json").read_text())
     agg = with_twin_mean(json.loads((OUT / "harvard-test.json").read_text()))
     doc_figures = ROOT / "research" / "tools" / "make_doc_figures.py"  # plot_ratios from the JSON, as published
-    subprocess.run([sys.executable, str(doc_figures), "--reports", str(OUT.parent), "--out", str(OUT.parent)],
-                   check=True)
-    twin_steps = ", ".join(f"{m['model_id']} ({training_steps(m)})"
-                           for m in (read_manifest(t)[0] for t in twins)) or "none"
+    subprocess.run(
+        [sys.executable, str(doc_figures), "--reports", str(OUT.parent), "--out", str(OUT.parent)], check=True
+    )
+    twin_steps = (
+        ", ".join(f"{m['model_id']} ({training_steps(m)})" for m in (read_manifest(t)[0] for t in twins)) or "none"
+    )
     lines = [
-        "# AMIF evaluation: the bundled model", "",
+        "# AMIF evaluation: the bundled model",
+        "",
         f"Model `{pkg.model_id}` ({training_steps(pkg.manifest)}, batch {pkg.manifest['training']['batch']}); "
         f"unprotected twins: {twin_steps}. Harvard Whole Brain Atlas **test** split; only aggregate figures "
         "are published (the images are research-use only). The twins see the same data, crops, batch size, "
         "learning rates and step count, with the zero code and the fusion loss only"
         f" (hinge weights of the last training run, {' / '.join(h.upper() for h in HINGES)}:"
         f" model {hinges(pkg.manifest['training'])},"
-        f" twins {', '.join(hinges(v) for v in agg['twins'].values()) or '-'}).", "",
+        f" twins {', '.join(hinges(v) for v in agg['twins'].values()) or '-'}).",
+        "",
         "Regenerate (about 25 minutes on 2 cores, needs `../shared/data/harvard`): "
-        "`python research/tools/make_report.py`", "",
-        "## Targets", "", *targets(agg, bench), "",
-        "### What a reader sees", "",
+        "`python research/tools/make_report.py`",
+        "",
+        "## Targets",
+        "",
+        *targets(agg, bench),
+        "",
+        "### What a reader sees",
+        "",
         "Measures of `research/amif_research/reader.py` (definitions and thresholds in its docstrings; the "
         "thresholds are also in the JSON under `reader.constants`): *anatomy under function*, the gain of the "
         "MRI's high-pass (image minus its 5-tap binomial blur) in the output's, where the second modality's grey "
@@ -250,21 +286,33 @@ def main() -> None:
         f"4-neighbour step of at least {measures.EDGE_LEVELS} levels) where the output is darker/brighter than both "
         f"sources by more than {measures.RIM_LEVELS} levels; *colour error*, where the PET/SPECT source's "
         f"luminance is at least {measures.HOT_LEVEL}, the mean HSV hue difference (degrees) and the mean absolute "
-        "HSV saturation difference of the output's colour against the source's. Means over the test images.", "",
-        *reader_targets(agg), "",
+        "HSV saturation difference of the output's colour against the source's. Means over the test images.",
+        "",
+        *reader_targets(agg),
+        "",
         "Baselines a reader would pick: GFF (guided-filter fusion, Li, Kang and Hu, IEEE TIP 2013) is "
         "implemented in `research/amif_research/baselines.py` and measured in every table below. "
-        + "; ".join(NOT_MEASURED) + ": **not measured here** (their code and weights are not run in this "
-        "project, and published figures use other metric code and test subsets, so they are not copied).", "",
-        "![Ratio of each method's mean metric to the max rule's, per pair type](ratios.png)", "",
-        "*Each method's mean over the test images divided by the element-wise max rule's (1 = max rule).*", "",
-        "![Bundled sample: MRI, PET-like, baselines, keyed and unkeyed AMIF, the twin](sample.png)", "",
+        + "; ".join(NOT_MEASURED)
+        + ": **not measured here** (their code and weights are not run in this "
+        "project, and published figures use other metric code and test subsets, so they are not copied).",
+        "",
+        "![Ratio of each method's mean metric to the max rule's, per pair type](ratios.png)",
+        "",
+        "*Each method's mean over the test images divided by the element-wise max rule's (1 = max rule).*",
+        "",
+        "![Bundled sample: MRI, PET-like, baselines, keyed and unkeyed AMIF, the twin](sample.png)",
+        "",
         "*Two axial slices of the bundled MNI-based sample (not Harvard): sources, the four baselines "
-        "(mean, max, Laplacian, GFF), keyed AMIF, unkeyed AMIF (identifier written) and the first twin.*", "",
-        "## Metric tables (Harvard test split)", "",
-        *["#" + line if line.startswith("## ") else line for line in tables.splitlines()[1:]], "",
-        "## Speed and memory (`python tools/benchmark.py`)", "",
-        (OUT / "benchmark.md").read_text() if (OUT / "benchmark.md").exists() else "not measured", "",
+        "(mean, max, Laplacian, GFF), keyed AMIF, unkeyed AMIF (identifier written) and the first twin.*",
+        "",
+        "## Metric tables (Harvard test split)",
+        "",
+        *["#" + line if line.startswith("## ") else line for line in tables.splitlines()[1:]],
+        "",
+        "## Speed and memory (`python tools/benchmark.py`)",
+        "",
+        (OUT / "benchmark.md").read_text() if (OUT / "benchmark.md").exists() else "not measured",
+        "",
     ]
     (OUT / "report.md").write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {OUT / 'report.md'}")

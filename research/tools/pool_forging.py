@@ -46,38 +46,50 @@ def run_command(doc: dict) -> str:
 def run_summary(doc: dict) -> dict:
     """One run's line of the table: its command, seed and successes per objective."""
     v = doc["attacks"]["forging"]["rows"]
-    return {"command": run_command(doc), "seed": doc["options"]["seed"], "objectives": [x["variant"] for x in v],
-            "successes": [f"{x['successes']}/{x['restarts']}" for x in v]}
+    return {
+        "command": run_command(doc),
+        "seed": doc["options"]["seed"],
+        "objectives": [x["variant"] for x in v],
+        "successes": [f"{x['successes']}/{x['restarts']}" for x in v],
+    }
 
 
 def markdown(setting: dict, runs: list[dict], rows: list[dict]) -> str:
     lines = [
-        "# Key forging, pooled over runs", "",
+        "# Key forging, pooled over runs",
+        "",
         f"Model `{setting['model_id']}` (weights SHA-256 `{str(setting.get('weights_sha256'))[:12]}…`); "
         f"{setting['pairs']} attacked pairs of the {setting['split']} split, Adam on a continuous "
         f"256-value code for {setting['forge_steps']:,} steps per restart on {setting['forge_images']} of them. "
         f"A restart succeeds when at least {setting['success_share']:.0%} of its images are unflagged with PSNR >= "
         f"{setting['quality_db']:g} dB to the keyed output. Each restart is counted once (its run's seed and index fix "
         "its starting code). 'At most' is the one-sided 95% Clopper-Pearson upper bound on the rate; a rate below 5% "
-        "is shown when the bound is.", "",
+        "is shown when the bound is.",
+        "",
         "| objective | learning rate | restarts | successes (rate; 95% upper bound) | steps to success "
         "| rate < 5% shown | seeds | final outputs flagged (lowest) | final PSNR to keyed (dB) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lo, hi = r["final_psnr_range"]
-        lines.append(f"| {r['variant']} | {r['forge_lr']:g} | {r['restarts']} | {r['successes']}/{r['restarts']} "
-                     f"({pct(r['success_rate'])}; at most {bound(r['rate_upper_95'])}) | "
-                     f"{', '.join(map(str, r['steps_to_success'])) or '—'} | "
-                     f"{'yes' if r['rate_upper_95'] < FORGING_GOAL else 'no'} | {seed_ranges(r['seeds'])} | "
-                     f"{pct(r['final_flagged_min'])} | {lo:.1f}–{hi:.1f} |")
+        lines.append(
+            f"| {r['variant']} | {r['forge_lr']:g} | {r['restarts']} | {r['successes']}/{r['restarts']} "
+            f"({pct(r['success_rate'])}; at most {bound(r['rate_upper_95'])}) | "
+            f"{', '.join(map(str, r['steps_to_success'])) or '—'} | "
+            f"{'yes' if r['rate_upper_95'] < FORGING_GOAL else 'no'} | {seed_ranges(r['seeds'])} | "
+            f"{pct(r['final_flagged_min'])} | {lo:.1f}–{hi:.1f} |"
+        )
     lines += ["", "## Runs", "", "| run | objectives | successes | command |", "|---|---|---|---|"]
     for i, d in enumerate(runs, 1):
         lines.append(f"| {i} | {'; '.join(d['objectives'])} | {'; '.join(d['successes'])} | `{d['command']}` |")
-    lines += ["", "Regenerate: run the commands above (`--data` as for the attack report), then "
-              "`python research/tools/pool_forging.py RUN.json ...` over their JSON files; or add new runs to this "
-              "table with `python research/tools/pool_forging.py --add-to TABLE.json NEW.json ...`, TABLE.json being "
-              "the JSON beside this file.", ""]
+    lines += [
+        "",
+        "Regenerate: run the commands above (`--data` as for the attack report), then "
+        "`python research/tools/pool_forging.py RUN.json ...` over their JSON files; or add new runs to this "
+        "table with `python research/tools/pool_forging.py --add-to TABLE.json NEW.json ...`, TABLE.json being "
+        "the JSON beside this file.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -113,11 +125,14 @@ def main(argv=None) -> int:
         return 2
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(markdown(setting, runs, rows))
-    args.output.with_suffix(".json").write_text(json.dumps({"setting": setting, "runs": runs, "pooled": rows},
-                                                           indent=1))
+    args.output.with_suffix(".json").write_text(
+        json.dumps({"setting": setting, "runs": runs, "pooled": rows}, indent=1)
+    )
     for r in rows:
-        print(f"{r['variant']} (lr {r['forge_lr']:g}): {r['successes']}/{r['restarts']}, "
-              f"rate at most {bound(r['rate_upper_95'])}")
+        print(
+            f"{r['variant']} (lr {r['forge_lr']:g}): {r['successes']}/{r['restarts']}, "
+            f"rate at most {bound(r['rate_upper_95'])}"
+        )
     print(f"wrote {args.output}")
     return 0
 

@@ -138,8 +138,10 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     for model in args.model:
-        print(f"{Path(model).name}: cosine to the key's embedding, share flagged, fusion loss, distance to the "
-              "key's embedding / hidden / FiLM")
+        print(
+            f"{Path(model).name}: cosine to the key's embedding, share flagged, fusion loss, distance to the "
+            "key's embedding / hidden / FiLM"
+        )
         for label, cos, flagged, loss, *dist in probe(model, args.key, args.data, args.codes, args.seed):
             print(f"  {label:<20} {cos:6.3f} {flagged:6.0%} {loss:7.4f} " + " ".join(f"{x:6.3f}" for x in dist))
     return 0

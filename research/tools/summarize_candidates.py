@@ -40,15 +40,27 @@ TWINS = (f"{FOLDER}/twins-20200/amif-twin-s0.json", f"{FOLDER}/twins-20200/amif-
 # the published reports of models bundled before the current one, which the candidates were compared against:
 # (name, commit, path) at a commit that holds them (history does not change)
 SUPERSEDED_REPORTS = (
-    ("attack report of the 19,200-step model", "4fedcaf9a4eee7d3c2f041eb7a792e29a1703263",
-     "Resources/attack/report.json"),
-    ("attack report of amif-trace-anchor, bundled in sessions 50-54", "9da7ddd7e59fe04cc7d8178afa1d115f7d46b64d",
-     "Resources/attack/report.json"),
-    ("classical removal on the 72 test pairs, amif-trace-anchor", "9da7ddd7e59fe04cc7d8178afa1d115f7d46b64d",
-     "Resources/attack/classical-72/test.json"),
+    (
+        "attack report of the 19,200-step model",
+        "4fedcaf9a4eee7d3c2f041eb7a792e29a1703263",
+        "Resources/attack/report.json",
+    ),
+    (
+        "attack report of amif-trace-anchor, bundled in sessions 50-54",
+        "9da7ddd7e59fe04cc7d8178afa1d115f7d46b64d",
+        "Resources/attack/report.json",
+    ),
+    (
+        "classical removal on the 72 test pairs, amif-trace-anchor",
+        "9da7ddd7e59fe04cc7d8178afa1d115f7d46b64d",
+        "Resources/attack/classical-72/test.json",
+    ),
 )
-POOLS = ("docs/reports/attack/forging-pooled-18900.json", "docs/reports/attack/forging-pooled-19200.json",
-         "docs/reports/attack/forging-pooled-anchor.json")
+POOLS = (
+    "docs/reports/attack/forging-pooled-18900.json",
+    "docs/reports/attack/forging-pooled-19200.json",
+    "docs/reports/attack/forging-pooled-anchor.json",
+)
 TWIN_BUDGET = 0.98  # keyed within 2% of the twins' mean (or above)
 NDIGITS = 4
 
@@ -86,8 +98,12 @@ class Tree:
         self.commit, self.read = commit, []
 
     def has(self, path: str) -> bool:
-        return subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{self.commit}:{path}"],
-                              capture_output=True).returncode == 0
+        return (
+            subprocess.run(
+                ["git", "-C", str(ROOT), "cat-file", "-e", f"{self.commit}:{path}"], capture_output=True
+            ).returncode
+            == 0
+        )
 
     def json(self, path: str) -> dict:
         self.read.append(path)
@@ -122,16 +138,29 @@ def evaluation_summary(doc: dict) -> dict:
         n = sum(x >= TWIN_BUDGET for x in ratio)
         within += n
         worst = min(range(len(names)), key=ratio.__getitem__)
-        kinds[kind] = {"within_budget": n, "ratio_to_twins": dict(zip(names, ratio)),
-                       "worst": [names[worst], ratio[worst]],
-                       "wins_vs_max": sum(keyed[i] >= rows["max"][kind]["mean"][i] for i in win),
-                       "pairs": row["n"]}
-    return {"split": doc["split"], "metrics": names, "win_metrics": doc["win_metrics"],
-            "within_budget": within, "of": len(names) * len(kinds), "budget": TWIN_BUDGET, "by_type": kinds,
-            "model_weights_sha256": [m["weights_sha256"] for m in doc["models"]],
-            "twins_weights_sha256": {t: v["weights_sha256"] for t, v in doc["twins"].items()},
-            "means": {row: {kind: v["mean"] for kind, v in by_kind.items()} for row, by_kind in rows.items()
-                      if row.startswith(("AMIF", "twin"))}}
+        kinds[kind] = {
+            "within_budget": n,
+            "ratio_to_twins": dict(zip(names, ratio)),
+            "worst": [names[worst], ratio[worst]],
+            "wins_vs_max": sum(keyed[i] >= rows["max"][kind]["mean"][i] for i in win),
+            "pairs": row["n"],
+        }
+    return {
+        "split": doc["split"],
+        "metrics": names,
+        "win_metrics": doc["win_metrics"],
+        "within_budget": within,
+        "of": len(names) * len(kinds),
+        "budget": TWIN_BUDGET,
+        "by_type": kinds,
+        "model_weights_sha256": [m["weights_sha256"] for m in doc["models"]],
+        "twins_weights_sha256": {t: v["weights_sha256"] for t, v in doc["twins"].items()},
+        "means": {
+            row: {kind: v["mean"] for kind, v in by_kind.items()}
+            for row, by_kind in rows.items()
+            if row.startswith(("AMIF", "twin"))
+        },
+    }
 
 
 def calibration_summary(doc: dict) -> dict:
@@ -139,10 +168,20 @@ def calibration_summary(doc: dict) -> dict:
     th, spread = doc["threshold"], doc.get("null_spread", {})
     below = doc["groups"]["must stay below"]
     margins = [(th - x) / sd for g, sds in spread.items() if g in below for x, sd in zip(below[g], sds) if sd > 0]
-    return {"threshold": th, "pairs": doc["pairs"], "split": doc["split"], "weights_sha256": doc["weights_sha256"],
-            **({"null_margin_in_spreads_min": min(margins)} if margins else {}),
-            "groups": {g: {name: {"min": min(s), "max": max(s), "above": sum(x > th for x in s) / len(s)}
-                           for name, s in scores.items()} for g, scores in doc["groups"].items()}}
+    return {
+        "threshold": th,
+        "pairs": doc["pairs"],
+        "split": doc["split"],
+        "weights_sha256": doc["weights_sha256"],
+        **({"null_margin_in_spreads_min": min(margins)} if margins else {}),
+        "groups": {
+            g: {
+                name: {"min": min(s), "max": max(s), "above": sum(x > th for x in s) / len(s)}
+                for name, s in scores.items()
+            }
+            for g, scores in doc["groups"].items()
+        },
+    }
 
 
 def forging_rows(doc: dict) -> list[dict]:
@@ -152,44 +191,95 @@ def forging_rows(doc: dict) -> list[dict]:
         finals = [run["final"] for run in v["runs"]]
         everywhere = [run["all_pairs"] for run in v["runs"] if run.get("all_pairs")]
         cosines = [run["key_embedding_cosine"][-1] for run in v["runs"] if run.get("key_embedding_cosine")]
-        out.append({**{k: v[k] for k in keep},
-                    "final_flagged": [min(f["flagged"] for f in finals), max(f["flagged"] for f in finals)],
-                    "final_psnr": [min(f["psnr_mean"] for f in finals), max(f["psnr_mean"] for f in finals)],
-                    "final_psnr_max": max(f.get("psnr_max", f["psnr_mean"]) for f in finals),
-                    "best_psnr_unflagged": max((run["best_psnr_unflagged"] for run in v["runs"]
-                                                if run.get("best_psnr_unflagged") is not None), default=None),
-                    **({"all_pairs_flagged": [min(a["flagged"] for a in everywhere),
-                                              max(a["flagged"] for a in everywhere)],
-                        "all_pairs_psnr": [min(a["psnr_mean"] for a in everywhere),
-                                           max(a["psnr_mean"] for a in everywhere)],
+        out.append(
+            {
+                **{k: v[k] for k in keep},
+                "final_flagged": [min(f["flagged"] for f in finals), max(f["flagged"] for f in finals)],
+                "final_psnr": [min(f["psnr_mean"] for f in finals), max(f["psnr_mean"] for f in finals)],
+                "final_psnr_max": max(f.get("psnr_max", f["psnr_mean"]) for f in finals),
+                "best_psnr_unflagged": max(
+                    (run["best_psnr_unflagged"] for run in v["runs"] if run.get("best_psnr_unflagged") is not None),
+                    default=None,
+                ),
+                **(
+                    {
+                        "all_pairs_flagged": [
+                            min(a["flagged"] for a in everywhere),
+                            max(a["flagged"] for a in everywhere),
+                        ],
+                        "all_pairs_psnr": [
+                            min(a["psnr_mean"] for a in everywhere),
+                            max(a["psnr_mean"] for a in everywhere),
+                        ],
                         "all_pairs_psnr_max": max(a["psnr_max"] for a in everywhere),
-                        "all_pairs_score_min": min(a["score_min"] for a in everywhere)} if everywhere else {}),
-                    **({"final_key_embedding_cosine": [min(cosines), max(cosines)]} if cosines else {})})
+                        "all_pairs_score_min": min(a["score_min"] for a in everywhere),
+                    }
+                    if everywhere
+                    else {}
+                ),
+                **({"final_key_embedding_cosine": [min(cosines), max(cosines)]} if cosines else {}),
+            }
+        )
     return out
 
 
 def attack_summary(doc: dict) -> dict:
     """An `amif attack` report: its setting, each family's verdict and summary, and the rows the candidates were
     compared on (classical settings, students, learned removal, fine-tuning, forging)."""
-    out = {"weights_sha256": doc["weights_sha256"], "split": doc["split"], "pairs": doc["pairs"],
-           "seed": doc["options"]["seed"], "families": {}}
+    out = {
+        "weights_sha256": doc["weights_sha256"],
+        "split": doc["split"],
+        "pairs": doc["pairs"],
+        "seed": doc["options"]["seed"],
+        "families": {},
+    }
     for name, fam in doc["attacks"].items():
         entry = {"met": fam["met"], "undecided": fam.get("undecided", False), "summary": fam["summary"]}
         rows = fam["rows"]
         if name == "classical":
             entry["met_settings"] = [sum(x["met"] for x in rows), len(rows)]
-            entry["rows"] = [{"attack": x["attack"], "setting": x["setting"], "met": x["met"],
-                              "flagged_after": x["flagged_after"], "traced_after": x.get("traced_after"),
-                              "psnr_before": x["psnr_before"], "psnr_after": x["psnr_after"]} for x in rows]
+            entry["rows"] = [
+                {
+                    "attack": x["attack"],
+                    "setting": x["setting"],
+                    "met": x["met"],
+                    "flagged_after": x["flagged_after"],
+                    "traced_after": x.get("traced_after"),
+                    "psnr_before": x["psnr_before"],
+                    "psnr_after": x["psnr_after"],
+                }
+                for x in rows
+            ]
         elif name == "distillation":
-            entry["rows"] = [{"student": x["student"], "flagged": x["flagged"], "traced": x.get("traced"),
-                              "psnr_mean": x["psnr_mean"]} for x in rows]
+            entry["rows"] = [
+                {
+                    "student": x["student"],
+                    "flagged": x["flagged"],
+                    "traced": x.get("traced"),
+                    "psnr_mean": x["psnr_mean"],
+                }
+                for x in rows
+            ]
         elif name == "learned-removal":
-            entry["rows"] = [{"images": x["images"], "flagged": x["flagged"], "broken": x["broken"],
-                              "psnr_mean": x["psnr_mean"], "psnr_max": x["psnr_max"]} for x in rows]
+            entry["rows"] = [
+                {
+                    "images": x["images"],
+                    "flagged": x["flagged"],
+                    "broken": x["broken"],
+                    "psnr_mean": x["psnr_mean"],
+                    "psnr_max": x["psnr_max"],
+                }
+                for x in rows
+            ]
         elif name == "fine-tuning":
-            entry["rows"] = [{"images": x["images"], "success_step": x["fine_tuned"].get("success_step"),
-                              "scratch_success_step": x["scratch"].get("success_step")} for x in rows]
+            entry["rows"] = [
+                {
+                    "images": x["images"],
+                    "success_step": x["fine_tuned"].get("success_step"),
+                    "scratch_success_step": x["scratch"].get("success_step"),
+                }
+                for x in rows
+            ]
         elif name == "forging":
             entry["rows"] = forging_rows(doc)
         elif name == "wrong-keys":
@@ -202,11 +292,22 @@ def attack_summary(doc: dict) -> dict:
 
 
 def pooled_summary(doc: dict) -> dict:
-    keep = ("variant", "detector_weight", "restarts", "successes", "rate_upper_95", "seeds", "final_flagged_min",
-            "final_psnr_range", "steps_to_success")
-    return {"setting": doc["setting"], "runs": [{k: run[k] for k in ("seed", "objectives", "successes")}
-                                                for run in doc["runs"]],
-            "pooled": [{k: row[k] for k in keep if k in row} for row in doc["pooled"]]}
+    keep = (
+        "variant",
+        "detector_weight",
+        "restarts",
+        "successes",
+        "rate_upper_95",
+        "seeds",
+        "final_flagged_min",
+        "final_psnr_range",
+        "steps_to_success",
+    )
+    return {
+        "setting": doc["setting"],
+        "runs": [{k: run[k] for k in ("seed", "objectives", "successes")} for run in doc["runs"]],
+        "pooled": [{k: row[k] for k in keep if k in row} for row in doc["pooled"]],
+    }
 
 
 def candidate(name: str, folder: str, manifest_name: str, rev: str) -> dict:
@@ -215,12 +316,22 @@ def candidate(name: str, folder: str, manifest_name: str, rev: str) -> dict:
     manifest = tree.json(manifest_path)
     files = tree.listing(folder)
     if folder == FOLDER:  # amif-trace-005: the folder's top files and its attack report
-        files = [f for f in tree.listing(FOLDER) if f.count("/") == FOLDER.count("/") + 1
-                 and not f.endswith("README.md")] + tree.listing(f"{FOLDER}/attack")
-    entry = {"name": name, "commit": tree.commit, "folder": folder, "manifest": manifest_path,
-             "weights": f"{folder}/{manifest['weights']}", "weights_sha256": manifest["weights_sha256"],
-             "model_id": manifest["model_id"], "key_id": manifest["key_id"], "verify": manifest["verify"],
-             "training": training_record(manifest), "files": files}
+        files = [
+            f for f in tree.listing(FOLDER) if f.count("/") == FOLDER.count("/") + 1 and not f.endswith("README.md")
+        ] + tree.listing(f"{FOLDER}/attack")
+    entry = {
+        "name": name,
+        "commit": tree.commit,
+        "folder": folder,
+        "manifest": manifest_path,
+        "weights": f"{folder}/{manifest['weights']}",
+        "weights_sha256": manifest["weights_sha256"],
+        "model_id": manifest["model_id"],
+        "key_id": manifest["key_id"],
+        "verify": manifest["verify"],
+        "training": training_record(manifest),
+        "files": files,
+    }
     evaluation = f"{folder}/evaluation.json"
     entry["evaluation"] = evaluation_summary(tree.json(evaluation))
     entry["calibration"] = calibration_summary(tree.json(f"{folder}/calibration.json"))
@@ -235,8 +346,10 @@ def candidate(name: str, folder: str, manifest_name: str, rev: str) -> dict:
         path = f"{folder}/classical-72/{split}.json"
         if tree.has(path):
             doc = tree.json(path)
-            entry.setdefault("classical_72", {})[split] = {"pairs": doc["pairs"],
-                                                           **attack_summary(doc)["families"]["classical"]}
+            entry.setdefault("classical_72", {})[split] = {
+                "pairs": doc["pairs"],
+                **attack_summary(doc)["families"]["classical"],
+            }
     for path in tree.read:  # every number above is of these weights
         doc = json.loads(git("show", f"{tree.commit}:{path}"))
         sha = doc.get("weights_sha256") or doc.get("setting", {}).get("weights_sha256")
@@ -249,16 +362,26 @@ def twin(path: str, rev: str) -> dict:
     tree = Tree(holding_commit(path, rev))
     manifest = tree.json(path)
     folder = path.rsplit("/", 1)[0]
-    return {"name": manifest["model_id"], "commit": tree.commit, "manifest": path,
-            "weights": f"{folder}/{manifest['weights']}", "weights_sha256": manifest["weights_sha256"],
-            "training": training_record(manifest)}
+    return {
+        "name": manifest["model_id"],
+        "commit": tree.commit,
+        "manifest": path,
+        "weights": f"{folder}/{manifest['weights']}",
+        "weights_sha256": manifest["weights_sha256"],
+        "training": training_record(manifest),
+    }
 
 
 def pool(path: str, rev: str) -> dict:
     tree = Tree(holding_commit(path, rev))
     md = path[:-5] + ".md"
-    return {"name": path.rsplit("/", 1)[-1][:-5], "commit": tree.commit, "path": path,
-            "files": [path] + ([md] if tree.has(md) else []), **pooled_summary(tree.json(path))}
+    return {
+        "name": path.rsplit("/", 1)[-1][:-5],
+        "commit": tree.commit,
+        "path": path,
+        "files": [path] + ([md] if tree.has(md) else []),
+        **pooled_summary(tree.json(path)),
+    }
 
 
 def superseded_report(name: str, commit: str, path: str) -> dict:
@@ -268,24 +391,32 @@ def superseded_report(name: str, commit: str, path: str) -> dict:
 
 def summary(rev: str = "HEAD") -> dict:
     notebook = holding_commit(NOTEBOOK, rev)
-    return r({"about": "Candidate models and superseded pooled forging tables removed from the tracked tree: "
-                       "`git show COMMIT:PATH` retrieves each file listed. Written by "
-                       "research/tools/summarize_candidates.py from the repository's history.",
-              "notebook": {"commit": notebook, "path": NOTEBOOK},
-              "candidates": [candidate(*c, rev) for c in CANDIDATES],
-              "twins": [twin(t, rev) for t in TWINS],
-              "superseded_pools": [pool(p, rev) for p in POOLS],
-              "superseded_reports": [superseded_report(*x) for x in SUPERSEDED_REPORTS]})
+    return r(
+        {
+            "about": "Candidate models and superseded pooled forging tables removed from the tracked tree: "
+            "`git show COMMIT:PATH` retrieves each file listed. Written by "
+            "research/tools/summarize_candidates.py from the repository's history.",
+            "notebook": {"commit": notebook, "path": NOTEBOOK},
+            "candidates": [candidate(*c, rev) for c in CANDIDATES],
+            "twins": [twin(t, rev) for t in TWINS],
+            "superseded_pools": [pool(p, rev) for p in POOLS],
+            "superseded_reports": [superseded_report(*x) for x in SUPERSEDED_REPORTS],
+        }
+    )
 
 
 def dumps(doc: dict) -> str:
     """Indented JSON with sorted keys; each list of plain values, then each object of plain values and such lists,
     on one line (less than half the size, still diffable)."""
     text = json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False)
-    flat = re.sub(r"\[\n\s*((?:[^\[\]{}\n]+,\n\s*)*[^\[\]{}\n]+)\n\s*\]",
-                  lambda m: "[" + re.sub(r",\n\s*", ", ", m.group(1)) + "]", text)
-    flat = re.sub(r"\{\n\s*((?:[^{}\n]+,\n\s*)*[^{}\n]+)\n\s*\}",
-                  lambda m: "{" + re.sub(r",\n\s*", ", ", m.group(1)) + "}", flat)
+    flat = re.sub(
+        r"\[\n\s*((?:[^\[\]{}\n]+,\n\s*)*[^\[\]{}\n]+)\n\s*\]",
+        lambda m: "[" + re.sub(r",\n\s*", ", ", m.group(1)) + "]",
+        text,
+    )
+    flat = re.sub(
+        r"\{\n\s*((?:[^{}\n]+,\n\s*)*[^{}\n]+)\n\s*\}", lambda m: "{" + re.sub(r",\n\s*", ", ", m.group(1)) + "}", flat
+    )
     assert json.loads(flat) == json.loads(text)
     return flat + "\n"
 

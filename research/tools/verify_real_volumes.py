@@ -129,11 +129,17 @@ def run_case(name: str, a, b, package, key) -> dict:
         out = display_array(r.image)
         loss, loss_bare = tissue_loss(out, ua, ub)
         v = verify_volume(out, package.identifier, package.threshold)
-        row[state] = {"state": v.state, "flagged": v.flagged, "score": round(v.score, 4),
-                      "erasure": round(v.erasure, 4), "fuse_state": r.verdict.state,
-                      "fuse_score": round(r.verdict.score, 4), "tissue_loss_pct": round(loss, 2),
-                      "tissue_loss_bare_pct": None if np.isnan(loss_bare) else round(loss_bare, 2),
-                      "seconds": round(time.perf_counter() - t, 1)}
+        row[state] = {
+            "state": v.state,
+            "flagged": v.flagged,
+            "score": round(v.score, 4),
+            "erasure": round(v.erasure, 4),
+            "fuse_state": r.verdict.state,
+            "fuse_score": round(r.verdict.score, 4),
+            "tissue_loss_pct": round(loss, 2),
+            "tissue_loss_bare_pct": None if np.isnan(loss_bare) else round(loss_bare, 2),
+            "seconds": round(time.perf_counter() - t, 1),
+        }
     return row
 
 
@@ -141,9 +147,13 @@ def summary(rows: dict) -> dict:
     """False positives (keyed flagged) and false negatives (unkeyed clean) over the cases."""
     fp = [n for n, r in rows.items() if r["keyed"]["flagged"]]
     fn = [n for n, r in rows.items() if not r["unkeyed"]["flagged"]]
-    return {"cases": len(rows), "false_positives": fp, "false_negatives": fn,
-            "false_positive_rate": round(len(fp) / max(1, len(rows)), 3),
-            "false_negative_rate": round(len(fn) / max(1, len(rows)), 3)}
+    return {
+        "cases": len(rows),
+        "false_positives": fp,
+        "false_negatives": fn,
+        "false_positive_rate": round(len(fp) / max(1, len(rows)), 3),
+        "false_negative_rate": round(len(fn) / max(1, len(rows)), 3),
+    }
 
 
 def main(argv=None) -> int:
@@ -158,8 +168,10 @@ def main(argv=None) -> int:
     package = load_package(bundled_model_path())
     key = load_key(bundled_key_path())
     rows = {}
-    print(f"{'case':12} {'shape':>14} | {'keyed':>8} {'score':>6} {'eras':>5} {'loss%':>5} {'bare%':>5} | "
-          f"{'unkeyed':>8} {'score':>6} {'eras':>5} {'loss%':>5}")
+    print(
+        f"{'case':12} {'shape':>14} | {'keyed':>8} {'score':>6} {'eras':>5} {'loss%':>5} {'bare%':>5} | "
+        f"{'unkeyed':>8} {'score':>6} {'eras':>5} {'loss%':>5}"
+    )
     for name in args.cases.split(","):
         pair = case_pair(name, args.pairs)
         if pair is None:
@@ -167,12 +179,17 @@ def main(argv=None) -> int:
             continue
         rows[name] = r = run_case(name, *pair, package, key)
         k, u = r["keyed"], r["unkeyed"]
-        print(f"{name:12} {'x'.join(map(str, r['shape'])):>14} | {k['state']:>8} {k['score']:6.3f} {k['erasure']:5.2f} "
-              f"{k['tissue_loss_pct']:5.1f} {k['tissue_loss_bare_pct'] or 0:5.1f} | {u['state']:>8} {u['score']:6.3f} "
-              f"{u['erasure']:5.2f} {u['tissue_loss_pct']:5.1f}", flush=True)
+        print(
+            f"{name:12} {'x'.join(map(str, r['shape'])):>14} | {k['state']:>8} {k['score']:6.3f} {k['erasure']:5.2f} "
+            f"{k['tissue_loss_pct']:5.1f} {k['tissue_loss_bare_pct'] or 0:5.1f} | {u['state']:>8} {u['score']:6.3f} "
+            f"{u['erasure']:5.2f} {u['tissue_loss_pct']:5.1f}",
+            flush=True,
+        )
     s = summary(rows)
-    print(f"false positives (keyed flagged): {s['false_positives']}; false negatives (unkeyed clean): "
-          f"{s['false_negatives']}")
+    print(
+        f"false positives (keyed flagged): {s['false_positives']}; false negatives (unkeyed clean): "
+        f"{s['false_negatives']}"
+    )
     if args.json:
         from amif.files import write_text
 
