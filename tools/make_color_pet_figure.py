@@ -147,7 +147,7 @@ def main() -> None:
         d.text((x, top + 18), note, font=font(12), fill=colour if colour != (0, 0, 0) else (85, 85, 85))
         canvas.paste(Image.fromarray(np.ascontiguousarray(rgb)).resize((tw, th), Image.BILINEAR), (x, top + label))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(args.output, optimize=True)
+    canvas.quantize(256, dither=Image.Dither.NONE).save(args.output, optimize=True)  # 256 colours: a lean repository
     print(f"wrote {args.output} ({Path(args.output).stat().st_size // 1024} KB)")
 
 

@@ -91,7 +91,7 @@ def main():
         d.text((x + 6, top + 3), name, font=font(13), fill=(0, 0, 0))
         canvas.paste(t, (x, top + 22))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(args.output)
+    canvas.quantize(256, dither=Image.Dither.NONE).save(args.output, optimize=True)  # 256 colours: a lean repository
     print(f"wrote {args.output}")
 
 
