@@ -335,38 +335,42 @@ def input_transforms(target: Target, opts: AttackOptions, progress: bool = True)
     ks = query_counts(opts.input_queries)
     kmax = max(ks)
     sets = list(SETS) + ["mixed"]
-    with progress_bar(len(SETS) * (kmax - 1), "input-transforms", progress) as bar:
+    bar = progress_bar(len(SETS) * (kmax - 1) + len(sets) * len(ks) * len(MERGES), "input-transforms", progress)
+    with bar:  # the queries, then the checks of every merged output (the owner's trace check is the slower part)
         pools = {
             name: candidates(target, target.a, target.b, ts[:kmax], target.unkeyed, lambda: bar.update(1))
             for name, ts in SETS.items()
         }
-    unkeyed = checks(target, target.unkeyed, opts.quality_db)
-    max_rule = max_fusion(target.a, target.b)
-    max_psnr, max_ssim = float(psnr(max_rule, target.keyed).mean()), float(ssim(max_rule, target.keyed).mean())
-    rows, data, met = [], [], True
-    for name in sets:
-        for k in ks:
-            cands = np.stack(set_candidates(pools, name, k))
-            for rule in MERGES:
-                c = checks(target, merged(cands, rule, max_rule), opts.quality_db)
-                ok = _met(c)
-                met &= ok
-                rows.append(
-                    [
-                        name,
-                        str(k),
-                        rule,
-                        pct(c["public"]),
-                        _trace_cell(c),
-                        pct(c["either"]),
-                        db(c["psnr"]),
-                        f"{c['ssim']:.3f}",
-                        pct(c["broken"]),
-                        yes_no(ok),
-                        f"{k} / image",
-                    ]
-                )
-                data.append({"set": name, "queries": k, "transforms": set_names(name, k), "rule": rule, **c, "met": ok})
+        unkeyed = checks(target, target.unkeyed, opts.quality_db)
+        max_rule = max_fusion(target.a, target.b)
+        max_psnr, max_ssim = float(psnr(max_rule, target.keyed).mean()), float(ssim(max_rule, target.keyed).mean())
+        rows, data, met = [], [], True
+        for name in sets:
+            for k in ks:
+                cands = np.stack(set_candidates(pools, name, k))
+                for rule in MERGES:
+                    c = checks(target, merged(cands, rule, max_rule), opts.quality_db)
+                    bar.update(1)
+                    ok = _met(c)
+                    met &= ok
+                    rows.append(
+                        [
+                            name,
+                            str(k),
+                            rule,
+                            pct(c["public"]),
+                            _trace_cell(c),
+                            pct(c["either"]),
+                            db(c["psnr"]),
+                            f"{c['ssim']:.3f}",
+                            pct(c["broken"]),
+                            yes_no(ok),
+                            f"{k} / image",
+                        ]
+                    )
+                    data.append(
+                        {"set": name, "queries": k, "transforms": set_names(name, k), "rule": rule, **c, "met": ok}
+                    )
     failed = [d for d in data if not d["met"]]
     worst = min(data, key=lambda d: (d["public"], d["trace"] or 0))
     summary = (
