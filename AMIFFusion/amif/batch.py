@@ -60,8 +60,9 @@ def read_csv(path) -> list[Subject]:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise AMIFError(f"{shown(path.name)} is not a UTF-8 text (CSV) file.") from None
-    rows = list(csv.DictReader(io.StringIO(text)))
-    header = [c.strip().lower() for c in (csv.DictReader(io.StringIO(text)).fieldnames or [])]
+    reader = csv.DictReader(io.StringIO(text))
+    header = [c.strip().lower() for c in (reader.fieldnames or [])]
+    rows = list(reader)
     missing = [c for c in CSV_COLUMNS if c not in header]
     if missing:
         raise AMIFError(
