@@ -27,6 +27,7 @@ from .intensity import normalize as _normalize
 from .intensity import robust_window
 from .keys import KeyFile, load_key
 from .package import ModelPackage
+from .throughplane import THROUGH_PLANE_WEIGHT, SliceSmoother
 from .verify import SHIFT_SLICES, Verdict, displacements, erasure_tensor, score_tensor, verify_image, volume_verdict
 
 
@@ -384,6 +385,7 @@ def fuse_volumes(
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     device="auto",
+    through_plane: float = THROUGH_PLANE_WEIGHT,
 ) -> VolumeResult:
     """Fuse registered volumes slice by slice (axial slices in display orientation); output on A's grid.
     `device`: "auto", "cpu", "cuda", "cuda:N" or "mps" (amif.device); one it cannot use is an AMIFError
@@ -399,10 +401,15 @@ def fuse_volumes(
     a signed map (negative and positive values, zero background) keeps its sign: its window is on its
     own range, and its zero background is the same grey inside and outside its extent (no box).
 
-    Memory: beyond the inputs (and B resampled, when it is), the output image (float32, A's size) and one
-    batch's work: slices are normalized, fused, written into the output image and verified batch by batch;
-    no whole float copy of an input or of the output is made (B resampled: its values inside its extent are
-    gathered once, in its own type, for its window)."""
+    Through-plane: the network's residual from the max rule of each slice is filtered along the slice
+    axis with weight `through_plane` (amif.throughplane; 0: off), so the sliced axis is no rougher than
+    the in-plane ones.
+
+    Memory: beyond the inputs (and B resampled, when it is), the output image (float32, A's size), one
+    batch's work and one slice held back for the through-plane filter: slices are normalized, fused,
+    written into the output image and verified batch by batch; no whole float copy of an input or of the
+    output is made (B resampled: its values inside its extent are gathered once, in its own type, for its
+    window)."""
     import SimpleITK as sitk
 
     device = resolve_device(device)
@@ -451,11 +458,31 @@ def fuse_volumes(
     img.CopyInformation(a)
     scores = np.full((2, n), np.nan)  # verify's score and erasure ratio of each slice with content
     mask = _identifier_tensor(package.identifier, h, w)  # drawn once: verify draws it at every call
+    smoother = SliceSmoother(through_plane)
+
+    def write(residuals, items) -> None:  # slices the smoother has made final: into the output, and scored
+        if not items:
+            return
+        sl = slice(items[0][0], items[-1][0] + 1)
+        y = np.clip(np.stack([base for _, base, _ in items]) + residuals, 0.0, 1.0).astype(np.float32)
+        if colour:
+            ycc = np.stack([c for _, _, c in items])
+            ycc[..., 0] = y
+            y = ycbcr_to_rgb(ycc).astype(np.float32)
+        _paste(img, y, sl, axes, va.shape)
+        grey = rgb_to_ycbcr(y)[..., 0] if colour else y
+        keep = np.flatnonzero(grey.std(axis=(1, 2)) > MIN_CONTENT)
+        if keep.size:
+            scores[:, sl.start + keep] = _scores(grey[keep], mask)
+        if progress:
+            progress(sl.stop, n)
+
     for start in range(0, n, batch):
         if cancel and cancel():
             raise Cancelled("Fusion cancelled.")
         sl = slice(start, min(n, start + batch))
         sa = _normalize(da[sl], window_a)
+        ycc = None
         if colour:
             ycc = rgb_to_ycbcr(_normalize(db[sl][..., :3], window_rgb))
             sb = ycc[..., 0]
@@ -466,16 +493,10 @@ def fuse_volumes(
         probe = [i - sl.start for i in range(sl.start, sl.stop) if i % stride == stride // 2] if package.shift else []
         if probe:
             moved[sl.start + np.array(probe)] = displacements(y[probe], sa[probe], sb[probe], package.identifier)
-        if colour:
-            ycc[..., 0] = y
-            y = ycbcr_to_rgb(ycc).astype(np.float32)
-        _paste(img, y, sl, axes, va.shape)
-        grey = rgb_to_ycbcr(y)[..., 0] if colour else y
-        keep = np.flatnonzero(grey.std(axis=(1, 2)) > MIN_CONTENT)
-        if keep.size:
-            scores[:, sl.start + keep] = _scores(grey[keep], mask)
-        if progress:
-            progress(sl.stop, n)
+        base = np.maximum(sa, sb)
+        items = [(sl.start + i, base[i], None if ycc is None else ycc[i]) for i in range(len(y))]
+        write(*smoother.push(y - base, items))
+    write(*smoother.finish())
     del da, db
     verdict = _volume_verdict(scores, moved, package)
     for k, v in output_metadata(package, status, verdict).items():
