@@ -130,3 +130,40 @@ def test_the_published_figures_are_drawn_from_the_committed_json(tmp_path):
     for figure in tool.FIGURES:
         differ = grey(tmp_path / "c" / figure) != grey(tmp_path / "a" / figure)
         assert differ.sum() > 50, figure
+
+
+def panels(white: np.ndarray, axis: int, least: int = 100) -> int:
+    """How many runs of at least `least` lines along `axis` are not (almost) all white: the panels across a
+    figure's width (axis 0) or down its height (axis 1). Titles, labels and the 4-pixel gaps do not count."""
+    inked = white.mean(axis=axis) < 0.99
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], inked.astype(int), [0]])))
+    return int(sum(end - start >= least for start, end in zip(edges[::2], edges[1::2])))
+
+
+def test_the_comparison_figure_is_drawn_from_the_bundled_sample_and_model(tmp_path):
+    """research/tools/make_comparison_figure.py draws docs/figures/fusion-comparison.png from the bundled sample,
+    model and key alone: the committed figure records those files' digest and is what the tool draws from them (to
+    within font rendering), the same files give the same bytes, it is 6 rows (CT-like, PET, SPECT-like, each whole
+    and as a 3x crop) of 5 panels and under 150 KB, and another key gives another AMIF column."""
+    tool, doc = load_tool("make_comparison_figure"), load_tool("make_doc_figures")
+    published = ROOT / "docs" / "figures" / "fusion-comparison.png"
+    files = tool.inputs(tool.bundled_model_path(), tool.bundled_key_path())
+    assert doc.source_of(published) == (tool.source_text(files), tool.inputs_digest(files)), (
+        "rerun research/tools/make_comparison_figure.py"
+    )
+    assert published.stat().st_size < 150_000  # the tracked tree's 10 MB budget
+    drawn, again = tool.make_figure(tmp_path / "a.png"), tool.make_figure(tmp_path / "b.png")
+    assert drawn.read_bytes() == again.read_bytes()  # deterministic
+    assert Image.open(drawn).size == Image.open(published).size
+    assert np.abs(coarse(grey(drawn)) - coarse(grey(published))).mean() < 2.0
+    for figure in (drawn, published):
+        white = grey(figure) >= 250
+        assert (panels(white, 0), panels(white, 1)) == (len(tool.COLUMNS), 6), figure
+
+    from amif.keys import generate_key, save_key
+
+    wrong = tmp_path / "wrong.amifkey"
+    save_key(generate_key(tool.load_package(tool.bundled_model_path()).model_id, "Nobody", bytes(32)), wrong)
+    other = grey(tool.make_figure(tmp_path / "c.png", key=wrong)) != grey(drawn)
+    columns = np.flatnonzero(other.any(axis=0))
+    assert other.sum() > 500 and columns.min() > 0.75 * other.shape[1]  # only the AMIF keyed column changed
