@@ -9,7 +9,16 @@ from PIL import Image
 from amif.errors import AMIFError
 from amif.network import NetConfig
 from amif.package import load_package
-from amif_research.train import LR_FLOOR, PROTECTION, TrainConfig, flat_record, lr_factor, sample_negatives, train
+from amif_research.train import (
+    LR_FLOOR,
+    PROTECTION,
+    TrainConfig,
+    flat_record,
+    lr_factor,
+    sample_batch,
+    sample_negatives,
+    train,
+)
 
 TINY = NetConfig(c1=4, c2=8, c3=8, mem_channels=4, mem_size=16, key_features=32, key_hidden=8)
 flat_cfg = TrainConfig.from_flat  # settings by their flat names, as `amif train`'s flags name them
@@ -201,6 +210,8 @@ def test_forger_pool_descends_the_fusion_loss_and_restarts():
         ("forge_repeat", (0, 65), "Adam steps per training step", (1, 3), 32),
         ("forge_detector", (-1.0, float("nan")), "detector weight", (0.0, 5.0), 64),  # 64: the identifier in every crop
         ("mark_alpha", (0.0, 1.5, float("nan")), "opacity", (0.75, 1.0), 64),
+        ("edge_zoom", (-0.1, 1.5), "zoomed crops", (0.0, 1.0), 32),
+        ("empty_second", (-0.1, 1.5), "empty second image", (0.0, 1.0), 32),
     ],
 )
 def test_protection_setting_is_checked_changes_training_and_is_recorded(
@@ -727,3 +738,63 @@ def test_anchor_holds_keyed_outputs_near_the_init_or_a_twin_and_is_checked(tiny_
         }
     assert dist["init", "init"] < 0.5 * dist["off", "init"], dist  # the keyed outputs stayed nearer the init's
     assert dist["twin", "twin"] < 0.5 * dist["init", "twin"], dist  # held near the twin's outputs, not the init's
+
+
+def test_zoomed_crops_reach_the_rim_and_emptied_crops_lose_the_second_image():
+    a = np.zeros((2, 64, 64), np.uint8)
+    a[:, 8:56, 8:56] = 200  # tissue 8 pixels short of every edge
+    b = a // 2
+    mask = np.zeros((64, 64), np.float32)
+
+    def batch(**shares):
+        return sample_batch(np.random.default_rng(0), a, b, flat_cfg(batch=6, crop=64, **shares), mask)
+
+    def rim(x):  # tissue in the outer 3 pixels of each whole-slice crop
+        ring = np.ones((64, 64), bool)
+        ring[3:-3, 3:-3] = False
+        return (x[:, 0].numpy()[:, ring] > 0.1).mean(axis=1)
+
+    pa, pb, _, _, plain = batch()
+    assert plain.all() and (rim(pa) == 0).all()
+    np.testing.assert_allclose(pb.numpy()[:, 0], np.broadcast_to(b[0] / 255, (6, 64, 64)), atol=1e-6)
+    za, zb, _, _, zplain = batch(edge_zoom=1.0)
+    assert not zplain.any() and (rim(za) > 0.2).all() and (rim(zb) > 0.2).all()
+    ea, eb, _, _, eplain = batch(empty_second=1.0)
+    assert not eplain.any() and float(eb.abs().max()) == 0.0 and float(ea.max()) > 0.7
+
+
+def test_detail_target_carries_the_first_images_detail_where_the_second_dominates():
+    from amif_research.losses import binomial_high_pass, fusion_target
+    from amif_research.reader import anatomy_under_function, high_pass
+
+    rng = np.random.default_rng(2)
+    a = torch.from_numpy(0.2 + 0.2 * rng.random((1, 1, 40, 40))).float()
+    b = torch.full_like(a, 0.8)  # flat and brighter everywhere: the second image dominates
+    np.testing.assert_allclose(binomial_high_pass(a)[0, 0].numpy(), high_pass(a[0, 0].numpy()), atol=1e-6)
+    grey = lambda t: t[0, 0].numpy() * 255  # noqa: E731
+    assert anatomy_under_function(grey(fusion_target(a, b)), grey(a), grey(b)) == pytest.approx(0.0, abs=1e-6)
+    got = {g: anatomy_under_function(grey(fusion_target(a, b, g)), grey(a), grey(b)) for g in (0.5, 1.0)}
+    assert got[1.0] > 0.9 and got[0.5] == pytest.approx(got[1.0] / 2, rel=1e-4)  # the gain of the detail added
+    torch.testing.assert_close(fusion_target(b, a, 1.0), torch.maximum(a, b))  # the first dominates: the max rule
+
+
+@pytest.mark.parametrize("field", ["detail", "undershoot_weight"])
+def test_detail_and_undershoot_change_training_and_are_recorded(tmp_path, field):
+    kw = _blocky_twin_run(tmp_path)
+    nets = {}
+    for w in (0.0, 1.0):
+        cfg = flat_cfg(steps=3, batch=2, crop=32, **{field: w})
+        pkg = load_package(train(None, tmp_path / f"w{w}" / "twin", checkpoint_dir=tmp_path / f"ck{w}", cfg=cfg, **kw))
+        assert pkg.manifest["training"].get("fusion", {}).get(field) == (w or None)
+        nets[w] = pkg.net.state_dict()
+    assert any(not np.allclose(nets[0.0][k].numpy(), nets[1.0][k].numpy()) for k in nets[0.0])
+    with pytest.raises(AMIFError):
+        train(None, tmp_path / "bad" / "twin", checkpoint_dir=tmp_path / "ckb", cfg=flat_cfg(steps=1, **{field: -1.0}), **kw)
+
+
+def test_undershoot_hinge_sees_outputs_below_both_sources():
+    from amif_research.losses import fusion_loss
+
+    a, b = torch.full((1, 1, 16, 16), 0.5), torch.full((1, 1, 16, 16), 0.6)
+    for y, hit in ((torch.full_like(a, 0.3), True), (torch.full_like(a, 0.55), False)):
+        assert (fusion_loss(y, a, b, w_under=1.0)[1]["under"] > 0) == hit

@@ -342,7 +342,7 @@ def _tune(net, pa, pb, idx, opts, seed, evaluate, bar) -> tuple[list, float]:
             break
         t1 = time.perf_counter()
         rng = np.random.default_rng([seed, step])
-        a, b, coords, _ = (t.to(dev) for t in sample_batch(rng, a8, b8, cfg, mask))
+        a, b, coords, _, _ = (t.to(dev) for t in sample_batch(rng, a8, b8, cfg, mask))
         loss = fusion_loss(net(a, b, zero.expand(len(a), -1), coords), a, b)[0]
         adam.zero_grad(set_to_none=True)
         loss.backward()

@@ -262,6 +262,37 @@ def register(sub) -> None:
         help="with --init: train on with K times the package's decoder channels, starting from the same "
         "function (default 1: as it is)",
     )
+    s.add_argument(
+        "--detail",
+        type=float,
+        default=None,
+        metavar="G",
+        help="the first image's fine detail, times G, added to the intensity target where the second image "
+        "dominates (0 to 2; default 0: the max rule)",
+    )
+    s.add_argument(
+        "--undershoot-weight",
+        type=float,
+        default=None,
+        metavar="W",
+        help="hinge on outputs darker than both sources (default 0: off)",
+    )
+    s.add_argument(
+        "--edge-zoom",
+        type=float,
+        default=None,
+        metavar="P",
+        help="share of crops taken from slices zoomed 1.2 to --zoom-max times, so tissue reaches the slice's "
+        "rim (default 0: none)",
+    )
+    s.add_argument("--zoom-max", type=float, default=None, help="largest zoom of --edge-zoom crops (default 1.6)")
+    s.add_argument(
+        "--empty-second",
+        type=float,
+        default=None,
+        metavar="P",
+        help="share of crops whose second image is empty (default 0: none)",
+    )
     s.add_argument("--minutes", type=float, default=None, help="stop with a checkpoint after this wall time")
     s.add_argument("--device", default=None, help="torch device, e.g. cuda")
     s.set_defaults(func=cmd_train)

@@ -103,6 +103,28 @@ def _relative_hinge(value: torch.Tensor, rule: torch.Tensor, floor: float = MARG
     return (torch.relu(floor * rule - value) / rule.clamp_min(0.01) * (rule > 1e-3)).mean()
 
 
+DOMINANCE = 10 / 255  # the second image dominates where it exceeds the first by this (reader.DOMINANCE_LEVELS)
+UNDERSHOOT = 4 / 255  # the undershoot hinge's tolerance below both sources
+
+
+def binomial_high_pass(x: torch.Tensor) -> torch.Tensor:
+    """x minus its blur by the separable 5-tap binomial [1, 4, 6, 4, 1] / 16 (mirror-reflected borders): the
+    fine detail that reader.high_pass measures, for (n, 1, h, w) tensors of at least 3 x 3."""
+    k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], dtype=x.dtype, device=x.device) / 16
+    blur = F.conv2d(F.pad(x, (2, 2, 0, 0), mode="reflect"), k.view(1, 1, 1, 5))
+    blur = F.conv2d(F.pad(blur, (0, 0, 2, 2), mode="reflect"), k.view(1, 1, 5, 1))
+    return x - blur
+
+
+def fusion_target(a: torch.Tensor, b: torch.Tensor, detail: float = 0.0) -> torch.Tensor:
+    """The intensity target: max(a, b), plus `detail` x a's fine detail (binomial_high_pass) where b dominates
+    (b > a + DOMINANCE), so the first image's anatomy shows through a brighter second image."""
+    m = torch.maximum(a, b)
+    if not detail:
+        return m
+    return m + detail * (b > a + DOMINANCE).to(a.dtype) * binomial_high_pass(a)
+
+
 def fusion_loss(
     y,
     a,
@@ -115,6 +137,8 @@ def fusion_loss(
     w_sf: float = 0.0,
     sf_floor: float = MARGIN,
     w_mi: float = 0.0,
+    detail: float = 0.0,
+    w_under: float = 0.0,
 ) -> tuple[torch.Tensor, dict]:
     """Intensity towards max(a, b), gradient towards the larger source gradient, SSIM to both;
     with `w_vif`, also the shortfall of VIF(a, y) and of VIF(b, y) against the max rule's on the same
@@ -125,13 +149,19 @@ def fusion_loss(
     and `sf_floor` x it for SF; SF over the region with content) and SCD. With `w_mi`, the same hinge on
     MI(y, a) + MI(y, b) (`grey_mi`, 256 levels as the metric counts them), whose floor AMIF outputs
     trained without it stay well below (0.7-0.87 of the max rule's): it pushes y towards grey levels its
-    sources predict."""
+    sources predict. With `detail`, the intensity term's target is fusion_target's (the hinges still
+    measure against the max rule); with `w_under`, a hinge on y falling below both sources by more than
+    UNDERSHOOT (dark rims)."""
     m = torch.maximum(a, b)
-    l_int = (y - m).abs().mean()
+    l_int = (y - fusion_target(a, b, detail)).abs().mean()
     l_grad = (sobel(y) - torch.maximum(sobel(a), sobel(b))).abs().mean()
     l_ssim = (2 - ssim(y, a) - ssim(y, b)).mean()
     loss = l_int + w_grad * l_grad + w_ssim * l_ssim
     parts = {"int": l_int.item(), "grad": l_grad.item(), "ssim": l_ssim.item(), **dict.fromkeys(HINGES, 0.0)}
+    if w_under:
+        l_under = torch.relu(torch.minimum(a, b) - UNDERSHOOT - y).mean()
+        loss = loss + w_under * l_under
+        parts["under"] = l_under.item()
     if w_vif:
         with torch.no_grad():
             ref_a, ref_b = vif(a, m), vif(b, m)

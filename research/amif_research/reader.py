@@ -42,7 +42,7 @@ def anatomy_under_function(out, mri, other) -> float:
 
     Region D: pixels where `other` > `mri` + DOMINANCE_LEVELS. With h = `high_pass`, returns
     sum_D h(out) h(mri) / sum_D h(mri)^2, the gain of the MRI's detail in the output (the least-squares
-    coefficient of h(out) on h(mri) over D): 1 when out = other + h(mri) with `other` flat on D,
+    coefficient of h(out) on h(mri) over D): 1 when out = other + mri with `other` flat on D,
     0 when the output there is flat (e.g. the max rule over a flat `other`). NaN when D is empty or
     the MRI has no detail on D.
     """

@@ -105,12 +105,19 @@ class FusionLoss:
     scd_weight: float = 0.0  # SCD (w_scd)
     mi_weight: float = 0.0  # MI over 256 grey levels (w_mi)
     sf_floor: float = MARGIN  # the SF hinge's floor, relative to the max rule's SF
+    detail: float = 0.0  # the first image's fine detail added to the intensity target where the second dominates
+    undershoot_weight: float = 0.0  # hinge on outputs below both sources (dark rims; 0 = off)
 
     def validate(self) -> None:
         for k in HINGES:
             w = getattr(self, f"{k}_weight")
             _check(0 <= w < INF, f"The {k.upper()} weight of the fusion loss must be 0 or more (got {w}).")
         _check(0 <= self.sf_floor < INF, f"The SF hinge's floor must be 0 or more (got {self.sf_floor}).")
+        _check(0 <= self.detail <= 2, f"The detail gain must be from 0 to 2 (got {self.detail}).")
+        _check(
+            0 <= self.undershoot_weight < INF,
+            f"The undershoot weight must be 0 or more (got {self.undershoot_weight}).",
+        )
 
 
 @dataclass
@@ -201,6 +208,27 @@ class Anchoring:
 
 
 @dataclass
+class Crops:
+    """What the training crops show beyond the data's own slices (sample_batch): shares of the crops taken
+    from slices zoomed about a point near their centre, so that tissue reaches the slice frame's rim (the
+    data's slices have background there, and a network never shown tissue at the rim's coordinates blacks
+    it out), and shares whose second image is empty (no content or no coverage: the first image's anatomy
+    must come through alone). Those crops are left out of the anchoring (the anchor loses tissue on them)."""
+
+    edge_zoom: float = 0.0  # share of crops from zoomed slices (0 = none)
+    zoom_max: float = 1.6  # zoom factor drawn from [1.2, zoom_max]
+    empty_second: float = 0.0  # share of crops with an empty second image (0 = none)
+
+    def validate(self) -> None:
+        _check(0 <= self.edge_zoom <= 1, f"The share of zoomed crops must be from 0 to 1 (got {self.edge_zoom}).")
+        _check(1.2 <= self.zoom_max <= 4, f"The largest zoom must be from 1.2 to 4 (got {self.zoom_max}).")
+        _check(
+            0 <= self.empty_second <= 1,
+            f"The share of crops with an empty second image must be from 0 to 1 (got {self.empty_second}).",
+        )
+
+
+@dataclass
 class Research:
     """Research switches: measured (docs/model-history.md) and never shipped in a bundled model or twin; kept
     so that the measurements can be rerun. mark_shift: unkeyed outputs move their content that many pixels
@@ -234,6 +262,7 @@ GROUPS = {
     "forgers": Forgers,
     "anchoring": Anchoring,
     "research": Research,
+    "crops": Crops,
 }
 PROTECTION = ("identifier", "negatives", "forgers", "research")  # groups an unprotected twin does not use
 PREFIX = {"forgers": "forge_", "anchoring": "anchor_"}  # flat name = prefix + field (pool -> forge_pool)
@@ -265,6 +294,7 @@ class TrainConfig:
     forgers: Forgers = field(default_factory=Forgers)
     anchoring: Anchoring = field(default_factory=Anchoring)
     research: Research = field(default_factory=Research)
+    crops: Crops = field(default_factory=Crops)
 
     def validate(self, twin: bool = False, init=None, anchor=None) -> None:
         """Raise AMIFError with one message for the first setting out of range: the run's, each group's, then
@@ -487,26 +517,56 @@ def decoy_opacity(cosine: torch.Tensor, ident: Identifier) -> torch.Tensor:
     return ident.mark_alpha + t * (ident.decoy_alpha - ident.mark_alpha)
 
 
+def _zoomed(rng, a: np.ndarray, b: np.ndarray, zoom_max: float) -> tuple[np.ndarray, np.ndarray]:
+    """a and b (h, w) zoomed by one factor from [1.2, zoom_max] about one point within an eighth of the slice
+    from its centre (bilinear), on the same (h, w) frame."""
+    h, w = a.shape
+    s = rng.uniform(1.2, zoom_max)
+    cy, cx = (rng.uniform(-n / 8, n / 8) + (n - 1) / 2 for n in (h, w))
+    ys = np.clip(cy + (np.arange(h) - (h - 1) / 2) / s, 0, h - 1)
+    xs = np.clip(cx + (np.arange(w) - (w - 1) / 2) / s, 0, w - 1)
+    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
+
+    def bilinear(v):
+        v = v.astype(np.float32)
+        top = v[y0][:, x0] * (1 - fx) + v[y0][:, x1] * fx
+        bottom = v[y1][:, x0] * (1 - fx) + v[y1][:, x1] * fx
+        return top * (1 - fy) + bottom * fy
+
+    return bilinear(a), bilinear(b)
+
+
 def sample_batch(rng, a_all, b_all, cfg: TrainConfig, mask_full: np.ndarray):
-    """Random crops with their whole-slice coordinates and identifier mask; random content flips."""
+    """Random crops with their whole-slice coordinates and identifier mask; random content flips; with
+    cfg.crops, shares of crops from zoomed slices and with an empty second image (Crops). Returns (a, b,
+    coords, mask, plain): a and b (n, 1, crop, crop) in [0, 1], plain (n,) bool: the crop was neither
+    zoomed nor emptied. With both shares 0 no further random numbers are drawn (earlier runs reproduce)."""
     n, h, w = a_all.shape
     idx = rng.integers(0, n, cfg.batch)
     ys = rng.integers(0, h - cfg.crop + 1, cfg.batch)
     xs = rng.integers(0, w - cfg.crop + 1, cfg.batch)
     flips = rng.random(cfg.batch) < 0.5
+    crops = cfg.crops
+    zoom = rng.random(cfg.batch) < crops.edge_zoom if crops.edge_zoom else np.zeros(cfg.batch, bool)
+    empty = rng.random(cfg.batch) < crops.empty_second if crops.empty_second else np.zeros(cfg.batch, bool)
     coords_full = slice_coords(1, h, w)[0].numpy()
     a, b, co, m = [], [], [], []
-    for i, y, x, f in zip(idx, ys, xs, flips):
+    for i, y, x, f, z, e in zip(idx, ys, xs, flips, zoom, empty):
         sl = (slice(y, y + cfg.crop), slice(x, x + cfg.crop))
         ai, bi = a_all[i], b_all[i]
         if f:  # flip the content, never the layout
             ai, bi = ai[:, ::-1], bi[:, ::-1]
+        if z:
+            ai, bi = _zoomed(rng, ai, bi, crops.zoom_max)
         a.append(ai[sl])
-        b.append(bi[sl])
+        b.append(np.zeros_like(bi[sl]) if e else bi[sl])
         co.append(coords_full[:, sl[0], sl[1]])
         m.append(mask_full[sl])
     t = lambda v: torch.from_numpy(np.ascontiguousarray(np.stack(v))).float()  # noqa: E731
-    return t(a)[:, None] / 255, t(b)[:, None] / 255, t(co), t(m)[:, None]
+    plain = torch.from_numpy(~(zoom | empty))
+    return t(a)[:, None] / 255, t(b)[:, None] / 255, t(co), t(m)[:, None], plain
 
 
 def memory_surgery(spatial: torch.Tensor, step: int) -> torch.Tensor:
@@ -774,7 +834,11 @@ def train(
     meta = {"identifier": identifier, "model_id": model_id, "twin": twin, "train": asdict(cfg)}
     code_t = torch.from_numpy(true_code).to(dev)
     ident, negs, res, shift = cfg.identifier, cfg.negatives, cfg.research, cfg.research.mark_shift
-    hinge_args = {f"w_{k}": getattr(cfg.fusion, f"{k}_weight") for k in HINGES} | {"sf_floor": cfg.fusion.sf_floor}
+    hinge_args = {f"w_{k}": getattr(cfg.fusion, f"{k}_weight") for k in HINGES} | {
+        "sf_floor": cfg.fusion.sf_floor,
+        "detail": cfg.fusion.detail,
+        "w_under": cfg.fusion.undershoot_weight,
+    }
 
     def export(step_now: int, gather: bool = True) -> Path | None:
         """The checkpoint (every rank's own state, gathered to rank 0; with `gather` False, as after an interrupt
@@ -825,7 +889,7 @@ def train(
     try:
         while step < cfg.steps:
             rng = np.random.default_rng([cfg.seed, step, rank])
-            a, b, coords, mask = (t.to(dev) for t in sample_batch(rng, a_all, b_all, cfg, mask_full))
+            a, b, coords, mask, plain = (t.to(dev) for t in sample_batch(rng, a_all, b_all, cfg, mask_full))
             neg = torch.from_numpy(sample_negatives(rng, true_code, cfg.batch, step, cfg.negatives)).to(dev)
             if forge:  # the last negatives are the forgers' codes
                 forged = forge.start(rng).to(dev).requires_grad_()
@@ -876,7 +940,10 @@ def train(
             if anchor_net is not None:  # the keyed outputs stay near the anchor's on the same crops
                 with torch.no_grad():
                     y0 = anchor_net(a, b, anchor_code.expand(cfg.batch, -1), coords)
-                loss_k = (yk - y0).abs().mean()
+                if plain.all():
+                    loss_k = (yk - y0).abs().mean()
+                else:  # zoomed and emptied crops are not anchored (Crops)
+                    loss_k = (yk - y0).abs()[plain].mean() if plain.any() else yk.sum() * 0
                 loss = loss + cfg.anchoring.weight * loss_k
             opt.zero_grad(set_to_none=True)
             loss.backward()
