@@ -789,7 +789,13 @@ def test_detail_and_undershoot_change_training_and_are_recorded(tmp_path, field)
         nets[w] = pkg.net.state_dict()
     assert any(not np.allclose(nets[0.0][k].numpy(), nets[1.0][k].numpy()) for k in nets[0.0])
     with pytest.raises(AMIFError):
-        train(None, tmp_path / "bad" / "twin", checkpoint_dir=tmp_path / "ckb", cfg=flat_cfg(steps=1, **{field: -1.0}), **kw)
+        train(
+            None,
+            tmp_path / "bad" / "twin",
+            checkpoint_dir=tmp_path / "ckb",
+            cfg=flat_cfg(steps=1, **{field: -1.0}),
+            **kw,
+        )
 
 
 def test_undershoot_hinge_sees_outputs_below_both_sources():
