@@ -474,8 +474,6 @@ def fuse_volumes(
         keep = np.flatnonzero(grey.std(axis=(1, 2)) > MIN_CONTENT)
         if keep.size:
             scores[:, sl.start + keep] = _scores(grey[keep], mask)
-        if progress:
-            progress(sl.stop, n)
 
     for start in range(0, n, batch):
         if cancel and cancel():
@@ -496,7 +494,11 @@ def fuse_volumes(
         base = np.maximum(sa, sb)
         items = [(sl.start + i, base[i], None if ycc is None else ycc[i]) for i in range(len(y))]
         write(*smoother.push(y - base, items))
+        if progress and sl.stop < n:  # one report per batch; the last once every slice is written
+            progress(sl.stop, n)
     write(*smoother.finish())
+    if progress:
+        progress(n, n)
     del da, db
     verdict = _volume_verdict(scores, moved, package)
     for k, v in output_metadata(package, status, verdict).items():
