@@ -276,3 +276,10 @@ def test_recipe_reproduces_the_twin_flags_bit_for_bit(monkeypatch, tmp_path):
         "effective_batch": 2,
         **cfg.record(twin=True),
     }
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPES.glob("*.toml")))
+def test_every_recipe_reads_and_validates(recipe):
+    cfg, extra = read_recipe(RECIPES / recipe)
+    cfg.validate(extra.get("twin", False), init="the package it continues")
+    assert TrainConfig.from_dict(cfg.record(extra.get("twin", False))).record() == cfg.record()
