@@ -271,6 +271,14 @@ def register(sub) -> None:
         "dominates (0 to 2; default 0: the max rule)",
     )
     s.add_argument(
+        "--detail-weight",
+        type=float,
+        default=None,
+        metavar="W",
+        help="weight of matching the first image's fine detail (times --detail, else 1) where the second "
+        "dominates (default 0: off)",
+    )
+    s.add_argument(
         "--undershoot-weight",
         type=float,
         default=None,

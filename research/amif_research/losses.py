@@ -116,13 +116,18 @@ def binomial_high_pass(x: torch.Tensor) -> torch.Tensor:
     return x - blur
 
 
+DETAIL_SLACK = 6 / 255  # how far the detail target may go beyond the sources (below the reader's 8 levels)
+
+
 def fusion_target(a: torch.Tensor, b: torch.Tensor, detail: float = 0.0) -> torch.Tensor:
     """The intensity target: max(a, b), plus `detail` x a's fine detail (binomial_high_pass) where b dominates
-    (b > a + DOMINANCE), so the first image's anatomy shows through a brighter second image."""
+    (b > a + DOMINANCE), so the first image's anatomy shows through a brighter second image; kept within
+    DETAIL_SLACK of the range between the two sources (no rims, no halos)."""
     m = torch.maximum(a, b)
     if not detail:
         return m
-    return m + detail * (b > a + DOMINANCE).to(a.dtype) * binomial_high_pass(a)
+    t = m + detail * (b > a + DOMINANCE).to(a.dtype) * binomial_high_pass(a)
+    return torch.minimum(torch.maximum(t, torch.minimum(a, b) - DETAIL_SLACK), m + DETAIL_SLACK)
 
 
 def fusion_loss(
@@ -139,6 +144,7 @@ def fusion_loss(
     w_mi: float = 0.0,
     detail: float = 0.0,
     w_under: float = 0.0,
+    w_detail: float = 0.0,
 ) -> tuple[torch.Tensor, dict]:
     """Intensity towards max(a, b), gradient towards the larger source gradient, SSIM to both;
     with `w_vif`, also the shortfall of VIF(a, y) and of VIF(b, y) against the max rule's on the same
@@ -151,13 +157,20 @@ def fusion_loss(
     trained without it stay well below (0.7-0.87 of the max rule's): it pushes y towards grey levels its
     sources predict. With `detail`, the intensity term's target is fusion_target's (the hinges still
     measure against the max rule); with `w_under`, a hinge on y falling below both sources by more than
-    UNDERSHOOT (dark rims)."""
+    UNDERSHOOT (dark rims); with `w_detail`, the mean |fine detail of y - that of fusion_target(a, b, `detail`
+    or 1)| (binomial_high_pass) over the pixels where b dominates (the reader's anatomy under function)."""
     m = torch.maximum(a, b)
     l_int = (y - fusion_target(a, b, detail)).abs().mean()
     l_grad = (sobel(y) - torch.maximum(sobel(a), sobel(b))).abs().mean()
     l_ssim = (2 - ssim(y, a) - ssim(y, b)).mean()
     loss = l_int + w_grad * l_grad + w_ssim * l_ssim
     parts = {"int": l_int.item(), "grad": l_grad.item(), "ssim": l_ssim.item(), **dict.fromkeys(HINGES, 0.0)}
+    if w_detail:
+        dom = (b > a + DOMINANCE).to(y.dtype)
+        gap = (binomial_high_pass(y) - binomial_high_pass(fusion_target(a, b, detail or 1.0))).abs()
+        l_detail = (gap * dom).sum() / dom.sum().clamp_min(1.0)
+        loss = loss + w_detail * l_detail
+        parts["detail"] = l_detail.item()
     if w_under:
         l_under = torch.relu(torch.minimum(a, b) - UNDERSHOOT - y).mean()
         loss = loss + w_under * l_under
