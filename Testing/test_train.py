@@ -781,7 +781,7 @@ def test_detail_target_carries_the_first_images_detail_where_the_second_dominate
     torch.testing.assert_close(fusion_target(b, a, 1.0), torch.maximum(a, b))  # the first dominates: the max rule
 
 
-@pytest.mark.parametrize("field", ["detail", "undershoot_weight", "detail_weight"])
+@pytest.mark.parametrize("field", ["detail", "undershoot_weight", "detail_weight", "overshoot_weight"])
 def test_detail_and_undershoot_change_training_and_are_recorded(tmp_path, field):
     kw = _blocky_twin_run(tmp_path)
     nets = {}
@@ -801,9 +801,11 @@ def test_detail_and_undershoot_change_training_and_are_recorded(tmp_path, field)
         )
 
 
-def test_undershoot_hinge_sees_outputs_below_both_sources():
+def test_rim_hinges_see_outputs_beyond_both_sources():
     from amif_research.losses import fusion_loss
 
     a, b = torch.full((1, 1, 16, 16), 0.5), torch.full((1, 1, 16, 16), 0.6)
     for y, hit in ((torch.full_like(a, 0.3), True), (torch.full_like(a, 0.55), False)):
         assert (fusion_loss(y, a, b, w_under=1.0)[1]["under"] > 0) == hit
+    for y, hit in ((torch.full_like(a, 0.8), True), (torch.full_like(a, 0.55), False)):
+        assert (fusion_loss(y, a, b, w_over=1.0)[1]["over"] > 0) == hit

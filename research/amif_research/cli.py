@@ -279,6 +279,13 @@ def register(sub) -> None:
         "dominates (default 0: off)",
     )
     s.add_argument(
+        "--overshoot-weight",
+        type=float,
+        default=None,
+        metavar="W",
+        help="hinge on outputs brighter than both sources (default 0: off)",
+    )
+    s.add_argument(
         "--undershoot-weight",
         type=float,
         default=None,

@@ -145,6 +145,7 @@ def fusion_loss(
     detail: float = 0.0,
     w_under: float = 0.0,
     w_detail: float = 0.0,
+    w_over: float = 0.0,
 ) -> tuple[torch.Tensor, dict]:
     """Intensity towards max(a, b), gradient towards the larger source gradient, SSIM to both;
     with `w_vif`, also the shortfall of VIF(a, y) and of VIF(b, y) against the max rule's on the same
@@ -157,8 +158,8 @@ def fusion_loss(
     trained without it stay well below (0.7-0.87 of the max rule's): it pushes y towards grey levels its
     sources predict. With `detail`, the intensity term's target is fusion_target's (the hinges still
     measure against the max rule); with `w_under`, a hinge on y falling below both sources by more than
-    UNDERSHOOT (dark rims); with `w_detail`, the mean |fine detail of y - that of fusion_target(a, b, `detail`
-    or 1)| (binomial_high_pass) over the pixels where b dominates (the reader's anatomy under function)."""
+    UNDERSHOOT (dark rims), and with `w_over` on y rising above both by as much (halos); with `w_detail`, the mean |fine detail of y - `detail` (or 1) x a's| (binomial_high_pass)
+    over the pixels where b dominates (the reader's anatomy under function, asked for directly)."""
     m = torch.maximum(a, b)
     l_int = (y - fusion_target(a, b, detail)).abs().mean()
     l_grad = (sobel(y) - torch.maximum(sobel(a), sobel(b))).abs().mean()
@@ -167,7 +168,7 @@ def fusion_loss(
     parts = {"int": l_int.item(), "grad": l_grad.item(), "ssim": l_ssim.item(), **dict.fromkeys(HINGES, 0.0)}
     if w_detail:
         dom = (b > a + DOMINANCE).to(y.dtype)
-        gap = (binomial_high_pass(y) - binomial_high_pass(fusion_target(a, b, detail or 1.0))).abs()
+        gap = (binomial_high_pass(y) - (detail or 1.0) * binomial_high_pass(a)).abs()
         l_detail = (gap * dom).sum() / dom.sum().clamp_min(1.0)
         loss = loss + w_detail * l_detail
         parts["detail"] = l_detail.item()
@@ -175,6 +176,10 @@ def fusion_loss(
         l_under = torch.relu(torch.minimum(a, b) - UNDERSHOOT - y).mean()
         loss = loss + w_under * l_under
         parts["under"] = l_under.item()
+    if w_over:
+        l_over = torch.relu(y - m - UNDERSHOOT).mean()
+        loss = loss + w_over * l_over
+        parts["over"] = l_over.item()
     if w_vif:
         with torch.no_grad():
             ref_a, ref_b = vif(a, m), vif(b, m)

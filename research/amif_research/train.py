@@ -108,6 +108,7 @@ class FusionLoss:
     detail: float = 0.0  # the first image's fine detail added to the intensity target where the second dominates
     undershoot_weight: float = 0.0  # hinge on outputs below both sources (dark rims; 0 = off)
     detail_weight: float = 0.0  # weight of the fine-detail match where the second image dominates (0 = off)
+    overshoot_weight: float = 0.0  # hinge on outputs above both sources (halos; 0 = off)
 
     def validate(self) -> None:
         for k in HINGES:
@@ -116,6 +117,9 @@ class FusionLoss:
         _check(0 <= self.sf_floor < INF, f"The SF hinge's floor must be 0 or more (got {self.sf_floor}).")
         _check(0 <= self.detail <= 2, f"The detail gain must be from 0 to 2 (got {self.detail}).")
         _check(0 <= self.detail_weight < INF, f"The detail weight must be 0 or more (got {self.detail_weight}).")
+        _check(
+            0 <= self.overshoot_weight < INF, f"The overshoot weight must be 0 or more (got {self.overshoot_weight})."
+        )
         _check(
             0 <= self.undershoot_weight < INF,
             f"The undershoot weight must be 0 or more (got {self.undershoot_weight}).",
@@ -841,6 +845,7 @@ def train(
         "detail": cfg.fusion.detail,
         "w_under": cfg.fusion.undershoot_weight,
         "w_detail": cfg.fusion.detail_weight,
+        "w_over": cfg.fusion.overshoot_weight,
     }
 
     def export(step_now: int, gather: bool = True) -> Path | None:
