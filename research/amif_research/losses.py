@@ -7,6 +7,8 @@ import torch.nn.functional as F
 
 from amif.filters import contrast_colour, gaussian_blur, sobel  # noqa: F401 (also this module's API)
 
+from .reader import DOMINANCE_LEVELS
+
 
 def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """Mean SSIM per image (Gaussian window, sigma 1.5), shape (n,)."""
@@ -103,8 +105,8 @@ def _relative_hinge(value: torch.Tensor, rule: torch.Tensor, floor: float = MARG
     return (torch.relu(floor * rule - value) / rule.clamp_min(0.01) * (rule > 1e-3)).mean()
 
 
-DOMINANCE = 10 / 255  # the second image dominates where it exceeds the first by this (reader.DOMINANCE_LEVELS)
-UNDERSHOOT = 4 / 255  # the undershoot hinge's tolerance below both sources
+DOMINANCE = DOMINANCE_LEVELS / 255  # the second image dominates where it exceeds the first by this
+RIM_TOLERANCE = 4 / 255  # how far beyond both sources the rim hinges let an output go
 
 
 def binomial_high_pass(x: torch.Tensor) -> torch.Tensor:
@@ -157,9 +159,10 @@ def fusion_loss(
     MI(y, a) + MI(y, b) (`grey_mi`, 256 levels as the metric counts them), whose floor AMIF outputs
     trained without it stay well below (0.7-0.87 of the max rule's): it pushes y towards grey levels its
     sources predict. With `detail`, the intensity term's target is fusion_target's (the hinges still
-    measure against the max rule); with `w_under`, a hinge on y falling below both sources by more than
-    UNDERSHOOT (dark rims), and with `w_over` on y rising above both by as much (halos); with `w_detail`, the mean |fine detail of y - `detail` (or 1) x a's| (binomial_high_pass)
-    over the pixels where b dominates (the reader's anatomy under function, asked for directly)."""
+    measure against the max rule). With `w_detail`, the mean |fine detail of y - `detail` (or 1) x a's|
+    (binomial_high_pass) over the pixels where b dominates (the reader's anatomy under function, asked for
+    directly). With `w_under` and `w_over`, hinges on y falling below both sources (dark rims) or rising
+    above both (halos) by more than RIM_TOLERANCE."""
     m = torch.maximum(a, b)
     l_int = (y - fusion_target(a, b, detail)).abs().mean()
     l_grad = (sobel(y) - torch.maximum(sobel(a), sobel(b))).abs().mean()
@@ -173,11 +176,11 @@ def fusion_loss(
         loss = loss + w_detail * l_detail
         parts["detail"] = l_detail.item()
     if w_under:
-        l_under = torch.relu(torch.minimum(a, b) - UNDERSHOOT - y).mean()
+        l_under = torch.relu(torch.minimum(a, b) - RIM_TOLERANCE - y).mean()
         loss = loss + w_under * l_under
         parts["under"] = l_under.item()
     if w_over:
-        l_over = torch.relu(y - m - UNDERSHOOT).mean()
+        l_over = torch.relu(y - m - RIM_TOLERANCE).mean()
         loss = loss + w_over * l_over
         parts["over"] = l_over.item()
     if w_vif:
