@@ -61,7 +61,7 @@ def sample_run():
 
     package, key = load_package(bundled_model_path()), load_key(bundled_key_path())
     a, b = sample_volumes()
-    sa, sb = tool.sources(a, b)
+    sa, sb = tool.unit_sources(a, b)
     ref = np.maximum(sa, sb)
 
     def fused(weight, k=key, batch=None):

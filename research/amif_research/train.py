@@ -116,14 +116,9 @@ class FusionLoss:
             _check(0 <= w < INF, f"The {k.upper()} weight of the fusion loss must be 0 or more (got {w}).")
         _check(0 <= self.sf_floor < INF, f"The SF hinge's floor must be 0 or more (got {self.sf_floor}).")
         _check(0 <= self.detail <= 2, f"The detail gain must be from 0 to 2 (got {self.detail}).")
-        _check(0 <= self.detail_weight < INF, f"The detail weight must be 0 or more (got {self.detail_weight}).")
-        _check(
-            0 <= self.overshoot_weight < INF, f"The overshoot weight must be 0 or more (got {self.overshoot_weight})."
-        )
-        _check(
-            0 <= self.undershoot_weight < INF,
-            f"The undershoot weight must be 0 or more (got {self.undershoot_weight}).",
-        )
+        for k in ("detail", "undershoot", "overshoot"):
+            w = getattr(self, f"{k}_weight")
+            _check(0 <= w < INF, f"The {k} weight must be 0 or more (got {w}).")
 
 
 @dataclass

@@ -27,9 +27,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "AMIFFusion"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from verify_real_volumes import unit_sources  # noqa: E402
+
 HEAD = 0.05  # voxels where max(A, B) is above this are measured
 TARGET = 0.03  # the sliced axis may be at most this much rougher than the smoother in-plane axis
-AXES = ("slices", "rows", "columns")  # display layout (z, y, x): z is the sliced axis
 
 
 def roughness(out: np.ndarray, ref: np.ndarray, where: np.ndarray) -> list[float]:
@@ -51,20 +52,13 @@ def excess(ratios: list[float]) -> float:
     return ratios[0] / min(ratios[1], ratios[2]) - 1.0
 
 
-def sources(a, b) -> tuple[np.ndarray, np.ndarray]:
-    """A and B in [0, 1] in display layout, as fuse_volumes feeds them to the network."""
-    from verify_real_volumes import unit_sources
-
-    return unit_sources(a, b)
-
-
 def measure_case(a, b, package, key, weights) -> dict:
     """{key state: {weight: {"ratios": [z, y, x], "excess": e, "seconds": s}}} for one volume pair."""
     import SimpleITK as sitk
 
     from amif.fusion import display_view, fuse_volumes
 
-    sa, sb = sources(a, b)
+    sa, sb = unit_sources(a, b)  # A and B in [0, 1] in display layout, as the network sees them
     ref = np.maximum(sa, sb)
     where = ref > HEAD
     view = display_view(a)
