@@ -250,6 +250,33 @@ def test_the_owners_trace_check_counts_where_the_model_has_a_trace_channel(tiny_
     assert abs(codes.traces[0]) < TRACE_THRESHOLD and codes.traces[1] == 0 and codes.flags.tolist() == [False, True]
 
 
+def test_the_public_texture_counts_as_verify_where_the_model_has_one(tiny_package):
+    """Images without the identifier that carry the model's public texture (merged unkeyed outputs) are
+    flagged 'textured' for a model whose manifest has a public texture, with no key; not else."""
+    from test_fusion import _textured_sources
+
+    from amif.trace import PUBLIC_THRESHOLD, public_weights, texture, trace_scale
+
+    key = load_key(tiny_package[1])
+    verify = {"threshold": 0.12, "public_strength": 0.05, "dihedral": True}
+    manifest = {"model_id": key.model_id, "key_id": key.key_id, "identifier": IDENT, "verify": verify}
+    a, b = (np.stack(v) for v in zip(*(_textured_sources(seed=s, n=96) for s in range(3))))
+    t = Target(ModelPackage(manifest, MarkingNet(key.code()).eval()), key.code(), a, b)
+    w = public_weights(key.model_id)
+    ta, tb = torch.from_numpy(a)[:, None], torch.from_numpy(b)[:, None]
+    g = texture(ta, tb, w)[:, 0].numpy() / trace_scale(ta, tb, w)
+    noise = np.random.default_rng(0).normal(0, 0.01, a.shape)
+    merged, other = t.keyed + 0.05 * g + noise, t.keyed + noise
+    m = {k: atk.Measure.of(t, x) for k, x in (("merged", merged), ("other", other), ("unkeyed", t.unkeyed))}
+    assert m["merged"].flagged == m["merged"].textured == m["merged"].summary()["textured"] == 1
+    assert (m["merged"].textures > PUBLIC_THRESHOLD).all() and m["other"].flagged == 0
+    assert m["unkeyed"].flagged == 1 and (m["unkeyed"].textures == 0).all()  # marked: the check is not run
+    plain = Target(
+        ModelPackage({**manifest, "verify": {"threshold": 0.12}}, MarkingNet(key.code()).eval()), key.code(), a, b
+    )
+    assert atk.Measure.of(plain, merged).flagged == 0 and atk.Measure.of(plain, merged).textures is None
+
+
 # ----------------------------------------------------------------- surgery
 
 

@@ -183,6 +183,47 @@ def test_verify_with_the_owners_key_finds_the_trace_texture(tiny_package, tmp_pa
         assert message in err and "Traceback" not in err
 
 
+def test_verify_with_sources_finds_the_public_texture_without_the_key(tiny_package, tmp_path, capsys):
+    """An image made from unkeyed outputs with the identifier taken out still carries the model's public
+    texture: `verify --sources` flags it as 'textured' without any key; other fusions stay clean."""
+    import torch
+    from test_fusion import _textured_sources
+
+    from amif.inference import run_network
+    from amif.keys import load_key
+    from amif.package import load_package, save_package
+    from amif.trace import public_weights, texture, trace_scale
+
+    pkg, key_path, _ = tiny_package
+    a, b = _textured_sources(n=96)
+    verify = {"threshold": 0.12, "public_strength": 0.05, "dihedral": True}
+    save_package(
+        tmp_path / "pub", pkg.net, model_id="test-model", key_id=pkg.key_id, identifier="TEST · MARK", verify=verify
+    )
+    keyed = run_network(load_package(tmp_path / "pub"), a[None], b[None], load_key(key_path).code())[0]
+    w = public_weights("test-model")
+    ta, tb = (torch.from_numpy(x)[None, None].float() for x in (a, b))
+    g = texture(ta, tb, w)[0, 0].numpy() / trace_scale(ta, tb, w)
+    merged = np.clip(keyed + 0.05 * g + np.random.default_rng(0).normal(0, 0.01, a.shape), 0, 1)
+    for name, x in (("a", a), ("b", b), ("merged", merged), ("max", np.maximum(a, b)), ("keyed", keyed)):
+        Image.fromarray((x * 255).round().astype(np.uint8)).save(tmp_path / f"{name}.png")
+    m, src = str(tmp_path / "pub.json"), ["--sources", str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    for name, sources, code, state in (
+        ("merged", src, 1, "textured"),
+        ("merged", [], 0, "clean"),
+        ("max", src, 0, "clean"),
+        ("keyed", src, 0, "clean"),
+    ):
+        with pytest.raises(SystemExit) as ex:
+            main(["verify", str(tmp_path / f"{name}.png"), "-m", m, *sources])
+        out = capsys.readouterr().out
+        assert ex.value.code == code and f": {state} (score" in out, out
+    plain = str(tiny_package[2] / "tiny.json")  # the same network without a public texture
+    with pytest.raises(SystemExit) as ex:
+        main(["verify", str(tmp_path / "merged.png"), "-m", plain, *src])
+    assert ex.value.code == 0
+
+
 def test_verify_with_sources_checks_the_mark_shift(tiny_package, tmp_path, capsys):
     import torch
     from test_fusion import _textured_sources

@@ -50,6 +50,8 @@ def test_tampered_weights_refused(tiny_package, tmp_path):
         (lambda m: {**m, "verify": {"threshold": 0.12, "trace_strength": "0.06"}}, "'trace_strength'"),
         (lambda m: {**m, "verify": {"threshold": 0.12, "trace_strength": 2.0}}, "'trace_strength'"),
         (lambda m: {**m, "verify": {"threshold": 0.12, "trace_strength": True}}, "'trace_strength'"),
+        (lambda m: {**m, "verify": {"threshold": 0.12, "public_strength": 0.5}}, "'public_strength'"),
+        (lambda m: {**m, "verify": {"threshold": 0.12, "dihedral": "yes"}}, "'dihedral'"),
     ],
 )
 def test_bad_manifests(tiny_package, tmp_path, edit, message):
@@ -60,7 +62,7 @@ def test_bad_manifests(tiny_package, tmp_path, edit, message):
         load_package(p)
 
 
-def test_the_mark_shift_and_trace_strength_are_read_from_the_manifest(tiny_package, tmp_path):
+def test_the_mark_shift_and_texture_settings_are_read_from_the_manifest(tiny_package, tmp_path):
     p = _copy(tiny_package[2], tmp_path)
     assert load_package(p).shift == 0
     mp, _ = package_paths(p)
@@ -68,7 +70,10 @@ def test_the_mark_shift_and_trace_strength_are_read_from_the_manifest(tiny_packa
     mp.write_text(json.dumps({**m, "verify": {"threshold": 0.12, "shift": 2}}))
     assert load_package(p).shift == 2 and load_package(p).trace_strength == 0
     mp.write_text(json.dumps({**m, "verify": {"threshold": 0.12, "trace_strength": 0.06}}))
-    assert load_package(p).trace_strength == 0.06
+    assert load_package(p).trace_strength == 0.06 and not load_package(p).dihedral
+    assert load_package(p).public_strength == 0
+    mp.write_text(json.dumps({**m, "verify": {"threshold": 0.12, "public_strength": 0.05, "dihedral": True}}))
+    assert load_package(p).public_strength == 0.05 and load_package(p).dihedral
 
 
 def test_not_json_and_pickle_never_loaded(tmp_path):

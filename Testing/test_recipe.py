@@ -129,6 +129,9 @@ def test_flags_given_on_the_command_line_override_the_recipe(monkeypatch, tmp_pa
         (dict(decoy_alpha=0.8), False, "decoys' identifier opacity"),
         (dict(ablate_ssim=2.0), False, "surgery hinge's SSIM"),
         (dict(trace_strength=0.3), False, "trace strength"),
+        (dict(public_strength=0.05), False, "needs --dihedral"),
+        (dict(headroom=20.0), False, "headroom"),
+        (dict(ceiling="grey"), False, "ceiling must be one of"),
         (dict(near_miss_share=0.9), False, "near-miss and zero-code shares"),  # negatives
         (dict(partial_keys=1.5), False, "partial-key negatives"),
         (dict(decoys=0.5, decoy_alpha=0.3, partial_keys=0.6), False, "decoy negatives"),

@@ -1,13 +1,24 @@
 """The trace channel (amif.trace): a secret texture drawn from the key, found only by the key's holder."""
 
 import numpy as np
+import pytest
 import torch
 
 from amif.inference import run_network
 from amif.keys import load_key
 from amif.package import load_package
 from amif.sample import sample_slices
-from amif.trace import TRACE_THRESHOLD, null_spread, texture, trace_scale, trace_score, trace_weights
+from amif.trace import (
+    PUBLIC_THRESHOLD,
+    TRACE_THRESHOLD,
+    null_spread,
+    public_score,
+    public_weights,
+    texture,
+    trace_scale,
+    trace_score,
+    trace_weights,
+)
 from conftest import ROOT, load_tool
 
 MODELS = ROOT / "AMIFFusion" / "Resources" / "Models"
@@ -17,11 +28,84 @@ def _t(x):
     return torch.from_numpy(np.asarray(x, np.float32))[:, None]
 
 
-def test_the_texture_is_drawn_from_the_key_secret_and_the_model_id():
-    same = [trace_weights(bytes(range(32)), "m") for _ in range(2)]
+@pytest.mark.parametrize("dihedral", [False, True])
+def test_the_texture_is_drawn_from_the_key_secret_and_the_model_id(dihedral):
+    tensors = lambda w: [x for x in w if x is not None]  # noqa: E731
+    same = [tensors(trace_weights(bytes(range(32)), "m", dihedral)) for _ in range(2)]
     assert all(torch.equal(x, y) for x, y in zip(*same))
-    for other in (trace_weights(bytes(32), "m"), trace_weights(bytes(range(32)), "n")):
-        assert not any(torch.equal(x, y) for x, y in zip(same[0], other))
+    for other in (trace_weights(bytes(32), "m", dihedral), trace_weights(bytes(range(32)), "n", dihedral)):
+        assert not any(torch.equal(x, y) for x, y in zip(same[0], tensors(other)))
+
+
+TURNS = [(k, f) for f in (False, True) for k in range(4)]
+
+
+def _turn(x, k, flip):
+    return torch.rot90(x.flip(-1) if flip else x, k, (-2, -1))
+
+
+def _unturn(y, k, flip):
+    y = torch.rot90(y, -k, (-2, -1))
+    return y.flip(-1) if flip else y
+
+
+def test_a_dihedral_texture_follows_the_anatomy_under_flips_turns_and_shifts():
+    a, b = (_t(x[None]) for x in sample_slices())
+    w = trace_weights(bytes(range(32)), "m", dihedral=True)
+    g = texture(a, b, w)
+    for k, f in TURNS:
+        torch.testing.assert_close(_unturn(texture(_turn(a, k, f), _turn(b, k, f), w), k, f), g, atol=1e-4, rtol=0)
+    moved = texture(torch.roll(a, (5, -7), (-2, -1)), torch.roll(b, (5, -7), (-2, -1)), w)
+    torch.testing.assert_close(torch.roll(moved, (-5, 7), (-2, -1))[..., 32:-32, 32:-32], g[..., 32:-32, 32:-32])
+    old = trace_weights(bytes(range(32)), "m")  # the first kind is drawn in the slice's own frame
+    turned = _unturn(texture(_turn(a, 1, False), _turn(b, 1, False), old), 1, False)
+    assert float(torch.nn.functional.cosine_similarity(turned.flatten(), texture(a, b, old).flatten(), 0)) < 0.5
+
+
+def test_no_secret_draws_a_dihedral_texture_that_is_flat():
+    """A random draw must not saturate into a constant (which would write no texture at all): the public
+    textures of many model ids all vary, on an anatomy slice and on noise."""
+    a, b = (_t(x[None]) for x in sample_slices())
+    noise = torch.from_numpy(np.random.default_rng(0).random((2, 1, 64, 64), np.float32))
+    for i in range(24):
+        w = public_weights(f"model-{i}")
+        assert float(texture(a, b, w).std()) > 0.1 and float(texture(noise[:1], noise[1:], w).std()) > 0.1
+
+
+def test_dihedral_textures_of_other_secrets_stay_as_far_apart_as_the_first_kind():
+    """Once the sources' detail is regressed out (as the checks do), textures of different secrets correlate
+    no more than the first kind's do: turning the kernels together does not collapse the family."""
+    from amif.trace import _fitted
+
+    a, b = (x[None] for x in sample_slices())
+
+    def spread(dihedral):
+        ws = [trace_weights(bytes([i]) * 32, "m", dihedral) for i in range(10)]
+        ((_, gs),) = _fitted(np.maximum(a, b), a, b, (a + b) / 2, ws)
+        r = np.abs(np.corrcoef(np.stack(gs))[np.triu_indices(len(ws), 1)])
+        return np.median(r), np.percentile(r, 90)
+
+    (m0, p0), (m1, p1) = spread(False), spread(True)
+    assert m1 <= m0 + 0.05 and p1 <= p0 + 0.05, (m0, p0, m1, p1)
+
+
+def test_the_public_texture_is_found_from_the_sources_alone_and_other_fusions_stay_below_the_threshold():
+    a, b = (x[None] for x in sample_slices())
+    pkg = load_package(MODELS / "amif-demo.json")
+    key = load_key(MODELS / "amif-demo.amifkey")
+    keyed = run_network(pkg, a, b, key.code())
+    unkeyed = run_network(pkg, a, b, np.zeros_like(key.code()))
+    pub, other = public_weights(pkg.model_id), trace_weights(key.secret, pkg.model_id, dihedral=True)
+    g, g_other = (texture(_t(a), _t(b), w)[:, 0].numpy() / trace_scale(_t(a), _t(b), w) for w in (pub, other))
+    noise = np.random.default_rng(0).normal(0, 0.02, a.shape)
+
+    def units(x):
+        return public_score(x, a, b, pkg.model_id)[0]
+
+    assert units(keyed + 0.03 * g + noise) > PUBLIC_THRESHOLD
+    assert public_score(keyed[0], a[0], b[0], pkg.model_id).shape == (1,)  # one slice as h x w
+    for null in (np.maximum(a, b), (a + b) / 2, keyed, unkeyed, keyed + noise, keyed + 0.03 * g_other + noise):
+        assert abs(units(null)) < PUBLIC_THRESHOLD
 
 
 def test_the_texture_is_local_so_crops_teach_it():

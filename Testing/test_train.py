@@ -410,9 +410,9 @@ def test_a_log_from_an_older_version_is_rewritten_under_the_current_columns(tmp_
     assert len(path.read_text().splitlines()) == 3
 
 
-def _runs_differing_in(tiny_package, tmp_path, field: str, values) -> dict:
+def _runs_differing_in(tiny_package, tmp_path, field: str, values, **fixed) -> dict:
     """Tiny protected packages trained two steps each under the owner's key, differing only in one
-    TrainConfig field: {value: package}."""
+    TrainConfig field (the others at `fixed` or their defaults): {value: package}."""
     _, key, _ = tiny_package
     _fake_pairs(tmp_path / "data")
     kw = dict(identifier="TEST · MARK", data_dir=tmp_path / "data", net_cfg=TINY, progress=False, log=lambda *_: None)
@@ -423,7 +423,7 @@ def _runs_differing_in(tiny_package, tmp_path, field: str, values) -> dict:
             key,
             out,
             checkpoint_dir=tmp_path / f"{field}-{v}" / "ck",
-            cfg=flat_cfg(steps=2, batch=2, crop=32, **{field: v}),
+            cfg=flat_cfg(steps=2, batch=2, crop=32, **fixed, **{field: v}),
             **kw,
         )
         pkgs[v] = load_package(out)
@@ -456,6 +456,36 @@ def test_trace_strength_adds_the_keys_texture_to_the_unkeyed_target_and_is_recor
     assert "trace_strength" not in pkgs[0.0].manifest["verify"]
     assert pkgs[0.06].manifest["verify"]["trace_strength"] == 0.06
     assert _weights_differ(*pkgs.values())  # the texture changes what the network learns
+
+
+def test_the_public_texture_and_dihedral_textures_change_training_and_are_recorded(tiny_package, tmp_path):
+    with pytest.raises(AMIFError, match="needs --dihedral"):
+        train(None, tmp_path / "x", "", cfg=flat_cfg(public_strength=0.05), twin=True)
+    with pytest.raises(AMIFError, match="public texture's strength"):
+        train(None, tmp_path / "x", "", cfg=flat_cfg(public_strength=0.3, dihedral=True), twin=True)
+    pkgs = _runs_differing_in(tiny_package, tmp_path, "public_strength", (0.0, 0.25), dihedral=True)
+    assert "public_strength" not in pkgs[0.0].manifest["verify"] and pkgs[0.25].public_strength == 0.25
+    assert _weights_differ(*pkgs.values())  # the public texture changes what the network learns
+    turned = _runs_differing_in(tiny_package, tmp_path / "d", "dihedral", (False, True), trace_strength=0.06)
+    assert turned[True].dihedral and not turned[False].dihedral
+    assert _weights_differ(*turned.values())  # turned crops and the dihedral trace change what is learned
+
+
+def test_dihedral_training_turns_the_content_of_crops_but_never_the_layout():
+    a = np.zeros((1, 64, 64), np.uint8)
+    a[0, 4:12, 4:60] = 200  # a bar along the top: a turn moves it to another side
+    mask = np.zeros((64, 64), np.float32)
+    mask[:, :8] = 1  # the identifier's layout: a band on the left, whatever the content does
+
+    def batch(**kw):
+        return sample_batch(np.random.default_rng(0), a, a, flat_cfg(batch=32, crop=64, **kw), mask)
+
+    plain, turned = batch(), batch(dihedral=True)
+    top = lambda x: x[:, 0, 4:12, 20:44].mean(dim=(1, 2)).numpy() > 0.5  # noqa: E731
+    assert top(plain[0]).all()  # flips keep a bar at the top
+    assert 0 < top(turned[0]).sum() < 32  # turns move it elsewhere in some crops
+    for i in (2, 3):  # coordinates and mask are the layout's, not turned
+        torch.testing.assert_close(turned[i], plain[i])
 
 
 def test_untraced_forgers_need_a_trace_change_training_and_are_recorded(tiny_package, tmp_path):
@@ -781,7 +811,36 @@ def test_detail_target_carries_the_first_images_detail_where_the_second_dominate
     torch.testing.assert_close(fusion_target(b, a, 1.0), torch.maximum(a, b))  # the first dominates: the max rule
 
 
-@pytest.mark.parametrize("field", ["detail", "undershoot_weight", "detail_weight", "overshoot_weight"])
+def test_headroom_lowers_the_targets_base_so_the_detail_survives_under_white():
+    """Where the second image is saturated (CT's bone), the detail target passes white and an output clamped
+    to [0, 1] loses it; with headroom the base is lowered smoothly and the clamped target keeps the detail."""
+    from amif_research.losses import fusion_target
+    from amif_research.reader import anatomy_under_function
+
+    rng = np.random.default_rng(3)
+    a = torch.from_numpy(0.3 + 0.2 * rng.random((1, 1, 48, 48))).float()
+    b = torch.ones_like(a)  # white everywhere: the second image dominates
+    grey = lambda t: t.clamp(0, 1)[0, 0].numpy() * 255  # noqa: E731  (as the network's clamp leaves it)
+    kept = {h: anatomy_under_function(grey(fusion_target(a, b, 1.0, h)), grey(a), grey(b)) for h in (0.0, 2.0)}
+    assert kept[0.0] + 0.3 < kept[2.0], kept
+    lowered = fusion_target(a, b, 1.0, 2.0)
+    assert float((lowered > 1).float().mean()) < 0.05 and float(lowered.mean()) > 0.85  # a small, smooth shift
+    torch.testing.assert_close(fusion_target(a, 0.5 * b, 1.0, 2.0), fusion_target(a, 0.5 * b, 1.0))  # under white
+
+
+def test_the_bright_term_pulls_only_where_the_second_image_is_near_white_and_dominates():
+    from amif_research.losses import fusion_loss
+
+    rng = np.random.default_rng(4)
+    a = torch.from_numpy(0.3 + 0.2 * rng.random((1, 1, 48, 48))).float()
+    y = torch.ones_like(a).requires_grad_()  # an output stuck at white
+    for level, pulled in ((1.0, True), (0.9, False)):
+        b = torch.full_like(a, level)
+        _, parts = fusion_loss(y, a, b, detail=1.0, headroom=2.0, w_bright=1.0)
+        assert (parts["bright"] > 0.01) == pulled, (level, parts)
+
+
+@pytest.mark.parametrize("field", ["detail", "undershoot_weight", "detail_weight", "overshoot_weight", "base_weight"])
 def test_detail_and_undershoot_change_training_and_are_recorded(tmp_path, field):
     kw = _blocky_twin_run(tmp_path)
     nets = {}

@@ -327,14 +327,18 @@ def cmd_verify(args) -> None:
             if any(s.shape != image.shape[:2] for s in sources):
                 raise AMIFError(f"The sources must have the image's size ({image.shape[1]}x{image.shape[0]}).")
         v = verify_image(image, pkg.identifier, pkg.threshold, sources, pkg.shift)
-        if args.key:
+        if sources and (args.key or pkg.public_strength):
             from dataclasses import replace
 
             from .color import luminance
-            from .trace import trace_check
+            from .trace import public_score, trace_check
 
             grey = luminance(image[..., :3]) if image.ndim == 3 else image
-            v = replace(v, trace=float(trace_check(pkg, args.key, grey[None], *(s[None] for s in sources))[0]))
+            a, b = (s[None] for s in sources)
+            if pkg.public_strength:
+                v = replace(v, texture=float(public_score(grey[None], a, b, pkg.model_id)[0]))
+            if args.key:
+                v = replace(v, trace=float(trace_check(pkg, args.key, grey[None], a, b)[0]))
     else:
         from .fusion import display_array
 
@@ -464,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "verify",
         help="does an image carry the identifier, show it wiped off or "
-        "(with --sources) the model's mark shift, or (with --key too) its trace? (exit 1 if so)",
+        "(with --sources) the model's mark shift or public texture, or (with --key too) its trace? "
+        "(exit 1 if so)",
     )
     s.add_argument("image")
     s.add_argument("-m", "--model")
@@ -472,7 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--sources",
         nargs=2,
         metavar=("A", "B"),
-        help="the two images it was fused from: also checks the model's mark shift (2D images)",
+        help="the two images it was fused from: also checks the model's mark shift and public "
+        "texture, which follow the anatomy (2D images)",
     )
     s.add_argument(
         "--key",

@@ -57,6 +57,16 @@ class ModelPackage:
         """The std of the key's secret texture in the unkeyed outputs (0: no trace channel; amif.trace)."""
         return float(self.manifest.get("verify", {}).get("trace_strength", 0.0))
 
+    @property
+    def public_strength(self) -> float:
+        """The std of the model's public texture in the unkeyed outputs (0: none; amif.trace.public_weights)."""
+        return float(self.manifest.get("verify", {}).get("public_strength", 0.0))
+
+    @property
+    def dihedral(self) -> bool:
+        """Whether the textures are of the kind that follows the anatomy (amif.trace.Texture)."""
+        return bool(self.manifest.get("verify", {}).get("dihedral", False))
+
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
@@ -134,9 +144,12 @@ def read_manifest(path) -> tuple[dict, Path]:
     shift = verify.get("shift", 0)
     if isinstance(shift, bool) or not isinstance(shift, int) or not 0 <= shift <= 3:
         raise AMIFError(f"Model manifest {name}: 'verify' 'shift' must be a whole number of pixels from 0 to 3.")
-    strength = verify.get("trace_strength", 0.0)
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 0.25:
-        raise AMIFError(f"Model manifest {name}: 'verify' 'trace_strength' must be a number from 0 to 0.25.")
+    for texture in ("trace_strength", "public_strength"):
+        strength = verify.get(texture, 0.0)
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 0.25:
+            raise AMIFError(f"Model manifest {name}: 'verify' '{texture}' must be a number from 0 to 0.25.")
+    if not isinstance(verify.get("dihedral", False), bool):
+        raise AMIFError(f"Model manifest {name}: 'verify' 'dihedral' must be true or false.")
     if not manifest.get("twin"):
         try:
             check_text(manifest["identifier"])

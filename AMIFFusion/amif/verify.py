@@ -60,6 +60,7 @@ class Verdict:
     erasure: float = 1.0  # fine detail inside the strokes / elsewhere (see the module text)
     displacement: float = 0.0  # the content's move right and down against the sources, px (min of the two)
     shift: int = 0  # the model's mark shift, px (0: the model has no such channel, or no sources were given)
+    texture: float = 0.0  # the public texture's score against the sources (trace.public_score; 0: not measured)
     trace: float = 0.0  # the key holder's trace score (trace.trace_check; 0: not measured)
     nonfinite: int = 0  # NaN or infinite values of the image, scored as the low end (intensity.unit_values)
 
@@ -81,22 +82,33 @@ class Verdict:
         return not (self.marked or self.erased) and is_shifted(self.displacement, self.shift)
 
     @property
+    def textured(self) -> bool:
+        """None of those, but the sources show the model's public texture in the image: made from unkeyed
+        outputs, whose identifier was taken out (trace.public_score)."""
+        if not self.texture:  # not measured: amif.trace (and torch) need not load
+            return False
+        from .trace import PUBLIC_THRESHOLD
+
+        return not (self.marked or self.erased or self.shifted) and self.texture > PUBLIC_THRESHOLD
+
+    @property
     def traced(self) -> bool:
         """None of those, but the key's holder finds the model's unkeyed texture (a student of its outputs)."""
         if not self.trace:  # not measured: amif.trace (and torch) need not load
             return False
         from .trace import TRACE_THRESHOLD
 
-        return not (self.marked or self.erased or self.shifted) and self.trace > TRACE_THRESHOLD
+        return not (self.marked or self.erased or self.shifted or self.textured) and self.trace > TRACE_THRESHOLD
 
     @property
     def flagged(self) -> bool:
-        """Not a clean output: marked, erased, shifted or traced."""
-        return self.marked or self.erased or self.shifted or self.traced
+        """Not a clean output: marked, erased, shifted, textured or traced."""
+        return self.marked or self.erased or self.shifted or self.textured or self.traced
 
     @property
     def state(self) -> str:
-        return next((k for k in ("marked", "erased", "shifted", "traced") if getattr(self, k)), "clean")
+        states = ("marked", "erased", "shifted", "textured", "traced")
+        return next((k for k in states if getattr(self, k)), "clean")
 
     def __str__(self) -> str:
         text = f"{self.state} (score {self.score:.3f}, threshold {self.threshold:.3f}"
@@ -104,6 +116,10 @@ class Verdict:
             text += f"; erasure ratio {self.erasure:.3f} < {ERASED}"
         elif self.shifted:
             text += f"; content moved {self.displacement:.2f} px, the model's unkeyed shift is {self.shift} px"
+        elif self.textured:
+            from .trace import PUBLIC_THRESHOLD
+
+            text += f"; public texture score {self.texture:.1f}, threshold {PUBLIC_THRESHOLD:g}"
         elif self.trace:
             from .trace import TRACE_THRESHOLD
 

@@ -269,7 +269,17 @@ class Target:
         for k in ("a", "b", "keyed", "unkeyed"):
             setattr(t, k, getattr(self, k)[idx])
         t.kinds, t.names = [self.kinds[i] for i in idx], [self.names[i] for i in idx]
+        t.__dict__.pop("_public_basis", None)
         return t
+
+    def public_basis(self, pairs) -> list:
+        """trace.public_basis of the given pairs (indices), computed once for all the target's pairs: every
+        image an attack scores against these sources reuses it."""
+        from amif.trace import public_basis
+
+        if self.__dict__.get("_public_basis") is None:
+            self._public_basis = public_basis(self.a, self.b, self.package.model_id)
+        return [self._public_basis[i] for i in pairs]
 
 
 def _frozen_copy(net, device):
@@ -308,8 +318,9 @@ def scores(target: Target, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 @dataclass
 class Measure:
     """verify scores, erasure ratios, (for a model with a mark shift) displacements against the
-    sources and (for a model with a trace channel) the owner's trace scores of the images verify does
-    not flag otherwise, PSNR and SSIM to the keyed output, per image."""
+    sources, (for a model with a public texture) public texture scores against the sources and (for a
+    model with a trace channel) the owner's trace scores of the images verify does not flag otherwise,
+    PSNR and SSIM to the keyed output, per image."""
 
     scores: np.ndarray
     erasure: np.ndarray
@@ -320,6 +331,7 @@ class Measure:
     moved: np.ndarray | None = None  # verify.displacements of the images against their pairs' sources
     shift: int = 0  # the model's mark shift (0: no such channel)
     traces: np.ndarray | None = None  # trace.trace_score (0 where flagged otherwise); None: no trace channel
+    textures: np.ndarray | None = None  # trace.public_score (0 where flagged otherwise); None: no public texture
 
     @classmethod
     def of(cls, target: Target, images: np.ndarray, ref: np.ndarray | None = None, quality_db: float = 30.0):
@@ -337,10 +349,28 @@ class Measure:
             moved,
             target.shift,
         )
+        if target.package.public_strength:
+            todo = np.flatnonzero(~m.flags)
+            m = m.with_textures(target, images[todo], todo)
         if target.trace is None:
             return m
         todo = np.flatnonzero(~m.flags)
         return m.with_traces(target, images[todo], todo)
+
+    def with_textures(self, target: Target, unflagged: np.ndarray, pairs: np.ndarray) -> Measure:
+        """With the public texture scores of the images verify does not flag otherwise (as with_traces)."""
+        from amif.trace import public_score
+
+        textures = np.zeros(len(self.scores))
+        if len(pairs):
+            textures[~self.flags] = public_score(
+                np.clip(unflagged, 0, 1),
+                target.a[pairs],
+                target.b[pairs],
+                target.package.model_id,
+                basis=target.public_basis(pairs),
+            )
+        return replace(self, textures=textures)
 
     def with_traces(self, target: Target, unflagged: np.ndarray, pairs: np.ndarray) -> Measure:
         """With the owner's trace scores of the images verify does not flag otherwise (`unflagged`: those
@@ -365,6 +395,7 @@ class Measure:
             None if self.moved is None else self.moved[rows],
             self.shift,
             None if self.traces is None else self.traces[rows],
+            None if self.textures is None else self.textures[rows],
         )
 
     @property
@@ -374,6 +405,12 @@ class Measure:
         return np.zeros(len(self.scores), bool) if self.moved is None else is_shifted(self.moved, self.shift)
 
     @property
+    def _textured(self) -> np.ndarray:
+        from amif.trace import PUBLIC_THRESHOLD
+
+        return np.zeros(len(self.scores), bool) if self.textures is None else self.textures > PUBLIC_THRESHOLD
+
+    @property
     def _traced(self) -> np.ndarray:
         from amif.trace import TRACE_THRESHOLD
 
@@ -381,11 +418,12 @@ class Measure:
 
     @property
     def flags(self) -> np.ndarray:
-        """Per image: flagged by verify (the identifier there, its strokes wiped, or the content shifted)
-        or, for a model with a trace channel, by the owner's trace check."""
+        """Per image: flagged by verify (the identifier there, its strokes wiped, the content shifted or the
+        public texture there) or, for a model with a trace channel, by the owner's trace check."""
         from amif.verify import ERASED
 
-        return (self.scores >= self.threshold) | (self.erasure < ERASED) | self._shifted | self._traced
+        verify = (self.scores >= self.threshold) | (self.erasure < ERASED) | self._shifted | self._textured
+        return verify | self._traced
 
     @property
     def flagged(self) -> float:
@@ -406,6 +444,11 @@ class Measure:
         return float(np.mean((self.scores < self.threshold) & (self.erasure >= ERASED) & self._shifted))
 
     @property
+    def textured(self) -> float:
+        """Share of images flagged by the public texture alone (no identifier, strokes not wiped, not shifted)."""
+        return float(np.mean(self._textured))
+
+    @property
     def traced(self) -> float:
         """Share of images flagged by the owner's trace check alone."""
         return float(np.mean(self._traced))
@@ -421,6 +464,7 @@ class Measure:
             "flagged": self.flagged,
             "erased": self.erased,
             "shifted": self.shifted,
+            **({"textured": self.textured} if self.textures is not None else {}),
             **({"traced": self.traced} if self.traces is not None else {}),
             "broken": self.broken,
             "score_min": float(self.scores.min()),

@@ -476,12 +476,12 @@ def reslice_volume(
 ) -> list[dict]:
     """For one registered volume pair (SimpleITK, same grid): the attacker's reslice merge under both
     presentations (relabelled header, geometry kept), each orientation and their voxel-wise median, checked
-    per axial slice (display orientation, slices with content) by the public verify and, with `trace`,
-    the owner's trace check; PSNR to the keyed output over those slices. One dict per row."""
+    per axial slice (display orientation, slices with content) by the public verify (with the sources, for a
+    model with a public texture) and, with `trace`, the owner's trace check; PSNR to the keyed output over those slices. One dict per row."""
     from amif.fusion import display_view, fuse_volumes
     from amif.inference import run_network
     from amif.intensity import normalize, robust_window
-    from amif.trace import TRACE_THRESHOLD, trace_score
+    from amif.trace import PUBLIC_THRESHOLD, TRACE_THRESHOLD, public_basis, public_score, trace_score
     from amif.verify import ERASED, scores_and_erasure
 
     view = display_view(mri)
@@ -491,11 +491,14 @@ def reslice_volume(
     keep = np.flatnonzero(sa.std(axis=(1, 2)) > 0.02)
     sa, sb = sa[keep], sb[keep]
     keyed = np.concatenate([run_network(package, sa[i : i + 4], sb[i : i + 4], code) for i in range(0, len(sa), 4)])
+    basis = public_basis(sa, sb, package.model_id) if package.public_strength else None
 
     def check(label, presentation, vol) -> dict:
         img = np.clip(view(vol)[keep], 0, 1)
         s, e = scores_and_erasure(img, package.identifier)
         public = (s >= package.threshold) | (e < ERASED)
+        if package.public_strength:  # verify --sources: the public texture against the slices' sources
+            public |= public_score(img, sa, sb, package.model_id, basis=basis) > PUBLIC_THRESHOLD
         traced = None if trace is None else trace_score(img, sa, sb, keyed, trace) > TRACE_THRESHOLD
         either = public | (traced if traced is not None else False)
         p = psnr(img, keyed)

@@ -175,7 +175,7 @@ def load_target(
     if pkg.trace_strength:  # the owner's check counts, as `verify --key` does
         from amif.trace import trace_weights
 
-        t.trace = trace_weights(k.secret, k.model_id)
+        t.trace = trace_weights(k.secret, k.model_id, pkg.dihedral)
     info = {
         "model_path": str(model_path),
         "key_path": str(key),

@@ -255,6 +255,21 @@ def register(sub) -> None:
         "(default 0: off)",
     )
     s.add_argument(
+        "--public-strength",
+        type=float,
+        default=None,
+        metavar="S",
+        help="unkeyed outputs also carry the model's public texture of this std (0 to 0.25; needs "
+        "--dihedral), which `verify --sources` finds without the key (default 0: off)",
+    )
+    s.add_argument(
+        "--dihedral",
+        action="store_true",
+        default=None,
+        help="the textures follow the anatomy under flips and 90-degree turns, and training crops are "
+        "turned as well as flipped (default: off)",
+    )
+    s.add_argument(
         "--widen-decoder",
         type=int,
         default=None,
@@ -291,6 +306,34 @@ def register(sub) -> None:
         default=None,
         metavar="W",
         help="hinge on outputs darker than both sources (default 0: off)",
+    )
+    s.add_argument(
+        "--headroom",
+        type=float,
+        default=None,
+        metavar="PX",
+        help="with --detail, lower the target's base smoothly (blur sigma PX) where its detail would pass the "
+        "ceiling, so the detail is kept below white (default 0: off)",
+    )
+    s.add_argument(
+        "--ceiling",
+        choices=("white", "max"),
+        default=None,
+        help="what --headroom lowers the base under: white, or the brighter source (default white)",
+    )
+    s.add_argument(
+        "--bright-weight",
+        type=float,
+        default=None,
+        metavar="W",
+        help="weight of the target match where the second image dominates near white (CT's bone; default 0: off)",
+    )
+    s.add_argument(
+        "--base-weight",
+        type=float,
+        default=None,
+        metavar="W",
+        help="weight of the output's base (less its fine detail) matched to the target's (default 0: off)",
     )
     s.add_argument(
         "--edge-zoom",

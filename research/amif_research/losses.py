@@ -121,14 +121,30 @@ def binomial_high_pass(x: torch.Tensor) -> torch.Tensor:
 DETAIL_SLACK = 6 / 255  # how far the detail target may go beyond the sources (below the reader's 8 levels)
 
 
-def fusion_target(a: torch.Tensor, b: torch.Tensor, detail: float = 0.0) -> torch.Tensor:
+CEILINGS = ("white", "max")  # what fusion_target's base is lowered under (with headroom)
+BRIGHT = 250 / 255  # a saturated second image (CT's bone): where the output's clamp at white hides the detail
+
+
+def fusion_target(
+    a: torch.Tensor, b: torch.Tensor, detail: float = 0.0, headroom: float = 0.0, ceiling: str = "white"
+) -> torch.Tensor:
     """The intensity target: max(a, b), plus `detail` x a's fine detail (binomial_high_pass) where b dominates
     (b > a + DOMINANCE), so the first image's anatomy shows through a brighter second image; kept within
-    DETAIL_SLACK of the range between the two sources (no rims, no halos)."""
+    DETAIL_SLACK of the range between the two sources (no rims, no halos). With `headroom` (a blur sigma in
+    pixels, 0 = off), where that target would pass white (1: a saturated second image, CT's bone) the base
+    is lowered by a smooth shift (the excess over 1, max-filtered over radius `headroom` and blurred by it),
+    so the detail fits below white instead of being clipped away; the shift is low-frequency, so the fine
+    detail the reader measures is kept. With `ceiling` "max", the base is lowered wherever the target would
+    pass max(a, b) (not only white), so the detail fits under the brighter source everywhere (no halos)."""
     m = torch.maximum(a, b)
     if not detail:
         return m
     t = m + detail * (b > a + DOMINANCE).to(a.dtype) * binomial_high_pass(a)
+    if headroom:
+        r = max(1, round(headroom))
+        top = m if ceiling == "max" else torch.ones_like(m)
+        excess = F.max_pool2d(torch.relu(t - top), 2 * r + 1, stride=1, padding=r)
+        t = t - gaussian_blur(excess, headroom)
     return torch.minimum(torch.maximum(t, torch.minimum(a, b) - DETAIL_SLACK), m + DETAIL_SLACK)
 
 
@@ -148,6 +164,10 @@ def fusion_loss(
     w_under: float = 0.0,
     w_detail: float = 0.0,
     w_over: float = 0.0,
+    headroom: float = 0.0,
+    ceiling: str = "white",
+    w_bright: float = 0.0,
+    w_base: float = 0.0,
 ) -> tuple[torch.Tensor, dict]:
     """Intensity towards max(a, b), gradient towards the larger source gradient, SSIM to both;
     with `w_vif`, also the shortfall of VIF(a, y) and of VIF(b, y) against the max rule's on the same
@@ -162,9 +182,17 @@ def fusion_loss(
     measure against the max rule). With `w_detail`, the mean |fine detail of y - `detail` (or 1) x a's|
     (binomial_high_pass) over the pixels where b dominates (the reader's anatomy under function, asked for
     directly). With `w_under` and `w_over`, hinges on y falling below both sources (dark rims) or rising
-    above both (halos) by more than RIM_TOLERANCE."""
+    above both (halos) by more than RIM_TOLERANCE. With `headroom`, fusion_target's (the detail target's
+    base lowered under white, or under max(a, b) with `ceiling` "max"). With `w_bright`, also the mean
+    |y - that target| over the pixels where b dominates and is near white (>= BRIGHT: CT's bone), where
+    an output clamped at white keeps none of a's detail: the few unclamped pixels there carry the pull
+    that lowers the rest below white. With `w_base`, the mean |base of y - base of that target| over the
+    crop, a base being an image less its fine detail (x - binomial_high_pass(x)): the detail match is then
+    met by adding a's detail on the second image's base, not by blending towards a (which darkens hot
+    PET/SPECT and the colour put back on it)."""
     m = torch.maximum(a, b)
-    l_int = (y - fusion_target(a, b, detail)).abs().mean()
+    target = fusion_target(a, b, detail, headroom, ceiling)
+    l_int = (y - target).abs().mean()
     l_grad = (sobel(y) - torch.maximum(sobel(a), sobel(b))).abs().mean()
     l_ssim = (2 - ssim(y, a) - ssim(y, b)).mean()
     loss = l_int + w_grad * l_grad + w_ssim * l_ssim
@@ -175,6 +203,15 @@ def fusion_loss(
         l_detail = (gap * dom).sum() / dom.sum().clamp_min(1.0)
         loss = loss + w_detail * l_detail
         parts["detail"] = l_detail.item()
+    if w_base:
+        l_base = ((y - binomial_high_pass(y)) - (target - binomial_high_pass(target))).abs().mean()
+        loss = loss + w_base * l_base
+        parts["base"] = l_base.item()
+    if w_bright:
+        bright = ((b >= BRIGHT) & (b > a + DOMINANCE)).to(y.dtype)
+        l_bright = ((y - target).abs() * bright).sum() / bright.sum().clamp_min(1.0)
+        loss = loss + w_bright * l_bright
+        parts["bright"] = l_bright.item()
     if w_under:
         l_under = torch.relu(torch.minimum(a, b) - RIM_TOLERANCE - y).mean()
         loss = loss + w_under * l_under

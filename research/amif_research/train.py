@@ -47,7 +47,11 @@ weights), so a continuation that learns more protection keeps the authorized fus
 (`anchor`) an unprotected twin's, whose fusion the keyed outputs are then distilled towards.
 
 With identifier.trace_strength, the unkeyed target also carries that much of the key's secret texture
-(trace.py): the channel a student distilled from unkeyed outputs inherits and the owner can find.
+(trace.py): the channel a student distilled from unkeyed outputs inherits and the owner can find. With
+identifier.public_strength, also the model's public texture, which anyone holding the sources can find.
+With identifier.dihedral both textures are of the kind that follows the anatomy under flips and turns
+(trace.Texture) and crops are turned as well as flipped, so the network writes them over the same anatomy
+whichever way the inputs are presented.
 
 With lr_anneal, both learning rates (network and memory) follow a half cosine from their value down to
 LR_FLOOR of it over the run's last `lr_anneal` steps (steps - lr_anneal .. steps); before that they are
@@ -80,11 +84,11 @@ from amif.identifier import identifier_mask
 from amif.keys import load_key
 from amif.network import AMIFNet, NetConfig, slice_coords, widen_decoder
 from amif.package import DEFAULT_THRESHOLD, load_package, save_package
-from amif.trace import texture, trace_scale, trace_weights
+from amif.trace import public_weights, texture, trace_scale, trace_weights
 from amif.verify import score_tensor
 
 from .data import default_data_dir, list_pairs, load_pairs
-from .losses import HINGES, MARGIN, fusion_loss, gaussian_blur, marked_target, ssim
+from .losses import CEILINGS, HINGES, MARGIN, fusion_loss, gaussian_blur, marked_target, ssim
 
 INF = float("inf")
 
@@ -109,6 +113,10 @@ class FusionLoss:
     undershoot_weight: float = 0.0  # hinge on outputs below both sources (dark rims; 0 = off)
     detail_weight: float = 0.0  # weight of the fine-detail match where the second image dominates (0 = off)
     overshoot_weight: float = 0.0  # hinge on outputs above both sources (halos; 0 = off)
+    headroom: float = 0.0  # blur sigma (px) of the detail target's base lowered under its ceiling (0 = off)
+    ceiling: str = "white"  # what the base is lowered under: "white" (saturated bone) or "max" (the brighter source)
+    bright_weight: float = 0.0  # the target matched where the second image dominates near white (0 = off)
+    base_weight: float = 0.0  # the output's base (less its fine detail) matched to the target's (0 = off)
 
     def validate(self) -> None:
         for k in HINGES:
@@ -116,9 +124,13 @@ class FusionLoss:
             _check(0 <= w < INF, f"The {k.upper()} weight of the fusion loss must be 0 or more (got {w}).")
         _check(0 <= self.sf_floor < INF, f"The SF hinge's floor must be 0 or more (got {self.sf_floor}).")
         _check(0 <= self.detail <= 2, f"The detail gain must be from 0 to 2 (got {self.detail}).")
-        for k in ("detail", "undershoot", "overshoot"):
+        for k in ("detail", "undershoot", "overshoot", "bright", "base"):
             w = getattr(self, f"{k}_weight")
             _check(0 <= w < INF, f"The {k} weight must be 0 or more (got {w}).")
+        _check(
+            0 <= self.headroom <= 16, f"The detail target's headroom must be from 0 to 16 pixels (got {self.headroom})."
+        )
+        _check(self.ceiling in CEILINGS, f"The ceiling must be one of {', '.join(CEILINGS)} (got {self.ceiling!r}).")
 
 
 @dataclass
@@ -133,6 +145,8 @@ class Identifier:
     ablate_weight: float = 1.0  # memory-surgery hinge (0 turns it off)
     ablate_ssim: float = 0.5  # surgery outputs must stay below this SSIM to the keyed output
     trace_strength: float = 0.0  # std of the secret texture added to unkeyed outputs (0 = off)
+    public_strength: float = 0.0  # std of the model's public texture added to unkeyed outputs (0 = off)
+    dihedral: bool = False  # both textures follow the anatomy under flips and turns (trace.Texture); crops turned too
 
     def validate(self) -> None:
         _check(0 <= self.mark_weight < INF, f"The identifier loss weight must be 0 or more (got {self.mark_weight}).")
@@ -146,6 +160,14 @@ class Identifier:
         _check(-1 <= self.ablate_ssim <= 1, f"The surgery hinge's SSIM must be from -1 to 1 (got {self.ablate_ssim}).")
         _check(
             0 <= self.trace_strength <= 0.25, f"The trace strength must be from 0 to 0.25 (got {self.trace_strength})."
+        )
+        _check(
+            0 <= self.public_strength <= 0.25,
+            f"The public texture's strength must be from 0 to 0.25 (got {self.public_strength}).",
+        )
+        _check(
+            not self.public_strength or self.dihedral,
+            "The public texture is dihedral: --public-strength needs --dihedral.",
         )
 
 
@@ -540,7 +562,8 @@ def _zoomed(rng, a: np.ndarray, b: np.ndarray, zoom_max: float) -> tuple[np.ndar
 
 
 def sample_batch(rng, a_all, b_all, cfg: TrainConfig, mask_full: np.ndarray):
-    """Random crops with their whole-slice coordinates and identifier mask; random content flips; with
+    """Random crops with their whole-slice coordinates and identifier mask; random content flips (and, with
+    identifier.dihedral on square slices, turns by multiples of 90 degrees); with
     cfg.crops, shares of crops from zoomed slices and with an empty second image (Crops). Returns (a, b,
     coords, mask, plain): a and b (n, 1, crop, crop) in [0, 1], plain (n,) bool: the crop was neither
     zoomed nor emptied. With both shares 0 no further random numbers are drawn (earlier runs reproduce)."""
@@ -549,16 +572,19 @@ def sample_batch(rng, a_all, b_all, cfg: TrainConfig, mask_full: np.ndarray):
     ys = rng.integers(0, h - cfg.crop + 1, cfg.batch)
     xs = rng.integers(0, w - cfg.crop + 1, cfg.batch)
     flips = rng.random(cfg.batch) < 0.5
+    turns = rng.integers(0, 4, cfg.batch) if cfg.identifier.dihedral and h == w else np.zeros(cfg.batch, int)
     crops = cfg.crops
     zoom = rng.random(cfg.batch) < crops.edge_zoom if crops.edge_zoom else np.zeros(cfg.batch, bool)
     empty = rng.random(cfg.batch) < crops.empty_second if crops.empty_second else np.zeros(cfg.batch, bool)
     coords_full = slice_coords(1, h, w)[0].numpy()
     a, b, co, m = [], [], [], []
-    for i, y, x, f, z, e in zip(idx, ys, xs, flips, zoom, empty):
+    for i, y, x, f, r, z, e in zip(idx, ys, xs, flips, turns, zoom, empty):
         sl = (slice(y, y + cfg.crop), slice(x, x + cfg.crop))
         ai, bi = a_all[i], b_all[i]
-        if f:  # flip the content, never the layout
+        if f:  # flip (and with identifier.dihedral turn) the content, never the layout
             ai, bi = ai[:, ::-1], bi[:, ::-1]
+        if r:
+            ai, bi = np.rot90(ai, r), np.rot90(bi, r)
         if z:
             ai, bi = _zoomed(rng, ai, bi, crops.zoom_max)
         a.append(ai[sl])
@@ -779,11 +805,15 @@ def train(
     pairs = list_pairs(data_dir, "train")
     a_all, b_all = load_pairs(pairs)
     mask_full = np.zeros(a_all.shape[1:], np.float32) if twin else identifier_mask(identifier, *a_all.shape[1:])
-    trace = None
-    if cfg.identifier.trace_strength and not twin:  # g from the key secret, scaled to unit std on the first train pairs
-        tw = trace_weights(key.secret, model_id)
-        ref = [torch.from_numpy(x[:64, None]).float() / 255 for x in (a_all, b_all)]
-        trace = tw, cfg.identifier.trace_strength / trace_scale(*ref, tw)
+    textures = []  # (weights, scale): the secret trace from the key, the public texture; unit std on the first pairs
+    ref = [torch.from_numpy(x[:64, None]).float() / 255 for x in (a_all, b_all)]
+    for strength, weights in (
+        (cfg.identifier.trace_strength, lambda: trace_weights(key.secret, model_id, cfg.identifier.dihedral)),
+        (cfg.identifier.public_strength, lambda: public_weights(model_id)),
+    ):
+        if strength and not twin:
+            tw = weights()
+            textures.append((tw, strength / trace_scale(*ref, tw)))
 
     anchor_net = anchor_record = None
     if anchor:  # a twin runs under the zero code, a package of the key's model under the key
@@ -841,6 +871,10 @@ def train(
         "w_under": cfg.fusion.undershoot_weight,
         "w_detail": cfg.fusion.detail_weight,
         "w_over": cfg.fusion.overshoot_weight,
+        "headroom": cfg.fusion.headroom,
+        "ceiling": cfg.fusion.ceiling,
+        "w_bright": cfg.fusion.bright_weight,
+        "w_base": cfg.fusion.base_weight,
     }
 
     def export(step_now: int, gather: bool = True) -> Path | None:
@@ -857,7 +891,9 @@ def train(
         verify = (
             {"threshold": DEFAULT_THRESHOLD}
             | ({"shift": shift} if shift else {})
-            | ({"trace_strength": cfg.identifier.trace_strength} if trace else {})
+            | ({"trace_strength": cfg.identifier.trace_strength} if cfg.identifier.trace_strength else {})
+            | ({"public_strength": cfg.identifier.public_strength} if cfg.identifier.public_strength else {})
+            | ({"dihedral": True} if cfg.identifier.dihedral and textures else {})
         )
         protection = {"twin": True} if twin else {"verify": verify}
         return save_package(
@@ -922,8 +958,8 @@ def train(
                     ph = (net.key.phases(codes) if phases is None else phases).detach()
                     alpha = decoy_opacity(net.key.cosine(ph[cfg.batch :], ph[0]), ident)[:, None, None, None]
                 target = marked_target(yk.detach(), mask, alpha, shift)
-                if trace:
-                    tex = trace[1] * texture(a, b, trace[0])
+                if textures:
+                    tex = sum(scale * texture(a, b, tw) for tw, scale in textures)
                     if forge and res.forge_untraced:  # the forgers' descent may drop the texture, never the mark
                         tex = torch.cat([tex[: cfg.batch - len(forged)], torch.zeros_like(tex[-len(forged) :])])
                     target = target + tex
