@@ -129,16 +129,31 @@ def test_harvard_pairs_load():
     assert a.shape == b.shape == (3, 256, 256) and a.dtype == np.uint8
 
 
+def _write_textured(folder, package, key, a, b, weights, strength, name):
+    """PNGs in `folder`: the sources a and b, the package's keyed output, the max rule and, as `name`, the
+    keyed output carrying `strength` x the texture of `weights` (plus a little noise)."""
+    import torch
+
+    from amif.inference import run_network
+    from amif.package import load_package
+    from amif.trace import texture, trace_scale
+
+    keyed = run_network(load_package(package), a[None], b[None], key.code())[0]
+    ta, tb = (torch.from_numpy(x)[None, None].float() for x in (a, b))
+    g = texture(ta, tb, weights)[0, 0].numpy() / trace_scale(ta, tb, weights)
+    carries = np.clip(keyed + strength * g + np.random.default_rng(0).normal(0, 0.01, a.shape), 0, 1)
+    for n, x in (("a", a), ("b", b), (name, carries), ("max", np.maximum(a, b)), ("keyed", keyed)):
+        Image.fromarray((x * 255).round().astype(np.uint8)).save(folder / f"{n}.png")
+
+
 def test_verify_with_the_owners_key_finds_the_trace_texture(tiny_package, tmp_path, capsys):
     """A student of the unkeyed outputs carries the key's texture: the owner's `verify --key` flags it as
     'traced'; other fusions of the same sources stay clean; wrong use is one clear error."""
-    import torch
     from test_fusion import _textured_sources
 
-    from amif.inference import run_network
     from amif.keys import generate_key, load_key, save_key
-    from amif.package import load_package, save_package
-    from amif.trace import texture, trace_scale, trace_weights
+    from amif.package import save_package
+    from amif.trace import trace_weights
 
     pkg, key_path, _ = tiny_package
     a, b = _textured_sources(n=96)
@@ -151,13 +166,7 @@ def test_verify_with_the_owners_key_finds_the_trace_texture(tiny_package, tmp_pa
         verify={"threshold": 0.12, "trace_strength": 0.03},
     )
     key = load_key(key_path)
-    keyed = run_network(load_package(tmp_path / "traced"), a[None], b[None], key.code())[0]
-    w = trace_weights(key.secret, key.model_id)
-    ta, tb = (torch.from_numpy(x)[None, None].float() for x in (a, b))
-    g = texture(ta, tb, w)[0, 0].numpy() / trace_scale(ta, tb, w)
-    student = np.clip(keyed + 0.03 * g + np.random.default_rng(0).normal(0, 0.01, a.shape), 0, 1)
-    for name, x in (("a", a), ("b", b), ("student", student), ("max", np.maximum(a, b)), ("keyed", keyed)):
-        Image.fromarray((x * 255).round().astype(np.uint8)).save(tmp_path / f"{name}.png")
+    _write_textured(tmp_path, tmp_path / "traced", key, a, b, trace_weights(key.secret, key.model_id), 0.03, "student")
     m, src = str(tmp_path / "traced.json"), ["--sources", str(tmp_path / "a.png"), str(tmp_path / "b.png")]
     for name, key_args, code, state in (
         ("student", ["--key", str(key_path)], 1, "traced"),
@@ -186,13 +195,11 @@ def test_verify_with_the_owners_key_finds_the_trace_texture(tiny_package, tmp_pa
 def test_verify_with_sources_finds_the_public_texture_without_the_key(tiny_package, tmp_path, capsys):
     """An image made from unkeyed outputs with the identifier taken out still carries the model's public
     texture: `verify --sources` flags it as 'textured' without any key; other fusions stay clean."""
-    import torch
     from test_fusion import _textured_sources
 
-    from amif.inference import run_network
     from amif.keys import load_key
-    from amif.package import load_package, save_package
-    from amif.trace import public_weights, texture, trace_scale
+    from amif.package import save_package
+    from amif.trace import public_weights
 
     pkg, key_path, _ = tiny_package
     a, b = _textured_sources(n=96)
@@ -200,13 +207,7 @@ def test_verify_with_sources_finds_the_public_texture_without_the_key(tiny_packa
     save_package(
         tmp_path / "pub", pkg.net, model_id="test-model", key_id=pkg.key_id, identifier="TEST · MARK", verify=verify
     )
-    keyed = run_network(load_package(tmp_path / "pub"), a[None], b[None], load_key(key_path).code())[0]
-    w = public_weights("test-model")
-    ta, tb = (torch.from_numpy(x)[None, None].float() for x in (a, b))
-    g = texture(ta, tb, w)[0, 0].numpy() / trace_scale(ta, tb, w)
-    merged = np.clip(keyed + 0.05 * g + np.random.default_rng(0).normal(0, 0.01, a.shape), 0, 1)
-    for name, x in (("a", a), ("b", b), ("merged", merged), ("max", np.maximum(a, b)), ("keyed", keyed)):
-        Image.fromarray((x * 255).round().astype(np.uint8)).save(tmp_path / f"{name}.png")
+    _write_textured(tmp_path, tmp_path / "pub", load_key(key_path), a, b, public_weights("test-model"), 0.05, "merged")
     m, src = str(tmp_path / "pub.json"), ["--sources", str(tmp_path / "a.png"), str(tmp_path / "b.png")]
     for name, sources, code, state in (
         ("merged", src, 1, "textured"),

@@ -89,23 +89,23 @@ def test_dihedral_textures_of_other_secrets_stay_as_far_apart_as_the_first_kind(
     assert m1 <= m0 + 0.05 and p1 <= p0 + 0.05, (m0, p0, m1, p1)
 
 
-def test_the_public_texture_is_found_from_the_sources_alone_and_other_fusions_stay_below_the_threshold():
+def _bundled_outputs():
+    """The sample slice's sources, the bundled model and key, and its keyed and unkeyed outputs."""
     a, b = (x[None] for x in sample_slices())
     pkg = load_package(MODELS / "amif-demo.json")
     key = load_key(MODELS / "amif-demo.amifkey")
-    keyed = run_network(pkg, a, b, key.code())
-    unkeyed = run_network(pkg, a, b, np.zeros_like(key.code()))
+    return a, b, pkg, key, run_network(pkg, a, b, key.code()), run_network(pkg, a, b, np.zeros_like(key.code()))
+
+
+def test_the_public_texture_is_found_from_the_sources_alone_and_other_fusions_stay_below_the_threshold():
+    a, b, pkg, key, keyed, unkeyed = _bundled_outputs()
     pub, other = public_weights(pkg.model_id), trace_weights(key.secret, pkg.model_id, dihedral=True)
     g, g_other = (texture(_t(a), _t(b), w)[:, 0].numpy() / trace_scale(_t(a), _t(b), w) for w in (pub, other))
     noise = np.random.default_rng(0).normal(0, 0.02, a.shape)
-
-    def units(x):
-        return public_score(x, a, b, pkg.model_id)[0]
-
-    assert units(keyed + 0.03 * g + noise) > PUBLIC_THRESHOLD
+    assert public_score(keyed + 0.03 * g + noise, a, b, pkg.model_id)[0] > PUBLIC_THRESHOLD
     assert public_score(keyed[0], a[0], b[0], pkg.model_id).shape == (1,)  # one slice as h x w
     for null in (np.maximum(a, b), (a + b) / 2, keyed, unkeyed, keyed + noise, keyed + 0.03 * g_other + noise):
-        assert abs(units(null)) < PUBLIC_THRESHOLD
+        assert abs(public_score(null, a, b, pkg.model_id)[0]) < PUBLIC_THRESHOLD
 
 
 def test_the_texture_is_local_so_crops_teach_it():
@@ -120,11 +120,7 @@ def test_the_texture_is_local_so_crops_teach_it():
 
 
 def test_only_the_keys_holder_finds_its_texture_and_other_fusions_stay_below_the_threshold():
-    a, b = (x[None] for x in sample_slices())
-    pkg = load_package(MODELS / "amif-demo.json")
-    key = load_key(MODELS / "amif-demo.amifkey")
-    keyed = run_network(pkg, a, b, key.code())
-    unkeyed = run_network(pkg, a, b, np.zeros_like(key.code()))
+    a, b, pkg, key, keyed, unkeyed = _bundled_outputs()
     w, other = trace_weights(key.secret, key.model_id), trace_weights(bytes(32), key.model_id)
     s = trace_scale(_t(a), _t(b), w)
     g = texture(_t(a), _t(b), w)[:, 0].numpy() / s
