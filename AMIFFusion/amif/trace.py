@@ -206,16 +206,14 @@ def _decoys(n: int, dihedral: bool) -> list[Texture]:
     return [trace_weights(hashlib.sha256(b"amif-trace-decoy%d" % i).digest(), "decoy", dihedral) for i in range(n)]
 
 
-def null_spread(
-    image: np.ndarray, a: np.ndarray, b: np.ndarray, keyed: np.ndarray, decoys: int = DECOYS, dihedral: bool = False
-) -> np.ndarray:
+def null_spread(image: np.ndarray, a: np.ndarray, b: np.ndarray, keyed: np.ndarray, decoys: int = DECOYS) -> np.ndarray:
     """Per slice, how far trace_score spreads on an image that does not carry the texture: the standard
     deviation of the scores of `decoys` textures drawn from other secrets. Neighbouring pixels are not
     independent, so this is wider than 1 for a structured image; for an image without the texture,
     trace_score / null_spread is about N(0, 1) (research/tools/calibrate_trace.py reads the threshold in these
     units). On an image that carries the texture it is inflated: networks that learned g also correlate
-    with other textures of its family. `dihedral`: decoys of that kind (for a dihedral trace)."""
-    others = _decoys(decoys, dihedral)
+    with other textures of its family."""
+    others = _decoys(decoys, False)
     return np.array([np.std([_z(g, r) for g in gs]) for r, gs in _fitted(image, a, b, keyed, others)])
 
 

@@ -477,7 +477,8 @@ def reslice_volume(
     """For one registered volume pair (SimpleITK, same grid): the attacker's reslice merge under both
     presentations (relabelled header, geometry kept), each orientation and their voxel-wise median, checked
     per axial slice (display orientation, slices with content) by the public verify (with the sources, for a
-    model with a public texture) and, with `trace`, the owner's trace check; PSNR to the keyed output over those slices. One dict per row."""
+    model with a public texture) and, with `trace`, the owner's trace check; PSNR to the keyed output over
+    those slices. One dict per row."""
     from amif.fusion import display_view, fuse_volumes
     from amif.inference import run_network
     from amif.intensity import normalize, robust_window
