@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import gc
 import json
 import math
 import os
@@ -1032,6 +1033,8 @@ def train(
             logf.close()
         if bar:
             bar.close()
-        if distributed:
+        if distributed:  # DDP's pending gloo work is freed before the group, not at interpreter exit (a SIGABRT)
+            del model
+            gc.collect()
             torch.distributed.destroy_process_group()
     return Path(out)
