@@ -68,14 +68,14 @@ def trace_weights(secret: bytes, model_id: str, dihedral: bool = False) -> Textu
     label = b"amif-trace-d4\0" if dihedral else b"amif-trace\0"
     seed = int.from_bytes(hkdf_sha256(secret, label + model_id.encode("utf-8"), 8), "big") >> 1
     gen = torch.Generator().manual_seed(seed)
-    if not dihedral:
-        w1 = torch.randn(HIDDEN, 2, 3, 3, generator=gen) * 6
-        b1 = torch.randn(HIDDEN, generator=gen) * 0.5
-        w2 = torch.randn(1, HIDDEN, 1, 1, generator=gen) / 4
-        return Texture(w1, b1, w2)
-    omega = OMEGA[0] + torch.rand(WAVES, 2, generator=gen) * (OMEGA[1] - OMEGA[0])
-    phase = torch.rand(WAVES, 2, generator=gen) * 2 * np.pi
-    w1 = torch.randn(HIDDEN, 2 + 2 * WAVES, 3, 3, generator=gen) * 6 / np.sqrt(1 + WAVES)
+    omega = phase = None
+    waves = WAVES if dihedral else 0
+    if dihedral:
+        omega = OMEGA[0] + torch.rand(WAVES, 2, generator=gen) * (OMEGA[1] - OMEGA[0])
+        phase = torch.rand(WAVES, 2, generator=gen) * 2 * np.pi
+    w1 = torch.randn(HIDDEN, 2 + 2 * waves, 3, 3, generator=gen) * 6
+    if waves:
+        w1 = w1 / np.sqrt(1 + waves)
     b1 = torch.randn(HIDDEN, generator=gen) * 0.5
     w2 = torch.randn(1, HIDDEN, 1, 1, generator=gen) / 4
     return Texture(w1, b1, w2, omega, phase)

@@ -148,6 +148,12 @@ def fusion_target(
     return torch.minimum(torch.maximum(t, torch.minimum(a, b) - DETAIL_SLACK), m + DETAIL_SLACK)
 
 
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of x over the pixels of a boolean mask (0 where the mask is empty)."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+
+
 def fusion_loss(
     y,
     a,
@@ -191,6 +197,7 @@ def fusion_loss(
     met by adding a's detail on the second image's base, not by blending towards a (which darkens hot
     PET/SPECT and the colour put back on it)."""
     m = torch.maximum(a, b)
+    dominant = b > a + DOMINANCE  # where the second image dominates
     target = fusion_target(a, b, detail, headroom, ceiling)
     l_int = (y - target).abs().mean()
     l_grad = (sobel(y) - torch.maximum(sobel(a), sobel(b))).abs().mean()
@@ -198,9 +205,8 @@ def fusion_loss(
     loss = l_int + w_grad * l_grad + w_ssim * l_ssim
     parts = {"int": l_int.item(), "grad": l_grad.item(), "ssim": l_ssim.item(), **dict.fromkeys(HINGES, 0.0)}
     if w_detail:
-        dom = (b > a + DOMINANCE).to(y.dtype)
         gap = (binomial_high_pass(y) - (detail or 1.0) * binomial_high_pass(a)).abs()
-        l_detail = (gap * dom).sum() / dom.sum().clamp_min(1.0)
+        l_detail = _masked_mean(gap, dominant)
         loss = loss + w_detail * l_detail
         parts["detail"] = l_detail.item()
     if w_base:
@@ -208,8 +214,7 @@ def fusion_loss(
         loss = loss + w_base * l_base
         parts["base"] = l_base.item()
     if w_bright:
-        bright = ((b >= BRIGHT) & (b > a + DOMINANCE)).to(y.dtype)
-        l_bright = ((y - target).abs() * bright).sum() / bright.sum().clamp_min(1.0)
+        l_bright = _masked_mean((y - target).abs(), dominant & (b >= BRIGHT))
         loss = loss + w_bright * l_bright
         parts["bright"] = l_bright.item()
     if w_under:

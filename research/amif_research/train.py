@@ -807,14 +807,12 @@ def train(
     a_all, b_all = load_pairs(pairs)
     mask_full = np.zeros(a_all.shape[1:], np.float32) if twin else identifier_mask(identifier, *a_all.shape[1:])
     textures = []  # (weights, scale): the secret trace from the key, the public texture; unit std on the first pairs
+    if not twin and cfg.identifier.trace_strength:
+        textures.append((trace_weights(key.secret, model_id, cfg.identifier.dihedral), cfg.identifier.trace_strength))
+    if not twin and cfg.identifier.public_strength:
+        textures.append((public_weights(model_id), cfg.identifier.public_strength))
     ref = [torch.from_numpy(x[:64, None]).float() / 255 for x in (a_all, b_all)]
-    for strength, weights in (
-        (cfg.identifier.trace_strength, lambda: trace_weights(key.secret, model_id, cfg.identifier.dihedral)),
-        (cfg.identifier.public_strength, lambda: public_weights(model_id)),
-    ):
-        if strength and not twin:
-            tw = weights()
-            textures.append((tw, strength / trace_scale(*ref, tw)))
+    textures = [(tw, strength / trace_scale(*ref, tw)) for tw, strength in textures]
 
     anchor_net = anchor_record = None
     if anchor:  # a twin runs under the zero code, a package of the key's model under the key
